@@ -1,0 +1,605 @@
+//! A fault-injecting upstream that speaks the OpenAI API.
+//!
+//! Each request's behaviour is chosen by its `model` (or the `x-mock-fault` header, which wins).
+//! A model name may carry a label before a `+` (`primary+503`): the label only separates attempt
+//! counters, the part after the `+` is the fault. Attempts are counted per model name and
+//! reported by `GET /_stats`, so tests can assert how many upstream calls a gateway made.
+//!
+//! Faults (see [`Fault::parse`]):
+//!
+//! | fault | behaviour |
+//! |---|---|
+//! | `ok` (or anything unknown) | a normal answer |
+//! | `429` / `429-ra-N` | always 429, without / with `Retry-After: N` |
+//! | `429-once` / `429-once-ra-N` | the first attempt 429, then normal |
+//! | `500` / `500-once` | always 500 / the first attempt 500, then normal |
+//! | `503` | always 503 |
+//! | `reset` | the connection is closed before any response header |
+//! | `hang` | no answer at all |
+//! | `slow-ttft-MS` | the first token (or the JSON answer) comes after MS milliseconds |
+//! | `cut-N` | the stream is cut after N tokens |
+//! | `stall-N` | the stream stalls after N tokens |
+//! | `malformed-N` | one malformed SSE event after N tokens, then the rest |
+//! | `no-done` | a complete stream without the final `data: [DONE]` |
+//! | `context-length` | 400 `context_length_exceeded` |
+//! | `content-filter` | 400 `content_filter` |
+//! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
+//!
+//! Answers are deterministic: `max_tokens` (default 12) words `t0 t1 …`. When the last message is
+//! an assistant message (a prefill), the answer continues after the words it already holds.
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Default answer length in tokens when the request sets no `max_tokens`.
+pub const DEFAULT_TOKENS: u64 = 12;
+
+/// What a request asks the mock to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None,
+    /// 429 on every attempt, with `Retry-After` seconds when set.
+    RateLimit(Option<u64>),
+    /// 429 on the first attempt only, with `Retry-After` seconds when set.
+    RateLimitOnce(Option<u64>),
+    /// 500 on every attempt.
+    ServerError,
+    /// 500 on the first attempt only.
+    ServerErrorOnce,
+    /// 503 on every attempt.
+    Unavailable,
+    /// Close the connection before any header.
+    Reset,
+    /// Never answer.
+    Hang,
+    /// Delay the first token by this many milliseconds.
+    SlowFirstToken(u64),
+    /// Cut the stream after this many tokens.
+    Cut(u64),
+    /// Stall the stream after this many tokens.
+    Stall(u64),
+    /// Send one malformed event after this many tokens.
+    Malformed(u64),
+    /// Complete the stream without `[DONE]`.
+    NoDone,
+    /// 400 `context_length_exceeded`.
+    ContextLength,
+    /// 400 `content_filter`.
+    ContentFilter,
+    /// 503 for this many milliseconds after the first attempt, then normal.
+    Flap(u64),
+}
+
+impl Fault {
+    /// Parses a fault name; unknown names mean [`Fault::None`].
+    pub fn parse(name: &str) -> Fault {
+        let name = name.rsplit('+').next().unwrap_or(name);
+        let num = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+        match name {
+            "429" => return Fault::RateLimit(None),
+            "429-once" => return Fault::RateLimitOnce(None),
+            "500" => return Fault::ServerError,
+            "500-once" => return Fault::ServerErrorOnce,
+            "503" => return Fault::Unavailable,
+            "reset" => return Fault::Reset,
+            "hang" => return Fault::Hang,
+            "no-done" => return Fault::NoDone,
+            "context-length" => return Fault::ContextLength,
+            "content-filter" => return Fault::ContentFilter,
+            _ => {}
+        }
+        if let Some(n) = num("429-once-ra-") {
+            Fault::RateLimitOnce(Some(n))
+        } else if let Some(n) = num("429-ra-") {
+            Fault::RateLimit(Some(n))
+        } else if let Some(n) = num("slow-ttft-") {
+            Fault::SlowFirstToken(n)
+        } else if let Some(n) = num("cut-") {
+            Fault::Cut(n)
+        } else if let Some(n) = num("stall-") {
+            Fault::Stall(n)
+        } else if let Some(n) = num("malformed-") {
+            Fault::Malformed(n)
+        } else if let Some(n) = num("flap-") {
+            Fault::Flap(n)
+        } else {
+            Fault::None
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ModelStats {
+    attempts: u64,
+    first_seen: Option<Instant>,
+}
+
+/// Attempt counters, shared by every connection of one mock.
+#[derive(Debug, Default)]
+pub struct Stats {
+    models: Mutex<BTreeMap<String, ModelStats>>,
+}
+
+impl Stats {
+    /// Counts an attempt for `model`; returns its number (1-based) and when the model was first seen.
+    fn count(&self, model: &str) -> (u64, Instant) {
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = models.entry(model.to_owned()).or_default();
+        entry.attempts += 1;
+        let first = *entry.first_seen.get_or_insert_with(Instant::now);
+        (entry.attempts, first)
+    }
+
+    /// Attempts made so far for `model`.
+    pub fn attempts(&self, model: &str) -> u64 {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models.get(model).map(|m| m.attempts).unwrap_or(0)
+    }
+
+    /// Every model's attempt count.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models.iter().map(|(k, v)| (k.clone(), v.attempts)).collect()
+    }
+
+    /// Forgets every counter and flap timer.
+    pub fn reset(&self) {
+        self.models.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Behaviour shared by all requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Delay between two streamed tokens.
+    pub token_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { token_interval: Duration::from_millis(2) }
+    }
+}
+
+/// A running mock.
+#[derive(Debug, Clone)]
+pub struct MockHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its attempt counters.
+    pub stats: Arc<Stats>,
+}
+
+impl MockHandle {
+    /// The OpenAI base URL of this mock (`http://ADDR/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+/// Binds `addr` and serves on a background task of the current runtime.
+pub async fn spawn(addr: &str, options: Options) -> std::io::Result<MockHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(Stats::default());
+    tokio::spawn(serve(listener, stats.clone(), options));
+    Ok(MockHandle { addr, stats })
+}
+
+/// Serves connections from `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, stats: Arc<Stats>, options: Options) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let stats = stats.clone();
+                async move { handle(req, stats, options).await }
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder.serve_connection(io, service).await;
+        });
+    }
+}
+
+/// The error a service returns to make hyper drop the connection without an answer.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+    options: Options,
+) -> Result<Response<MockBody>, DropConnection> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let header_fault = req
+        .headers()
+        .get("x-mock-fault")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match (method, path.as_str()) {
+        (Method::GET, "/_stats") => {
+            return Ok(json_response(StatusCode::OK, json!({ "attempts": stats.snapshot() })))
+        }
+        (Method::POST, "/_reset") => {
+            stats.reset();
+            return Ok(json_response(StatusCode::OK, json!({ "ok": true })));
+        }
+        (Method::GET, "/v1/models") => {
+            let data: Vec<Value> = stats
+                .snapshot()
+                .keys()
+                .map(|m| json!({ "id": m, "object": "model", "owned_by": "mock" }))
+                .collect();
+            return Ok(json_response(StatusCode::OK, json!({ "object": "list", "data": data })));
+        }
+        (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
+        _ => return Ok(error_response(StatusCode::NOT_FOUND, "no such route", "not_found", None)),
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(DropConnection),
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(error_response(StatusCode::BAD_REQUEST, &e.to_string(), "invalid_json", None))
+        }
+    };
+    let model = request["model"].as_str().unwrap_or("").to_owned();
+    let (attempt, first_seen) = stats.count(&model);
+    let fault = Fault::parse(header_fault.as_deref().unwrap_or(&model));
+    match fault {
+        Fault::RateLimit(ra) => return Ok(rate_limited(ra)),
+        Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(ra)),
+        Fault::ServerError => return Ok(server_error(StatusCode::INTERNAL_SERVER_ERROR)),
+        Fault::ServerErrorOnce if attempt == 1 => {
+            return Ok(server_error(StatusCode::INTERNAL_SERVER_ERROR))
+        }
+        Fault::Unavailable => return Ok(server_error(StatusCode::SERVICE_UNAVAILABLE)),
+        Fault::Flap(ms) if first_seen.elapsed() < Duration::from_millis(ms) => {
+            return Ok(server_error(StatusCode::SERVICE_UNAVAILABLE))
+        }
+        Fault::Reset => return Err(DropConnection),
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return Err(DropConnection);
+        }
+        Fault::ContextLength => {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "This model's maximum context length is 8 tokens.",
+                "context_length_exceeded",
+                Some("messages"),
+            ))
+        }
+        Fault::ContentFilter => {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "The response was filtered due to the prompt triggering the content management policy.",
+                "content_filter",
+                Some("prompt"),
+            ))
+        }
+        _ => {}
+    }
+    if path == "/v1/embeddings" {
+        return Ok(embeddings(&request, &model));
+    }
+    let answer = Answer::of(&request);
+    if let Fault::SlowFirstToken(ms) = fault {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if request["stream"].as_bool().unwrap_or(false) {
+        Ok(stream(answer, model, fault, options))
+    } else if let Fault::Cut(_) | Fault::Stall(_) = fault {
+        // A JSON answer cut or stalled half way: headers, then part of the body.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Bytes::from_static(b"{\"id\":\"chatcmpl-mock\",\"choices\":["))).await;
+            if let Fault::Stall(_) = fault {
+                tx.closed().await;
+            } else {
+                let _ = tx.send(Err(std::io::Error::other("cut"))).await;
+            }
+        });
+        let mut resp = Response::new(ChannelBody { rx }.boxed());
+        resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
+        Ok(resp)
+    } else {
+        Ok(json_response(StatusCode::OK, answer.completion(&model)))
+    }
+}
+
+/// The deterministic answer to a chat request.
+#[derive(Debug, Clone)]
+struct Answer {
+    /// Index of the first word to produce (after a prefill).
+    start: u64,
+    /// Index one past the last word.
+    end: u64,
+    prompt_tokens: u64,
+}
+
+impl Answer {
+    fn of(request: &Value) -> Answer {
+        let total = request["max_completion_tokens"]
+            .as_u64()
+            .or_else(|| request["max_tokens"].as_u64())
+            .unwrap_or(DEFAULT_TOKENS);
+        let messages = request["messages"].as_array().cloned().unwrap_or_default();
+        let chars: usize = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
+        let start = match messages.last() {
+            Some(m) if m["role"] == "assistant" => {
+                text_of(&m["content"]).split_whitespace().count() as u64
+            }
+            _ => 0,
+        };
+        Answer { start: start.min(total), end: total, prompt_tokens: chars as u64 / 4 + 1 }
+    }
+
+    fn word(i: u64) -> String {
+        format!("t{i} ")
+    }
+
+    fn text(&self) -> String {
+        (self.start..self.end).map(Answer::word).collect()
+    }
+
+    fn usage(&self) -> Value {
+        let completion = self.end - self.start;
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        })
+    }
+
+    fn completion(&self, model: &str) -> Value {
+        json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1_700_000_000u64,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": self.text() },
+                "finish_reason": "stop",
+            }],
+            "usage": self.usage(),
+        })
+    }
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")
+        }
+        _ => String::new(),
+    }
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
+    let event = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+    });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let send = |b: Bytes| tx.send(Ok(b));
+        if send(chunk(&model, json!({ "role": "assistant", "content": "" }), None)).await.is_err() {
+            return;
+        }
+        for (n, i) in (answer.start..answer.end).enumerate() {
+            let n = n as u64;
+            match fault {
+                Fault::Cut(k) if n == k => {
+                    // Let the tokens already sent reach the wire before the cut.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = tx.send(Err(std::io::Error::other("stream cut"))).await;
+                    return;
+                }
+                Fault::Stall(k) if n == k => {
+                    tx.closed().await;
+                    return;
+                }
+                Fault::Malformed(k) if n == k => {
+                    if send(Bytes::from_static(b"data: {\"choices\": [oops\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            if n > 0 && !options.token_interval.is_zero() {
+                tokio::time::sleep(options.token_interval).await;
+            }
+            let delta = json!({ "content": Answer::word(i) });
+            if send(chunk(&model, delta, None)).await.is_err() {
+                return;
+            }
+        }
+        if send(chunk(&model, json!({}), Some("stop"))).await.is_err() {
+            return;
+        }
+        let usage = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000u64,
+            "model": model,
+            "choices": [],
+            "usage": answer.usage(),
+        });
+        if send(Bytes::from(format!("data: {usage}\n\n"))).await.is_err() {
+            return;
+        }
+        if fault != Fault::NoDone {
+            let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        }
+    });
+    let mut resp = Response::new(ChannelBody { rx }.boxed());
+    resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("static"));
+    resp
+}
+
+fn embeddings(request: &Value, model: &str) -> Response<MockBody> {
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or("").to_owned()).collect(),
+        _ => vec![],
+    };
+    let mut tokens = 0u64;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            tokens += text.len() as u64 / 4 + 1;
+            let seed = text.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let vector: Vec<f64> =
+                (0..8).map(|k| ((seed >> (k * 4)) & 0xf) as f64 / 15.0).collect();
+            json!({ "object": "embedding", "index": i, "embedding": vector })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+        }),
+    )
+}
+
+fn json_response(status: StatusCode, value: Value) -> Response<MockBody> {
+    let body = Full::new(Bytes::from(value.to_string())).map_err(|e: Infallible| match e {}).boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
+    resp
+}
+
+fn error_response(
+    status: StatusCode,
+    message: &str,
+    code: &str,
+    param: Option<&str>,
+) -> Response<MockBody> {
+    json_response(
+        status,
+        json!({ "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "code": code,
+            "param": param,
+        }}),
+    )
+}
+
+fn rate_limited(retry_after: Option<u64>) -> Response<MockBody> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({ "error": {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+            "param": null,
+        }}),
+    );
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert("retry-after", secs.into());
+    }
+    resp
+}
+
+fn server_error(status: StatusCode) -> Response<MockBody> {
+    json_response(
+        status,
+        json!({ "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "code": null,
+            "param": null,
+        }}),
+    )
+}
+
+/// A response body fed by a channel; an `Err` item aborts the connection.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fault_names() {
+        assert_eq!(Fault::parse("primary+503"), Fault::Unavailable);
+        assert_eq!(Fault::parse("429-once-ra-1"), Fault::RateLimitOnce(Some(1)));
+        assert_eq!(Fault::parse("429-ra-30"), Fault::RateLimit(Some(30)));
+        assert_eq!(Fault::parse("cut-3"), Fault::Cut(3));
+        assert_eq!(Fault::parse("gpt-4o"), Fault::None);
+    }
+
+    #[test]
+    fn prefill_continues_the_answer() {
+        let req = json!({
+            "max_tokens": 5,
+            "messages": [
+                { "role": "user", "content": "hi" },
+                { "role": "assistant", "content": "t0 t1 " },
+            ],
+        });
+        assert_eq!(Answer::of(&req).text(), "t2 t3 t4 ");
+    }
+}
