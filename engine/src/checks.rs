@@ -1,0 +1,244 @@
+//! Semantic checks beyond the schemas: references, shadowed rules, cycles, weights.
+
+use crate::diag::Diagnostic;
+use crate::load::Parsed;
+use crate::model::{self, ProviderType, Strategy};
+use crate::policy::{DowngradeRuleInfo, ModelInfo, Rule};
+use crate::{index, source};
+
+/// A help line listing the names that exist.
+pub(crate) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        return "none is declared".to_owned();
+    }
+    format!("known: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+}
+
+/// Provider settings that cannot work.
+pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &Parsed, i: usize) {
+    let base = format!("/providers/{i}");
+    match p.kind {
+        ProviderType::Simulated => {}
+        ProviderType::OpenaiCompatible if p.base_url.is_none() => diags.push(
+            Diagnostic::error(
+                "provider/no-base-url",
+                format!("provider `{}` is OpenAI-compatible but has no `base_url`", p.name),
+                Some(doc.loc(&base)),
+            ),
+        ),
+        _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
+            "provider/no-key",
+            format!("provider `{}` has no `api_key` reference; upstream calls will be unauthenticated", p.name),
+            Some(doc.loc(&base)),
+        )),
+        _ => {}
+    }
+}
+
+/// Prices and capabilities of a model.
+pub(crate) fn model(diags: &mut Vec<Diagnostic>, m: &model::Model, doc: &Parsed, i: usize) {
+    for (field, value) in [
+        ("input_per_mtok", m.price.input_per_mtok),
+        ("output_per_mtok", m.price.output_per_mtok),
+    ] {
+        if value <= 0.0 {
+            diags.push(
+                Diagnostic::error(
+                    "model/price-not-positive",
+                    format!("model `{}`: `{field}` must be above 0, got {value}", m.name),
+                    Some(doc.loc(&format!("/models/{i}/price/{field}"))),
+                )
+                .with_help("cost attribution and budgets rely on prices; write the provider's list price"),
+            );
+        }
+    }
+    if m.context_window == 0 {
+        diags.push(Diagnostic::error(
+            "model/zero-context",
+            format!("model `{}` has a context window of 0", m.name),
+            Some(doc.loc(&format!("/models/{i}/context_window"))),
+        ));
+    }
+}
+
+/// Weights of a weighted rule, aligned with its candidates.
+pub(crate) fn weights(
+    diags: &mut Vec<Diagnostic>,
+    rule: &model::RoutingRule,
+    doc: &Parsed,
+    base: &str,
+) -> Vec<f64> {
+    let loc = |p: &str| Some(doc.loc(&format!("{base}{p}")));
+    match (rule.strategy, &rule.weights, &rule.candidates) {
+        (Strategy::Weighted, None, _) => {
+            diags.push(Diagnostic::error(
+                "rule/missing-weights",
+                format!("rule `{}` is weighted but has no `weights`", rule.name),
+                loc("/strategy"),
+            ));
+            Vec::new()
+        }
+        (Strategy::Weighted, Some(_), None) => {
+            diags.push(Diagnostic::error(
+                "rule/missing-candidates",
+                format!("rule `{}` is weighted but lists no `candidates`", rule.name),
+                loc("/strategy"),
+            ));
+            Vec::new()
+        }
+        (Strategy::Weighted, Some(w), Some(c)) => {
+            for (name, value) in w {
+                if !c.contains(name) {
+                    diags.push(Diagnostic::error(
+                        "rule/weight-not-candidate",
+                        format!("rule `{}` weighs `{name}`, which is not one of its candidates", rule.name),
+                        loc(&format!("/weights/{name}")),
+                    ));
+                }
+                if *value <= 0.0 {
+                    diags.push(Diagnostic::error(
+                        "rule/weight-not-positive",
+                        format!("rule `{}`: weight of `{name}` must be above 0", rule.name),
+                        loc(&format!("/weights/{name}")),
+                    ));
+                }
+            }
+            c.iter().map(|n| w.get(n).copied().unwrap_or(0.0)).collect()
+        }
+        (_, Some(_), _) => {
+            diags.push(Diagnostic::warning(
+                "rule/unused-weights",
+                format!("rule `{}` has `weights` but its strategy is not `weighted`", rule.name),
+                loc("/weights"),
+            ));
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Rules that can never match because an earlier rule always matches first.
+pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule]) {
+    for (i, earlier) in rules.iter().enumerate() {
+        let Some(covered) = index::covers(earlier) else { continue };
+        for later in &rules[i + 1..] {
+            let models = later.when.as_ref().and_then(|w| index::models_of(w.ast()));
+            let hidden = match (&covered, &models) {
+                (None, _) => true,
+                (Some(c), Some(m)) => m.iter().all(|x| c.contains(x)),
+                (Some(_), None) => false,
+            };
+            if hidden {
+                diags.push(
+                    Diagnostic::error(
+                        "rule/shadowed",
+                        format!(
+                            "rule `{}` can never match: rule `{}` at {} matches every request it could",
+                            later.name, earlier.name, earlier.location
+                        ),
+                        Some(later.location.clone()),
+                    )
+                    .with_help("move the broader rule below the narrower one, or give it a condition"),
+                );
+            }
+        }
+    }
+}
+
+/// Budget settings that cannot work.
+pub(crate) fn budget(diags: &mut Vec<Diagnostic>, b: &model::Budget, doc: &Parsed, base: &str) {
+    if b.limit_usd <= 0.0 {
+        diags.push(Diagnostic::error(
+            "budget/limit-not-positive",
+            format!("budget `{}`: `limit_usd` must be above 0", b.name),
+            Some(doc.loc(&format!("{base}/limit_usd"))),
+        ));
+    }
+    if b.period == model::Period::Rolling && b.window_secs.unwrap_or(0) == 0 {
+        diags.push(Diagnostic::error(
+            "budget/no-window",
+            format!("budget `{}` is rolling but has no positive `window_secs`", b.name),
+            Some(doc.loc(&format!("{base}/period"))),
+        ));
+    }
+}
+
+/// Downgrade chains that loop.
+pub(crate) fn downgrade_cycles(
+    diags: &mut Vec<Diagnostic>,
+    rules: &[DowngradeRuleInfo],
+    models: &[ModelInfo],
+) {
+    let mut next: Vec<Vec<(usize, usize)>> = vec![Vec::new(); models.len()];
+    for (r, rule) in rules.iter().enumerate() {
+        for &from in &rule.from {
+            next[from].push((rule.to, r));
+        }
+    }
+    let mut reported = vec![false; rules.len()];
+    for start in 0..models.len() {
+        // Depth-first search for a path from `start` back to itself.
+        let mut stack = vec![(start, vec![start], None::<usize>)];
+        let mut seen = vec![false; models.len()];
+        while let Some((node, path, via)) = stack.pop() {
+            for &(to, r) in &next[node] {
+                if to == start {
+                    let closing = via.map_or(r, |_| r);
+                    if !reported[closing] {
+                        reported[closing] = true;
+                        let names: Vec<&str> = path.iter().chain([&start]).map(|&m| &*models[m].name).collect();
+                        diags.push(Diagnostic::error(
+                            "downgrade/cycle",
+                            format!("downgrades loop: {}", names.join(" → ")),
+                            Some(rules[closing].location.clone()),
+                        ));
+                    }
+                } else if !seen[to] {
+                    seen[to] = true;
+                    let mut p = path.clone();
+                    p.push(to);
+                    stack.push((to, p, Some(r)));
+                }
+            }
+        }
+    }
+}
+
+/// The rollout spec's own problems and split caveats.
+pub(crate) fn canary(diags: &mut Vec<Diagnostic>, c: &model::Canary, doc: &Parsed, base: &str) {
+    for p in c.rollout.validate() {
+        let pointer = p.path.replace('[', "/").replace(']', "").replace('.', "/");
+        diags.push(Diagnostic::error(
+            "canary/invalid-rollout",
+            format!("canary `{}`: {} ({})", c.name, p.message, p.code),
+            Some(doc.loc(&format!("{base}/rollout/{pointer}"))),
+        ));
+    }
+    if c.rollout.split != llmgw_canary::spec::Split::PerRequest {
+        diags.push(
+            Diagnostic::warning(
+                "canary/sticky-split",
+                format!(
+                    "canary `{}` splits by key or user: requests of one client are not independent, so its error-rate and latency checks are no longer exact",
+                    c.name
+                ),
+                Some(doc.loc(&format!("{base}/rollout/split"))),
+            )
+            .with_help("use `split: per_request` unless clients must see one version"),
+        );
+    }
+}
+
+/// The key of a canary's persisted state: its model, deployments and rollout spec.
+pub(crate) fn canary_hash(c: &model::Canary) -> String {
+    let text = format!(
+        "{}|{}|{}|{}",
+        c.model,
+        c.baseline,
+        c.candidate,
+        c.rollout.spec_hash()
+    );
+    format!("{:016x}", source::fnv64(text.bytes()))
+}

@@ -1,0 +1,518 @@
+//! The decision engine: a pure function of (policy, request, live stats, state).
+//!
+//! Phases, in order: budgets (what has been spent, what this request may cost), downgrades,
+//! routing rules (first match wins), candidate filtering and ordering by strategy, expansion
+//! into deployments with failover, and the canary split.
+
+use crate::decision::{
+    Arm, Attempt, BudgetAction, CanaryAssignment, Decision, Downgrade, Reservation,
+};
+use crate::expr::EvalError;
+use crate::input::{CircuitState, Endpoint, LiveView, RequestContext, StateView};
+use crate::model::{Capability, Failover, LatencyMetric, OnExceed, Scope, Strategy};
+use crate::policy::{CompiledPolicy, ModelInfo, Rule};
+use crate::trace::{Step, Trace};
+use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use std::sync::Arc;
+
+/// Output tokens reserved for a request that sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
+
+/// Why no decision could be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecideError {
+    /// The requested model is not in the policy.
+    #[error("the model `{model}` does not exist")]
+    UnknownModel {
+        /// The model asked for.
+        model: String,
+    },
+    /// Every candidate was filtered out or has its circuit open.
+    #[error("no deployment can serve `{model}`: {reason}")]
+    NoDeployment {
+        /// The model routing started from.
+        model: String,
+        /// Why the candidates were all dropped.
+        reason: String,
+    },
+    /// A rule's condition failed to evaluate.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+}
+
+const SCOPES: [Scope; 4] = [Scope::Key, Scope::User, Scope::Project, Scope::Tenant];
+
+/// A budget that applies to the request, with its spend.
+struct Applied {
+    budget: usize,
+    principal: String,
+    spent: f64,
+}
+
+impl CompiledPolicy {
+    /// Decides where a request goes.
+    pub fn decide(
+        &self,
+        ctx: &RequestContext,
+        live: &dyn LiveView,
+        state: &dyn StateView,
+    ) -> Result<Decision, DecideError> {
+        self.decide_traced(ctx, live, state, &mut Trace::off())
+    }
+
+    /// Worst-case cost of the request on a model: its input plus `max_tokens` (or
+    /// [`DEFAULT_OUTPUT_TOKENS`]) at the model's prices.
+    pub fn worst_case_cost(&self, model: &ModelInfo, ctx: &RequestContext) -> f64 {
+        let out = ctx.request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
+        model.price.cost(ctx.request.input_tokens, out)
+    }
+
+    /// Decides, recording every step in `trace` when it is on.
+    pub fn decide_traced(
+        &self,
+        ctx: &RequestContext,
+        live: &dyn LiveView,
+        state: &dyn StateView,
+        trace: &mut Trace,
+    ) -> Result<Decision, DecideError> {
+        let req = &ctx.request;
+        let Some(&requested) = self.model_index.get(req.model.as_str()) else {
+            return Err(DecideError::UnknownModel {
+                model: req.model.clone(),
+            });
+        };
+        let now = chrono::DateTime::from_timestamp_millis(ctx.now_ms)
+            .unwrap_or_default()
+            .fixed_offset();
+        let mut vars = BudgetVars::default();
+
+        // Budgets: which apply, and how much has been spent against each.
+        let mut applied: Vec<Applied> = Vec::new();
+        for (b, budget) in self.budgets.iter().enumerate() {
+            let applies = match &budget.when {
+                None => true,
+                Some(when) => when.eval(&self.facts(ctx, &req.model, &vars, now))?,
+            };
+            let principal = &ctx.identity.of(budget.spec.scope).id;
+            if !applies || principal.is_empty() {
+                continue;
+            }
+            let spent = state.spent_usd(&budget.name, budget.spec.scope, principal);
+            let slot = &mut vars.scopes[scope_slot(budget.spec.scope)];
+            let spend = Spend {
+                spent,
+                limit: budget.spec.limit_usd,
+            };
+            if spend.fraction() >= slot.fraction() {
+                *slot = spend;
+            }
+            applied.push(Applied {
+                budget: b,
+                principal: principal.clone(),
+                spent,
+            });
+        }
+        let requested_cost = self.worst_case_cost(&self.models[requested], ctx);
+        vars.exceeded = applied.iter().any(|a| {
+            let spec = &self.budgets[a.budget].spec;
+            spec.on_exceed == OnExceed::Downgrade && a.spent + requested_cost > spec.limit_usd
+        });
+        for a in &applied {
+            let spec = &self.budgets[a.budget].spec;
+            trace.push(|| Step::Budget {
+                budget: spec.name.clone(),
+                principal: a.principal.clone(),
+                spent_usd: a.spent,
+                limit_usd: spec.limit_usd,
+                request_usd: requested_cost,
+            });
+        }
+
+        // Downgrades, chained (lint rejects cycles; the bound guards anyway).
+        let mut model = requested;
+        let mut downgrade: Option<Downgrade> = None;
+        for _ in 0..self.models.len() {
+            let mut moved = false;
+            for rule in self.downgrades.iter().filter(|r| r.from.contains(&model)) {
+                let fires = match &rule.when {
+                    None => vars.exceeded,
+                    Some(when) => when.eval(&self.facts(ctx, &self.models[model].name, &vars, now))?,
+                };
+                trace.push(|| Step::Downgrade {
+                    rule: rule.name.to_string(),
+                    from: self.models[model].name.to_string(),
+                    to: self.models[rule.to].name.to_string(),
+                    fired: fires,
+                });
+                if fires {
+                    let from = downgrade.as_ref().map_or_else(|| self.models[model].name.clone(), |d| d.from.clone());
+                    let budget = self
+                        .budget_over(&applied, requested_cost, OnExceed::Downgrade)
+                        .map(|b| self.budgets[b].name.clone());
+                    downgrade = Some(Downgrade {
+                        from,
+                        to: self.models[rule.to].name.clone(),
+                        rule: rule.name.clone(),
+                        budget,
+                    });
+                    model = rule.to;
+                    moved = true;
+                    break;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+
+        // Budgets that still refuse the request at the final model's cost.
+        let final_cost = self.worst_case_cost(&self.models[model], ctx);
+        for a in &applied {
+            let budget = &self.budgets[a.budget];
+            if a.spent + final_cost <= budget.spec.limit_usd {
+                continue;
+            }
+            let refuses = match budget.spec.on_exceed {
+                OnExceed::Block => true,
+                OnExceed::Downgrade => downgrade.is_none(),
+            };
+            if refuses {
+                trace.push(|| Step::Blocked {
+                    budget: budget.spec.name.clone(),
+                });
+                return Ok(self.blocked(ctx, model, budget.name.clone(), downgrade, final_cost));
+            }
+        }
+
+        // Routing: the first matching rule among those indexed for this model.
+        let model_name = self.models[model].name.clone();
+        let facts = self.facts(ctx, &model_name, &vars, now);
+        let list = self
+            .rules_by_model
+            .get(&*model_name)
+            .unwrap_or(&self.rules_for_other);
+        let mut chosen: Option<&Rule> = None;
+        for &i in list {
+            let rule = &self.rules[i];
+            let matched = match &rule.when {
+                None => true,
+                Some(when) => when.eval(&facts)?,
+            };
+            trace.push(|| Step::Rule {
+                rule: rule.name.to_string(),
+                location: rule.location.to_string(),
+                matched,
+            });
+            if matched {
+                chosen = Some(rule);
+                break;
+            }
+        }
+        let (rule_name, strategy) = match chosen {
+            Some(r) => (r.name.clone(), r.strategy),
+            None => (self.default_rule.clone(), Strategy::Priority),
+        };
+
+        // Candidates, filtered and ordered.
+        let own: Vec<usize> = chosen
+            .and_then(|r| r.candidates.clone())
+            .unwrap_or_else(|| vec![model]);
+        let mut ranked = Vec::with_capacity(own.len());
+        for (pos, &m) in own.iter().enumerate() {
+            if let Some(c) = self.admit(m, chosen, ctx, live, trace)? {
+                ranked.push((pos, m, c));
+            }
+        }
+        if let Some(rule) = chosen {
+            self.order(rule, &mut ranked, ctx.random);
+        }
+        let mut models: Vec<usize> = ranked.iter().map(|&(_, m, _)| m).collect();
+        let failover = chosen.map_or(Failover::Class, |r| r.failover);
+        if failover == Failover::Class {
+            let own_ranked: Vec<usize> = ranked.iter().map(|r| r.1).collect();
+            for m in own_ranked {
+                for &eq in &self.models[m].equivalents {
+                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace)?.is_some() {
+                        models.push(eq);
+                    }
+                }
+            }
+        }
+
+        // Deployments: closed circuits first, half-open after, open ones skipped.
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut probing: Vec<Attempt> = Vec::new();
+        for &m in &models {
+            for &d in &self.models[m].deployments {
+                let dep = &self.deployments[d];
+                match live.stats(d, &dep.name).map(|s| s.circuit).unwrap_or_default() {
+                    CircuitState::Closed => attempts.push(self.attempt(d)),
+                    CircuitState::HalfOpen => probing.push(self.attempt(d)),
+                    CircuitState::Open => trace.push(|| Step::DeploymentSkipped {
+                        deployment: dep.name.to_string(),
+                        reason: "circuit open".into(),
+                    }),
+                }
+            }
+        }
+        attempts.extend(probing);
+
+        // Canary split on the model that serves first.
+        let mut canary = None;
+        if let Some(&ci) = attempts.first().and_then(|a| self.canary_by_model.get(&self.deployments[a.index].model)) {
+            let c = &self.canaries[ci];
+            attempts.retain(|a| a.index != c.candidate);
+            if let Some(weight) = state.canary_weight(&c.name) {
+                let w = (weight / 100.0).clamp(0.0, 1.0);
+                // A second uniform number from the request's one, independent of the weighted
+                // draw: the fractional part of a uniform times an integer is uniform.
+                let u = (ctx.random * 65_536.0).fract();
+                let arm = if u < w { Arm::Candidate } else { Arm::Baseline };
+                if arm == Arm::Candidate {
+                    attempts.insert(0, self.attempt(c.candidate));
+                }
+                trace.push(|| Step::Canary {
+                    canary: c.name.to_string(),
+                    weight_percent: weight,
+                    arm: arm.as_str().into(),
+                });
+                canary = Some(CanaryAssignment {
+                    canary: c.name.clone(),
+                    arm,
+                    weight: w,
+                });
+            }
+        }
+
+        let Some(first) = attempts.first() else {
+            return Err(DecideError::NoDeployment {
+                model: model_name.to_string(),
+                reason: if models.is_empty() {
+                    "every candidate was filtered out (capabilities, context window or filter)".into()
+                } else {
+                    "every deployment's circuit is open".into()
+                },
+            });
+        };
+        let estimated = self.worst_case_cost(&self.models[self.deployments[first.index].model], ctx);
+        let reservations = applied
+            .iter()
+            .map(|a| {
+                let b = &self.budgets[a.budget];
+                Reservation {
+                    budget: b.name.clone(),
+                    scope: b.spec.scope,
+                    principal: a.principal.clone(),
+                    amount_usd: estimated,
+                    limit_usd: b.spec.limit_usd,
+                    strict: b.spec.strict,
+                }
+            })
+            .collect();
+        let budget = downgrade.as_ref().and_then(|d| d.budget.clone());
+        Ok(Decision {
+            revision: self.revision.clone(),
+            rule: rule_name,
+            strategy,
+            requested_model: req.model.clone(),
+            model: model_name.clone(),
+            cache_ttl_secs: self.cache_ttl_secs(&model_name),
+            attempts,
+            budget_action: if downgrade.is_some() {
+                BudgetAction::Downgrade
+            } else {
+                BudgetAction::Allow
+            },
+            budget,
+            reservations,
+            downgrade,
+            canary,
+            estimated_cost_usd: estimated,
+        })
+    }
+
+    fn facts<'a>(
+        &self,
+        ctx: &'a RequestContext,
+        model: &'a str,
+        vars: &'a BudgetVars,
+        now: chrono::DateTime<chrono::FixedOffset>,
+    ) -> Facts<'a> {
+        Facts {
+            request: &ctx.request,
+            model,
+            identity: &ctx.identity,
+            budget: vars,
+            now,
+        }
+    }
+
+    fn attempt(&self, d: usize) -> Attempt {
+        let dep = &self.deployments[d];
+        Attempt {
+            index: d,
+            deployment: dep.name.clone(),
+            model: dep.model_name.clone(),
+            provider: dep.provider_name.clone(),
+            region: dep.region.clone(),
+            upstream_model: dep.upstream_model.clone(),
+        }
+    }
+
+    /// The first applied budget of the given action that this cost exceeds.
+    fn budget_over(&self, applied: &[Applied], cost: f64, action: OnExceed) -> Option<usize> {
+        applied
+            .iter()
+            .find(|a| {
+                let spec = &self.budgets[a.budget].spec;
+                spec.on_exceed == action && a.spent + cost > spec.limit_usd
+            })
+            .map(|a| a.budget)
+    }
+
+    fn blocked(
+        &self,
+        ctx: &RequestContext,
+        model: usize,
+        budget: Arc<str>,
+        downgrade: Option<Downgrade>,
+        cost: f64,
+    ) -> Decision {
+        let name = self.models[model].name.clone();
+        Decision {
+            revision: self.revision.clone(),
+            rule: budget.clone(),
+            strategy: Strategy::Priority,
+            requested_model: ctx.request.model.clone(),
+            cache_ttl_secs: self.cache_ttl_secs(&name),
+            model: name,
+            attempts: Vec::new(),
+            budget_action: BudgetAction::Block,
+            budget: Some(budget),
+            reservations: Vec::new(),
+            downgrade,
+            canary: None,
+            estimated_cost_usd: cost,
+        }
+    }
+
+    /// Whether a candidate model can serve the request; its view for ordering when it can.
+    fn admit(
+        &self,
+        m: usize,
+        rule: Option<&Rule>,
+        ctx: &RequestContext,
+        live: &dyn LiveView,
+        trace: &mut Trace,
+    ) -> Result<Option<Ranked>, DecideError> {
+        let info = &self.models[m];
+        let req = &ctx.request;
+        let need = |cap: Capability, wanted: bool| !wanted || info.has(cap);
+        let endpoint_cap = match req.endpoint {
+            Endpoint::Chat => Capability::Chat,
+            Endpoint::Embeddings => Capability::Embeddings,
+        };
+        let tokens = req.input_tokens + req.max_tokens.unwrap_or(0);
+        let reason = if !info.has(endpoint_cap) {
+            Some(format!("does not serve the {} endpoint", req.endpoint.as_str()))
+        } else if !need(Capability::Tools, req.tools) {
+            Some("does not support tools".to_owned())
+        } else if !need(Capability::Vision, req.vision) {
+            Some("does not accept images".to_owned())
+        } else if tokens > info.context_window {
+            Some(format!("context window {} < {tokens} tokens", info.context_window))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            trace.push(|| Step::CandidateDropped {
+                model: info.name.to_string(),
+                reason,
+            });
+            return Ok(None);
+        }
+        let first = info.deployments.first().copied();
+        let stats = first
+            .and_then(|d| live.stats(d, &self.deployments[d].name))
+            .unwrap_or_default();
+        let healthy = info.deployments.iter().any(|&d| {
+            live.stats(d, &self.deployments[d].name)
+                .is_none_or(|s| s.circuit != CircuitState::Open)
+        });
+        let cost = self.worst_case_cost(info, ctx);
+        if let Some(filter) = rule.and_then(|r| r.filter.as_ref()) {
+            let view = Candidate {
+                model: info,
+                stats,
+                healthy,
+                estimated_cost: cost,
+            };
+            if !filter.eval(&view)? {
+                trace.push(|| Step::CandidateDropped {
+                    model: info.name.to_string(),
+                    reason: format!("filter `{}` is false", filter.source),
+                });
+                return Ok(None);
+            }
+        }
+        let latency = |metric: LatencyMetric| match metric {
+            LatencyMetric::P95 => stats.p95_ms,
+            LatencyMetric::P50 => stats.p50_ms,
+            LatencyMetric::Ttft => stats.ttft_ms,
+        };
+        Ok(Some(Ranked {
+            latency: rule.and_then(|r| latency(r.latency_metric)),
+            cost,
+            context: info.context_window,
+        }))
+    }
+
+    /// Orders admitted candidates by the rule's strategy; ties keep the written order.
+    fn order(&self, rule: &Rule, ranked: &mut [(usize, usize, Ranked)], random: f64) {
+        match rule.strategy {
+            Strategy::Priority => {}
+            Strategy::Latency => match rule.latency_slo_ms {
+                Some(slo) => ranked.sort_by(|a, b| {
+                    let within = |r: &Ranked| r.latency.is_none_or(|l| l <= slo);
+                    let key = |r: &Ranked| if within(r) { 0.0 } else { r.latency.unwrap_or(0.0) };
+                    key(&a.2).total_cmp(&key(&b.2))
+                }),
+                None => ranked.sort_by(|a, b| {
+                    a.2.latency.unwrap_or(0.0).total_cmp(&b.2.latency.unwrap_or(0.0))
+                }),
+            },
+            Strategy::Cost => ranked.sort_by(|a, b| a.2.cost.total_cmp(&b.2.cost)),
+            Strategy::Capability => ranked.sort_by(|a, b| {
+                a.2.context
+                    .cmp(&b.2.context)
+                    .then(a.2.cost.total_cmp(&b.2.cost))
+            }),
+            Strategy::Weighted => {
+                let weight = |pos: usize| rule.weights.get(pos).copied().unwrap_or(0.0);
+                ranked.sort_by(|a, b| weight(b.0).total_cmp(&weight(a.0)));
+                let total: f64 = ranked.iter().map(|r| weight(r.0)).sum();
+                let mut point = random * total;
+                let pick = ranked
+                    .iter()
+                    .position(|r| {
+                        point -= weight(r.0);
+                        point < 0.0
+                    })
+                    .unwrap_or(0);
+                ranked[..=pick].rotate_right(1);
+            }
+        }
+    }
+}
+
+/// What ordering needs of an admitted candidate.
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    latency: Option<f64>,
+    cost: f64,
+    context: u64,
+}
+
+fn scope_slot(scope: Scope) -> usize {
+    SCOPES.iter().position(|&s| s == scope).unwrap_or(0)
+}

@@ -1,0 +1,145 @@
+//! What the engine decides for one request.
+
+use crate::model::{Scope, Strategy};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One upstream attempt: a deployment of a logical model on a provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    /// Index into [`crate::CompiledPolicy::deployments`].
+    #[serde(skip)]
+    pub index: usize,
+    /// The deployment's name.
+    pub deployment: Arc<str>,
+    /// The logical model it serves.
+    pub model: Arc<str>,
+    /// The provider.
+    pub provider: Arc<str>,
+    /// The provider's region.
+    pub region: Arc<str>,
+    /// The model name sent upstream.
+    pub upstream_model: Arc<str>,
+}
+
+/// What the budgets did to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetAction {
+    /// Within every budget.
+    Allow,
+    /// Moved to a cheaper model.
+    Downgrade,
+    /// Refused.
+    Block,
+}
+
+impl BudgetAction {
+    /// The name used in test expectations and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetAction::Allow => "route",
+            BudgetAction::Downgrade => "downgrade",
+            BudgetAction::Block => "block",
+        }
+    }
+}
+
+/// A reservation the gateway must make before the upstream call and settle after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reservation {
+    /// The budget.
+    pub budget: Arc<str>,
+    /// Its scope.
+    pub scope: Scope,
+    /// The principal id within the scope.
+    pub principal: String,
+    /// Worst-case cost in USD.
+    pub amount_usd: f64,
+    /// The budget's limit in USD.
+    pub limit_usd: f64,
+    /// Whether the reservation must be atomic against the limit.
+    pub strict: bool,
+}
+
+/// A downgrade that was applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Downgrade {
+    /// The model asked for.
+    pub from: Arc<str>,
+    /// The model used instead.
+    pub to: Arc<str>,
+    /// The downgrade rule that applied.
+    pub rule: Arc<str>,
+    /// The budget that triggered it, if a budget did.
+    pub budget: Option<Arc<str>>,
+}
+
+/// Which side of a canary a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    /// The current deployment.
+    Baseline,
+    /// The new deployment.
+    Candidate,
+}
+
+impl Arm {
+    /// The name used in headers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::Candidate => "candidate",
+        }
+    }
+}
+
+/// A canary split applied to a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryAssignment {
+    /// The canary.
+    pub canary: Arc<str>,
+    /// The arm drawn.
+    pub arm: Arm,
+    /// The candidate probability used, in [0, 1].
+    pub weight: f64,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The policy revision that decided.
+    pub revision: Arc<str>,
+    /// The routing rule that decided (`default` when none matched), or the budget that blocked.
+    pub rule: Arc<str>,
+    /// The strategy that ordered the candidates.
+    pub strategy: Strategy,
+    /// The model the client asked for.
+    pub requested_model: String,
+    /// The logical model routing started from (after any downgrade).
+    pub model: Arc<str>,
+    /// Ordered upstream attempts; empty when blocked.
+    pub attempts: Vec<Attempt>,
+    /// What the budgets did.
+    pub budget_action: BudgetAction,
+    /// The budget that blocked or downgraded.
+    pub budget: Option<Arc<str>>,
+    /// Reservations to make before the call.
+    pub reservations: Vec<Reservation>,
+    /// The downgrade applied, if any.
+    pub downgrade: Option<Downgrade>,
+    /// The canary split, if one applied.
+    pub canary: Option<CanaryAssignment>,
+    /// Worst-case cost of the first attempt, USD.
+    pub estimated_cost_usd: f64,
+    /// Response cache TTL for the served model, seconds (0: do not cache).
+    pub cache_ttl_secs: u64,
+}
+
+impl Decision {
+    /// The first attempt, if the request is not blocked.
+    pub fn primary(&self) -> Option<&Attempt> {
+        self.attempts.first()
+    }
+}

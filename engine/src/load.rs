@@ -1,0 +1,587 @@
+//! From files to a compiled policy: parse, validate, type, cross-reference, compile.
+//!
+//! Loading never stops at the first problem: it gathers every diagnostic it can, and builds a
+//! policy only when none of them is an error.
+
+use crate::celenv::Site;
+use crate::diag::{at, Diagnostic};
+use crate::expr::CompiledExpr;
+use crate::model::{self, Document};
+use crate::policy::{
+    BudgetRule, CanaryInfo, CompiledPolicy, DeploymentInfo, DowngradeRuleInfo, Location, ModelInfo,
+    Rule,
+};
+use crate::source::{content_revision, FileSource, PolicyFile};
+use crate::yaml::{self, Node};
+use crate::{checks, index, secrets};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A policy unit test with where it was written.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// The case.
+    pub test: model::PolicyTest,
+    /// Where it was written.
+    pub location: Location,
+}
+
+/// What loading produced.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// The policy, when there is no error.
+    pub policy: Option<CompiledPolicy>,
+    /// The policy tests of the repository.
+    pub tests: Vec<TestCase>,
+    /// Every finding, errors and warnings, sorted by file and line.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The revision loaded.
+    pub revision: String,
+}
+
+impl LoadOutcome {
+    /// Whether some finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// A document with where it came from.
+pub(crate) struct Parsed {
+    pub(crate) file: Arc<str>,
+    pub(crate) root: Node,
+    pub(crate) doc: Document,
+}
+
+impl Parsed {
+    /// The location of the node at a JSON pointer (the document's start when absent).
+    pub(crate) fn loc(&self, pointer: &str) -> Location {
+        let node = self.root.pointer(pointer).unwrap_or(&self.root);
+        at(&self.file, node.line, node.column)
+    }
+}
+
+/// Loads a policy from a source. `revision` names it (a commit id); a content hash otherwise.
+pub fn load(source: &dyn FileSource, revision: Option<&str>) -> LoadOutcome {
+    match source.files() {
+        Ok(files) => load_files(&files, revision),
+        Err(e) => LoadOutcome {
+            policy: None,
+            tests: Vec::new(),
+            diagnostics: vec![Diagnostic::error("source/read", e.to_string(), None)],
+            revision: revision.unwrap_or("unknown").to_owned(),
+        },
+    }
+}
+
+/// Loads a policy from files already read.
+pub fn load_files(files: &[PolicyFile], revision: Option<&str>) -> LoadOutcome {
+    let revision = revision.map_or_else(|| content_revision(files), str::to_owned);
+    let mut diags = Vec::new();
+    let mut docs = Vec::new();
+    for file in files {
+        if let Some(parsed) = parse_file(file, &mut diags) {
+            docs.push(parsed);
+        }
+    }
+    if files.is_empty() {
+        diags.push(Diagnostic::error(
+            "source/empty",
+            "the policy repository holds no *.yaml file",
+            None,
+        ));
+    }
+    let (policy, tests) = Builder::new(&revision, &mut diags).build(&docs);
+    diags.sort_by(|a, b| {
+        let key = |d: &Diagnostic| {
+            d.location
+                .as_ref()
+                .map(|l| (l.file.to_string(), l.line, l.column))
+        };
+        key(a).cmp(&key(b))
+    });
+    let failed = diags.iter().any(Diagnostic::is_error);
+    LoadOutcome {
+        policy: if failed { None } else { policy },
+        tests,
+        diagnostics: diags,
+        revision,
+    }
+}
+
+fn parse_file(file: &PolicyFile, diags: &mut Vec<Diagnostic>) -> Option<Parsed> {
+    let name: Arc<str> = file.path.as_str().into();
+    let Ok(text) = std::str::from_utf8(&file.bytes) else {
+        diags.push(Diagnostic::error(
+            "yaml/encoding",
+            "the file is not UTF-8",
+            Some(at(&name, 1, 1)),
+        ));
+        return None;
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                e.code,
+                e.message,
+                Some(at(&name, e.line, e.column)),
+            ));
+            return None;
+        }
+    };
+    for node in root.strings() {
+        let text = node.as_str().unwrap_or_default();
+        if let Some(what) = secrets::looks_like_secret(text) {
+            diags.push(
+                Diagnostic::error(
+                    "secret/literal",
+                    format!(
+                        "`{}` looks like {what} written into the repository",
+                        secrets::redact(text)
+                    ),
+                    Some(at(&name, node.line, node.column)),
+                )
+                .with_len(node.len)
+                .with_help("keep secrets out of git: write a reference such as `env:OPENAI_API_KEY` or `file:/run/secrets/openai`, and rotate the exposed key"),
+            );
+        }
+    }
+    let json = root.to_json();
+    if let Err(errs) = crate::schema::validate(&name, &root, &json) {
+        diags.extend(errs);
+        return None;
+    }
+    match serde_json::from_value::<Document>(json) {
+        Ok(doc) => Some(Parsed {
+            file: name,
+            root,
+            doc,
+        }),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                "schema/invalid",
+                format!("the document does not fit its kind: {e}"),
+                Some(at(&name, root.line, root.column)),
+            ));
+            None
+        }
+    }
+}
+
+/// Builds a compiled policy from documents, reporting every problem.
+pub(crate) struct Builder<'d> {
+    revision: Arc<str>,
+    diags: &'d mut Vec<Diagnostic>,
+}
+
+fn intern(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+impl<'d> Builder<'d> {
+    fn new(revision: &str, diags: &'d mut Vec<Diagnostic>) -> Self {
+        Builder {
+            revision: revision.into(),
+            diags,
+        }
+    }
+
+    fn error(&mut self, code: &'static str, message: String, loc: Location) {
+        self.diags.push(Diagnostic::error(code, message, Some(loc)));
+    }
+
+    /// Compiles an expression written at `pointer` of `doc`.
+    fn expr(&mut self, doc: &Parsed, pointer: &str, site: Site) -> Option<CompiledExpr> {
+        let node = doc.root.pointer(pointer)?;
+        let text = node.as_str()?;
+        let base = at(&doc.file, node.line, node.column);
+        match CompiledExpr::compile(text, site, base.clone()) {
+            Ok(e) => Some(e),
+            Err(errs) => {
+                let chars = text.chars().count();
+                // Columns inside the expression are exact for one-line plain or quoted scalars.
+                let shift = if text.contains('\n') {
+                    None
+                } else if node.len == chars {
+                    Some(0)
+                } else if node.len == chars + 2 {
+                    Some(1)
+                } else {
+                    None
+                };
+                for e in errs {
+                    let loc = match shift {
+                        Some(s) => at(&doc.file, node.line, node.column + s + e.offset),
+                        None => base.clone(),
+                    };
+                    let mut d = Diagnostic::error(e.code, e.message, Some(loc)).with_len(1);
+                    d.help = e.help;
+                    self.diags.push(d);
+                }
+                None
+            }
+        }
+    }
+
+    fn build(mut self, docs: &[Parsed]) -> (Option<CompiledPolicy>, Vec<TestCase>) {
+        let mut providers: Vec<model::Provider> = Vec::new();
+        let mut provider_locs: HashMap<String, Location> = HashMap::new();
+        for doc in docs {
+            if let Document::Providers(p) = &doc.doc {
+                for (i, prov) in p.providers.iter().enumerate() {
+                    let loc = doc.loc(&format!("/providers/{i}/name"));
+                    if let Some(first) = provider_locs.get(&prov.name) {
+                        let msg = format!("provider `{}` is declared twice (first at {first})", prov.name);
+                        self.error("ref/duplicate-name", msg, loc);
+                        continue;
+                    }
+                    checks::provider(self.diags, prov, doc, i);
+                    provider_locs.insert(prov.name.clone(), loc);
+                    providers.push(prov.clone());
+                }
+            }
+        }
+        let provider_index: HashMap<&str, usize> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+
+        // Models and deployments.
+        let mut models: Vec<ModelInfo> = Vec::new();
+        let mut model_index: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut deployments: Vec<DeploymentInfo> = Vec::new();
+        let mut deployment_index: HashMap<Arc<str>, usize> = HashMap::new();
+        for doc in docs {
+            let Document::Models(m) = &doc.doc else { continue };
+            for (i, model) in m.models.iter().enumerate() {
+                let loc = doc.loc(&format!("/models/{i}/name"));
+                let name = intern(&model.name);
+                if let Some(&first) = model_index.get(&name) {
+                    let msg = format!(
+                        "model `{name}` is declared twice (first at {})",
+                        models[first].location
+                    );
+                    self.error("ref/duplicate-name", msg, loc);
+                    continue;
+                }
+                checks::model(self.diags, model, doc, i);
+                let index = models.len();
+                let mut routable = Vec::new();
+                for (j, dep) in model.deployments.iter().enumerate() {
+                    let dep_name: Arc<str> = match &dep.name {
+                        Some(n) => intern(n),
+                        None => intern(&format!("{}@{}", model.name, dep.provider)),
+                    };
+                    let Some(&provider) = provider_index.get(dep.provider.as_str()) else {
+                        let msg = format!(
+                            "deployment `{dep_name}` names unknown provider `{}`",
+                            dep.provider
+                        );
+                        let loc = doc.loc(&format!("/models/{i}/deployments/{j}/provider"));
+                        self.diags.push(
+                            Diagnostic::error("ref/unknown-provider", msg, Some(loc))
+                                .with_help(checks::known(provider_index.keys().copied())),
+                        );
+                        continue;
+                    };
+                    if deployment_index.contains_key(&dep_name) {
+                        let loc = doc.loc(&format!("/models/{i}/deployments/{j}"));
+                        let msg = format!("deployment `{dep_name}` is declared twice");
+                        self.error("ref/duplicate-name", msg, loc);
+                        continue;
+                    }
+                    let d = deployments.len();
+                    deployment_index.insert(dep_name.clone(), d);
+                    if !dep.canary_only {
+                        routable.push(d);
+                    }
+                    deployments.push(DeploymentInfo {
+                        name: dep_name,
+                        model: index,
+                        model_name: name.clone(),
+                        provider,
+                        provider_name: intern(&providers[provider].name),
+                        region: intern(&providers[provider].region),
+                        upstream_model: intern(&dep.upstream_model),
+                        canary_only: dep.canary_only,
+                    });
+                }
+                if routable.is_empty() {
+                    let msg = format!("model `{name}` has no deployment that routing can use");
+                    self.error("model/no-deployment", msg, loc.clone());
+                }
+                model_index.insert(name.clone(), index);
+                models.push(ModelInfo {
+                    name,
+                    class: intern(&model.class),
+                    quality: model.quality,
+                    context_window: model.context_window,
+                    capabilities: model.capabilities.clone(),
+                    price: model.price,
+                    deployments: routable,
+                    equivalents: Vec::new(),
+                    location: loc,
+                });
+            }
+        }
+        for i in 0..models.len() {
+            let mut eq: Vec<usize> = (0..models.len())
+                .filter(|&j| j != i && models[j].class == models[i].class)
+                .collect();
+            eq.sort_by(|&a, &b| {
+                models[b]
+                    .quality
+                    .total_cmp(&models[a].quality)
+                    .then(models[a].price.output_per_mtok.total_cmp(&models[b].price.output_per_mtok))
+            });
+            models[i].equivalents = eq;
+        }
+        let resolve_model = |this: &mut Self, name: &str, loc: Location, what: &str| {
+            let found = model_index.get(name).copied();
+            if found.is_none() {
+                this.diags.push(
+                    Diagnostic::error(
+                        "ref/unknown-model",
+                        format!("{what} names unknown model `{name}`"),
+                        Some(loc),
+                    )
+                    .with_help(checks::known(model_index.keys().map(|k| &**k))),
+                );
+            }
+            found
+        };
+
+        // Routing rules.
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut rule_names: HashMap<String, Location> = HashMap::new();
+        for doc in docs {
+            let Document::Routing(r) = &doc.doc else { continue };
+            for (i, rule) in r.rules.iter().enumerate() {
+                let base = format!("/rules/{i}");
+                let loc = doc.loc(&format!("{base}/name"));
+                if let Some(first) = rule_names.get(&rule.name) {
+                    let msg = format!("rule name `{}` is used twice (first at {first})", rule.name);
+                    self.error("rule/duplicate-name", msg, loc.clone());
+                }
+                rule_names.insert(rule.name.clone(), loc.clone());
+                let when = self.expr(doc, &format!("{base}/when"), Site::When);
+                let filter = self.expr(doc, &format!("{base}/filter"), Site::Filter);
+                let candidates = rule.candidates.as_ref().map(|names| {
+                    names
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, n)| {
+                            let l = doc.loc(&format!("{base}/candidates/{j}"));
+                            resolve_model(&mut self, n, l, &format!("rule `{}`", rule.name))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let weights = checks::weights(self.diags, rule, doc, &base);
+                rules.push(Rule {
+                    name: intern(&rule.name),
+                    when,
+                    candidates,
+                    filter,
+                    strategy: rule.strategy,
+                    latency_metric: rule.latency_metric,
+                    latency_slo_ms: rule.latency_slo_ms,
+                    weights,
+                    failover: rule.failover,
+                    location: loc,
+                });
+            }
+        }
+        checks::shadowed(self.diags, &rules);
+
+        // Budgets.
+        let mut budgets = Vec::new();
+        let mut budget_names: HashMap<String, Location> = HashMap::new();
+        for doc in docs {
+            let Document::Budgets(b) = &doc.doc else { continue };
+            for (i, budget) in b.budgets.iter().enumerate() {
+                let base = format!("/budgets/{i}");
+                let loc = doc.loc(&format!("{base}/name"));
+                if let Some(first) = budget_names.get(&budget.name) {
+                    let msg = format!("budget `{}` is declared twice (first at {first})", budget.name);
+                    self.error("ref/duplicate-name", msg, loc.clone());
+                }
+                budget_names.insert(budget.name.clone(), loc.clone());
+                checks::budget(self.diags, budget, doc, &base);
+                let when = self.expr(doc, &format!("{base}/when"), Site::When);
+                budgets.push(BudgetRule {
+                    spec: budget.clone(),
+                    name: intern(&budget.name),
+                    when,
+                    location: loc,
+                });
+            }
+        }
+
+        // Downgrades.
+        let mut downgrades = Vec::new();
+        let mut downgrade_names: HashMap<String, Location> = HashMap::new();
+        for doc in docs {
+            let Document::Downgrades(d) = &doc.doc else { continue };
+            for (i, rule) in d.rules.iter().enumerate() {
+                let base = format!("/rules/{i}");
+                let loc = doc.loc(&format!("{base}/name"));
+                if let Some(first) = downgrade_names.get(&rule.name) {
+                    let msg = format!("downgrade rule `{}` is declared twice (first at {first})", rule.name);
+                    self.error("rule/duplicate-name", msg, loc.clone());
+                }
+                downgrade_names.insert(rule.name.clone(), loc.clone());
+                let when = self.expr(doc, &format!("{base}/when"), Site::When);
+                let what = format!("downgrade rule `{}`", rule.name);
+                let from: Vec<usize> = rule
+                    .from
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, n)| {
+                        resolve_model(&mut self, n, doc.loc(&format!("{base}/from/{j}")), &what)
+                    })
+                    .collect();
+                let to = resolve_model(&mut self, &rule.to, doc.loc(&format!("{base}/to")), &what);
+                if let Some(to) = to {
+                    downgrades.push(DowngradeRuleInfo {
+                        name: intern(&rule.name),
+                        when,
+                        from,
+                        to,
+                        location: loc,
+                    });
+                }
+            }
+        }
+        checks::downgrade_cycles(self.diags, &downgrades, &models);
+        if budgets.iter().any(BudgetRule::downgrades) && downgrades.is_empty() {
+            for b in budgets.iter().filter(|b| b.downgrades()) {
+                self.diags.push(
+                    Diagnostic::error(
+                        "budget/no-downgrade",
+                        format!("budget `{}` downgrades on exceed, but there is no downgrade rule", b.name),
+                        Some(b.location.clone()),
+                    )
+                    .with_help("add a `kind: Downgrades` file, or set `on_exceed: block`"),
+                );
+            }
+        }
+
+        // Canaries.
+        let mut canaries = Vec::new();
+        let mut canary_by_model = HashMap::new();
+        for doc in docs {
+            let Document::Canaries(c) = &doc.doc else { continue };
+            for (i, canary) in c.canaries.iter().enumerate() {
+                let base = format!("/canaries/{i}");
+                let loc = doc.loc(&format!("{base}/name"));
+                let what = format!("canary `{}`", canary.name);
+                let model = resolve_model(&mut self, &canary.model, doc.loc(&format!("{base}/model")), &what);
+                let dep = |this: &mut Self, field: &str, name: &str| {
+                    let found = deployment_index.get(name).copied();
+                    let l = doc.loc(&format!("{base}/{field}"));
+                    match found {
+                        None => {
+                            this.diags.push(
+                                Diagnostic::error(
+                                    "ref/unknown-deployment",
+                                    format!("{what} names unknown deployment `{name}`"),
+                                    Some(l),
+                                )
+                                .with_help(checks::known(deployment_index.keys().map(|k| &**k))),
+                            );
+                            None
+                        }
+                        Some(d) if Some(deployments[d].model) != model && model.is_some() => {
+                            this.error(
+                                "canary/foreign-deployment",
+                                format!(
+                                    "{what}: deployment `{name}` serves `{}`, not `{}`",
+                                    deployments[d].model_name, canary.model
+                                ),
+                                l,
+                            );
+                            None
+                        }
+                        Some(d) => Some(d),
+                    }
+                };
+                let baseline = dep(&mut self, "baseline", &canary.baseline);
+                let candidate = dep(&mut self, "candidate", &canary.candidate);
+                checks::canary(self.diags, canary, doc, &base);
+                let (Some(model), Some(baseline), Some(candidate)) = (model, baseline, candidate) else {
+                    continue;
+                };
+                if canary_by_model.insert(model, canaries.len()).is_some() {
+                    let msg = format!("model `{}` already has a canary; run one at a time", canary.model);
+                    self.error("canary/duplicate", msg, loc.clone());
+                }
+                canaries.push(CanaryInfo {
+                    name: intern(&canary.name),
+                    model,
+                    baseline,
+                    candidate,
+                    spec: canary.rollout.clone(),
+                    spec_hash: checks::canary_hash(canary),
+                    location: loc,
+                });
+            }
+        }
+
+        // Cache.
+        let mut cache_default_ttl = 0;
+        let mut cache_ttl = HashMap::new();
+        for doc in docs {
+            let Document::Cache(c) = &doc.doc else { continue };
+            cache_default_ttl = c.default_ttl_secs;
+            for (i, rule) in c.rules.iter().enumerate() {
+                let l = doc.loc(&format!("/rules/{i}/model"));
+                if let Some(m) = resolve_model(&mut self, &rule.model, l, "cache rule") {
+                    cache_ttl.insert(m, rule.ttl_secs);
+                }
+            }
+        }
+
+        // Tests.
+        let mut tests = Vec::new();
+        for doc in docs {
+            let Document::PolicyTests(t) = &doc.doc else { continue };
+            for (i, test) in t.tests.iter().enumerate() {
+                tests.push(TestCase {
+                    test: test.clone(),
+                    location: doc.loc(&format!("/tests/{i}/name")),
+                });
+            }
+        }
+
+        if !docs.iter().any(|d| matches!(d.doc, Document::Models(_))) && !docs.is_empty() {
+            self.diags.push(Diagnostic::error(
+                "ref/no-models",
+                "the policy declares no models (`kind: Models`)",
+                None,
+            ));
+        }
+
+        let (rules_by_model, rules_for_other) = index::by_model(&rules, &model_index);
+        let policy = CompiledPolicy {
+            revision: self.revision.clone(),
+            providers,
+            models,
+            model_index,
+            deployments,
+            deployment_index,
+            rules,
+            rules_by_model,
+            rules_for_other,
+            budgets,
+            downgrades,
+            canaries,
+            canary_by_model,
+            cache_default_ttl,
+            cache_ttl,
+            default_rule: intern("default"),
+        };
+        (Some(policy), tests)
+    }
+}

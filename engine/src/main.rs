@@ -1,0 +1,2 @@
+//! `llmgw-policy`: lint, test and explain llmgw policy repositories.
+fn main() {}

@@ -1,0 +1,603 @@
+//! The policy documents as typed values.
+//!
+//! Every file of a policy repository is one YAML document with `apiVersion: llmgw.dev/v1` and a
+//! `kind`. The JSON Schemas in `schemas/` validate a document before it is deserialised into
+//! these types, so the types stay plain: a missing or mistyped field is reported by the schema
+//! with its file, line and column, never by serde.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The one API version this engine reads.
+pub const API_VERSION: &str = "llmgw.dev/v1";
+
+/// One policy document, by kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Document {
+    /// Upstream providers.
+    Providers(ProvidersDoc),
+    /// Logical models and their deployments.
+    Models(ModelsDoc),
+    /// Ordered routing rules.
+    Routing(RoutingDoc),
+    /// Spend limits.
+    Budgets(BudgetsDoc),
+    /// Model downgrades.
+    Downgrades(DowngradesDoc),
+    /// Canary rollouts of new deployments.
+    Canaries(CanariesDoc),
+    /// Response cache settings.
+    Cache(CacheDoc),
+    /// Policy unit tests.
+    PolicyTests(PolicyTestsDoc),
+}
+
+/// `kind: Providers`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProvidersDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The providers declared by this file.
+    pub providers: Vec<Provider>,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderType {
+    /// OpenAI's API.
+    Openai,
+    /// Any OpenAI-compatible API (DeepSeek, Qwen, Mistral, OpenRouter, vLLM, Together…).
+    OpenaiCompatible,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+    /// A simulated provider inside the gateway: no network, no key.
+    Simulated,
+}
+
+/// One upstream provider in one region.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Provider {
+    /// Unique name, referenced by deployments.
+    pub name: String,
+    /// Wire protocol.
+    #[serde(rename = "type")]
+    pub kind: ProviderType,
+    /// Region label, the unit of circuit breaking.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Base URL of the API (not used by `simulated`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// A secret reference (`env:NAME` or `file:PATH`), never a secret.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Circuit breaker settings.
+    #[serde(default)]
+    pub circuit: CircuitSettings,
+    /// Behaviour of a simulated provider.
+    #[serde(default)]
+    pub simulated: Option<SimulatedProfile>,
+}
+
+fn default_region() -> String {
+    "default".to_owned()
+}
+
+/// Upstream timeouts in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct Timeouts {
+    /// TCP and TLS connect.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// From sending the request to the first byte (JSON) or first token (stream).
+    #[serde(default = "default_first_token_ms")]
+    pub first_token_ms: u64,
+    /// Longest silence between two stream chunks.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+    /// Whole request, JSON responses only.
+    #[serde(default = "default_total_ms")]
+    pub total_ms: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_first_token_ms() -> u64 {
+    15_000
+}
+fn default_idle_ms() -> u64 {
+    30_000
+}
+fn default_total_ms() -> u64 {
+    120_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: default_connect_ms(),
+            first_token_ms: default_first_token_ms(),
+            idle_ms: default_idle_ms(),
+            total_ms: default_total_ms(),
+        }
+    }
+}
+
+/// Circuit breaker settings of a provider region.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct CircuitSettings {
+    /// Length of the sliding window over which the error ratio is computed.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Requests in the window before the error ratio may open the circuit.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// Error ratio that opens the circuit.
+    #[serde(default = "default_error_ratio")]
+    pub error_ratio: f64,
+    /// Consecutive failures that open the circuit regardless of the ratio.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u64,
+    /// How long an open circuit waits before a half-open probe (unless `Retry-After` says more).
+    #[serde(default = "default_cooldown_secs")]
+    pub cooldown_secs: u64,
+}
+
+fn default_window_secs() -> u64 {
+    30
+}
+fn default_min_requests() -> u64 {
+    20
+}
+fn default_error_ratio() -> f64 {
+    0.5
+}
+fn default_consecutive() -> u64 {
+    5
+}
+fn default_cooldown_secs() -> u64 {
+    10
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        CircuitSettings {
+            window_secs: default_window_secs(),
+            min_requests: default_min_requests(),
+            error_ratio: default_error_ratio(),
+            consecutive_failures: default_consecutive(),
+            cooldown_secs: default_cooldown_secs(),
+        }
+    }
+}
+
+/// How a simulated provider behaves.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct SimulatedProfile {
+    /// Time to first token, milliseconds.
+    #[serde(default = "default_sim_ttft")]
+    pub ttft_ms: u64,
+    /// Output speed.
+    #[serde(default = "default_sim_tps")]
+    pub tokens_per_second: f64,
+    /// Random jitter added to the first-token time, as a fraction of it.
+    #[serde(default)]
+    pub jitter: f64,
+    /// Fraction of requests answered with a 500.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Fraction of requests answered with a 429.
+    #[serde(default)]
+    pub rate_limit_rate: f64,
+    /// Output tokens when the request sets no `max_tokens`.
+    #[serde(default = "default_sim_output")]
+    pub output_tokens: u64,
+}
+
+fn default_sim_ttft() -> u64 {
+    120
+}
+fn default_sim_tps() -> f64 {
+    200.0
+}
+fn default_sim_output() -> u64 {
+    48
+}
+
+/// `kind: Models`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelsDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The logical models declared by this file.
+    pub models: Vec<Model>,
+}
+
+/// A capability a model may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Chat completions.
+    Chat,
+    /// Tool (function) calling.
+    Tools,
+    /// Image input.
+    Vision,
+    /// JSON mode / structured output.
+    Json,
+    /// Continues a partial assistant message (needed to resume a broken stream).
+    Prefill,
+    /// Embeddings.
+    Embeddings,
+}
+
+/// A logical model: what clients ask for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Model {
+    /// Unique name clients use in `model`.
+    pub name: String,
+    /// Equivalence class: models of one class may stand in for each other on failover.
+    pub class: String,
+    /// Quality score in [0, 1], used by quality thresholds.
+    pub quality: f64,
+    /// Context window in tokens.
+    pub context_window: u64,
+    /// What the model can do.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<Capability>,
+    /// Prices in USD per million tokens.
+    pub price: Price,
+    /// Where the model runs, in order of preference.
+    pub deployments: Vec<Deployment>,
+}
+
+fn default_capabilities() -> Vec<Capability> {
+    vec![Capability::Chat]
+}
+
+/// Prices in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct Price {
+    /// Input (prompt) tokens.
+    pub input_per_mtok: f64,
+    /// Output (completion) tokens.
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    /// Cost in USD of the given token counts.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+/// One place a logical model is served.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Deployment {
+    /// Unique name; defaults to `<model>@<provider>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The provider that serves it.
+    pub provider: String,
+    /// The model name the provider expects.
+    pub upstream_model: String,
+    /// Only reachable through a canary: ordinary routing never picks it.
+    #[serde(default)]
+    pub canary_only: bool,
+}
+
+/// `kind: Routing`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoutingDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Ordered rules: the first that matches decides.
+    pub rules: Vec<RoutingRule>,
+}
+
+/// How a rule orders its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In the order written.
+    #[default]
+    Priority,
+    /// Fastest first by live latency; with an SLO, the written order among those within it.
+    Latency,
+    /// Cheapest first for this request's estimated tokens.
+    Cost,
+    /// The smallest context window that fits, then price: long inputs go where they fit.
+    Capability,
+    /// One candidate drawn by weight, the rest by weight as failover.
+    Weighted,
+}
+
+/// Which live latency the latency strategy compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyMetric {
+    /// Latency p95.
+    #[default]
+    P95,
+    /// Latency p50.
+    P50,
+    /// Time to first token.
+    Ttft,
+}
+
+/// What to append after a rule's own candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    /// The other models of each candidate's equivalence class.
+    #[default]
+    Class,
+    /// Only the rule's candidates.
+    None,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoutingRule {
+    /// Unique name, reported in every decision the rule makes.
+    pub name: String,
+    /// What the rule is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// CEL condition (boolean); absent means always.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Logical models to choose from; absent means the requested model.
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
+    /// CEL condition over each candidate `m`; a candidate for which it is false is dropped.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// How candidates are ordered.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Latency strategy: which latency.
+    #[serde(default)]
+    pub latency_metric: LatencyMetric,
+    /// Latency strategy: candidates within this many ms keep their written order.
+    #[serde(default)]
+    pub latency_slo_ms: Option<f64>,
+    /// Weighted strategy: weight per candidate.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    /// What follows the candidates in the attempt list.
+    #[serde(default)]
+    pub failover: Failover,
+}
+
+/// `kind: Budgets`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BudgetsDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The budgets declared by this file.
+    pub budgets: Vec<Budget>,
+}
+
+/// Who a budget's spend is counted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Each gateway key.
+    Key,
+    /// Each user.
+    User,
+    /// Each project.
+    Project,
+    /// Each tenant.
+    Tenant,
+}
+
+impl Scope {
+    /// The scope's name as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::User => "user",
+            Scope::Project => "project",
+            Scope::Tenant => "tenant",
+        }
+    }
+}
+
+/// A budget period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// UTC calendar day.
+    Daily,
+    /// UTC calendar week starting Monday.
+    Weekly,
+    /// UTC calendar month.
+    Monthly,
+    /// A rolling window of `window_secs`.
+    Rolling,
+}
+
+/// What happens when a budget would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    /// Refuse the request (429).
+    Block,
+    /// Move the request to the model the downgrade rules name; block if none applies.
+    Downgrade,
+}
+
+/// One budget: a spend limit per entity of a scope.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Budget {
+    /// Unique name, reported when it blocks or downgrades.
+    pub name: String,
+    /// Whose spend is counted.
+    pub scope: Scope,
+    /// CEL condition selecting the requests it applies to; absent means all.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// The period over which spend accumulates.
+    pub period: Period,
+    /// Rolling period: window length in seconds.
+    #[serde(default)]
+    pub window_secs: Option<u64>,
+    /// Limit in USD per period.
+    pub limit_usd: f64,
+    /// Fractions of the limit at which an alert is raised.
+    #[serde(default)]
+    pub alert_at: Vec<f64>,
+    /// Action when the limit would be exceeded.
+    pub on_exceed: OnExceed,
+    /// Strict: reserve the worst-case cost before the call so spend never passes the limit.
+    #[serde(default = "default_true")]
+    pub strict: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `kind: Downgrades`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DowngradesDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Ordered downgrade rules.
+    pub rules: Vec<DowngradeRule>,
+}
+
+/// Moves requests for some models to a cheaper one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DowngradeRule {
+    /// Unique name, logged with every downgrade.
+    pub name: String,
+    /// CEL condition (boolean); absent means whenever a downgrade budget is exceeded.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Models this rule moves away from.
+    pub from: Vec<String>,
+    /// The model requests move to.
+    pub to: String,
+}
+
+/// `kind: Canaries`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CanariesDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The canaries declared by this file.
+    pub canaries: Vec<Canary>,
+}
+
+/// A rollout of a candidate deployment of a logical model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Canary {
+    /// Unique name; with the spec's hash, the key of its persisted state.
+    pub name: String,
+    /// The logical model whose traffic is split.
+    pub model: String,
+    /// The deployment that serves the rest of the traffic.
+    pub baseline: String,
+    /// The new deployment.
+    pub candidate: String,
+    /// Steps, metrics, α and split.
+    pub rollout: llmgw_canary::spec::CanarySpec,
+}
+
+/// `kind: Cache`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// TTL for models without a rule; 0 disables caching.
+    #[serde(default)]
+    pub default_ttl_secs: u64,
+    /// Per-model cache rules.
+    #[serde(default)]
+    pub rules: Vec<CacheRule>,
+}
+
+/// Cache settings of one model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CacheRule {
+    /// The logical model.
+    pub model: String,
+    /// How long a cached response stays fresh.
+    pub ttl_secs: u64,
+    /// Cosine similarity above which a near-duplicate prompt is a hit; absent means exact only.
+    #[serde(default)]
+    pub semantic_threshold: Option<f64>,
+}
+
+/// `kind: PolicyTests`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyTestsDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The cases.
+    pub tests: Vec<PolicyTest>,
+}
+
+/// One policy unit test: an input and what the decision must be.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyTest {
+    /// What the case checks.
+    pub name: String,
+    /// The request, identity, live stats and state.
+    #[serde(flatten)]
+    pub input: crate::input::DecisionInput,
+    /// The expected decision.
+    pub expect: Expectation,
+}
+
+/// What a policy test expects; absent fields are not checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Expectation {
+    /// `route`, `downgrade` or `block`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The logical model of the first attempt.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The provider of the first attempt.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The deployment of the first attempt.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// The rule that decided.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// The model a downgrade came from.
+    #[serde(default)]
+    pub downgraded_from: Option<String>,
+    /// The budget that blocked or downgraded.
+    #[serde(default)]
+    pub budget: Option<String>,
+    /// The canary arm (`baseline` or `candidate`).
+    #[serde(default)]
+    pub canary_arm: Option<String>,
+    /// The whole ordered list of deployments.
+    #[serde(default)]
+    pub attempts: Option<Vec<String>>,
+}

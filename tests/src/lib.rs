@@ -1,0 +1,1 @@
+//! End-to-end tests of llmgw live in `tests/tests/`; this library holds nothing.
