@@ -111,7 +111,11 @@ impl Environment {
                 let only = decl
                     .get("x-llmgw-only-in")
                     .and_then(|v| v.as_array())
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect());
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    });
                 env.roots.insert(name.clone(), (ty, only));
             }
         }
@@ -143,7 +147,11 @@ impl Environment {
                     self.objects.insert(path.to_owned(), fields);
                     Ty::Object(path.to_owned())
                 }
-                None => Ty::Map(Box::new(self.ty_of(root, &decl["additionalProperties"], path))),
+                None => Ty::Map(Box::new(self.ty_of(
+                    root,
+                    &decl["additionalProperties"],
+                    path,
+                ))),
             },
             _ => Ty::Dyn,
         }
@@ -221,7 +229,11 @@ fn suggest<'s>(name: &str, options: impl Iterator<Item = &'s String>) -> Option<
         Some(o) => Some(format!("did you mean `{o}`?")),
         None => Some(format!(
             "known: {}",
-            options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")
+            options
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -387,7 +399,12 @@ impl Checker<'_> {
         match self.env.roots.get(name) {
             None => {
                 let help = suggest(name, self.env.roots.keys());
-                self.err(id, "cel/unknown-variable", format!("unknown variable `{name}`"), help);
+                self.err(
+                    id,
+                    "cel/unknown-variable",
+                    format!("unknown variable `{name}`"),
+                    help,
+                );
                 Ty::Dyn
             }
             Some((ty, only)) => {
@@ -503,7 +520,10 @@ impl Checker<'_> {
                 || matches!(a, Ty::Dyn | Ty::Null)
                 || matches!(b, Ty::Dyn | Ty::Null)
                 || (a.numeric() && b.numeric())
-                || matches!((a, b), (Ty::List(_), Ty::List(_)) | (Ty::Map(_), Ty::Map(_)))
+                || matches!(
+                    (a, b),
+                    (Ty::List(_), Ty::List(_)) | (Ty::Map(_), Ty::Map(_))
+                )
         };
         match (name.as_str(), args.as_slice()) {
             ("_==_" | "_!=_", [a, b]) => {
@@ -517,7 +537,8 @@ impl Checker<'_> {
             }
             ("_<_" | "_<=_" | "_>_" | "_>=_", [a, b]) => {
                 let ok = (a.numeric() && b.numeric())
-                    || (a == b && matches!(a, Ty::String | Ty::Timestamp | Ty::Duration | Ty::Bool))
+                    || (a == b
+                        && matches!(a, Ty::String | Ty::Timestamp | Ty::Duration | Ty::Bool))
                     || matches!(a, Ty::Dyn)
                     || matches!(b, Ty::Dyn);
                 if !ok {
@@ -614,7 +635,12 @@ impl Checker<'_> {
         if !FUNCTIONS.contains(&name) {
             let known: Vec<String> = FUNCTIONS.iter().map(|s| s.to_string()).collect();
             let help = suggest(name, known.iter());
-            self.err(id, "cel/unknown-function", format!("unknown function `{name}`"), help);
+            self.err(
+                id,
+                "cel/unknown-function",
+                format!("unknown function `{name}`"),
+                help,
+            );
             return Ty::Dyn;
         }
         let all: Vec<&Ty> = target.iter().chain(args.iter()).collect();
@@ -633,7 +659,11 @@ impl Checker<'_> {
         let is = |t: &Ty, want: &Ty| t == want || matches!(t, Ty::Dyn);
         match name {
             "size" => want(
-                all.len() == 1 && matches!(all[0], Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(_) | Ty::Dyn),
+                all.len() == 1
+                    && matches!(
+                        all[0],
+                        Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(_) | Ty::Dyn
+                    ),
                 self,
                 Ty::Int,
             ),
@@ -671,8 +701,16 @@ impl Checker<'_> {
             "double" => want(all.len() == 1, self, Ty::Double),
             "string" => want(all.len() == 1, self, Ty::String),
             "bool" => want(all.len() == 1, self, Ty::Bool),
-            "timestamp" => want(all.len() == 1 && is(all[0], &Ty::String), self, Ty::Timestamp),
-            "duration" => want(all.len() == 1 && is(all[0], &Ty::String), self, Ty::Duration),
+            "timestamp" => want(
+                all.len() == 1 && is(all[0], &Ty::String),
+                self,
+                Ty::Timestamp,
+            ),
+            "duration" => want(
+                all.len() == 1 && is(all[0], &Ty::String),
+                self,
+                Ty::Duration,
+            ),
             _ => want(
                 target.as_ref().is_some_and(|t| is(t, &Ty::Timestamp))
                     && args.len() <= 1

@@ -13,7 +13,14 @@ pub(crate) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     if names.is_empty() {
         return "none is declared".to_owned();
     }
-    format!("known: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+    format!(
+        "known: {}",
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Provider settings that cannot work.
@@ -21,16 +28,20 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     let base = format!("/providers/{i}");
     match p.kind {
         ProviderType::Simulated => {}
-        ProviderType::OpenaiCompatible if p.base_url.is_none() => diags.push(
-            Diagnostic::error(
-                "provider/no-base-url",
-                format!("provider `{}` is OpenAI-compatible but has no `base_url`", p.name),
-                Some(doc.loc(&base)),
+        ProviderType::OpenaiCompatible if p.base_url.is_none() => diags.push(Diagnostic::error(
+            "provider/no-base-url",
+            format!(
+                "provider `{}` is OpenAI-compatible but has no `base_url`",
+                p.name
             ),
-        ),
+            Some(doc.loc(&base)),
+        )),
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
-            format!("provider `{}` has no `api_key` reference; upstream calls will be unauthenticated", p.name),
+            format!(
+                "provider `{}` has no `api_key` reference; upstream calls will be unauthenticated",
+                p.name
+            ),
             Some(doc.loc(&base)),
         )),
         _ => {}
@@ -39,18 +50,22 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
 
 /// Prices and capabilities of a model.
 pub(crate) fn model(diags: &mut Vec<Diagnostic>, m: &model::Model, doc: &Parsed, i: usize) {
-    for (field, value) in [
-        ("input_per_mtok", m.price.input_per_mtok),
-        ("output_per_mtok", m.price.output_per_mtok),
+    // Output tokens cost nothing only on a model that produces none (embeddings).
+    let chats = m.capabilities.contains(&model::Capability::Chat);
+    for (field, value, zero_ok) in [
+        ("input_per_mtok", m.price.input_per_mtok, false),
+        ("output_per_mtok", m.price.output_per_mtok, !chats),
     ] {
-        if value <= 0.0 {
+        if value < 0.0 || (value == 0.0 && !zero_ok) {
             diags.push(
                 Diagnostic::error(
                     "model/price-not-positive",
                     format!("model `{}`: `{field}` must be above 0, got {value}", m.name),
                     Some(doc.loc(&format!("/models/{i}/price/{field}"))),
                 )
-                .with_help("cost attribution and budgets rely on prices; write the provider's list price"),
+                .with_help(
+                    "cost attribution and budgets rely on prices; write the provider's list price",
+                ),
             );
         }
     }
@@ -93,7 +108,10 @@ pub(crate) fn weights(
                 if !c.contains(name) {
                     diags.push(Diagnostic::error(
                         "rule/weight-not-candidate",
-                        format!("rule `{}` weighs `{name}`, which is not one of its candidates", rule.name),
+                        format!(
+                            "rule `{}` weighs `{name}`, which is not one of its candidates",
+                            rule.name
+                        ),
                         loc(&format!("/weights/{name}")),
                     ));
                 }
@@ -110,7 +128,10 @@ pub(crate) fn weights(
         (_, Some(_), _) => {
             diags.push(Diagnostic::warning(
                 "rule/unused-weights",
-                format!("rule `{}` has `weights` but its strategy is not `weighted`", rule.name),
+                format!(
+                    "rule `{}` has `weights` but its strategy is not `weighted`",
+                    rule.name
+                ),
                 loc("/weights"),
             ));
             Vec::new()
@@ -122,7 +143,9 @@ pub(crate) fn weights(
 /// Rules that can never match because an earlier rule always matches first.
 pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule]) {
     for (i, earlier) in rules.iter().enumerate() {
-        let Some(covered) = index::covers(earlier) else { continue };
+        let Some(covered) = index::covers(earlier) else {
+            continue;
+        };
         for later in &rules[i + 1..] {
             let models = later.when.as_ref().and_then(|w| index::models_of(w.ast()));
             let hidden = match (&covered, &models) {
@@ -159,7 +182,10 @@ pub(crate) fn budget(diags: &mut Vec<Diagnostic>, b: &model::Budget, doc: &Parse
     if b.period == model::Period::Rolling && b.window_secs.unwrap_or(0) == 0 {
         diags.push(Diagnostic::error(
             "budget/no-window",
-            format!("budget `{}` is rolling but has no positive `window_secs`", b.name),
+            format!(
+                "budget `{}` is rolling but has no positive `window_secs`",
+                b.name
+            ),
             Some(doc.loc(&format!("{base}/period"))),
         ));
     }
@@ -188,7 +214,11 @@ pub(crate) fn downgrade_cycles(
                     let closing = via.map_or(r, |_| r);
                     if !reported[closing] {
                         reported[closing] = true;
-                        let names: Vec<&str> = path.iter().chain([&start]).map(|&m| &*models[m].name).collect();
+                        let names: Vec<&str> = path
+                            .iter()
+                            .chain([&start])
+                            .map(|&m| &*models[m].name)
+                            .collect();
                         diags.push(Diagnostic::error(
                             "downgrade/cycle",
                             format!("downgrades loop: {}", names.join(" → ")),

@@ -136,7 +136,9 @@ impl CompiledPolicy {
             for rule in self.downgrades.iter().filter(|r| r.from.contains(&model)) {
                 let fires = match &rule.when {
                     None => vars.exceeded,
-                    Some(when) => when.eval(&self.facts(ctx, &self.models[model].name, &vars, now))?,
+                    Some(when) => {
+                        when.eval(&self.facts(ctx, &self.models[model].name, &vars, now))?
+                    }
                 };
                 trace.push(|| Step::Downgrade {
                     rule: rule.name.to_string(),
@@ -145,7 +147,9 @@ impl CompiledPolicy {
                     fired: fires,
                 });
                 if fires {
-                    let from = downgrade.as_ref().map_or_else(|| self.models[model].name.clone(), |d| d.from.clone());
+                    let from = downgrade
+                        .as_ref()
+                        .map_or_else(|| self.models[model].name.clone(), |d| d.from.clone());
                     let budget = self
                         .budget_over(&applied, requested_cost, OnExceed::Downgrade)
                         .map(|b| self.budgets[b].name.clone());
@@ -232,7 +236,8 @@ impl CompiledPolicy {
             let own_ranked: Vec<usize> = ranked.iter().map(|r| r.1).collect();
             for m in own_ranked {
                 for &eq in &self.models[m].equivalents {
-                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace)?.is_some() {
+                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace)?.is_some()
+                    {
                         models.push(eq);
                     }
                 }
@@ -245,7 +250,11 @@ impl CompiledPolicy {
         for &m in &models {
             for &d in &self.models[m].deployments {
                 let dep = &self.deployments[d];
-                match live.stats(d, &dep.name).map(|s| s.circuit).unwrap_or_default() {
+                match live
+                    .stats(d, &dep.name)
+                    .map(|s| s.circuit)
+                    .unwrap_or_default()
+                {
                     CircuitState::Closed => attempts.push(self.attempt(d)),
                     CircuitState::HalfOpen => probing.push(self.attempt(d)),
                     CircuitState::Open => trace.push(|| Step::DeploymentSkipped {
@@ -259,7 +268,10 @@ impl CompiledPolicy {
 
         // Canary split on the model that serves first.
         let mut canary = None;
-        if let Some(&ci) = attempts.first().and_then(|a| self.canary_by_model.get(&self.deployments[a.index].model)) {
+        if let Some(&ci) = attempts
+            .first()
+            .and_then(|a| self.canary_by_model.get(&self.deployments[a.index].model))
+        {
             let c = &self.canaries[ci];
             attempts.retain(|a| a.index != c.candidate);
             if let Some(weight) = state.canary_weight(&c.name) {
@@ -288,13 +300,15 @@ impl CompiledPolicy {
             return Err(DecideError::NoDeployment {
                 model: model_name.to_string(),
                 reason: if models.is_empty() {
-                    "every candidate was filtered out (capabilities, context window or filter)".into()
+                    "every candidate was filtered out (capabilities, context window or filter)"
+                        .into()
                 } else {
                     "every deployment's circuit is open".into()
                 },
             });
         };
-        let estimated = self.worst_case_cost(&self.models[self.deployments[first.index].model], ctx);
+        let estimated =
+            self.worst_case_cost(&self.models[self.deployments[first.index].model], ctx);
         let reservations = applied
             .iter()
             .map(|a| {
@@ -414,13 +428,19 @@ impl CompiledPolicy {
         };
         let tokens = req.input_tokens + req.max_tokens.unwrap_or(0);
         let reason = if !info.has(endpoint_cap) {
-            Some(format!("does not serve the {} endpoint", req.endpoint.as_str()))
+            Some(format!(
+                "does not serve the {} endpoint",
+                req.endpoint.as_str()
+            ))
         } else if !need(Capability::Tools, req.tools) {
             Some("does not support tools".to_owned())
         } else if !need(Capability::Vision, req.vision) {
             Some("does not accept images".to_owned())
         } else if tokens > info.context_window {
-            Some(format!("context window {} < {tokens} tokens", info.context_window))
+            Some(format!(
+                "context window {} < {tokens} tokens",
+                info.context_window
+            ))
         } else {
             None
         };
@@ -474,11 +494,19 @@ impl CompiledPolicy {
             Strategy::Latency => match rule.latency_slo_ms {
                 Some(slo) => ranked.sort_by(|a, b| {
                     let within = |r: &Ranked| r.latency.is_none_or(|l| l <= slo);
-                    let key = |r: &Ranked| if within(r) { 0.0 } else { r.latency.unwrap_or(0.0) };
+                    let key = |r: &Ranked| {
+                        if within(r) {
+                            0.0
+                        } else {
+                            r.latency.unwrap_or(0.0)
+                        }
+                    };
                     key(&a.2).total_cmp(&key(&b.2))
                 }),
                 None => ranked.sort_by(|a, b| {
-                    a.2.latency.unwrap_or(0.0).total_cmp(&b.2.latency.unwrap_or(0.0))
+                    a.2.latency
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.2.latency.unwrap_or(0.0))
                 }),
             },
             Strategy::Cost => ranked.sort_by(|a, b| a.2.cost.total_cmp(&b.2.cost)),

@@ -44,7 +44,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error at a location.
-    pub fn error(code: &'static str, message: impl Into<String>, location: Option<Location>) -> Self {
+    pub fn error(
+        code: &'static str,
+        message: impl Into<String>,
+        location: Option<Location>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Error,
             code,
@@ -90,7 +94,13 @@ impl std::fmt::Display for Diagnostic {
         if let Some(loc) = &self.location {
             write!(f, "{loc}: ")?;
         }
-        write!(f, "{}[{}]: {}", self.severity.as_str(), self.code, self.message)?;
+        write!(
+            f,
+            "{}[{}]: {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )?;
         if let Some(help) = &self.help {
             write!(f, " (help: {help})")?;
         }

@@ -23,7 +23,11 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
 static REGEXES: LazyLock<RwLock<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
 
 fn regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
-    if let Some(re) = REGEXES.read().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+    if let Some(re) = REGEXES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(pattern)
+    {
         return Ok(re.clone());
     }
     let re = Arc::new(Regex::new(pattern)?);
@@ -82,7 +86,11 @@ impl CompiledExpr {
     }
 
     /// Parses and checks `source` written at `site`; a condition must be boolean.
-    pub fn compile(source: &str, site: Site, location: Location) -> Result<Self, Vec<CompileError>> {
+    pub fn compile(
+        source: &str,
+        site: Site,
+        location: Location,
+    ) -> Result<Self, Vec<CompileError>> {
         let parsed = ENV.parser().parse_with_source_info(source);
         let (mut ast, info) = match parsed {
             Ok(ok) => ok,
@@ -102,12 +110,19 @@ impl CompiledExpr {
         let offsets = |id: u64| info.offset_for(id).map_or(0, |(start, _)| start as usize);
         let ty = celenv::check(&mut ast, site, &offsets).map_err(|errs| {
             errs.into_iter()
-                .map(|CheckError { code, message, offset, help }| CompileError {
-                    code,
-                    message,
-                    offset,
-                    help,
-                })
+                .map(
+                    |CheckError {
+                         code,
+                         message,
+                         offset,
+                         help,
+                     }| CompileError {
+                        code,
+                        message,
+                        offset,
+                        help,
+                    },
+                )
                 .collect::<Vec<_>>()
         })?;
         if !matches!(ty, Ty::Bool | Ty::Dyn) {

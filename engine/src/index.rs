@@ -24,7 +24,9 @@ fn is_model(e: &Expr) -> bool {
 
 /// The models a condition restricts `request.model` to, if it restricts it.
 pub(crate) fn models_of(e: &IdedExpr) -> Option<BTreeSet<String>> {
-    let Expr::Call(call) = &e.expr else { return None };
+    let Expr::Call(call) = &e.expr else {
+        return None;
+    };
     match (call.func_name.as_str(), call.args.as_slice()) {
         ("_&&_", [a, b]) => match (models_of(a), models_of(b)) {
             (Some(x), Some(y)) => Some(x.intersection(&y).cloned().collect()),
@@ -48,12 +50,16 @@ pub(crate) fn models_of(e: &IdedExpr) -> Option<BTreeSet<String>> {
 /// The set of models for which a rule always matches: `Some(None)` for every model, `Some(set)`
 /// when its condition is nothing but a model restriction, `None` when it may not match.
 pub(crate) fn covers(rule: &Rule) -> Option<Option<BTreeSet<String>>> {
-    let Some(when) = &rule.when else { return Some(None) };
+    let Some(when) = &rule.when else {
+        return Some(None);
+    };
     let ast = when.ast();
     if matches!(&ast.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner()) {
         return Some(None);
     }
-    let Expr::Call(call) = &ast.expr else { return None };
+    let Expr::Call(call) = &ast.expr else {
+        return None;
+    };
     let pure = match (call.func_name.as_str(), call.args.as_slice()) {
         ("_==_", [a, b]) => is_model(&a.expr) || is_model(&b.expr),
         ("@in", [a, _]) => is_model(&a.expr),
@@ -75,7 +81,9 @@ pub(crate) fn by_model(
         .iter()
         .map(|r| r.when.as_ref().and_then(|w| models_of(w.ast())))
         .collect();
-    let other: Vec<usize> = (0..rules.len()).filter(|&i| restricted[i].is_none()).collect();
+    let other: Vec<usize> = (0..rules.len())
+        .filter(|&i| restricted[i].is_none())
+        .collect();
     let mut names: BTreeSet<Arc<str>> = models.keys().cloned().collect();
     for set in restricted.iter().flatten() {
         names.extend(set.iter().map(|s| Arc::from(s.as_str())));

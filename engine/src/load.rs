@@ -232,7 +232,10 @@ impl<'d> Builder<'d> {
                 for (i, prov) in p.providers.iter().enumerate() {
                     let loc = doc.loc(&format!("/providers/{i}/name"));
                     if let Some(first) = provider_locs.get(&prov.name) {
-                        let msg = format!("provider `{}` is declared twice (first at {first})", prov.name);
+                        let msg = format!(
+                            "provider `{}` is declared twice (first at {first})",
+                            prov.name
+                        );
                         self.error("ref/duplicate-name", msg, loc);
                         continue;
                     }
@@ -254,7 +257,9 @@ impl<'d> Builder<'d> {
         let mut deployments: Vec<DeploymentInfo> = Vec::new();
         let mut deployment_index: HashMap<Arc<str>, usize> = HashMap::new();
         for doc in docs {
-            let Document::Models(m) = &doc.doc else { continue };
+            let Document::Models(m) = &doc.doc else {
+                continue;
+            };
             for (i, model) in m.models.iter().enumerate() {
                 let loc = doc.loc(&format!("/models/{i}/name"));
                 let name = intern(&model.name);
@@ -331,10 +336,12 @@ impl<'d> Builder<'d> {
                 .filter(|&j| j != i && models[j].class == models[i].class)
                 .collect();
             eq.sort_by(|&a, &b| {
-                models[b]
-                    .quality
-                    .total_cmp(&models[a].quality)
-                    .then(models[a].price.output_per_mtok.total_cmp(&models[b].price.output_per_mtok))
+                models[b].quality.total_cmp(&models[a].quality).then(
+                    models[a]
+                        .price
+                        .output_per_mtok
+                        .total_cmp(&models[b].price.output_per_mtok),
+                )
             });
             models[i].equivalents = eq;
         }
@@ -357,7 +364,9 @@ impl<'d> Builder<'d> {
         let mut rules: Vec<Rule> = Vec::new();
         let mut rule_names: HashMap<String, Location> = HashMap::new();
         for doc in docs {
-            let Document::Routing(r) = &doc.doc else { continue };
+            let Document::Routing(r) = &doc.doc else {
+                continue;
+            };
             for (i, rule) in r.rules.iter().enumerate() {
                 let base = format!("/rules/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
@@ -399,12 +408,17 @@ impl<'d> Builder<'d> {
         let mut budgets = Vec::new();
         let mut budget_names: HashMap<String, Location> = HashMap::new();
         for doc in docs {
-            let Document::Budgets(b) = &doc.doc else { continue };
+            let Document::Budgets(b) = &doc.doc else {
+                continue;
+            };
             for (i, budget) in b.budgets.iter().enumerate() {
                 let base = format!("/budgets/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
                 if let Some(first) = budget_names.get(&budget.name) {
-                    let msg = format!("budget `{}` is declared twice (first at {first})", budget.name);
+                    let msg = format!(
+                        "budget `{}` is declared twice (first at {first})",
+                        budget.name
+                    );
                     self.error("ref/duplicate-name", msg, loc.clone());
                 }
                 budget_names.insert(budget.name.clone(), loc.clone());
@@ -423,12 +437,17 @@ impl<'d> Builder<'d> {
         let mut downgrades = Vec::new();
         let mut downgrade_names: HashMap<String, Location> = HashMap::new();
         for doc in docs {
-            let Document::Downgrades(d) = &doc.doc else { continue };
+            let Document::Downgrades(d) = &doc.doc else {
+                continue;
+            };
             for (i, rule) in d.rules.iter().enumerate() {
                 let base = format!("/rules/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
                 if let Some(first) = downgrade_names.get(&rule.name) {
-                    let msg = format!("downgrade rule `{}` is declared twice (first at {first})", rule.name);
+                    let msg = format!(
+                        "downgrade rule `{}` is declared twice (first at {first})",
+                        rule.name
+                    );
                     self.error("rule/duplicate-name", msg, loc.clone());
                 }
                 downgrade_names.insert(rule.name.clone(), loc.clone());
@@ -460,7 +479,10 @@ impl<'d> Builder<'d> {
                 self.diags.push(
                     Diagnostic::error(
                         "budget/no-downgrade",
-                        format!("budget `{}` downgrades on exceed, but there is no downgrade rule", b.name),
+                        format!(
+                            "budget `{}` downgrades on exceed, but there is no downgrade rule",
+                            b.name
+                        ),
                         Some(b.location.clone()),
                     )
                     .with_help("add a `kind: Downgrades` file, or set `on_exceed: block`"),
@@ -472,12 +494,19 @@ impl<'d> Builder<'d> {
         let mut canaries = Vec::new();
         let mut canary_by_model = HashMap::new();
         for doc in docs {
-            let Document::Canaries(c) = &doc.doc else { continue };
+            let Document::Canaries(c) = &doc.doc else {
+                continue;
+            };
             for (i, canary) in c.canaries.iter().enumerate() {
                 let base = format!("/canaries/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
                 let what = format!("canary `{}`", canary.name);
-                let model = resolve_model(&mut self, &canary.model, doc.loc(&format!("{base}/model")), &what);
+                let model = resolve_model(
+                    &mut self,
+                    &canary.model,
+                    doc.loc(&format!("{base}/model")),
+                    &what,
+                );
                 let dep = |this: &mut Self, field: &str, name: &str| {
                     let found = deployment_index.get(name).copied();
                     let l = doc.loc(&format!("{base}/{field}"));
@@ -510,11 +539,15 @@ impl<'d> Builder<'d> {
                 let baseline = dep(&mut self, "baseline", &canary.baseline);
                 let candidate = dep(&mut self, "candidate", &canary.candidate);
                 checks::canary(self.diags, canary, doc, &base);
-                let (Some(model), Some(baseline), Some(candidate)) = (model, baseline, candidate) else {
+                let (Some(model), Some(baseline), Some(candidate)) = (model, baseline, candidate)
+                else {
                     continue;
                 };
                 if canary_by_model.insert(model, canaries.len()).is_some() {
-                    let msg = format!("model `{}` already has a canary; run one at a time", canary.model);
+                    let msg = format!(
+                        "model `{}` already has a canary; run one at a time",
+                        canary.model
+                    );
                     self.error("canary/duplicate", msg, loc.clone());
                 }
                 canaries.push(CanaryInfo {
@@ -533,7 +566,9 @@ impl<'d> Builder<'d> {
         let mut cache_default_ttl = 0;
         let mut cache_ttl = HashMap::new();
         for doc in docs {
-            let Document::Cache(c) = &doc.doc else { continue };
+            let Document::Cache(c) = &doc.doc else {
+                continue;
+            };
             cache_default_ttl = c.default_ttl_secs;
             for (i, rule) in c.rules.iter().enumerate() {
                 let l = doc.loc(&format!("/rules/{i}/model"));
@@ -546,7 +581,9 @@ impl<'d> Builder<'d> {
         // Tests.
         let mut tests = Vec::new();
         for doc in docs {
-            let Document::PolicyTests(t) = &doc.doc else { continue };
+            let Document::PolicyTests(t) = &doc.doc else {
+                continue;
+            };
             for (i, test) in t.tests.iter().enumerate() {
                 tests.push(TestCase {
                     test: test.clone(),

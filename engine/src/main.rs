@@ -1,2 +1,266 @@
 //! `llmgw-policy`: lint, test and explain llmgw policy repositories.
-fn main() {}
+//!
+//! Exit codes: 0 clean, 1 findings or failures, 2 usage or I/O error.
+
+use clap::{Parser, Subcommand};
+use llmgw_engine::input::DecisionInput;
+use llmgw_engine::load::{load_files, LoadOutcome};
+use llmgw_engine::render::{self, Format};
+use llmgw_engine::source::{DirSource, FileSource, PolicyFile};
+use llmgw_engine::trace::Trace;
+use llmgw_engine::{diag::Severity, testing};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "llmgw-policy",
+    version,
+    about = "Lint, test and explain llmgw policy repositories"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a policy repository: YAML, schemas, CEL, references, secrets.
+    Lint {
+        /// The policy repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Fail on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run the policy unit tests kept in the repository.
+    Test {
+        /// The policy repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Show how a request is decided, step by step.
+    Explain {
+        /// The policy repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// A JSON file with the request, identity and optional live stats and state.
+        #[arg(long)]
+        request: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: ExplainFormat,
+    },
+}
+
+/// Formats of `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExplainFormat {
+    Human,
+    Json,
+}
+
+/// A failure that is not a finding: exit 2.
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lint {
+            dir,
+            format,
+            deny_warnings,
+        } => lint(&dir, format, deny_warnings),
+        Command::Test { dir } => test(&dir),
+        Command::Explain {
+            dir,
+            request,
+            format,
+        } => explain(&dir, &request, format),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(UsageError(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read(dir: &Path) -> Result<Vec<PolicyFile>, UsageError> {
+    if !dir.is_dir() {
+        return Err(UsageError(format!("{} is not a directory", dir.display())));
+    }
+    DirSource::new(dir)
+        .files()
+        .map_err(|e| UsageError(e.to_string()))
+}
+
+fn lint(dir: &Path, format: Format, deny_warnings: bool) -> Result<bool, UsageError> {
+    let files = read(dir)?;
+    let outcome = load_files(&files, None);
+    print!(
+        "{}",
+        render::diagnostics(&outcome.diagnostics, &files, format)
+    );
+    let errors = outcome.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = outcome
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
+    if format == Format::Human {
+        println!(
+            "{} file(s) checked: {errors} error(s), {warnings} warning(s)",
+            files.len()
+        );
+    }
+    Ok(errors == 0 && (!deny_warnings || warnings == 0))
+}
+
+/// Loads a repository that must compile; prints its diagnostics when it does not.
+fn compiled(dir: &Path) -> Result<(Vec<PolicyFile>, LoadOutcome), UsageError> {
+    let files = read(dir)?;
+    let outcome = load_files(&files, None);
+    if outcome.policy.is_none() {
+        eprint!(
+            "{}",
+            render::diagnostics(&outcome.diagnostics, &files, Format::Human)
+        );
+        return Err(UsageError(format!(
+            "{} does not compile; run `llmgw-policy lint` for details",
+            dir.display()
+        )));
+    }
+    Ok((files, outcome))
+}
+
+fn test(dir: &Path) -> Result<bool, UsageError> {
+    let (_, outcome) = compiled(dir)?;
+    let Some(policy) = &outcome.policy else {
+        return Ok(false);
+    };
+    let results = testing::run(policy, &outcome.tests);
+    for r in &results {
+        if r.passed() {
+            println!("ok   {} ({})", r.name, r.location);
+            continue;
+        }
+        println!("FAIL {} ({})", r.name, r.location);
+        if let Some(e) = &r.error {
+            println!("     error: {e}");
+        }
+        for m in &r.mismatches {
+            println!("     {}:", m.field);
+            println!("       - expected: {}", m.expected);
+            println!("       + actual:   {}", m.actual);
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    println!("{} passed, {failed} failed", results.len() - failed);
+    Ok(failed == 0)
+}
+
+fn explain(dir: &Path, request: &Path, format: ExplainFormat) -> Result<bool, UsageError> {
+    let (_, outcome) = compiled(dir)?;
+    let Some(policy) = &outcome.policy else {
+        return Ok(false);
+    };
+    let text = std::fs::read_to_string(request)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", request.display())))?;
+    let input: DecisionInput = serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("{}: {e}", request.display())))?;
+    let mut trace = Trace::on();
+    let decision = policy.decide_traced(&input.context(), &input, &input, &mut trace);
+    match format {
+        ExplainFormat::Json => {
+            let out = serde_json::json!({
+                "revision": policy.revision(),
+                "steps": trace.steps(),
+                "decision": decision.as_ref().ok(),
+                "error": decision.as_ref().err().map(ToString::to_string),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        ExplainFormat::Human => {
+            println!("policy revision {}", policy.revision());
+            for step in trace.steps() {
+                println!("  {}", describe(step));
+            }
+            match &decision {
+                Ok(d) => {
+                    println!(
+                        "decision: rule `{}`, strategy {:?}, action {}",
+                        d.rule,
+                        d.strategy,
+                        d.budget_action.as_str()
+                    );
+                    if let Some(g) = &d.downgrade {
+                        println!("  downgraded from {} to {} by `{}`", g.from, g.to, g.rule);
+                    }
+                    for (i, a) in d.attempts.iter().enumerate() {
+                        println!(
+                            "  {}. {} (model {}, provider {}, region {}, upstream {})",
+                            i + 1,
+                            a.deployment,
+                            a.model,
+                            a.provider,
+                            a.region,
+                            a.upstream_model
+                        );
+                    }
+                    println!("  estimated cost ${:.6}", d.estimated_cost_usd);
+                }
+                Err(e) => println!("no decision: {e}"),
+            }
+        }
+    }
+    Ok(decision.is_ok())
+}
+
+fn describe(step: &llmgw_engine::trace::Step) -> String {
+    use llmgw_engine::trace::Step;
+    match step {
+        Step::Budget {
+            budget,
+            principal,
+            spent_usd,
+            limit_usd,
+            request_usd,
+        } => format!(
+            "budget `{budget}` for `{principal}`: spent ${spent_usd:.4} of ${limit_usd:.2}, this request up to ${request_usd:.6}"
+        ),
+        Step::Downgrade {
+            rule,
+            from,
+            to,
+            fired,
+        } => format!(
+            "downgrade `{rule}` {from} → {to}: {}",
+            if *fired { "applies" } else { "does not apply" }
+        ),
+        Step::Blocked { budget } => format!("blocked by budget `{budget}`"),
+        Step::Rule {
+            rule,
+            location,
+            matched,
+        } => format!(
+            "rule `{rule}` ({location}): {}",
+            if *matched { "matches" } else { "no match" }
+        ),
+        Step::CandidateDropped { model, reason } => format!("candidate {model} dropped: {reason}"),
+        Step::DeploymentSkipped { deployment, reason } => {
+            format!("deployment {deployment} skipped: {reason}")
+        }
+        Step::Canary {
+            canary,
+            weight_percent,
+            arm,
+        } => format!("canary `{canary}` at {weight_percent}%: {arm}"),
+    }
+}

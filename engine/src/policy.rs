@@ -205,7 +205,9 @@ impl CompiledPolicy {
     }
     /// Deployment by name.
     pub fn deployment(&self, name: &str) -> Option<&DeploymentInfo> {
-        self.deployment_index.get(name).map(|&i| &self.deployments[i])
+        self.deployment_index
+            .get(name)
+            .map(|&i| &self.deployments[i])
     }
     /// Routing rules in order.
     pub fn rules(&self) -> &[Rule] {

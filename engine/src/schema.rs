@@ -17,14 +17,26 @@ pub const CEL_ENVIRONMENT: &str = include_str!("../../schemas/cel-environment.sc
 
 /// The kinds with their schema text, in the order they are documented.
 pub const KINDS: &[(&str, &str)] = &[
-    ("Providers", include_str!("../../schemas/providers.schema.json")),
+    (
+        "Providers",
+        include_str!("../../schemas/providers.schema.json"),
+    ),
     ("Models", include_str!("../../schemas/models.schema.json")),
     ("Routing", include_str!("../../schemas/routing.schema.json")),
     ("Budgets", include_str!("../../schemas/budgets.schema.json")),
-    ("Downgrades", include_str!("../../schemas/downgrades.schema.json")),
-    ("Canaries", include_str!("../../schemas/canaries.schema.json")),
+    (
+        "Downgrades",
+        include_str!("../../schemas/downgrades.schema.json"),
+    ),
+    (
+        "Canaries",
+        include_str!("../../schemas/canaries.schema.json"),
+    ),
     ("Cache", include_str!("../../schemas/cache.schema.json")),
-    ("PolicyTests", include_str!("../../schemas/policy-tests.schema.json")),
+    (
+        "PolicyTests",
+        include_str!("../../schemas/policy-tests.schema.json"),
+    ),
 ];
 
 fn compile(text: &str) -> Validator {
@@ -42,7 +54,11 @@ static KIND_VALIDATORS: LazyLock<Vec<(&'static str, Validator)>> = LazyLock::new
 });
 
 /// Validates a parsed document; returns its kind when it is valid.
-pub fn validate(file: &Arc<str>, root: &Node, json: &serde_json::Value) -> Result<String, Vec<Diagnostic>> {
+pub fn validate(
+    file: &Arc<str>,
+    root: &Node,
+    json: &serde_json::Value,
+) -> Result<String, Vec<Diagnostic>> {
     let errors = report(file, root, json, &DOCUMENT_VALIDATOR);
     if !errors.is_empty() {
         return Err(errors);
@@ -93,7 +109,9 @@ fn report(
                 format!("missing required field {property}{}", place(&pointer)),
                 node,
             ),
-            ValidationErrorKind::Type { .. } => ("schema/type", format!("{error}{}", place(&pointer)), node),
+            ValidationErrorKind::Type { .. } => {
+                ("schema/type", format!("{error}{}", place(&pointer)), node)
+            }
             ValidationErrorKind::Enum { .. } | ValidationErrorKind::Constant { .. } => {
                 ("schema/enum", format!("{error}{}", place(&pointer)), node)
             }
@@ -103,8 +121,16 @@ fn report(
             | ValidationErrorKind::ExclusiveMaximum { .. } => {
                 ("schema/range", format!("{error}{}", place(&pointer)), node)
             }
-            ValidationErrorKind::Pattern { .. } => ("schema/pattern", format!("{error}{}", place(&pointer)), node),
-            _ => ("schema/invalid", format!("{error}{}", place(&pointer)), node),
+            ValidationErrorKind::Pattern { .. } => (
+                "schema/pattern",
+                format!("{error}{}", place(&pointer)),
+                node,
+            ),
+            _ => (
+                "schema/invalid",
+                format!("{error}{}", place(&pointer)),
+                node,
+            ),
         };
         let diag = Diagnostic::error(code, message, Some(at(file, target.line, target.column)))
             .with_len(target.len);

@@ -7,7 +7,9 @@
 
 use crate::input::{DeploymentStats, Identity, RequestFacts};
 use cel::common::traits::{Container, Indexer, Sizer};
-use cel::common::types::{self, CelBool, CelDouble, CelInt, CelList, CelString, CelTimestamp, Type};
+use cel::common::types::{
+    self, CelBool, CelDouble, CelInt, CelList, CelString, CelTimestamp, Type,
+};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::ExecutionError;
@@ -60,7 +62,9 @@ fn s(v: &str) -> Option<CowVal<'_, '_>> {
     Some(CowVal::owned(CelString::from(v)))
 }
 fn i(v: u64) -> Option<CowVal<'static, 'static>> {
-    Some(CowVal::owned(CelInt::from(i64::try_from(v).unwrap_or(i64::MAX))))
+    Some(CowVal::owned(CelInt::from(
+        i64::try_from(v).unwrap_or(i64::MAX),
+    )))
 }
 fn d(v: f64) -> Option<CowVal<'static, 'static>> {
     Some(CowVal::owned(CelDouble::from(v)))

@@ -189,7 +189,12 @@ fn start(span: &Span) -> (usize, usize) {
 fn count(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count(k) + count(v))
+                .sum::<usize>()
+        }
         _ => 1,
     }
 }
@@ -244,8 +249,9 @@ impl Builder {
                         );
                         return;
                     };
-                    if let Some((first, _)) =
-                        entries.iter().find(|(k, _)| k.as_str() == Some(key_text.as_str()))
+                    if let Some((first, _)) = entries
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some(key_text.as_str()))
                     {
                         let message = format!(
                             "duplicate key `{key_text}` (first written at line {})",
@@ -426,14 +432,21 @@ mod tests {
     #[test]
     fn quoted_numbers_stay_strings() {
         let node = parse("a: '1'\nb: 1.5\nc: true\nd: ~\n").unwrap();
-        assert_eq!(node.to_json(), serde_json::json!({"a":"1","b":1.5,"c":true,"d":null}));
+        assert_eq!(
+            node.to_json(),
+            serde_json::json!({"a":"1","b":1.5,"c":true,"d":null})
+        );
     }
 
     #[test]
     fn alias_bombs_are_bounded() {
         let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..8 {
-            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
             text.push_str(&format!(
                 "l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
             ));
