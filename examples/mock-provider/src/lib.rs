@@ -88,7 +88,10 @@ impl Fault {
     /// Parses a fault name; unknown names mean [`Fault::None`].
     pub fn parse(name: &str) -> Fault {
         let name = name.rsplit('+').next().unwrap_or(name);
-        let num = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+        let num = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+        };
         match name {
             "429" => return Fault::RateLimit(None),
             "429-once" => return Fault::RateLimitOnce(None),
@@ -153,12 +156,18 @@ impl Stats {
     /// Every model's attempt count.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        models.iter().map(|(k, v)| (k.clone(), v.attempts)).collect()
+        models
+            .iter()
+            .map(|(k, v)| (k.clone(), v.attempts))
+            .collect()
     }
 
     /// Forgets every counter and flap timer.
     pub fn reset(&self) {
-        self.models.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -171,7 +180,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { token_interval: Duration::from_millis(2) }
+        Options {
+            token_interval: Duration::from_millis(2),
+        }
     }
 }
 
@@ -248,7 +259,10 @@ async fn handle(
         .map(str::to_owned);
     match (method, path.as_str()) {
         (Method::GET, "/_stats") => {
-            return Ok(json_response(StatusCode::OK, json!({ "attempts": stats.snapshot() })))
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({ "attempts": stats.snapshot() }),
+            ))
         }
         (Method::POST, "/_reset") => {
             stats.reset();
@@ -260,10 +274,20 @@ async fn handle(
                 .keys()
                 .map(|m| json!({ "id": m, "object": "model", "owned_by": "mock" }))
                 .collect();
-            return Ok(json_response(StatusCode::OK, json!({ "object": "list", "data": data })));
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({ "object": "list", "data": data }),
+            ));
         }
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
-        _ => return Ok(error_response(StatusCode::NOT_FOUND, "no such route", "not_found", None)),
+        _ => {
+            return Ok(error_response(
+                StatusCode::NOT_FOUND,
+                "no such route",
+                "not_found",
+                None,
+            ))
+        }
     }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -272,7 +296,12 @@ async fn handle(
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return Ok(error_response(StatusCode::BAD_REQUEST, &e.to_string(), "invalid_json", None))
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+                "invalid_json",
+                None,
+            ))
         }
     };
     let model = request["model"].as_str().unwrap_or("").to_owned();
@@ -302,14 +331,12 @@ async fn handle(
                 Some("messages"),
             ))
         }
-        Fault::ContentFilter => {
-            return Ok(error_response(
-                StatusCode::BAD_REQUEST,
-                "The response was filtered due to the prompt triggering the content management policy.",
-                "content_filter",
-                Some("prompt"),
-            ))
-        }
+        Fault::ContentFilter => return Ok(error_response(
+            StatusCode::BAD_REQUEST,
+            "The response was filtered due to the prompt triggering the content management policy.",
+            "content_filter",
+            Some("prompt"),
+        )),
         _ => {}
     }
     if path == "/v1/embeddings" {
@@ -325,7 +352,11 @@ async fn handle(
         // A JSON answer cut or stalled half way: headers, then part of the body.
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Bytes::from_static(b"{\"id\":\"chatcmpl-mock\",\"choices\":["))).await;
+            let _ = tx
+                .send(Ok(Bytes::from_static(
+                    b"{\"id\":\"chatcmpl-mock\",\"choices\":[",
+                )))
+                .await;
             if let Fault::Stall(_) = fault {
                 tx.closed().await;
             } else {
@@ -333,7 +364,8 @@ async fn handle(
             }
         });
         let mut resp = Response::new(ChannelBody { rx }.boxed());
-        resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("static"));
         Ok(resp)
     } else {
         Ok(json_response(StatusCode::OK, answer.completion(&model)))
@@ -364,7 +396,11 @@ impl Answer {
             }
             _ => 0,
         };
-        Answer { start: start.min(total), end: total, prompt_tokens: chars as u64 / 4 + 1 }
+        Answer {
+            start: start.min(total),
+            end: total,
+            prompt_tokens: chars as u64 / 4 + 1,
+        }
     }
 
     fn word(i: u64) -> String {
@@ -403,9 +439,11 @@ impl Answer {
 fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => {
-            parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")
-        }
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
         _ => String::new(),
     }
 }
@@ -425,7 +463,14 @@ fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Resp
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let send = |b: Bytes| tx.send(Ok(b));
-        if send(chunk(&model, json!({ "role": "assistant", "content": "" }), None)).await.is_err() {
+        if send(chunk(
+            &model,
+            json!({ "role": "assistant", "content": "" }),
+            None,
+        ))
+        .await
+        .is_err()
+        {
             return;
         }
         for (n, i) in (answer.start..answer.end).enumerate() {
@@ -441,10 +486,13 @@ fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Resp
                     tx.closed().await;
                     return;
                 }
-                Fault::Malformed(k) if n == k => {
-                    if send(Bytes::from_static(b"data: {\"choices\": [oops\n\n")).await.is_err() {
-                        return;
-                    }
+                Fault::Malformed(k)
+                    if n == k
+                        && send(Bytes::from_static(b"data: {\"choices\": [oops\n\n"))
+                            .await
+                            .is_err() =>
+                {
+                    return;
                 }
                 _ => {}
             }
@@ -467,7 +515,10 @@ fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Resp
             "choices": [],
             "usage": answer.usage(),
         });
-        if send(Bytes::from(format!("data: {usage}\n\n"))).await.is_err() {
+        if send(Bytes::from(format!("data: {usage}\n\n")))
+            .await
+            .is_err()
+        {
             return;
         }
         if fault != Fault::NoDone {
@@ -475,14 +526,18 @@ fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Resp
         }
     });
     let mut resp = Response::new(ChannelBody { rx }.boxed());
-    resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("static"));
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("static"));
     resp
 }
 
 fn embeddings(request: &Value, model: &str) -> Response<MockBody> {
     let inputs: Vec<String> = match &request["input"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or("").to_owned()).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().unwrap_or("").to_owned())
+            .collect(),
         _ => vec![],
     };
     let mut tokens = 0u64;
@@ -491,9 +546,12 @@ fn embeddings(request: &Value, model: &str) -> Response<MockBody> {
         .enumerate()
         .map(|(i, text)| {
             tokens += text.len() as u64 / 4 + 1;
-            let seed = text.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-            let vector: Vec<f64> =
-                (0..8).map(|k| ((seed >> (k * 4)) & 0xf) as f64 / 15.0).collect();
+            let seed = text
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let vector: Vec<f64> = (0..8)
+                .map(|k| ((seed >> (k * 4)) & 0xf) as f64 / 15.0)
+                .collect();
             json!({ "object": "embedding", "index": i, "embedding": vector })
         })
         .collect();
@@ -509,10 +567,13 @@ fn embeddings(request: &Value, model: &str) -> Response<MockBody> {
 }
 
 fn json_response(status: StatusCode, value: Value) -> Response<MockBody> {
-    let body = Full::new(Bytes::from(value.to_string())).map_err(|e: Infallible| match e {}).boxed();
+    let body = Full::new(Bytes::from(value.to_string()))
+        .map_err(|e: Infallible| match e {})
+        .boxed();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
     resp
 }
 
@@ -574,7 +635,9 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data)))
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
     }
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 /// Command line of the mock.
 #[derive(Debug, Parser)]
-#[command(name = "mock-provider", about = "A fault-injecting OpenAI-compatible upstream")]
+#[command(
+    name = "mock-provider",
+    about = "A fault-injecting OpenAI-compatible upstream"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9090")]

@@ -1,0 +1,169 @@
+//! The gateway's shared state: the policy in force with its adapters, circuits and live stats
+//! (swapped as one value), the keys, the metrics and the retry budget.
+
+use crate::circuit::Circuit;
+use crate::keys::KeyStore;
+use crate::live::{DeploymentLive, LiveStats};
+use crate::metrics::{Metrics, PolicyLabels, ProviderLabels};
+use crate::policy_source::PolicyLocation;
+use crate::providers;
+use crate::retry_budget::RetryBudget;
+use crate::upstream::Provider;
+use arc_swap::ArcSwap;
+use llmgw_engine::input::CircuitState;
+use llmgw_engine::model::Scope;
+use llmgw_engine::CompiledPolicy;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits applied to clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Time allowed for a client to send its request headers.
+    pub header_read_timeout: Duration,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A policy revision with everything built from it.
+pub struct Runtime {
+    /// The compiled policy.
+    pub policy: Arc<CompiledPolicy>,
+    /// Where it came from.
+    pub location: PolicyLocation,
+    /// One adapter per provider, by provider index.
+    pub providers: Vec<Arc<dyn Provider>>,
+    /// One circuit per provider region, by provider index.
+    pub circuits: Vec<Arc<Circuit>>,
+    /// Live stats by deployment index.
+    pub live: LiveStats,
+}
+
+impl Runtime {
+    /// Builds adapters, circuits and live stats for a policy.
+    pub fn new(policy: CompiledPolicy, location: PolicyLocation) -> Self {
+        let providers: Vec<Arc<dyn Provider>> =
+            policy.providers().iter().map(providers::build).collect();
+        let circuits: Vec<Arc<Circuit>> = policy
+            .providers()
+            .iter()
+            .map(|p| Arc::new(Circuit::new(p.circuit)))
+            .collect();
+        let recorders = policy
+            .deployments()
+            .iter()
+            .map(|_| Arc::new(DeploymentLive::default()))
+            .collect();
+        let by_deployment = policy
+            .deployments()
+            .iter()
+            .map(|d| circuits[d.provider].clone())
+            .collect();
+        Runtime {
+            policy: Arc::new(policy),
+            location,
+            providers,
+            circuits,
+            live: LiveStats::new(recorders, by_deployment),
+        }
+    }
+}
+
+/// Durable state as decisions see it. Spend and canary weights have no store yet: no spend
+/// and no canary state.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoState;
+
+impl llmgw_engine::input::StateView for NoState {
+    fn spent_usd(&self, _budget: &str, _scope: Scope, _id: &str) -> f64 {
+        0.0
+    }
+
+    fn canary_weight(&self, _canary: &str) -> Option<f64> {
+        None
+    }
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The policy in force.
+    pub runtime: ArcSwap<Runtime>,
+    /// Accepted gateway keys.
+    pub keys: KeyStore,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The retry budget shared by all requests.
+    pub retry_budget: RetryBudget,
+    /// Client limits.
+    pub limits: Limits,
+    /// Durable state.
+    pub state: NoState,
+    draining: AtomicBool,
+}
+
+impl App {
+    /// The app serving `runtime`.
+    pub fn new(runtime: Runtime, keys: KeyStore, limits: Limits) -> Self {
+        let app = App {
+            runtime: ArcSwap::from_pointee(runtime),
+            keys,
+            metrics: Metrics::new(),
+            retry_budget: RetryBudget::default(),
+            limits,
+            state: NoState,
+            draining: AtomicBool::new(false),
+        };
+        let revision = app.runtime.load().policy.revision().to_owned();
+        app.metrics
+            .policy
+            .get_or_create(&PolicyLabels { revision })
+            .set(1);
+        app
+    }
+
+    /// Marks the gateway as shutting down (`/readyz` turns 503).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Refreshes the live-stats snapshot and circuit gauges; called periodically.
+    pub fn refresh(&self) {
+        let rt = self.runtime.load();
+        rt.live.refresh();
+        for (p, c) in rt.policy.providers().iter().zip(&rt.circuits) {
+            let v = match c.state() {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            };
+            self.metrics
+                .circuit
+                .get_or_create(&ProviderLabels {
+                    provider: p.name.clone(),
+                    region: p.region.clone(),
+                })
+                .set(v);
+        }
+    }
+}

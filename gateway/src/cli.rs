@@ -1,0 +1,223 @@
+//! The `llmgw` command line: `llmgw serve`.
+
+use crate::app::{App, Limits, Runtime};
+use crate::keys::{KeySetup, KeyStore};
+use crate::policy_source::{self, PolicyLocation};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// llmgw: an LLM API gateway whose routing is a policy repository.
+#[derive(Debug, Parser)]
+#[command(name = "llmgw", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve(ServeArgs),
+}
+
+/// Options of `llmgw serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Policy directory; the policies bundled into the binary when absent.
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port, printed at start-up).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Directory for durable state (the hashes of generated keys).
+    #[arg(long, value_name = "DIR", default_value = ".llmgw-state")]
+    pub state: PathBuf,
+    /// Registers this gateway key with full access (local use and tests).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "LLMGW_DEV_KEY",
+        hide_env_values = true
+    )]
+    pub dev_key: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send its request headers.
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds after which an idle client connection is closed.
+    #[arg(long, default_value_t = 90)]
+    pub idle_timeout_secs: u64,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Log filter (`info`, `warn`, `llmgw=debug`…); logs are JSON lines on stderr.
+    #[arg(long, env = "LLMGW_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Runs the command line; returns the exit code (0 ok, 2 usage or start-up error).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("llmgw: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `llmgw serve`.
+pub async fn serve(args: ServeArgs) -> i32 {
+    init_logging(&args.log);
+    let location = match &args.policies {
+        Some(dir) => PolicyLocation::Dir(dir.clone()),
+        None => PolicyLocation::Embedded,
+    };
+    if location == PolicyLocation::Embedded && policy_source::embedded_files().is_empty() {
+        eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
+        return 2;
+    }
+    let (policy, warnings) = match policy_source::load(&location) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            return 2;
+        }
+    };
+    for w in &warnings {
+        tracing::warn!(target: "llmgw::policy", diagnostic = %w, "policy warning");
+    }
+    let (keys, key_setup) = match KeyStore::setup(args.dev_key.as_deref(), &args.state) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            return 2;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("llmgw: cannot read the listening address: {e}");
+            return 2;
+        }
+    };
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    let runtime = Runtime::new(policy, location.clone());
+    let first_model = runtime.policy.models().first().map(|m| m.name.to_string());
+    let revision = runtime.policy.revision().to_owned();
+    let (n_models, n_providers) = (
+        runtime.policy.models().len(),
+        runtime.policy.providers().len(),
+    );
+    let app = Arc::new(App::new(runtime, keys, limits));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "llmgw listening on http://{addr}");
+    let _ = writeln!(
+        out,
+        "policy revision {revision} from {location} ({n_models} models, {n_providers} providers)"
+    );
+    let shown_key = match &key_setup {
+        KeySetup::DevKey => {
+            let _ = writeln!(out, "gateway key: the --dev-key / LLMGW_DEV_KEY value");
+            None
+        }
+        KeySetup::Generated(secret) => {
+            let _ = writeln!(
+                out,
+                "gateway key (shown once; only its SHA-256 is kept in {}): {secret}",
+                args.state.join("keys.json").display()
+            );
+            Some(secret.as_str())
+        }
+        KeySetup::Stored(n) => {
+            let _ = writeln!(
+                out,
+                "gateway keys: {n} stored in {} (delete it to get a new key)",
+                args.state.join("keys.json").display()
+            );
+            None
+        }
+    };
+    if let Some(model) = first_model {
+        let key = shown_key.unwrap_or("$KEY");
+        let _ = writeln!(
+            out,
+            "try: curl -N http://{addr}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+             -H 'content-type: application/json' \
+             -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
+        );
+    }
+    let _ = out.flush();
+    drop(out);
+    tracing::info!(target: "llmgw::server", %addr, revision = revision.as_str(), "serving");
+    crate::server::serve(listener, app, shutdown_signal()).await;
+    tracing::info!(target: "llmgw::server", "stopped");
+    0
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

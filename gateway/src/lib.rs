@@ -1,0 +1,28 @@
+//! llmgw's gateway: an OpenAI-compatible HTTP server that routes each request by the policy
+//! engine's decision, executes it against provider adapters with failover, and reports what
+//! happened through metrics, logs and response headers.
+//!
+//! A request walks the phases of [`phases`]: authenticate → identify → decide → reserve →
+//! attempt → settle → record; [`proxy`] strings them together and [`server`] accepts
+//! connections.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod body;
+pub mod circuit;
+pub mod cli;
+pub mod error;
+pub mod keys;
+pub mod live;
+pub mod metrics;
+pub mod phases;
+pub mod policy_source;
+pub mod providers;
+pub mod proxy;
+pub mod retry_budget;
+pub mod routes;
+pub mod server;
+pub mod sse;
+pub mod upstream;
+pub mod wire;

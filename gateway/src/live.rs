@@ -1,0 +1,269 @@
+//! Live statistics per deployment: latency and time-to-first-token quantiles, error rate and
+//! requests in flight over a sliding window, recorded with atomics only.
+//!
+//! Each deployment keeps a ring of time slots; a slot holds a log-scaled latency histogram
+//! and outcome counters. Recording touches one slot with relaxed atomic adds. Quantiles are
+//! read from the slots still inside the window; a background refresh turns them into a
+//! snapshot so that decisions read one pointer instead of summing histograms.
+
+use crate::circuit::Circuit;
+use arc_swap::ArcSwap;
+use llmgw_engine::input::{DeploymentStats, LiveView};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Slots in the window.
+const SLOTS: usize = 6;
+/// Length of a slot.
+const SLOT_MS: u64 = 5_000;
+/// Histogram buckets; bucket `i` holds values up to `BASE_US * GROWTH^i` microseconds.
+const BUCKETS: usize = 96;
+const BASE_US: f64 = 100.0;
+const GROWTH: f64 = 1.2;
+
+/// Milliseconds since the first call (a monotonic clock for slot arithmetic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+fn bucket_of(d: Duration) -> usize {
+    let us = d.as_micros() as f64;
+    if us <= BASE_US {
+        return 0;
+    }
+    (((us / BASE_US).ln() / GROWTH.ln()).ceil() as usize).min(BUCKETS - 1)
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    BASE_US * GROWTH.powi(i as i32) / 1000.0
+}
+
+struct Slot {
+    epoch: AtomicU64,
+    latency: [AtomicU32; BUCKETS],
+    ttft: [AtomicU32; BUCKETS],
+    ok: AtomicU32,
+    errors: AtomicU32,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            epoch: AtomicU64::new(u64::MAX),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
+            ttft: std::array::from_fn(|_| AtomicU32::new(0)),
+            ok: AtomicU32::new(0),
+            errors: AtomicU32::new(0),
+        }
+    }
+
+    fn clear(&self) {
+        self.latency
+            .iter()
+            .chain(self.ttft.iter())
+            .for_each(|b| b.store(0, Relaxed));
+        self.ok.store(0, Relaxed);
+        self.errors.store(0, Relaxed);
+    }
+}
+
+/// The recorder of one deployment.
+pub struct DeploymentLive {
+    slots: [Slot; SLOTS],
+    in_flight: AtomicU64,
+}
+
+impl Default for DeploymentLive {
+    fn default() -> Self {
+        DeploymentLive {
+            slots: std::array::from_fn(|_| Slot::new()),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Decrements a deployment's in-flight count when dropped.
+pub struct InFlight(Arc<DeploymentLive>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl DeploymentLive {
+    fn slot(&self) -> &Slot {
+        let epoch = now_ms() / SLOT_MS;
+        let slot = &self.slots[(epoch % SLOTS as u64) as usize];
+        let seen = slot.epoch.load(Relaxed);
+        if seen != epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Relaxed, Relaxed)
+                .is_ok()
+        {
+            slot.clear();
+        }
+        slot
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Records a finished attempt: its latency, time to first token (streams) and outcome.
+    pub fn record(&self, latency: Duration, ttft: Option<Duration>, ok: bool) {
+        let slot = self.slot();
+        if ok {
+            slot.ok.fetch_add(1, Relaxed);
+            slot.latency[bucket_of(latency)].fetch_add(1, Relaxed);
+            slot.ttft[bucket_of(ttft.unwrap_or(latency))].fetch_add(1, Relaxed);
+        } else {
+            slot.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Stats over the window (without circuit state, which the caller adds).
+    pub fn compute(&self) -> Option<DeploymentStats> {
+        let current = now_ms() / SLOT_MS;
+        let mut lat = [0u64; BUCKETS];
+        let mut ttft = [0u64; BUCKETS];
+        let (mut ok, mut errors) = (0u64, 0u64);
+        for slot in &self.slots {
+            let epoch = slot.epoch.load(Relaxed);
+            if epoch == u64::MAX || epoch + (SLOTS as u64) <= current {
+                continue;
+            }
+            ok += u64::from(slot.ok.load(Relaxed));
+            errors += u64::from(slot.errors.load(Relaxed));
+            for i in 0..BUCKETS {
+                lat[i] += u64::from(slot.latency[i].load(Relaxed));
+                ttft[i] += u64::from(slot.ttft[i].load(Relaxed));
+            }
+        }
+        if ok + errors == 0 {
+            return None;
+        }
+        Some(DeploymentStats {
+            p50_ms: quantile(&lat, 0.50),
+            p95_ms: quantile(&lat, 0.95),
+            p99_ms: quantile(&lat, 0.99),
+            ttft_ms: quantile(&ttft, 0.50),
+            error_rate: errors as f64 / (ok + errors) as f64,
+            in_flight: self.in_flight(),
+            circuit: Default::default(),
+        })
+    }
+}
+
+fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(bucket_upper_ms(i));
+        }
+    }
+    Some(bucket_upper_ms(BUCKETS - 1))
+}
+
+/// Live stats of every deployment of a policy revision, with a periodically refreshed snapshot.
+pub struct LiveStats {
+    deployments: Vec<Arc<DeploymentLive>>,
+    /// Circuit of each deployment's provider.
+    circuits: Vec<Arc<Circuit>>,
+    snapshot: ArcSwap<Vec<Option<DeploymentStats>>>,
+}
+
+impl LiveStats {
+    /// Stats for deployments whose recorders and provider circuits are given in order.
+    pub fn new(deployments: Vec<Arc<DeploymentLive>>, circuits: Vec<Arc<Circuit>>) -> Self {
+        let n = deployments.len();
+        LiveStats {
+            deployments,
+            circuits,
+            snapshot: ArcSwap::from_pointee(vec![None; n]),
+        }
+    }
+
+    /// The recorder of deployment `index`.
+    pub fn deployment(&self, index: usize) -> Option<&Arc<DeploymentLive>> {
+        self.deployments.get(index)
+    }
+
+    /// Recomputes the snapshot.
+    pub fn refresh(&self) {
+        let snap: Vec<Option<DeploymentStats>> =
+            self.deployments.iter().map(|d| d.compute()).collect();
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    /// The stats of deployment `index` as of the last refresh, with live in-flight and circuit.
+    pub fn get(&self, index: usize) -> Option<DeploymentStats> {
+        let circuit = self
+            .circuits
+            .get(index)
+            .map(|c| c.state())
+            .unwrap_or_default();
+        let in_flight = self.deployments.get(index).map_or(0, |d| d.in_flight());
+        let base = self.snapshot.load().get(index).copied().flatten();
+        match base {
+            Some(s) => Some(DeploymentStats {
+                circuit,
+                in_flight,
+                ..s
+            }),
+            None if in_flight > 0 || circuit != Default::default() => Some(DeploymentStats {
+                circuit,
+                in_flight,
+                ..DeploymentStats::default()
+            }),
+            None => None,
+        }
+    }
+}
+
+impl LiveView for LiveStats {
+    fn stats(&self, index: usize, _name: &str) -> Option<DeploymentStats> {
+        self.get(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_follow_recorded_latencies() {
+        let d = Arc::new(DeploymentLive::default());
+        assert!(d.compute().is_none());
+        for ms in 1..=100u64 {
+            d.record(Duration::from_millis(ms), None, true);
+        }
+        d.record(Duration::from_millis(5), None, false);
+        let s = d.compute().expect("stats");
+        let p50 = s.p50_ms.expect("p50");
+        let p99 = s.p99_ms.expect("p99");
+        assert!((45.0..=60.0).contains(&p50), "p50 {p50}");
+        assert!((95.0..=120.0).contains(&p99), "p99 {p99}");
+        assert!((s.error_rate - 1.0 / 101.0).abs() < 1e-9);
+        let g = d.start();
+        assert_eq!(d.in_flight(), 1);
+        drop(g);
+        assert_eq!(d.in_flight(), 0);
+    }
+}

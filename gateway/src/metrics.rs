@@ -1,0 +1,190 @@
+//! Prometheus metrics. Labels carry model, provider, status and error class, never a key.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels of a served request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP status.
+    pub status: u16,
+    /// Logical model that served it (or was asked for, when none did).
+    pub model: String,
+    /// Provider that served it (empty when none did).
+    pub provider: String,
+}
+
+/// Labels of a model on a provider.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Logical model.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+}
+
+/// Labels of token counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Logical model.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+    /// `input` or `output`.
+    pub kind: &'static str,
+}
+
+/// Labels of an upstream failure.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Provider.
+    pub provider: String,
+    /// Error class.
+    pub class: &'static str,
+}
+
+/// Labels of a provider region.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider.
+    pub provider: String,
+    /// Region.
+    pub region: String,
+}
+
+/// Labels of the policy in force.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Revision.
+    pub revision: String,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Whole-request latency.
+    pub latency: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Time to first token of streams.
+    pub ttft: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Tokens.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Cost in USD.
+    pub cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// Upstream failures by class.
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    /// Circuit state per provider region (0 closed, 1 half-open, 2 open).
+    pub circuit: Family<ProviderLabels, Gauge>,
+    /// Same-provider retries.
+    pub retries: Family<ModelLabels, Counter>,
+    /// Moves to another attempt of the list.
+    pub failovers: Family<ModelLabels, Counter>,
+    /// Streams resumed on another model after a break.
+    pub resumed_streams: Family<ModelLabels, Counter>,
+    /// Extra attempts refused by the retry budget.
+    pub retry_budget_exhausted: Counter,
+    /// Requests in flight.
+    pub in_flight: Gauge,
+    /// The policy in force (value 1).
+    pub policy: Family<PolicyLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("llmgw");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_buckets),
+            ttft: Family::new_with_constructor(latency_buckets),
+            tokens: Family::default(),
+            cost: Family::default(),
+            upstream_errors: Family::default(),
+            circuit: Family::default(),
+            retries: Family::default(),
+            failovers: Family::default(),
+            resumed_streams: Family::default(),
+            retry_budget_exhausted: Counter::default(),
+            in_flight: Gauge::default(),
+            policy: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests answered", m.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Request latency",
+            m.latency.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time to first token of streams",
+            m.ttft.clone(),
+        );
+        registry.register("tokens", "Tokens by kind", m.tokens.clone());
+        registry.register("cost_usd", "Cost in USD", m.cost.clone());
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by class",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "circuit_state",
+            "Circuit state: 0 closed, 1 half-open, 2 open",
+            m.circuit.clone(),
+        );
+        registry.register("retries", "Same-provider retries", m.retries.clone());
+        registry.register(
+            "failovers",
+            "Moves to the next attempt",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "resumed_streams",
+            "Streams resumed on another model",
+            m.resumed_streams.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Extra attempts refused by the retry budget",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests in flight",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "policy_info",
+            "The policy revision in force",
+            m.policy.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

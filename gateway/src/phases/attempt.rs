@@ -1,0 +1,419 @@
+//! Phase 5: execute the decision's attempt list with failover.
+//!
+//! Attempts are tried in order. A provider whose circuit is open is skipped. Every attempt
+//! after the first (a retry or a move to the next deployment) is paid from the retry budget.
+//! The same provider is tried again only for a single 429 with a short `Retry-After` (after
+//! waiting it) or a single 500; any other failure moves on. A content filter or another 4xx
+//! about the request is returned as is; `context_length_exceeded` moves on only to models with
+//! a larger context window. For streams, an attempt succeeds when its first visible event
+//! arrives within the first-token timeout, so failures before the first byte stay invisible.
+
+use crate::app::{App, Runtime};
+use crate::circuit::Admission;
+use crate::error::ApiError;
+use crate::live::InFlight;
+use crate::metrics::{ErrorLabels, ModelLabels};
+use crate::upstream::{
+    ChunkStream, ErrorClass, FullResponse, StreamEvent, UpstreamError, UpstreamRequest,
+    UpstreamResponse,
+};
+use crate::wire::ClientRequest;
+use http::StatusCode;
+use llmgw_engine::decision::{Attempt, Decision};
+use llmgw_engine::model::Capability;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest `Retry-After` the gateway waits in place before trying the same provider again.
+pub const MAX_INPLACE_WAIT: Duration = Duration::from_secs(2);
+/// The pause before trying the same provider again after a 500.
+const RETRY_500_DELAY: Duration = Duration::from_millis(100);
+
+/// Everything an execution needs, owned so that a stream can carry it into its task.
+pub struct Plan {
+    /// The app.
+    pub app: Arc<App>,
+    /// The policy revision that decided.
+    pub rt: Arc<Runtime>,
+    /// The decision.
+    pub decision: Decision,
+    /// The client's request.
+    pub request: ClientRequest,
+}
+
+impl Plan {
+    /// The attempt at `idx`.
+    pub fn attempt(&self, idx: usize) -> &Attempt {
+        &self.decision.attempts[idx]
+    }
+
+    /// Index of the logical model of attempt `idx`.
+    pub fn model_index(&self, idx: usize) -> usize {
+        self.rt.policy.deployments()[self.attempt(idx).index].model
+    }
+
+    fn labels(&self, idx: usize) -> ModelLabels {
+        let a = self.attempt(idx);
+        ModelLabels {
+            model: a.model.to_string(),
+            provider: a.provider.to_string(),
+        }
+    }
+}
+
+/// One upstream call as it went, for the request log.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallLog {
+    /// The deployment.
+    pub deployment: Arc<str>,
+    /// `ok`, `skipped_open_circuit`, `no_retry_budget` or an error class.
+    pub outcome: &'static str,
+    /// Milliseconds spent.
+    pub ms: u64,
+}
+
+/// What happened across the attempts of one request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Trace {
+    /// Each call or skip.
+    pub calls: Vec<CallLog>,
+    /// Same-provider retries.
+    pub retries: u32,
+    /// Moves to a later attempt.
+    pub failovers: u32,
+    /// Streams resumed on another model after a break.
+    pub resumed: u32,
+}
+
+impl Trace {
+    /// Upstream calls actually made.
+    pub fn upstream_calls(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| !c.outcome.starts_with("skipped") && c.outcome != "no_retry_budget")
+            .count()
+    }
+}
+
+/// A stream whose first visible event has arrived.
+pub struct LiveStream {
+    /// Index of the attempt serving it.
+    pub idx: usize,
+    /// The rest of the stream.
+    pub stream: ChunkStream,
+    /// Events received up to and including the first visible one.
+    pub buffered: Vec<StreamEvent>,
+    /// When the attempt started.
+    pub started: Instant,
+    /// Time to the first visible event.
+    pub ttft: Duration,
+    /// Counts the attempt in flight.
+    pub in_flight: InFlight,
+}
+
+/// A successful attempt.
+pub enum Success {
+    /// A whole answer.
+    Full {
+        /// Index of the attempt.
+        idx: usize,
+        /// The answer.
+        response: FullResponse,
+    },
+    /// A stream.
+    Stream(LiveStream),
+}
+
+/// Every attempt failed, was skipped or must not be retried.
+#[derive(Debug)]
+pub struct Failure {
+    /// The last upstream error; `None` when no provider could be tried.
+    pub error: Option<UpstreamError>,
+}
+
+impl Failure {
+    /// The error the client sees.
+    pub fn api_error(&self) -> ApiError {
+        let Some(e) = &self.error else {
+            return ApiError::unavailable(
+                "no_healthy_upstream",
+                "no provider can take this request now (circuits open or retry budget spent)",
+            )
+            .with_retry_after(Some(Duration::from_secs(1)));
+        };
+        match e.class {
+            ErrorClass::ContentFilter | ErrorClass::BadRequest | ErrorClass::ContextLength => {
+                let status = e
+                    .status
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .filter(|s| s.is_client_error())
+                    .unwrap_or(StatusCode::BAD_REQUEST);
+                let code = e.code.clone().unwrap_or_else(|| match e.class {
+                    ErrorClass::ContextLength => "context_length_exceeded".to_owned(),
+                    other => other.as_str().to_owned(),
+                });
+                let mut err =
+                    ApiError::new(status, "invalid_request_error", &code, e.message.clone());
+                err.param = e.param.clone();
+                err
+            }
+            ErrorClass::RateLimited => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                format!("every provider is rate limiting: {e}"),
+            )
+            .with_retry_after(e.retry_after.or(Some(Duration::from_secs(1)))),
+            ErrorClass::Timeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "upstream_timeout",
+                format!("no provider answered in time: {e}"),
+            ),
+            ErrorClass::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "upstream_unavailable",
+                format!("no provider could answer: {e}"),
+            )
+            .with_retry_after(e.retry_after),
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_error",
+                format!("no provider could answer: {e}"),
+            ),
+        }
+    }
+}
+
+/// Runs the attempts from `from` on. With `prefill`, only models that accept a prefill are
+/// tried and they continue the partial answer (a stream resumed after a break).
+pub async fn run(
+    plan: &Plan,
+    from: usize,
+    prefill: Option<&str>,
+    trace: &mut Trace,
+) -> Result<Success, Failure> {
+    let app = &plan.app;
+    let policy = &plan.rt.policy;
+    let stream = plan.request.facts.stream;
+    let mut idx = from;
+    let mut first_call = prefill.is_none();
+    let mut retried_same = false;
+    let mut min_context: Option<u64> = None;
+    let mut last_error: Option<UpstreamError> = None;
+    while idx < plan.decision.attempts.len() {
+        let attempt = plan.attempt(idx);
+        let deployment = &policy.deployments()[attempt.index];
+        let model = &policy.models()[deployment.model];
+        if min_context.is_some_and(|w| model.context_window <= w)
+            || (prefill.is_some() && !model.has(Capability::Prefill))
+        {
+            idx += 1;
+            continue;
+        }
+        let circuit = &plan.rt.circuits[deployment.provider];
+        let admission = circuit.admit();
+        if admission == Admission::Rejected {
+            trace.calls.push(CallLog {
+                deployment: attempt.deployment.clone(),
+                outcome: "skipped_open_circuit",
+                ms: 0,
+            });
+            idx += 1;
+            continue;
+        }
+        if !first_call && !app.retry_budget.withdraw() {
+            app.metrics.retry_budget_exhausted.inc();
+            trace.calls.push(CallLog {
+                deployment: attempt.deployment.clone(),
+                outcome: "no_retry_budget",
+                ms: 0,
+            });
+            break;
+        }
+        first_call = false;
+        let Some(recorder) = plan.rt.live.deployment(attempt.index) else {
+            break;
+        };
+        let in_flight = recorder.start();
+        let started = Instant::now();
+        let result = call(plan, idx, prefill, stream).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(Called::Full(response)) => {
+                circuit.record_success();
+                recorder.record(elapsed, None, true);
+                trace.calls.push(CallLog {
+                    deployment: attempt.deployment.clone(),
+                    outcome: "ok",
+                    ms: elapsed.as_millis() as u64,
+                });
+                return Ok(Success::Full { idx, response });
+            }
+            Ok(Called::Stream(stream, buffered)) => {
+                circuit.record_success();
+                trace.calls.push(CallLog {
+                    deployment: attempt.deployment.clone(),
+                    outcome: "ok",
+                    ms: elapsed.as_millis() as u64,
+                });
+                return Ok(Success::Stream(LiveStream {
+                    idx,
+                    stream,
+                    buffered,
+                    started,
+                    ttft: elapsed,
+                    in_flight,
+                }));
+            }
+            Err(e) => {
+                drop(in_flight);
+                trace.calls.push(CallLog {
+                    deployment: attempt.deployment.clone(),
+                    outcome: e.class.as_str(),
+                    ms: elapsed.as_millis() as u64,
+                });
+                note_failure(plan, idx, &e, admission);
+                match e.class {
+                    ErrorClass::ContentFilter | ErrorClass::BadRequest => {
+                        return Err(Failure { error: Some(e) })
+                    }
+                    ErrorClass::ContextLength => min_context = Some(model.context_window),
+                    _ => {}
+                }
+                let short_wait = e.retry_after.filter(|d| *d <= MAX_INPLACE_WAIT);
+                let same_again = !retried_same
+                    && admission != Admission::Probe
+                    && match e.class {
+                        ErrorClass::RateLimited => short_wait.is_some(),
+                        ErrorClass::Server => e.status == Some(500),
+                        _ => false,
+                    };
+                if same_again {
+                    retried_same = true;
+                    trace.retries += 1;
+                    app.metrics.retries.get_or_create(&plan.labels(idx)).inc();
+                    tokio::time::sleep(short_wait.unwrap_or(RETRY_500_DELAY)).await;
+                    last_error = Some(e);
+                    continue;
+                }
+                if e.class == ErrorClass::RateLimited {
+                    if let Some(long) = e.retry_after.filter(|d| *d > MAX_INPLACE_WAIT) {
+                        circuit.trip_for(long);
+                    }
+                }
+                last_error = Some(e);
+                idx += 1;
+                if idx < plan.decision.attempts.len() {
+                    trace.failovers += 1;
+                    app.metrics
+                        .failovers
+                        .get_or_create(&plan.labels(idx - 1))
+                        .inc();
+                }
+            }
+        }
+    }
+    Err(Failure { error: last_error })
+}
+
+/// Records a failed call in the circuit, live stats and metrics.
+pub fn note_failure(plan: &Plan, idx: usize, e: &UpstreamError, admission: Admission) {
+    let attempt = plan.attempt(idx);
+    let deployment = &plan.rt.policy.deployments()[attempt.index];
+    let circuit = &plan.rt.circuits[deployment.provider];
+    if e.class.is_health_failure() {
+        circuit.record_failure(e.retry_after);
+        if let Some(r) = plan.rt.live.deployment(attempt.index) {
+            r.record(Duration::ZERO, None, false);
+        }
+    } else if admission == Admission::Probe {
+        // The provider answered: it is up, whatever it thought of the request.
+        circuit.record_success();
+    }
+    plan.app
+        .metrics
+        .upstream_errors
+        .get_or_create(&ErrorLabels {
+            provider: attempt.provider.to_string(),
+            class: e.class.as_str(),
+        })
+        .inc();
+}
+
+enum Called {
+    Full(FullResponse),
+    Stream(ChunkStream, Vec<StreamEvent>),
+}
+
+/// One call, with the first-token (streams) or total (whole answers) timeout.
+async fn call(
+    plan: &Plan,
+    idx: usize,
+    prefill: Option<&str>,
+    stream: bool,
+) -> Result<Called, UpstreamError> {
+    let attempt = plan.attempt(idx);
+    let deployment = &plan.rt.policy.deployments()[attempt.index];
+    let timeouts = plan.rt.policy.providers()[deployment.provider].timeouts;
+    let provider = &plan.rt.providers[deployment.provider];
+    let request = UpstreamRequest {
+        endpoint: plan.request.facts.endpoint,
+        body: &plan.request.body,
+        upstream_model: &attempt.upstream_model,
+        prefill,
+        stream,
+    };
+    let first_token = Duration::from_millis(timeouts.first_token_ms);
+    let limit = if stream {
+        first_token
+    } else {
+        Duration::from_millis(timeouts.total_ms)
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let timeout = |what: &str| {
+        UpstreamError::new(
+            ErrorClass::Timeout,
+            format!("no {what} within {} ms", limit.as_millis()),
+        )
+    };
+    let response = match tokio::time::timeout_at(deadline, provider.send(request)).await {
+        Err(_) => return Err(timeout(if stream { "first token" } else { "answer" })),
+        Ok(r) => r?,
+    };
+    match response {
+        UpstreamResponse::Full(full) => Ok(Called::Full(full)),
+        UpstreamResponse::Stream(mut s) => {
+            let mut buffered = Vec::new();
+            loop {
+                match tokio::time::timeout_at(deadline, s.next()).await {
+                    Err(_) => return Err(timeout("first token")),
+                    Ok(None) => {
+                        return Err(UpstreamError::new(
+                            ErrorClass::Protocol,
+                            "the stream ended before any token",
+                        ))
+                    }
+                    Ok(Some(Err(mut e))) => {
+                        e.after_first_byte = false;
+                        return Err(e);
+                    }
+                    Ok(Some(Ok(ev))) => {
+                        let visible = match &ev {
+                            StreamEvent::Delta(d) => d.is_visible(),
+                            StreamEvent::Done => true,
+                            StreamEvent::Usage(_) => false,
+                        };
+                        buffered.push(ev);
+                        if visible {
+                            return Ok(Called::Stream(s, buffered));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

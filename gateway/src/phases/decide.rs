@@ -1,0 +1,48 @@
+//! Phase 3: what the policy says. Builds the request context and asks the engine.
+
+use crate::app::{NoState, Runtime};
+use crate::error::ApiError;
+use crate::wire::ClientRequest;
+use llmgw_engine::decide::DecideError;
+use llmgw_engine::decision::{BudgetAction, Decision};
+use llmgw_engine::input::{Identity, RequestContext};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The decision for a request, or the error the client sees.
+pub fn decide(rt: &Runtime, req: &ClientRequest, identity: Identity) -> Result<Decision, ApiError> {
+    let ctx = RequestContext {
+        request: req.facts.clone(),
+        identity,
+        now_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        random: rand::random::<f64>(),
+        canary_random: rand::random::<f64>(),
+    };
+    let decision = rt
+        .policy
+        .decide(&ctx, &rt.live, &NoState)
+        .map_err(|e| map_error(&e, &req.facts.model))?;
+    if decision.budget_action == BudgetAction::Block {
+        let budget = decision.budget.as_deref().unwrap_or("a budget");
+        return Err(ApiError::new(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "budget_exceeded",
+            format!("the request would exceed the budget `{budget}`"),
+        ));
+    }
+    Ok(decision)
+}
+
+/// The client error of a decision failure.
+fn map_error(e: &DecideError, model: &str) -> ApiError {
+    match e {
+        DecideError::UnknownModel { .. } => ApiError::model_not_found(model),
+        DecideError::NoDeployment { .. } => {
+            ApiError::unavailable("no_healthy_upstream", e.to_string())
+        }
+        #[allow(unreachable_patterns)]
+        _ => ApiError::internal(format!("the policy could not decide: {e}")),
+    }
+}

@@ -1,0 +1,121 @@
+//! Phase 7: metrics and one structured log line per request, with cost attribution.
+//! The line names the key by its id, never by its secret.
+
+use crate::app::App;
+use crate::metrics::{ModelLabels, RequestLabels, TokenLabels};
+use crate::phases::attempt::Trace;
+use crate::upstream::Usage;
+use llmgw_engine::decision::Decision;
+use llmgw_engine::input::Identity;
+use std::time::Duration;
+
+/// Everything known about a finished request.
+#[derive(Debug)]
+pub struct RequestRecord<'a> {
+    /// The request id (also in `x-request-id`).
+    pub request_id: &'a str,
+    /// HTTP status answered (499 when the client went away).
+    pub status: u16,
+    /// `chat` or `embeddings`.
+    pub endpoint: &'static str,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The model asked for.
+    pub requested_model: &'a str,
+    /// Logical model and provider that served the answer (the last one for a resumed stream).
+    pub served: Option<(&'a str, &'a str)>,
+    /// The decision, when one was made.
+    pub decision: Option<&'a Decision>,
+    /// Who sent it.
+    pub identity: Option<&'a Identity>,
+    /// Tokens.
+    pub usage: Usage,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Total latency.
+    pub latency: Duration,
+    /// Time to first token (streams).
+    pub ttft: Option<Duration>,
+    /// The attempts.
+    pub trace: Option<&'a Trace>,
+    /// `ok`, `error`, `truncated` or `client_closed`.
+    pub outcome: &'a str,
+    /// The error message, if any.
+    pub error: Option<&'a str>,
+}
+
+/// Updates metrics and writes the request's log line.
+pub fn record(app: &App, r: &RequestRecord<'_>) {
+    let (model, provider) = r.served.unwrap_or((r.requested_model, ""));
+    let m = &app.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            status: r.status,
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+        })
+        .inc();
+    let labels = ModelLabels {
+        model: model.to_owned(),
+        provider: provider.to_owned(),
+    };
+    m.latency
+        .get_or_create(&labels)
+        .observe(r.latency.as_secs_f64());
+    if let Some(t) = r.ttft {
+        m.ttft.get_or_create(&labels).observe(t.as_secs_f64());
+    }
+    if r.usage.input_tokens + r.usage.output_tokens > 0 {
+        let tokens = |kind| TokenLabels {
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+            kind,
+        };
+        m.tokens
+            .get_or_create(&tokens("input"))
+            .inc_by(r.usage.input_tokens);
+        m.tokens
+            .get_or_create(&tokens("output"))
+            .inc_by(r.usage.output_tokens);
+    }
+    if r.cost_usd > 0.0 {
+        m.cost.get_or_create(&labels).inc_by(r.cost_usd);
+    }
+    let id = |f: fn(&Identity) -> &str| r.identity.map(f).unwrap_or("");
+    let d = r.decision;
+    let attempts = r
+        .trace
+        .map(|t| serde_json::to_string(&t.calls).unwrap_or_default())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "llmgw::request",
+        request_id = r.request_id,
+        status = r.status,
+        outcome = r.outcome,
+        endpoint = r.endpoint,
+        stream = r.stream,
+        requested_model = r.requested_model,
+        model = model,
+        provider = provider,
+        rule = d.map(|d| &*d.rule).unwrap_or(""),
+        policy_revision = d.map(|d| &*d.revision).unwrap_or(""),
+        downgraded_from = d.and_then(|d| d.downgrade.as_ref()).map(|g| &*g.from).unwrap_or(""),
+        canary = d.and_then(|d| d.canary.as_ref()).map(|c| &*c.canary).unwrap_or(""),
+        canary_arm = d.and_then(|d| d.canary.as_ref()).map(|c| c.arm.as_str()).unwrap_or(""),
+        key_id = id(|i| &i.key.id),
+        user = id(|i| &i.user.id),
+        project = id(|i| &i.project.id),
+        tenant = id(|i| &i.tenant.id),
+        input_tokens = r.usage.input_tokens,
+        output_tokens = r.usage.output_tokens,
+        cost_usd = r.cost_usd,
+        latency_ms = r.latency.as_secs_f64() * 1000.0,
+        ttft_ms = r.ttft.map(|t| t.as_secs_f64() * 1000.0),
+        retries = r.trace.map_or(0, |t| t.retries),
+        failovers = r.trace.map_or(0, |t| t.failovers),
+        resumed = r.trace.map_or(0, |t| t.resumed),
+        attempts = attempts.as_str(),
+        error = r.error,
+        "request"
+    );
+}

@@ -1,0 +1,252 @@
+//! OpenAI and every OpenAI-compatible API (DeepSeek, Qwen, Mistral, OpenRouter, vLLM, Together…).
+
+use crate::providers::http::{self, Client, StreamTranslator};
+use crate::providers::secret::{self, Secret, SecretError};
+use crate::sse::SseEvent;
+use crate::upstream::{
+    Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
+    UpstreamRequest, UpstreamResponse, Usage,
+};
+use ::http::header::AUTHORIZATION;
+use llmgw_engine::input::Endpoint;
+use llmgw_engine::model::{self, ProviderType, Timeouts};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where OpenAI's API is when the policy names no `base_url`.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// An OpenAI-protocol provider.
+pub struct OpenAi {
+    client: Client,
+    base_url: Option<String>,
+    key: Option<Result<Secret, SecretError>>,
+    timeouts: Timeouts,
+    compatible: bool,
+}
+
+impl OpenAi {
+    /// The adapter of a policy provider of type `openai` or `openai_compatible`.
+    pub fn new(provider: &model::Provider) -> Self {
+        let compatible = provider.kind == ProviderType::OpenaiCompatible;
+        let base_url = provider
+            .base_url
+            .clone()
+            .or_else(|| (!compatible).then(|| OPENAI_BASE_URL.to_owned()));
+        OpenAi {
+            client: http::client(&provider.timeouts),
+            base_url,
+            key: provider.api_key.as_deref().map(secret::resolve),
+            timeouts: provider.timeouts,
+            compatible,
+        }
+    }
+
+    /// The body sent upstream.
+    fn body(&self, req: &UpstreamRequest<'_>) -> Value {
+        let mut body = req.body.clone();
+        let Some(obj) = body.as_object_mut() else {
+            return body;
+        };
+        obj.insert("model".into(), Value::String(req.upstream_model.to_owned()));
+        if self.compatible {
+            obj.remove("metadata");
+        }
+        if req.endpoint == Endpoint::Chat {
+            if req.stream {
+                obj.insert("stream".into(), Value::Bool(true));
+                obj.insert("stream_options".into(), json!({ "include_usage": true }));
+            } else {
+                obj.remove("stream");
+                obj.remove("stream_options");
+            }
+            if let Some(prefill) = req.prefill {
+                let mut msg = json!({ "role": "assistant", "content": prefill });
+                if self.compatible {
+                    // DeepSeek's and Mistral's flag for "continue this message".
+                    msg["prefix"] = Value::Bool(true);
+                }
+                if let Some(Value::Array(messages)) = obj.get_mut("messages") {
+                    messages.push(msg);
+                }
+            }
+        }
+        body
+    }
+}
+
+impl Provider for OpenAi {
+    fn send<'a>(&'a self, req: UpstreamRequest<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            let base = self.base_url.as_deref().ok_or_else(|| {
+                UpstreamError::new(ErrorClass::Unsupported, "the provider has no base_url")
+            })?;
+            let path = match req.endpoint {
+                Endpoint::Chat => "chat/completions",
+                Endpoint::Embeddings => "embeddings",
+            };
+            let mut headers = Vec::new();
+            if let Some(key) = &self.key {
+                let key = http::key_or_error(key)?;
+                if let Some(v) = http::sensitive(&format!("Bearer {}", key.expose())) {
+                    headers.push((AUTHORIZATION, v));
+                }
+            }
+            let body = serde_json::to_vec(&self.body(&req)).unwrap_or_default();
+            let first = Duration::from_millis(self.timeouts.first_token_ms);
+            let resp =
+                http::post(&self.client, &http::join(base, path), headers, body, first).await?;
+            if !resp.status().is_success() {
+                return Err(http::error_from(resp).await);
+            }
+            if req.stream && http::is_event_stream(&resp) {
+                return Ok(UpstreamResponse::Stream(http::spawn_sse(
+                    resp,
+                    OpenAiStream::default(),
+                )));
+            }
+            let total = Duration::from_millis(self.timeouts.total_ms);
+            let body = http::read_json(resp, total).await?;
+            let usage = usage_of(&body["usage"]);
+            if req.stream {
+                // A provider that ignored `stream`: replay its answer as a stream.
+                return Ok(UpstreamResponse::Stream(replay(&body, usage)));
+            }
+            Ok(UpstreamResponse::Full(FullResponse { body, usage }))
+        })
+    }
+}
+
+/// Reads OpenAI's `usage` object.
+pub fn usage_of(usage: &Value) -> Usage {
+    Usage {
+        input_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+    }
+}
+
+/// A whole chat completion as a stream.
+fn replay(body: &Value, usage: Usage) -> crate::upstream::ChunkStream {
+    let (tx, stream) = crate::upstream::ChunkStream::channel();
+    let choice = &body["choices"][0];
+    let delta = Delta {
+        content: choice["message"]["content"].as_str().map(str::to_owned),
+        tool_calls: choice["message"]
+            .get("tool_calls")
+            .filter(|v| !v.is_null())
+            .cloned(),
+        finish_reason: choice["finish_reason"]
+            .as_str()
+            .map(str::to_owned)
+            .or(Some("stop".into())),
+    };
+    tokio::spawn(async move {
+        for ev in [
+            StreamEvent::Delta(delta),
+            StreamEvent::Usage(usage),
+            StreamEvent::Done,
+        ] {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    stream
+}
+
+/// Translates OpenAI chat completion chunks.
+#[derive(Debug, Default)]
+pub struct OpenAiStream {
+    finished: bool,
+}
+
+impl StreamTranslator for OpenAiStream {
+    fn event(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            return Ok(vec![StreamEvent::Done]);
+        }
+        if data.is_empty() {
+            return Ok(vec![]);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
+        })?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            let bytes = serde_json::to_vec(&json!({ "error": err })).unwrap_or_default();
+            let status = match err["code"].as_str().or(err["type"].as_str()) {
+                Some("rate_limit_exceeded") => 429,
+                _ => 500,
+            };
+            return Err(UpstreamError::from_status(status, &bytes, None));
+        }
+        let mut out = Vec::with_capacity(2);
+        if let Some(choice) = v["choices"].get(0) {
+            let d = &choice["delta"];
+            let delta = Delta {
+                content: d["content"].as_str().map(str::to_owned),
+                tool_calls: d.get("tool_calls").filter(|t| !t.is_null()).cloned(),
+                finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+            };
+            self.finished |= delta.finish_reason.is_some();
+            out.push(StreamEvent::Delta(delta));
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            out.push(StreamEvent::Usage(usage_of(u)));
+        }
+        Ok(out)
+    }
+
+    fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError> {
+        if self.finished {
+            // The answer was complete; only the `[DONE]` marker was missing.
+            Ok(vec![StreamEvent::Done])
+        } else {
+            Err(UpstreamError::new(
+                ErrorClass::Protocol,
+                "the stream ended before the answer was complete",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn translates_chunks_and_tolerates_a_missing_done() {
+        let mut t = OpenAiStream::default();
+        let out = t
+            .event(ev(
+                r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}]}"#,
+            ))
+            .expect("ok");
+        assert_eq!(
+            out,
+            vec![StreamEvent::Delta(Delta {
+                content: Some("hi".into()),
+                ..Delta::default()
+            })]
+        );
+        assert!(
+            t.end().is_err(),
+            "a stream without finish_reason is truncated"
+        );
+        t.event(ev(r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#))
+            .expect("ok");
+        assert_eq!(t.end().expect("complete"), vec![StreamEvent::Done]);
+        assert_eq!(t.event(ev("[DONE]")).expect("ok"), vec![StreamEvent::Done]);
+        assert_eq!(
+            t.event(ev("{oops")).unwrap_err().class,
+            ErrorClass::Protocol
+        );
+    }
+}

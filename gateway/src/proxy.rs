@@ -1,0 +1,603 @@
+//! The model endpoints: the phases of [`crate::phases`] strung together, and the stream pump
+//! that relays a streamed answer, resumes it elsewhere if it breaks, and settles at the end.
+
+use crate::app::App;
+use crate::body::GatewayBody;
+use crate::error::ApiError;
+use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
+use crate::phases::record::{record, RequestRecord};
+use crate::phases::settle::{format_cost, Bill, Charge};
+use crate::phases::{authenticate, decide, identify, reserve};
+use crate::upstream::{Delta, ErrorClass, StreamEvent, UpstreamError, Usage};
+use crate::wire::{self, estimate_tokens};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use llmgw_engine::decision::Decision;
+use llmgw_engine::input::{Endpoint, Identity};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Header names the gateway sets.
+pub mod headers {
+    /// The policy revision that decided.
+    pub const POLICY_REV: &str = "x-llmgw-policy-rev";
+    /// The rule that decided.
+    pub const RULE: &str = "x-llmgw-rule";
+    /// The logical model that served.
+    pub const MODEL: &str = "x-llmgw-model";
+    /// The provider that served.
+    pub const PROVIDER: &str = "x-llmgw-provider";
+    /// The cost in USD (an estimate on streams, see `x-llmgw-cost-estimated`).
+    pub const COST: &str = "x-llmgw-cost-usd";
+    /// Present on streams: the cost header is the decision's estimate; the final SSE comment
+    /// and the request log carry the real cost.
+    pub const COST_ESTIMATED: &str = "x-llmgw-cost-estimated";
+    /// `canary:arm` when a canary split applied.
+    pub const CANARY: &str = "x-llmgw-canary";
+    /// The model asked for, when a downgrade moved the request.
+    pub const DOWNGRADED_FROM: &str = "x-llmgw-downgraded-from";
+    /// Cache status.
+    pub const CACHE: &str = "x-llmgw-cache";
+    /// The request id.
+    pub const REQUEST_ID: &str = "x-request-id";
+}
+
+/// What is known of a request before a decision.
+struct Info {
+    request_id: String,
+    started: Instant,
+    endpoint: Endpoint,
+    revision: Arc<str>,
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A JSON response with the gateway's common headers.
+fn json_response(status: StatusCode, body: Bytes, info: &Info) -> Response<GatewayBody> {
+    let mut resp = Response::new(GatewayBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set(h, headers::POLICY_REV, &info.revision);
+    set(h, headers::REQUEST_ID, &info.request_id);
+    resp
+}
+
+/// An error response, with decision headers when a decision was made.
+fn error_response(
+    err: &ApiError,
+    info: &Info,
+    decision: Option<&Decision>,
+) -> Response<GatewayBody> {
+    let mut resp = json_response(err.status, Bytes::from(err.body().to_string()), info);
+    let h = resp.headers_mut();
+    if let Some(ra) = err.retry_after {
+        set(h, "retry-after", &ra.as_secs().max(1).to_string());
+    }
+    if let Some(d) = decision {
+        set(h, headers::RULE, &d.rule);
+        set(h, headers::MODEL, &d.model);
+        set(h, headers::COST, "0");
+        set(h, headers::CACHE, cache_status(d));
+        decision_extras(h, d);
+    }
+    if err.status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+fn cache_status(d: &Decision) -> &'static str {
+    if d.cache_ttl_secs > 0 {
+        "miss"
+    } else {
+        "bypass"
+    }
+}
+
+fn decision_extras(h: &mut HeaderMap, d: &Decision) {
+    if let Some(c) = &d.canary {
+        set(
+            h,
+            headers::CANARY,
+            &format!("{}:{}", c.canary, c.arm.as_str()),
+        );
+    }
+    if let Some(g) = &d.downgrade {
+        set(h, headers::DOWNGRADED_FROM, &g.from);
+    }
+}
+
+fn served_headers(h: &mut HeaderMap, plan: &Plan, idx: usize, cost: &str) {
+    let d = &plan.decision;
+    let a = plan.attempt(idx);
+    set(h, headers::RULE, &d.rule);
+    set(h, headers::MODEL, &a.model);
+    set(h, headers::PROVIDER, &a.provider);
+    set(h, headers::COST, cost);
+    set(h, headers::CACHE, cache_status(d));
+    decision_extras(h, d);
+}
+
+/// Records and answers a request that failed before or at decision time.
+fn reject(
+    app: &App,
+    info: &Info,
+    err: ApiError,
+    model: &str,
+    stream: bool,
+    identity: Option<&Identity>,
+) -> Response<GatewayBody> {
+    record(
+        app,
+        &RequestRecord {
+            request_id: &info.request_id,
+            status: err.status.as_u16(),
+            endpoint: info.endpoint.as_str(),
+            stream,
+            requested_model: model,
+            served: None,
+            decision: None,
+            identity,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency: info.started.elapsed(),
+            ttft: None,
+            trace: None,
+            outcome: "error",
+            error: Some(&err.message),
+        },
+    );
+    error_response(&err, info, None)
+}
+
+/// The `x-llmgw-meta-*` headers as request metadata.
+fn meta_headers(h: &HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix("x-llmgw-meta-")?;
+            Some((key.to_owned(), v.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Reads a request body within the size limit.
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
+pub async fn handle(
+    app: Arc<App>,
+    parts: http::request::Parts,
+    body: Incoming,
+    endpoint: Endpoint,
+) -> Response<GatewayBody> {
+    let rt = app.runtime.load_full();
+    let info = Info {
+        request_id: new_request_id(),
+        started: Instant::now(),
+        endpoint,
+        revision: rt.policy.revision().into(),
+    };
+    // Phase 1: authenticate.
+    let key = match authenticate::authenticate(&parts.headers, &app.keys) {
+        Ok(k) => k,
+        Err(e) => return reject(&app, &info, e, "", false, None),
+    };
+    let bytes = match read_body(&parts.headers, body, app.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reject(&app, &info, e, "", false, None),
+    };
+    let request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
+        Ok(r) => r,
+        Err(e) => return reject(&app, &info, e, "", false, None),
+    };
+    // Phase 2: identify.
+    let identity = identify::identify(&key, request.user.as_deref());
+    // Phase 3: decide.
+    let decision = match decide::decide(&rt, &request, identity.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            return reject(
+                &app,
+                &info,
+                e,
+                &model,
+                request.facts.stream,
+                Some(&identity),
+            );
+        }
+    };
+    // Phase 4: reserve.
+    let _held = reserve::reserve(&decision);
+    app.retry_budget.deposit();
+    app.metrics.in_flight.inc();
+    let in_flight = InFlightGauge(app.clone());
+    let plan = Plan {
+        app: app.clone(),
+        rt,
+        decision,
+        request,
+    };
+    let mut trace = Trace::default();
+    // Phase 5: attempt.
+    match attempt::run(&plan, 0, None, &mut trace).await {
+        Err(failure) => {
+            let err = failure.api_error();
+            finish(
+                &plan,
+                &info,
+                &identity,
+                err.status.as_u16(),
+                None,
+                &Bill::default(),
+                None,
+                &trace,
+                "error",
+                Some(&err.message),
+            );
+            error_response(&err, &info, Some(&plan.decision))
+        }
+        Ok(Success::Full { idx, mut response }) => {
+            // Phase 6: settle.
+            let bill = Bill {
+                charges: vec![Charge {
+                    model: plan.model_index(idx),
+                    usage: response.usage,
+                    estimated: false,
+                }],
+            };
+            let cost = bill.cost_usd(&plan.rt.policy);
+            if let Some(obj) = response.body.as_object_mut() {
+                obj.insert(
+                    "model".into(),
+                    Value::String(plan.attempt(idx).model.to_string()),
+                );
+            }
+            let body = Bytes::from(response.body.to_string());
+            let mut resp = json_response(StatusCode::OK, body, &info);
+            served_headers(resp.headers_mut(), &plan, idx, &format_cost(cost));
+            // Phase 7: record.
+            finish(
+                &plan,
+                &info,
+                &identity,
+                200,
+                Some(idx),
+                &bill,
+                None,
+                &trace,
+                "ok",
+                None,
+            );
+            drop(in_flight);
+            resp
+        }
+        Ok(Success::Stream(live)) => {
+            let (tx, body) = GatewayBody::channel(16);
+            let mut resp = Response::new(body);
+            let h = resp.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            set(h, headers::POLICY_REV, &info.revision);
+            set(h, headers::REQUEST_ID, &info.request_id);
+            served_headers(
+                h,
+                &plan,
+                live.idx,
+                &format_cost(plan.decision.estimated_cost_usd),
+            );
+            set(h, headers::COST_ESTIMATED, "true");
+            tokio::spawn(pump(plan, live, tx, trace, info, identity, in_flight));
+            resp
+        }
+    }
+}
+
+/// Keeps the in-flight gauge up while a request (or its stream) lives.
+struct InFlightGauge(Arc<App>);
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    plan: &Plan,
+    info: &Info,
+    identity: &Identity,
+    status: u16,
+    served: Option<usize>,
+    bill: &Bill,
+    ttft: Option<Duration>,
+    trace: &Trace,
+    outcome: &str,
+    error: Option<&str>,
+) {
+    let served = served
+        .map(|i| plan.attempt(i))
+        .map(|a| (&*a.model, &*a.provider));
+    record(
+        &plan.app,
+        &RequestRecord {
+            request_id: &info.request_id,
+            status,
+            endpoint: info.endpoint.as_str(),
+            stream: plan.request.facts.stream,
+            requested_model: &plan.request.facts.model,
+            served,
+            decision: Some(&plan.decision),
+            identity: Some(identity),
+            usage: bill.usage(),
+            cost_usd: bill.cost_usd(&plan.rt.policy),
+            latency: info.started.elapsed(),
+            ttft,
+            trace: Some(trace),
+            outcome,
+            error,
+        },
+    );
+}
+
+/// Writes OpenAI chat completion chunks.
+struct SseOut {
+    id: String,
+    created: u64,
+    model: Arc<str>,
+    role_sent: bool,
+}
+
+impl SseOut {
+    fn event(value: &Value) -> Bytes {
+        Bytes::from(format!("data: {value}\n\n"))
+    }
+
+    fn delta(&mut self, d: &Delta) -> Bytes {
+        let mut delta = Map::new();
+        if !self.role_sent {
+            delta.insert("role".into(), Value::from("assistant"));
+            self.role_sent = true;
+        }
+        if let Some(c) = &d.content {
+            delta.insert("content".into(), Value::from(c.as_str()));
+        }
+        if let Some(t) = &d.tool_calls {
+            delta.insert("tool_calls".into(), t.clone());
+        }
+        SseOut::event(&json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": &*self.model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": d.finish_reason }],
+        }))
+    }
+
+    fn usage(&self, u: Usage) -> Bytes {
+        SseOut::event(&json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": &*self.model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": u.input_tokens,
+                "completion_tokens": u.output_tokens,
+                "total_tokens": u.input_tokens + u.output_tokens,
+            },
+        }))
+    }
+
+    fn error(message: &str) -> Bytes {
+        let body = json!({ "error": {
+            "message": message,
+            "type": "server_error",
+            "code": "stream_interrupted",
+            "param": null,
+        }});
+        Bytes::from(format!("event: error\ndata: {body}\n\n"))
+    }
+}
+
+/// Relays a stream to the client. A break after output went out resumes on the next attempt
+/// that accepts a prefill (streaming only the rest), or ends with an in-band `error` event and
+/// no `[DONE]`, so a truncated answer never looks complete.
+async fn pump(
+    plan: Plan,
+    mut live: LiveStream,
+    tx: mpsc::Sender<Bytes>,
+    mut trace: Trace,
+    info: Info,
+    identity: Identity,
+    _in_flight: InFlightGauge,
+) {
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = SseOut {
+        id: format!("chatcmpl-{}", info.request_id),
+        created,
+        model: plan.attempt(live.idx).model.clone(),
+        role_sent: false,
+    };
+    let first_ttft = live.ttft;
+    let mut text = String::new();
+    let mut attempt_chars = 0usize;
+    let mut reported: Option<Usage> = None;
+    let mut finished = false;
+    let mut tool_calls = false;
+    let mut bill = Bill::default();
+    let mut pending: VecDeque<StreamEvent> = std::mem::take(&mut live.buffered).into();
+    let idle_of = |plan: &Plan, idx: usize| {
+        let d = &plan.rt.policy.deployments()[plan.attempt(idx).index];
+        Duration::from_millis(plan.rt.policy.providers()[d.provider].timeouts.idle_ms)
+    };
+    let mut idle = idle_of(&plan, live.idx);
+    let charge = |bill: &mut Bill, idx: usize, reported: Option<Usage>, chars: usize| {
+        let usage = reported.unwrap_or(Usage {
+            input_tokens: plan.request.facts.input_tokens,
+            output_tokens: estimate_tokens(chars),
+        });
+        bill.charges.push(Charge {
+            model: plan.model_index(idx),
+            usage,
+            estimated: reported.is_none(),
+        });
+    };
+    let outcome = loop {
+        let next = match pending.pop_front() {
+            Some(ev) => Some(Ok(ev)),
+            None => match tokio::time::timeout(idle, live.stream.next()).await {
+                Ok(n) => n,
+                Err(_) => Some(Err(UpstreamError::new(
+                    ErrorClass::Timeout,
+                    format!("the stream was idle for more than {} ms", idle.as_millis()),
+                )
+                .after_first_byte())),
+            },
+        };
+        let failure = match next {
+            Some(Ok(StreamEvent::Delta(d))) => {
+                if !d.is_visible() {
+                    continue;
+                }
+                if let Some(c) = &d.content {
+                    text.push_str(c);
+                    attempt_chars += c.len();
+                }
+                tool_calls |= d.tool_calls.is_some();
+                finished |= d.finish_reason.is_some();
+                if tx.send(out.delta(&d)).await.is_err() {
+                    break "client_closed";
+                }
+                continue;
+            }
+            Some(Ok(StreamEvent::Usage(u))) => {
+                reported = Some(u);
+                continue;
+            }
+            Some(Ok(StreamEvent::Done)) => break "ok",
+            Some(Err(e)) => e,
+            None => UpstreamError::new(
+                ErrorClass::Protocol,
+                "the stream ended before the answer was complete",
+            )
+            .after_first_byte(),
+        };
+        if finished {
+            // The answer was complete; only the end of the stream went wrong.
+            break "ok";
+        }
+        attempt::note_failure(
+            &plan,
+            live.idx,
+            &failure,
+            crate::circuit::Admission::Allowed,
+        );
+        charge(&mut bill, live.idx, reported.take(), attempt_chars);
+        if !tool_calls {
+            if let Ok(Success::Stream(next)) =
+                attempt::run(&plan, live.idx + 1, Some(&text), &mut trace).await
+            {
+                trace.resumed += 1;
+                let a = plan.attempt(next.idx);
+                plan.app
+                    .metrics
+                    .resumed_streams
+                    .get_or_create(&crate::metrics::ModelLabels {
+                        model: a.model.to_string(),
+                        provider: a.provider.to_string(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    target: "llmgw::failover",
+                    request_id = info.request_id.as_str(),
+                    error = %failure,
+                    resumed_on = &*a.deployment,
+                    "stream broke after output was sent; resuming with the partial answer as prefill"
+                );
+                live = next;
+                pending = std::mem::take(&mut live.buffered).into();
+                out.model = a.model.clone();
+                idle = idle_of(&plan, live.idx);
+                attempt_chars = 0;
+                continue;
+            }
+        }
+        let message =
+            format!("the upstream stream broke after part of the answer was sent: {failure}");
+        let _ = tx.send(SseOut::error(&message)).await;
+        break "truncated";
+    };
+    if outcome == "ok" {
+        if let Some(r) = plan.rt.live.deployment(plan.attempt(live.idx).index) {
+            r.record(live.started.elapsed(), Some(live.ttft), true);
+        }
+        charge(&mut bill, live.idx, reported, attempt_chars);
+        if plan.request.include_usage {
+            let _ = tx.send(out.usage(bill.usage())).await;
+        }
+        let cost = bill.cost_usd(&plan.rt.policy);
+        let _ = tx
+            .send(Bytes::from(format!(
+                ": x-llmgw-cost-usd={}\n\n",
+                format_cost(cost)
+            )))
+            .await;
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    } else if outcome == "client_closed" {
+        charge(&mut bill, live.idx, reported, attempt_chars);
+    }
+    let status = if outcome == "client_closed" { 499 } else { 200 };
+    let error = (outcome == "truncated").then_some("stream truncated");
+    finish(
+        &plan,
+        &info,
+        &identity,
+        status,
+        Some(live.idx),
+        &bill,
+        Some(first_ttft),
+        &trace,
+        outcome,
+        error,
+    );
+}

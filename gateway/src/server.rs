@@ -1,0 +1,162 @@
+//! The HTTP server: HTTP/1.1 and h2c on one port, header-read and idle timeouts, and a
+//! graceful shutdown that stops accepting, lets in-flight requests finish and then returns.
+
+use crate::app::App;
+use crate::body::GatewayBody;
+use crate::routes;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Activity of one connection: requests whose response is not finished, and the last change.
+#[derive(Default)]
+struct ConnActivity {
+    active: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+/// Held by a response body until it is sent.
+struct ActiveRequest(Arc<ConnActivity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0
+            .last_ms
+            .store(crate::live::now_ms(), Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains connections for at most the
+/// app's grace period.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let refresher = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                app.refresh();
+            }
+        })
+    };
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(target: "llmgw::server", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        open.fetch_add(1, Ordering::SeqCst);
+        let conn_guard = OpenConn(open.clone(), closed.clone());
+        let app = app.clone();
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        let idle_limit = app.limits.idle_timeout;
+        tokio::spawn(async move {
+            let _conn_guard = conn_guard;
+            let activity = Arc::new(ConnActivity::default());
+            activity
+                .last_ms
+                .store(crate::live::now_ms(), Ordering::Relaxed);
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let app = app.clone();
+                    let activity = activity.clone();
+                    async move {
+                        activity.active.fetch_add(1, Ordering::Relaxed);
+                        let guard = ActiveRequest(activity);
+                        let resp = routes::route(app, req).await;
+                        Ok::<_, Infallible>(
+                            resp.map(|b: GatewayBody| b.with_guard(Box::new(guard))),
+                        )
+                    }
+                })
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(
+                Duration::from_millis(500)
+                    .min(idle_limit)
+                    .max(Duration::from_millis(1)),
+            );
+            let mut shutting = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    changed = stop.changed(), if !shutting => {
+                        let _ = changed;
+                        shutting = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !shutting => {
+                        let idle_for = crate::live::now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+                        if activity.active.load(Ordering::Relaxed) == 0 && idle_for >= idle_limit.as_millis() as u64 {
+                            shutting = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    app.start_draining();
+    let _ = stop_tx.send(true);
+    let grace = app.limits.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while open.load(Ordering::SeqCst) > 0 {
+            closed.notified().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            target: "llmgw::server",
+            open = open.load(Ordering::SeqCst),
+            "shutdown grace period ended with connections still open"
+        );
+    }
+    refresher.abort();
+}
+
+struct OpenConn(Arc<AtomicUsize>, Arc<tokio::sync::Notify>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.1.notify_waiters();
+    }
+}

@@ -1,0 +1,319 @@
+//! The OpenAI request bodies the gateway accepts: parsing, validation and the facts rules read.
+
+use crate::error::ApiError;
+use llmgw_engine::input::{Endpoint, RequestFacts};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Longest `model` name accepted.
+const MAX_MODEL_LEN: usize = 256;
+
+/// A validated client request.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    /// The body as sent (adapters translate from it).
+    pub body: Value,
+    /// The facts rules read.
+    pub facts: RequestFacts,
+    /// Whether the client wants the final usage chunk of a stream.
+    pub include_usage: bool,
+    /// The `user` field, if any.
+    pub user: Option<String>,
+}
+
+/// Parses and validates a body for `endpoint`; `meta` are the `x-llmgw-meta-*` headers.
+pub fn parse(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    meta: BTreeMap<String, String>,
+) -> Result<ClientRequest, ApiError> {
+    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = &body else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() && m.len() <= MAX_MODEL_LEN => m.clone(),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid_field(
+                "model",
+                "`model` must be 1 to 256 characters",
+            ))
+        }
+        Some(_) => return Err(ApiError::invalid_field("model", "`model` must be a string")),
+        None => return Err(missing("model")),
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "stream",
+                "`stream` must be a boolean",
+            ))
+        }
+    };
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let max_tokens = match obj
+        .get("max_completion_tokens")
+        .or_else(|| obj.get("max_tokens"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                let name = if obj.contains_key("max_completion_tokens") {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                return Err(ApiError::invalid_field(
+                    name,
+                    format!("`{name}` must be a positive integer"),
+                ));
+            }
+        },
+    };
+    let user = match obj.get("user") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) => Some(u.clone()),
+        Some(_) => return Err(ApiError::invalid_field("user", "`user` must be a string")),
+    };
+    let mut metadata = meta;
+    match obj.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Value::String(s) = v else {
+                    return Err(ApiError::invalid_field(
+                        "metadata",
+                        "`metadata` values must be strings",
+                    ));
+                };
+                metadata.insert(k.clone(), s.clone());
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "metadata",
+                "`metadata` must be an object",
+            ))
+        }
+    }
+    let mut chars = 0usize;
+    let mut vision = false;
+    let tools;
+    match endpoint {
+        Endpoint::Chat => {
+            let messages = match obj.get("messages") {
+                Some(Value::Array(m)) if !m.is_empty() => m,
+                Some(Value::Array(_)) => {
+                    return Err(ApiError::invalid_field(
+                        "messages",
+                        "`messages` must not be empty",
+                    ))
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid_field(
+                        "messages",
+                        "`messages` must be an array",
+                    ))
+                }
+                None => return Err(missing("messages")),
+            };
+            for (i, m) in messages.iter().enumerate() {
+                let role = m.get("role").and_then(Value::as_str);
+                match role {
+                    Some("system" | "developer" | "user" | "assistant" | "tool" | "function") => {}
+                    _ => return Err(ApiError::invalid_field(
+                        &format!("messages[{i}].role"),
+                        "each message needs a `role` of system, developer, user, assistant or tool",
+                    )),
+                }
+                match m.get("content") {
+                    Some(Value::String(s)) => chars += s.len(),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            match p.get("type").and_then(Value::as_str) {
+                                Some("text") => {
+                                    chars +=
+                                        p.get("text").and_then(Value::as_str).map_or(0, str::len)
+                                }
+                                Some("image_url" | "input_image") => vision = true,
+                                _ => {}
+                            }
+                        }
+                    }
+                    None | Some(Value::Null) => {
+                        if role != Some("assistant") {
+                            return Err(ApiError::invalid_field(
+                                &format!("messages[{i}].content"),
+                                "`content` is required",
+                            ));
+                        }
+                    }
+                    Some(_) => {
+                        return Err(ApiError::invalid_field(
+                            &format!("messages[{i}].content"),
+                            "`content` must be a string or an array of parts",
+                        ))
+                    }
+                }
+                if let Some(calls) = m.get("tool_calls") {
+                    chars += calls.to_string().len();
+                }
+            }
+            tools = match obj.get("tools") {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(t)) => {
+                    chars += Value::Array(t.clone()).to_string().len();
+                    !t.is_empty()
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid_field("tools", "`tools` must be an array"))
+                }
+            };
+        }
+        Endpoint::Embeddings => {
+            tools = false;
+            match obj.get("input") {
+                Some(Value::String(s)) if !s.is_empty() => chars += s.len(),
+                Some(Value::Array(items)) if !items.is_empty() => {
+                    for item in items {
+                        match item {
+                            Value::String(s) => chars += s.len(),
+                            Value::Array(tokens) => chars += tokens.len() * 4,
+                            Value::Number(_) => chars += 4,
+                            _ => {
+                                return Err(ApiError::invalid_field(
+                                    "input",
+                                    "`input` must be a string or an array of strings or tokens",
+                                ))
+                            }
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid_field(
+                        "input",
+                        "`input` must be a non-empty string or array",
+                    ))
+                }
+                None => return Err(missing("input")),
+            }
+            if stream {
+                return Err(ApiError::invalid_field(
+                    "stream",
+                    "embeddings cannot be streamed",
+                ));
+            }
+        }
+    }
+    let facts = RequestFacts {
+        model,
+        endpoint,
+        stream,
+        input_tokens: estimate_tokens(chars),
+        max_tokens,
+        tools,
+        vision,
+        metadata,
+    };
+    Ok(ClientRequest {
+        body,
+        facts,
+        include_usage,
+        user,
+    })
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::bad_request(
+        "missing_required_parameter",
+        format!("`{field}` is required"),
+    )
+    .with_param(field)
+}
+
+/// Estimated tokens of a text of this many bytes (about four per token).
+pub fn estimate_tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4)
+}
+
+/// The text of a message `content` (a string or text parts).
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ClientRequest, ApiError> {
+        parse(Endpoint::Chat, body.as_bytes(), BTreeMap::new())
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let e = chat(r#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = chat(r#"{"model":"m"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = chat("{not json").unwrap_err();
+        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn reads_the_facts() {
+        let r = chat(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+                "max_tokens":7,"metadata":{"team":"a"},
+                "messages":[{"role":"user","content":[{"type":"text","text":"12345678"},
+                {"type":"image_url","image_url":{"url":"data:x"}}]}],
+                "tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        )
+        .expect("valid");
+        assert!(r.facts.stream && r.include_usage && r.facts.vision && r.facts.tools);
+        assert_eq!(r.facts.max_tokens, Some(7));
+        assert_eq!(r.facts.metadata["team"], "a");
+        assert!(r.facts.input_tokens >= 2);
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for body in [
+            "null",
+            "[]",
+            "1",
+            r#"{"model":1}"#,
+            r#"{"model":"m","messages":{}}"#,
+            "",
+        ] {
+            assert!(chat(body).is_err(), "{body}");
+        }
+    }
+}
