@@ -274,12 +274,24 @@ impl CompiledPolicy {
         {
             let c = &self.canaries[ci];
             attempts.retain(|a| a.index != c.candidate);
-            if let Some(weight) = state.canary_weight(&c.name) {
+            let candidate_open = live
+                .stats(c.candidate, &self.deployments[c.candidate].name)
+                .is_some_and(|s| s.circuit == CircuitState::Open);
+            if candidate_open {
+                trace.push(|| Step::DeploymentSkipped {
+                    deployment: self.deployments[c.candidate].name.to_string(),
+                    reason:
+                        "canary candidate's circuit open: the request is left out of the canary"
+                            .into(),
+                });
+            }
+            if let Some(weight) = state.canary_weight(&c.name).filter(|_| !candidate_open) {
                 let w = (weight / 100.0).clamp(0.0, 1.0);
-                // A second uniform number from the request's one, independent of the weighted
-                // draw: the fractional part of a uniform times an integer is uniform.
-                let u = (ctx.random * 65_536.0).fract();
-                let arm = if u < w { Arm::Candidate } else { Arm::Baseline };
+                let arm = if ctx.canary_random < w {
+                    Arm::Candidate
+                } else {
+                    Arm::Baseline
+                };
                 if arm == Arm::Candidate {
                     attempts.insert(0, self.attempt(c.candidate));
                 }
@@ -307,6 +319,7 @@ impl CompiledPolicy {
                 },
             });
         };
+        let first_model = first.model.clone();
         let estimated =
             self.worst_case_cost(&self.models[self.deployments[first.index].model], ctx);
         let reservations = applied
@@ -330,7 +343,7 @@ impl CompiledPolicy {
             strategy,
             requested_model: req.model.clone(),
             model: model_name.clone(),
-            cache_ttl_secs: self.cache_ttl_secs(&model_name),
+            cache_ttl_secs: self.cache_ttl_secs(&first_model),
             attempts,
             budget_action: if downgrade.is_some() {
                 BudgetAction::Downgrade

@@ -133,7 +133,7 @@ pub struct Decision {
     pub canary: Option<CanaryAssignment>,
     /// Worst-case cost of the first attempt, USD.
     pub estimated_cost_usd: f64,
-    /// Response cache TTL for the served model, seconds (0: do not cache).
+    /// Response cache TTL of the first attempt's model, seconds (0: do not cache).
     pub cache_ttl_secs: u64,
 }
 

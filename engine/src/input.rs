@@ -176,8 +176,11 @@ pub struct RequestContext {
     pub identity: Identity,
     /// The time of the decision, milliseconds since the Unix epoch.
     pub now_ms: i64,
-    /// A uniform random number in [0, 1) drawn for this request: weighted and canary splits.
+    /// A uniform random number in [0, 1) drawn for this request: the weighted strategy.
     pub random: f64,
+    /// A second, independent uniform number in [0, 1): the canary split. Independence keeps
+    /// the candidate probability exactly the canary's weight whatever routing drew.
+    pub canary_random: f64,
 }
 
 /// A decision input written out in full: the form of policy tests, `explain` requests and
@@ -199,9 +202,12 @@ pub struct DecisionInput {
     /// Canary weights in percent by canary name.
     #[serde(default)]
     pub canary_weights: BTreeMap<String, f64>,
-    /// The request's random number; 0.5 when absent.
+    /// The request's random number for the weighted strategy; 0.5 when absent.
     #[serde(default)]
     pub random: Option<f64>,
+    /// The request's random number for the canary split; `random` when absent.
+    #[serde(default)]
+    pub canary_random: Option<f64>,
     /// The decision time (RFC 3339); the Unix epoch when absent.
     #[serde(default)]
     pub now: Option<chrono::DateTime<chrono::Utc>>,
@@ -215,6 +221,7 @@ impl DecisionInput {
             identity: self.identity.clone(),
             now_ms: self.now.map(|t| t.timestamp_millis()).unwrap_or(0),
             random: self.random.unwrap_or(0.5),
+            canary_random: self.canary_random.or(self.random).unwrap_or(0.5),
         }
     }
 }

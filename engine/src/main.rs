@@ -55,6 +55,41 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: ExplainFormat,
     },
+    /// Canary statistics offline.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
+}
+
+#[derive(Subcommand)]
+enum CanaryCommand {
+    /// Run the rollback checks over recorded events (one JSON object a line:
+    /// `{"w":0.05,"arm":"candidate","error":true,"latency_ms":812}`).
+    Analyze {
+        /// The events file.
+        events: PathBuf,
+        /// False-rollback budget of the whole rollout.
+        #[arg(long, default_value_t = 0.01)]
+        alpha: f64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: ExplainFormat,
+    },
+    /// Monte Carlo of false rollbacks and detection delays, beside a naive repeated z-test and
+    /// a fixed-horizon test.
+    Simulate {
+        /// Simulated canaries per scenario.
+        #[arg(long, default_value_t = 10_000)]
+        sims: usize,
+        /// Seed of every random stream.
+        #[arg(long, default_value_t = llmgw_canary::simulate::DEFAULT_SEED)]
+        seed: u64,
+        /// Worker threads; 0 means one per core.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: ExplainFormat,
+    },
 }
 
 /// Formats of `explain`.
@@ -81,6 +116,29 @@ fn main() -> ExitCode {
             request,
             format,
         } => explain(&dir, &request, format),
+        Command::Canary(CanaryCommand::Analyze {
+            events,
+            alpha,
+            format,
+        }) => canary_analyze(&events, alpha, format),
+        Command::Canary(CanaryCommand::Simulate {
+            sims,
+            seed,
+            threads,
+            format,
+        }) => {
+            let cfg = llmgw_canary::SimConfig {
+                sims,
+                seed,
+                threads,
+            };
+            let report = llmgw_canary::simulate(&cfg);
+            match format {
+                ExplainFormat::Json => println!("{}", to_json(&report)),
+                ExplainFormat::Human => print!("{}", report.render_human()),
+            }
+            Ok(true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -221,6 +279,23 @@ fn explain(dir: &Path, request: &Path, format: ExplainFormat) -> Result<bool, Us
         }
     }
     Ok(decision.is_ok())
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// Exit 1 when the checks call for a rollback.
+fn canary_analyze(events: &Path, alpha: f64, format: ExplainFormat) -> Result<bool, UsageError> {
+    let text = std::fs::read_to_string(events)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", events.display())))?;
+    let report = llmgw_canary::analyze(&text, alpha)
+        .map_err(|e| UsageError(format!("{}: {e}", events.display())))?;
+    match format {
+        ExplainFormat::Json => println!("{}", to_json(&report)),
+        ExplainFormat::Human => print!("{}", report.render_human()),
+    }
+    Ok(report.decision == llmgw_canary::analyze::Decision::Continue)
 }
 
 fn describe(step: &llmgw_engine::trace::Step) -> String {

@@ -597,6 +597,9 @@ pub struct Expectation {
     /// The canary arm (`baseline` or `candidate`).
     #[serde(default)]
     pub canary_arm: Option<String>,
+    /// The response cache TTL in seconds.
+    #[serde(default)]
+    pub cache_ttl_secs: Option<u64>,
     /// The whole ordered list of deployments.
     #[serde(default)]
     pub attempts: Option<Vec<String>>,

@@ -111,6 +111,13 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
             _ => None,
         })
         .collect();
+    if let Some(want) = expect.cache_ttl_secs.filter(|w| *w != d.cache_ttl_secs) {
+        out.push(Mismatch {
+            field: "cache_ttl_secs",
+            expected: want.to_string(),
+            actual: d.cache_ttl_secs.to_string(),
+        });
+    }
     if let Some(want) = &expect.attempts {
         let got: Vec<String> = d
             .attempts
