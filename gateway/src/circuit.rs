@@ -88,6 +88,29 @@ impl Circuit {
         }
     }
 
+    /// The state routing should see. A circuit whose cool-down has passed and whose probe slot
+    /// is free reads as closed, so that the next decision puts it first and that request is
+    /// the probe (the engine orders half-open deployments last, where a healthy alternative
+    /// would keep them from ever being probed). While the probe is out it reads as half-open.
+    pub fn routing_state(&self) -> CircuitState {
+        if self.state.load(Ordering::Relaxed) == CLOSED {
+            return CircuitState::Closed;
+        }
+        let inner = self.lock();
+        let now = Instant::now();
+        if self.state.load(Ordering::Relaxed) == OPEN && inner.open_until.is_some_and(|t| now < t) {
+            return CircuitState::Open;
+        }
+        if inner
+            .probe_started
+            .is_some_and(|t| now.duration_since(t) < PROBE_TIMEOUT)
+        {
+            CircuitState::HalfOpen
+        } else {
+            CircuitState::Closed
+        }
+    }
+
     /// Times the circuit has opened.
     pub fn opened_times(&self) -> u64 {
         self.lock().opened_times
@@ -227,9 +250,15 @@ mod tests {
         for _ in 0..3 {
             c.record_failure(None);
         }
+        assert_eq!(
+            c.routing_state(),
+            CircuitState::Closed,
+            "the probe slot is free"
+        );
         // Zero cool-down: the next admission is the probe, the one after waits for it.
         assert_eq!(c.admit(), Admission::Probe);
         assert_eq!(c.admit(), Admission::Rejected);
+        assert_eq!(c.routing_state(), CircuitState::HalfOpen);
         c.record_success();
         assert_eq!(c.admit(), Admission::Allowed);
         assert_eq!(c.state(), CircuitState::Closed);

@@ -217,7 +217,7 @@ impl LiveStats {
         let circuit = self
             .circuits
             .get(index)
-            .map(|c| c.state())
+            .map(|c| c.routing_state())
             .unwrap_or_default();
         let in_flight = self.deployments.get(index).map_or(0, |d| d.in_flight());
         let base = self.snapshot.load().get(index).copied().flatten();

@@ -1,0 +1,402 @@
+//! Helpers of the end-to-end tests: the real `llmgw` binary in a child process, policies in
+//! temporary directories, the fault-injecting mock provider on an ephemeral port, and a small
+//! HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The dev key every test gateway accepts.
+pub const KEY: &str = "llmgw_test_key";
+
+/// A running `llmgw serve`.
+pub struct Gateway {
+    /// The child process.
+    pub child: Child,
+    /// `host:port`.
+    pub addr: String,
+    /// Where its stderr (JSON logs) goes.
+    pub log: PathBuf,
+    /// Start-up lines printed on stdout.
+    pub banner: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the binary with `args` (plus a dev key, an ephemeral port and a temp state dir).
+    pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with(args, &[], true)
+    }
+
+    /// Starts the binary with extra environment variables; `dev_key` adds `--dev-key`.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], dev_key: bool) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("stderr.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("--state").arg(dir.path().join("state"));
+        if dev_key {
+            cmd.arg("--dev-key").arg(KEY);
+        }
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_remove("LLMGW_DEV_KEY")
+            .env("LLMGW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("llmgw starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut banner = Vec::new();
+        let mut addr = None;
+        // The banner ends with the `try:` line (or the key line when no model exists).
+        for _ in 0..6 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let line = line.trim_end().to_owned();
+            if let Some(a) = line.strip_prefix("llmgw listening on http://") {
+                addr = Some(a.to_owned());
+            }
+            let last = line.starts_with("try:");
+            banner.push(line);
+            if last {
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("llmgw did not start: {banner:?}\n{err}");
+        };
+        Gateway {
+            child,
+            addr,
+            log,
+            banner,
+            _dir: dir,
+        }
+    }
+
+    /// `http://addr` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The log written so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON request log lines.
+    pub fn request_logs(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "request")
+            .collect()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An answer as the client saw it.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body text.
+    pub body: String,
+}
+
+impl Answer {
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The SSE events of a streamed body: (event name, data).
+    pub fn events(&self) -> Vec<(Option<String>, String)> {
+        self.body
+            .split("\n\n")
+            .filter_map(|block| {
+                let mut event = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event: ") {
+                        event = Some(e.to_owned());
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = Some(d.to_owned());
+                    }
+                }
+                data.map(|d| (event, d))
+            })
+            .collect()
+    }
+
+    /// The streamed answer's text.
+    pub fn streamed_text(&self) -> String {
+        self.events()
+            .iter()
+            .filter(|(e, d)| e.is_none() && d != "[DONE]")
+            .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The `model` of every streamed chunk, in order, without repeats.
+    pub fn streamed_models(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (e, d) in self.events() {
+            if e.is_some() || d == "[DONE]" {
+                continue;
+            }
+            if let Some(m) = serde_json::from_str::<Value>(&d)
+                .ok()
+                .and_then(|v| v["model"].as_str().map(str::to_owned))
+            {
+                if out.last() != Some(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the stream ended with `[DONE]`.
+    pub fn done(&self) -> bool {
+        self.events().iter().any(|(_, d)| d == "[DONE]")
+    }
+
+    /// Whether the stream carries an in-band error event.
+    pub fn stream_error(&self) -> bool {
+        self.events()
+            .iter()
+            .any(|(e, _)| e.as_deref() == Some("error"))
+    }
+}
+
+/// Sends a request; `body` None means GET.
+pub async fn send(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("answer");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
+        .await
+        .expect("body within 30 s");
+    let body = match body {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
+        Err(e) => format!("<body error: {e}>"),
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// POSTs JSON with the test key.
+pub async fn post(url: &str, body: &str) -> Answer {
+    send(
+        "POST",
+        url,
+        Some(body),
+        &[("authorization", &format!("Bearer {KEY}"))],
+    )
+    .await
+}
+
+/// GETs with the test key.
+pub async fn get(url: &str) -> Answer {
+    send(
+        "GET",
+        url,
+        None,
+        &[("authorization", &format!("Bearer {KEY}"))],
+    )
+    .await
+}
+
+/// A chat request body.
+pub fn chat(model: &str, stream: bool, max_tokens: u64) -> String {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "messages": [{ "role": "user", "content": "Say something." }],
+    })
+    .to_string()
+}
+
+/// The mock's deterministic answer of `n` tokens.
+pub fn expected_text(n: u64) -> String {
+    (0..n).map(|i| format!("t{i} ")).collect()
+}
+
+/// A model of a test policy.
+pub struct TestModel<'a> {
+    /// Logical name.
+    pub name: &'a str,
+    /// Quality (equivalents are tried best first).
+    pub quality: f64,
+    /// Context window.
+    pub context: u64,
+    /// Whether it accepts a prefill.
+    pub prefill: bool,
+    /// Provider (`mock-a` or `mock-b`).
+    pub provider: &'a str,
+    /// Upstream model name: the mock's fault.
+    pub upstream: &'a str,
+}
+
+/// Writes a policy for the mock at `base_url`: providers `mock-a` and `mock-b` (two regions)
+/// with tight timeouts and a circuit that opens after 3 consecutive failures for 1 s.
+pub fn mock_policy(dir: &Path, base_url: &str, models: &[TestModel<'_>]) {
+    let provider = |name: &str, region: &str| {
+        format!(
+            "  - name: {name}\n    type: openai_compatible\n    region: {region}\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n    timeouts: {{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }}\n    circuit: {{ window_secs: 10, min_requests: 10, error_ratio: 0.5, consecutive_failures: 3, cooldown_secs: 1 }}\n"
+        )
+    };
+    let providers = format!(
+        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}",
+        provider("mock-a", "region-a"),
+        provider("mock-b", "region-b")
+    );
+    let mut m = String::from("apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n");
+    for t in models {
+        let caps = if t.prefill {
+            "[chat, tools, prefill]"
+        } else {
+            "[chat, tools]"
+        };
+        m.push_str(&format!(
+            "  - name: {}\n    class: chat\n    quality: {}\n    context_window: {}\n    capabilities: {caps}\n    price: {{ input_per_mtok: 1, output_per_mtok: 2 }}\n    deployments:\n      - provider: {}\n        upstream_model: \"{}\"\n",
+            t.name, t.quality, t.context, t.provider, t.upstream
+        ));
+    }
+    std::fs::write(dir.join("providers.yaml"), providers).expect("write policy");
+    std::fs::write(dir.join("models.yaml"), m).expect("write policy");
+}
+
+/// A primary (on `mock-a`) with the given fault and a healthy prefill-capable backup (on `mock-b`).
+pub fn primary_and_backup(dir: &Path, base_url: &str, fault: &str) {
+    mock_policy(
+        dir,
+        base_url,
+        &[
+            TestModel {
+                name: "primary",
+                quality: 0.9,
+                context: 100_000,
+                prefill: true,
+                provider: "mock-a",
+                upstream: &format!("p+{fault}"),
+            },
+            TestModel {
+                name: "backup",
+                quality: 0.5,
+                context: 100_000,
+                prefill: true,
+                provider: "mock-b",
+                upstream: "b+ok",
+            },
+        ],
+    );
+}
+
+/// A mock provider on an ephemeral port.
+pub async fn mock() -> llmgw_mock_provider::MockHandle {
+    llmgw_mock_provider::spawn("127.0.0.1:0", llmgw_mock_provider::Options::default())
+        .await
+        .expect("mock listens")
+}
+
+/// Starts a gateway on a fresh policy directory written by `write`.
+pub fn gateway_for(write: impl FnOnce(&Path)) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path());
+    let gw = Gateway::start_with(
+        &["--policies", dir.path().to_str().expect("utf-8 path")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+    );
+    (gw, dir)
+}
+
+/// The upstream key given to test gateways; it must never show up in answers or logs.
+pub const UPSTREAM_SECRET: &str = "sk-upstream-SECRET-7f3a9c";
+
+/// Read a text file fully (helper for assertions).
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    s
+}
