@@ -237,6 +237,27 @@ impl LiveStats {
     }
 }
 
+impl LiveStats {
+    /// The stats of deployment `index` computed now (for status pages, not the hot path).
+    pub fn current(&self, index: usize) -> Option<DeploymentStats> {
+        let circuit = self
+            .circuits
+            .get(index)
+            .map(|c| c.state())
+            .unwrap_or_default();
+        let d = self.deployments.get(index)?;
+        let in_flight = d.in_flight();
+        match d.compute() {
+            Some(s) => Some(DeploymentStats { circuit, ..s }),
+            None => Some(DeploymentStats {
+                circuit,
+                in_flight,
+                ..DeploymentStats::default()
+            }),
+        }
+    }
+}
+
 impl LiveView for LiveStats {
     fn stats(&self, index: usize, _name: &str) -> Option<DeploymentStats> {
         self.get(index)

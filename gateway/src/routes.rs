@@ -137,7 +137,7 @@ fn status(app: &App) -> Response<GatewayBody> {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let s = rt.live.get(i);
+            let s = rt.live.current(i);
             json!({
                 "deployment": &*d.name,
                 "model": &*d.model_name,

@@ -1,0 +1,274 @@
+//! The HTTP API of the real `llmgw` binary: authentication, validation, routes, headers,
+//! observability endpoints, the embedded default policy and graceful shutdown.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn simulated_policy() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/policies/simulated")
+        .display()
+        .to_string()
+}
+
+fn simulated_gateway(extra: &[&str]) -> Gateway {
+    let dir = simulated_policy();
+    let mut args = vec!["--policies", dir.as_str()];
+    args.extend_from_slice(extra);
+    Gateway::start(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_answers_a_streamed_chat_with_the_printed_key() {
+    // No --policies and no --dev-key: the bundled policy and a generated key.
+    let gw = Gateway::start_with(&[], &[], false);
+    let key_line = gw
+        .banner
+        .iter()
+        .find(|l| l.starts_with("gateway key (shown once"))
+        .expect("key line");
+    let key = key_line.rsplit(' ').next().expect("key").to_owned();
+    assert!(key.starts_with("llmgw_"), "{key}");
+    let auth = format!("Bearer {key}");
+    let models = send(
+        "GET",
+        &gw.url("/v1/models"),
+        None,
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(models.status, 200, "{}", models.body);
+    let first = models.json()["data"][0]["id"]
+        .as_str()
+        .expect("a model")
+        .to_owned();
+    let body = chat(&first, true, 6);
+    let a = send(
+        "POST",
+        &gw.url("/v1/chat/completions"),
+        Some(&body),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("content-type"), "text/event-stream");
+    assert!(!a.streamed_text().is_empty());
+    assert!(a.done());
+    assert!(!a.header("x-llmgw-policy-rev").is_empty());
+    assert!(!a.header("x-llmgw-rule").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_revision_rule_model_provider_cost_and_cache() {
+    let gw = simulated_gateway(&[]);
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        &chat("chat-large", false, 8),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    for h in [
+        "x-llmgw-policy-rev",
+        "x-llmgw-rule",
+        "x-llmgw-model",
+        "x-llmgw-provider",
+        "x-llmgw-cost-usd",
+        "x-llmgw-cache",
+    ] {
+        assert!(!a.header(h).is_empty(), "{h} missing");
+    }
+    let body = a.json();
+    assert_eq!(body["model"], "chat-large");
+    assert_eq!(a.header("x-llmgw-model"), "chat-large");
+    assert_eq!(a.header("x-llmgw-provider"), "sim-fast");
+    let usage = &body["usage"];
+    let (input, output) = (
+        usage["prompt_tokens"].as_f64().expect("in"),
+        usage["completion_tokens"].as_f64().expect("out"),
+    );
+    let cost: f64 = a.header("x-llmgw-cost-usd").parse().expect("a number");
+    let expected = (input * 2.5 + output * 10.0) / 1e6;
+    assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+    let log = gw.request_logs().pop().expect("a request log line");
+    assert_eq!(log["key_id"], "dev");
+    assert_eq!(log["model"], "chat-large");
+    assert_eq!(log["provider"], "sim-fast");
+    assert!(log["cost_usd"].as_f64().expect("cost") > 0.0);
+    assert_eq!(log["policy_revision"], a.header("x-llmgw-policy-rev"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_with_usage_when_asked_and_done() {
+    let gw = simulated_gateway(&[]);
+    let body = serde_json::json!({
+        "model": "chat-small", "stream": true, "max_tokens": 5,
+        "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": "hi" }],
+    });
+    let a = post(&gw.url("/v1/chat/completions"), &body.to_string()).await;
+    assert_eq!(a.status, 200);
+    let events = a.events();
+    let first: serde_json::Value = serde_json::from_str(&events[0].1).expect("json");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2].1).expect("json");
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    assert_eq!(events.last().expect("events").1, "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_and_models() {
+    let gw = simulated_gateway(&[]);
+    let a = post(
+        &gw.url("/v1/embeddings"),
+        r#"{"model":"embed","input":["a","b"]}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["data"].as_array().expect("data").len(), 2);
+    assert_eq!(v["model"], "embed");
+    let m = get(&gw.url("/v1/models")).await.json();
+    let ids: Vec<&str> = m["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|x| x["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["chat-large", "chat-small", "embed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_have_openai_shape_and_status() {
+    let gw = simulated_gateway(&["--max-body-bytes", "2000"]);
+    let url = gw.url("/v1/chat/completions");
+    let no_key = send("POST", &url, Some(&chat("chat-large", false, 3)), &[]).await;
+    assert_eq!(no_key.status, 401);
+    assert_eq!(no_key.json()["error"]["type"], "authentication_error");
+    let bad_key = send(
+        "POST",
+        &url,
+        Some("{}"),
+        &[("authorization", "Bearer nope")],
+    )
+    .await;
+    assert_eq!(bad_key.status, 401);
+    let bad_json = post(&url, "{oops").await;
+    assert_eq!(bad_json.status, 400);
+    assert_eq!(bad_json.json()["error"]["code"], "invalid_json");
+    let missing = post(&url, r#"{"model":"chat-large"}"#).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["error"]["param"], "messages");
+    let unknown = post(&url, &chat("no-such-model", false, 3)).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["error"]["code"], "model_not_found");
+    let route = get(&gw.url("/v1/nothing")).await;
+    assert_eq!(route.status, 404);
+    assert!(route.json()["error"]["message"].as_str().is_some());
+    let big = format!(
+        r#"{{"model":"chat-large","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(5000)
+    );
+    let too_large = post(&url, &big).await;
+    assert_eq!(too_large.status, 413);
+    assert_eq!(too_large.json()["error"]["code"], "request_too_large");
+    for a in [&no_key, &bad_json, &missing, &unknown, &too_large] {
+        let e = &a.json()["error"];
+        assert!(
+            e.get("message").is_some()
+                && e.get("type").is_some()
+                && e.get("code").is_some()
+                && e.get("param").is_some(),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_status() {
+    let gw = simulated_gateway(&[]);
+    assert_eq!(
+        send("GET", &gw.url("/healthz"), None, &[]).await.status,
+        200
+    );
+    assert_eq!(send("GET", &gw.url("/readyz"), None, &[]).await.status, 200);
+    post(
+        &gw.url("/v1/chat/completions"),
+        &chat("chat-large", true, 3),
+    )
+    .await;
+    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    for name in [
+        "llmgw_requests_total",
+        "llmgw_request_duration_seconds",
+        "llmgw_time_to_first_token_seconds",
+        "llmgw_tokens_total",
+        "llmgw_cost_usd_total",
+        "llmgw_in_flight_requests",
+        "llmgw_policy_info",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    let unauth = send("GET", &gw.url("/admin/status"), None, &[]).await;
+    assert_eq!(unauth.status, 401);
+    let status = get(&gw.url("/admin/status")).await.json();
+    assert!(status["policy"]["applied_revision"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+    assert_eq!(status["circuits"].as_array().expect("circuits").len(), 2);
+    let live = status["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["deployment"] == "chat-large@sim-fast")
+        .cloned();
+    assert!(live.expect("deployment")["live"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_served_on_the_same_port() {
+    let gw = simulated_gateway(&[]);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::get(gw.url("/healthz"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("h2c answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_stream_before_exiting() {
+    let mut gw = simulated_gateway(&[]);
+    // chat-small streams 300 tokens at 500 tokens/s: about 0.6 s.
+    let url = gw.url("/v1/chat/completions");
+    let pending = tokio::spawn(async move { post(&url, &chat("chat-small", true, 300)).await });
+    // Wait until the stream is in flight (the gauge says so), then ask the gateway to stop.
+    let metrics_url = gw.url("/metrics");
+    let mut seen = false;
+    for _ in 0..200 {
+        let m = send("GET", &metrics_url, None, &[]).await.body;
+        if m.lines()
+            .any(|l| l.starts_with("llmgw_in_flight_requests ") && !l.ends_with(" 0"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen, "the stream never showed as in flight");
+    gw.terminate();
+    let a = pending.await.expect("the client task");
+    assert_eq!(a.status, 200);
+    assert!(a.done(), "the in-flight stream completed: {}", a.body.len());
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("llmgw exits after draining");
+    assert!(status.success(), "{status:?}");
+}
