@@ -185,7 +185,7 @@ pub struct RequestContext {
 
 /// A decision input written out in full: the form of policy tests, `explain` requests and
 /// decision-log replays. Live stats are keyed by deployment name, spend by budget name.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionInput {
     /// The request.

@@ -55,6 +55,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: ExplainFormat,
     },
+    /// Replay recorded traffic through two revisions of a policy repository in git.
+    Diff {
+        /// The base revision (branch, tag or commit).
+        base: String,
+        /// The head revision.
+        head: String,
+        /// The git repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Recorded requests: the gateway's decision log (JSONL).
+        #[arg(long)]
+        traffic: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: DiffFormat,
+    },
     /// Canary statistics offline.
     #[command(subcommand)]
     Canary(CanaryCommand),
@@ -99,6 +115,13 @@ enum ExplainFormat {
     Json,
 }
 
+/// Formats of `diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiffFormat {
+    Markdown,
+    Json,
+}
+
 /// A failure that is not a finding: exit 2.
 struct UsageError(String);
 
@@ -116,6 +139,13 @@ fn main() -> ExitCode {
             request,
             format,
         } => explain(&dir, &request, format),
+        Command::Diff {
+            base,
+            head,
+            repo,
+            traffic,
+            format,
+        } => diff(&repo, &base, &head, &traffic, format),
         Command::Canary(CanaryCommand::Analyze {
             events,
             alpha,
@@ -279,6 +309,76 @@ fn explain(dir: &Path, request: &Path, format: ExplainFormat) -> Result<bool, Us
         }
     }
     Ok(decision.is_ok())
+}
+
+/// Loads a revision of a git repository.
+fn load_rev(
+    repo: &llmgw_git::PolicyRepo,
+    rev: &str,
+) -> Result<(Vec<PolicyFile>, LoadOutcome), UsageError> {
+    let commit = repo.resolve(rev).map_err(|e| UsageError(e.to_string()))?;
+    let files: Vec<PolicyFile> = repo
+        .files_at(&commit.id, llmgw_engine::source::is_policy_file)
+        .map_err(|e| UsageError(e.to_string()))?
+        .into_iter()
+        .map(|(path, bytes)| PolicyFile { path, bytes })
+        .collect();
+    let outcome = load_files(&files, Some(&commit.id));
+    Ok((files, outcome))
+}
+
+/// Exit 1 when HEAD does not lint clean.
+fn diff(
+    repo: &Path,
+    base: &str,
+    head: &str,
+    traffic: &Path,
+    format: DiffFormat,
+) -> Result<bool, UsageError> {
+    let repo = llmgw_git::PolicyRepo::open(&repo.to_string_lossy(), &std::env::temp_dir())
+        .map_err(|e| UsageError(e.to_string()))?;
+    let (head_files, head_out) = load_rev(&repo, head)?;
+    if head_out.has_errors() {
+        match format {
+            DiffFormat::Json => print!(
+                "{}",
+                render::diagnostics(&head_out.diagnostics, &head_files, Format::Json)
+            ),
+            DiffFormat::Markdown => {
+                println!("### llmgw policy diff: `{head}` does not lint clean\n\n```");
+                print!(
+                    "{}",
+                    render::diagnostics(&head_out.diagnostics, &head_files, Format::Human)
+                );
+                println!("```");
+            }
+        }
+        return Ok(false);
+    }
+    let (_, base_out) = load_rev(&repo, base)?;
+    let (Some(base_policy), Some(head_policy)) = (&base_out.policy, &head_out.policy) else {
+        return Err(UsageError(format!(
+            "`{base}` does not compile, so there is nothing to compare with"
+        )));
+    };
+    let text = std::fs::read_to_string(traffic)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", traffic.display())))?;
+    let mut records = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record = serde_json::from_str(line)
+            .map_err(|e| UsageError(format!("{} line {}: {e}", traffic.display(), i + 1)))?;
+        records.push(record);
+    }
+    let report = llmgw_engine::diff::diff(base_policy, head_policy, &records);
+    match format {
+        DiffFormat::Json => println!("{}", to_json(&report)),
+        DiffFormat::Markdown => print!("{}", report.markdown()),
+    }
+    Ok(true)
 }
 
 fn to_json(value: &impl serde::Serialize) -> String {

@@ -1,0 +1,243 @@
+//! Policy repositories in git.
+//!
+//! Refs are resolved with libgit2 (never by reading ref files), and a commit's tree is read
+//! straight from the object database: no checkout, no work tree, so a revision is exactly what
+//! was committed. A remote (a `file://` URL, or HTTPS where the build has it) is mirrored into a
+//! local bare repository and fetched on demand.
+#![forbid(unsafe_code)]
+
+use git2::{ObjectType, Repository, TreeWalkMode, TreeWalkResult};
+use std::path::{Path, PathBuf};
+
+/// A failure to reach or read a policy repository.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// libgit2 refused.
+    #[error("{what}: {source}")]
+    Git {
+        /// What was being done.
+        what: String,
+        /// libgit2's error.
+        source: git2::Error,
+    },
+}
+
+fn ctx(what: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
+    let what = what.into();
+    move |source| GitError::Git { what, source }
+}
+
+/// A commit with what status pages show of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Full hex id.
+    pub id: String,
+    /// Commit time.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Author name and email.
+    pub author: String,
+    /// First line of the message.
+    pub summary: String,
+}
+
+/// A policy repository: a local repository, or a local mirror of a remote one.
+pub struct PolicyRepo {
+    repo: Repository,
+    remote: Option<String>,
+}
+
+impl std::fmt::Debug for PolicyRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyRepo")
+            .field("path", &self.repo.path())
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+/// Whether a location names a remote rather than a local path.
+fn is_url(location: &str) -> bool {
+    location.contains("://")
+}
+
+impl PolicyRepo {
+    /// Opens a local repository at `location`, or mirrors the remote `location` into a bare
+    /// repository under `cache`.
+    pub fn open(location: &str, cache: &Path) -> Result<Self, GitError> {
+        if !is_url(location) {
+            let repo = Repository::open(location).map_err(ctx(format!("opening {location}")))?;
+            return Ok(PolicyRepo { repo, remote: None });
+        }
+        let dir = cache.join(mirror_name(location));
+        let repo = match Repository::open_bare(&dir) {
+            Ok(repo) => repo,
+            Err(_) => {
+                std::fs::create_dir_all(&dir).map_err(|e| GitError::Git {
+                    what: format!("creating {}", dir.display()),
+                    source: git2::Error::from_str(&e.to_string()),
+                })?;
+                Repository::init_bare(&dir).map_err(ctx(format!("creating {}", dir.display())))?
+            }
+        };
+        let this = PolicyRepo {
+            repo,
+            remote: Some(location.to_owned()),
+        };
+        Ok(this)
+    }
+
+    /// Fetches `branch` from the remote, if this is a mirror; a local repository needs none.
+    pub fn fetch(&self, branch: &str) -> Result<(), GitError> {
+        let Some(url) = &self.remote else {
+            return Ok(());
+        };
+        let mut remote = self
+            .repo
+            .remote_anonymous(url)
+            .map_err(ctx(format!("reaching {url}")))?;
+        let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        remote
+            .fetch(&[spec.as_str()], None, None)
+            .map_err(ctx(format!("fetching {branch} from {url}")))
+    }
+
+    /// Resolves a revision (a branch, tag, `HEAD~1`, a commit id) to its commit.
+    pub fn resolve(&self, rev: &str) -> Result<CommitInfo, GitError> {
+        let commit = self
+            .repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(ctx(format!("resolving `{rev}`")))?;
+        let author = commit.author();
+        let time = chrono::DateTime::from_timestamp(commit.time().seconds(), 0).unwrap_or_default();
+        Ok(CommitInfo {
+            id: commit.id().to_string(),
+            time,
+            author: format!(
+                "{} <{}>",
+                author.name().unwrap_or("?"),
+                author.email().unwrap_or("?")
+            ),
+            summary: commit
+                .summary()
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    /// The files of a commit's tree whose path `wanted` accepts (hidden entries skipped), as
+    /// (path, bytes) sorted by path.
+    pub fn files_at(
+        &self,
+        commit_id: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Vec<u8>)>, GitError> {
+        let tree = self
+            .repo
+            .revparse_single(commit_id)
+            .and_then(|o| o.peel_to_tree())
+            .map_err(ctx(format!("reading the tree of {commit_id}")))?;
+        let mut blobs = Vec::new();
+        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let name = entry.name().unwrap_or_default();
+            if name.starts_with('.') {
+                return TreeWalkResult::Skip;
+            }
+            if entry.kind() == Some(ObjectType::Blob) {
+                let path = format!("{dir}{name}");
+                if wanted(&path) {
+                    blobs.push((path, entry.id()));
+                }
+            }
+            TreeWalkResult::Ok
+        })
+        .map_err(ctx(format!("walking the tree of {commit_id}")))?;
+        let mut files = Vec::with_capacity(blobs.len());
+        for (path, id) in blobs {
+            let blob = self
+                .repo
+                .find_blob(id)
+                .map_err(ctx(format!("reading {path} at {commit_id}")))?;
+            files.push((path, blob.content().to_vec()));
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// The repository's git directory.
+    pub fn git_dir(&self) -> PathBuf {
+        self.repo.path().to_path_buf()
+    }
+}
+
+/// A directory name for the mirror of a URL: readable and unique.
+fn mirror_name(url: &str) -> String {
+    let readable: String = url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let tail: String = readable
+        .chars()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{tail}-{hash:016x}.git")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git runs")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn reads_a_commit_without_a_checkout_and_mirrors_a_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("a.yaml"), "one").unwrap();
+        std::fs::write(work.join("sub/b.yml"), "two").unwrap();
+        std::fs::write(work.join("notes.txt"), "skip").unwrap();
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-q", "-m", "first"]);
+        std::fs::write(work.join("a.yaml"), "changed but not committed").unwrap();
+
+        let repo = PolicyRepo::open(work.to_str().unwrap(), dir.path()).unwrap();
+        let head = repo.resolve("main").unwrap();
+        assert_eq!(head.summary, "first");
+        let files = repo
+            .files_at(&head.id, |p| p.ends_with(".yaml") || p.ends_with(".yml"))
+            .unwrap();
+        let want = vec![
+            ("a.yaml".to_owned(), b"one".to_vec()),
+            ("sub/b.yml".to_owned(), b"two".to_vec()),
+        ];
+        assert_eq!(files, want);
+
+        let url = format!("file://{}", work.display());
+        let mirror = PolicyRepo::open(&url, &dir.path().join("cache")).unwrap();
+        assert!(mirror.resolve("main").is_err(), "nothing is fetched yet");
+        mirror.fetch("main").unwrap();
+        assert_eq!(mirror.resolve("main").unwrap().id, head.id);
+        assert!(repo.resolve("no-such-branch").is_err());
+    }
+}
