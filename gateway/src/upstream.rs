@@ -181,7 +181,8 @@ impl UpstreamError {
                     || lower.contains("context length")
                     || lower.contains("context window")
                     || lower.contains("prompt is too long")
-                    || lower.contains("too many tokens") =>
+                    || lower.contains("too many tokens")
+                    || lower.contains("maximum number of tokens") =>
             {
                 ErrorClass::ContextLength
             }

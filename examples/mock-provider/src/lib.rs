@@ -25,6 +25,10 @@
 //! | `content-filter` | 400 `content_filter` |
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
 //!
+//! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
+//! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse`, with the same faults.
+//!
 //! Answers are deterministic: `max_tokens` (default 12) words `t0 t1 …`. When the last message is
 //! an assistant message (a prefill), the answer continues after the words it already holds.
 #![forbid(unsafe_code)]
@@ -280,6 +284,8 @@ async fn handle(
             ));
         }
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
+        (Method::POST, "/v1/messages") => {}
+        (Method::POST, p) if gemini_target(p).is_some() => {}
         _ => {
             return Ok(error_response(
                 StatusCode::NOT_FOUND,
@@ -303,6 +309,11 @@ async fn handle(
                 None,
             ))
         }
+    };
+    let (dialect, request) = match (path.as_str(), gemini_target(&path)) {
+        ("/v1/messages", _) => (Dialect::Anthropic, request),
+        (_, Some((model, stream))) => (Dialect::Gemini, from_gemini(&request, &model, stream)),
+        _ => (Dialect::OpenAi, request),
     };
     let model = request["model"].as_str().unwrap_or("").to_owned();
     let (attempt, first_seen) = stats.count(&model);
@@ -347,7 +358,7 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if request["stream"].as_bool().unwrap_or(false) {
-        Ok(stream(answer, model, fault, options))
+        Ok(stream(dialect, answer, model, fault, options))
     } else if let Fault::Cut(_) | Fault::Stall(_) = fault {
         // A JSON answer cut or stalled half way: headers, then part of the body.
         let (tx, rx) = mpsc::channel(4);
@@ -368,8 +379,55 @@ async fn handle(
             .insert("content-type", "application/json".parse().expect("static"));
         Ok(resp)
     } else {
-        Ok(json_response(StatusCode::OK, answer.completion(&model)))
+        Ok(json_response(
+            StatusCode::OK,
+            answer.completion(dialect, &model),
+        ))
     }
+}
+
+/// The wire protocol a request arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// `(model, stream)` of a Gemini `models/{model}:generateContent` path.
+fn gemini_target(path: &str) -> Option<(String, bool)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, action) = rest.split_once(':')?;
+    match action {
+        "generateContent" => Some((model.to_owned(), false)),
+        "streamGenerateContent" => Some((model.to_owned(), true)),
+        _ => None,
+    }
+}
+
+/// A Gemini request in the OpenAI shape the rest of the mock reads.
+fn from_gemini(request: &Value, model: &str, stream: bool) -> Value {
+    let messages: Vec<Value> = request["contents"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|c| {
+            let role = if c["role"] == "model" {
+                "assistant"
+            } else {
+                "user"
+            };
+            json!({ "role": role, "content": text_of(&c["parts"]) })
+        })
+        .collect();
+    let mut out = json!({ "model": model, "stream": stream, "messages": messages });
+    if let Some(n) = request["generationConfig"]["maxOutputTokens"].as_u64() {
+        out["max_tokens"] = Value::from(n);
+    }
+    out
 }
 
 /// The deterministic answer to a chat request.
@@ -420,7 +478,34 @@ impl Answer {
         })
     }
 
-    fn completion(&self, model: &str) -> Value {
+    fn completion(&self, dialect: Dialect, model: &str) -> Value {
+        let completion = self.end - self.start;
+        match dialect {
+            Dialect::Anthropic => {
+                return json!({
+                    "id": "msg_mock",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{ "type": "text", "text": self.text() }],
+                    "stop_reason": "end_turn",
+                    "usage": { "input_tokens": self.prompt_tokens, "output_tokens": completion },
+                })
+            }
+            Dialect::Gemini => {
+                return json!({
+                    "candidates": [{
+                        "content": { "role": "model", "parts": [{ "text": self.text() }] },
+                        "finishReason": "STOP",
+                    }],
+                    "usageMetadata": {
+                        "promptTokenCount": self.prompt_tokens,
+                        "candidatesTokenCount": completion,
+                    },
+                })
+            }
+            Dialect::OpenAi => {}
+        }
         json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
@@ -459,19 +544,110 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
     Bytes::from(format!("data: {event}\n\n"))
 }
 
-fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Response<MockBody> {
+/// Events before the first token.
+fn head(dialect: Dialect, model: &str, answer: &Answer) -> Vec<Bytes> {
+    match dialect {
+        Dialect::OpenAi => vec![chunk(
+            model,
+            json!({ "role": "assistant", "content": "" }),
+            None,
+        )],
+        Dialect::Anthropic => vec![
+            anthropic_event(json!({
+                "type": "message_start",
+                "message": {
+                    "id": "msg_mock", "type": "message", "role": "assistant", "content": [],
+                    "model": model,
+                    "usage": { "input_tokens": answer.prompt_tokens, "output_tokens": 1 },
+                },
+            })),
+            anthropic_event(json!({
+                "type": "content_block_start", "index": 0,
+                "content_block": { "type": "text", "text": "" },
+            })),
+        ],
+        Dialect::Gemini => vec![],
+    }
+}
+
+/// The event of one token.
+fn token(dialect: Dialect, model: &str, word: &str) -> Bytes {
+    match dialect {
+        Dialect::OpenAi => chunk(model, json!({ "content": word }), None),
+        Dialect::Anthropic => anthropic_event(json!({
+            "type": "content_block_delta", "index": 0,
+            "delta": { "type": "text_delta", "text": word },
+        })),
+        Dialect::Gemini => gemini_chunk(json!({
+            "candidates": [{ "content": { "role": "model", "parts": [{ "text": word }] } }],
+        })),
+    }
+}
+
+/// Events after the last token; `done` adds the end marker.
+fn tail(dialect: Dialect, model: &str, answer: &Answer, done: bool) -> Vec<Bytes> {
+    let completion = answer.end - answer.start;
+    let mut out = match dialect {
+        Dialect::OpenAi => {
+            let usage = json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000u64,
+                "model": model,
+                "choices": [],
+                "usage": answer.usage(),
+            });
+            vec![
+                chunk(model, json!({}), Some("stop")),
+                Bytes::from(format!("data: {usage}\n\n")),
+            ]
+        }
+        Dialect::Anthropic => vec![
+            anthropic_event(json!({ "type": "content_block_stop", "index": 0 })),
+            anthropic_event(json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": "end_turn" },
+                "usage": { "output_tokens": completion },
+            })),
+        ],
+        Dialect::Gemini => vec![gemini_chunk(json!({
+            "candidates": [{ "content": { "role": "model", "parts": [{ "text": "" }] }, "finishReason": "STOP" }],
+            "usageMetadata": { "promptTokenCount": answer.prompt_tokens, "candidatesTokenCount": completion },
+        }))],
+    };
+    if done {
+        match dialect {
+            Dialect::OpenAi => out.push(Bytes::from_static(b"data: [DONE]\n\n")),
+            Dialect::Anthropic => out.push(anthropic_event(json!({ "type": "message_stop" }))),
+            Dialect::Gemini => {}
+        }
+    }
+    out
+}
+
+fn anthropic_event(v: Value) -> Bytes {
+    let kind = v["type"].as_str().unwrap_or("message").to_owned();
+    Bytes::from(format!("event: {kind}\ndata: {v}\n\n"))
+}
+
+fn gemini_chunk(v: Value) -> Bytes {
+    Bytes::from(format!("data: {v}\r\n\r\n"))
+}
+
+fn stream(
+    dialect: Dialect,
+    answer: Answer,
+    model: String,
+    fault: Fault,
+    options: Options,
+) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let send = |b: Bytes| tx.send(Ok(b));
-        if send(chunk(
-            &model,
-            json!({ "role": "assistant", "content": "" }),
-            None,
-        ))
-        .await
-        .is_err()
-        {
-            return;
+        for b in head(dialect, &model, &answer) {
+            if send(b).await.is_err() {
+                return;
+            }
         }
         for (n, i) in (answer.start..answer.end).enumerate() {
             let n = n as u64;
@@ -499,30 +675,17 @@ fn stream(answer: Answer, model: String, fault: Fault, options: Options) -> Resp
             if n > 0 && !options.token_interval.is_zero() {
                 tokio::time::sleep(options.token_interval).await;
             }
-            let delta = json!({ "content": Answer::word(i) });
-            if send(chunk(&model, delta, None)).await.is_err() {
+            if send(token(dialect, &model, &Answer::word(i)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
-        if send(chunk(&model, json!({}), Some("stop"))).await.is_err() {
-            return;
-        }
-        let usage = json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion.chunk",
-            "created": 1_700_000_000u64,
-            "model": model,
-            "choices": [],
-            "usage": answer.usage(),
-        });
-        if send(Bytes::from(format!("data: {usage}\n\n")))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if fault != Fault::NoDone {
-            let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        for b in tail(dialect, &model, &answer, fault != Fault::NoDone) {
+            if send(b).await.is_err() {
+                return;
+            }
         }
     });
     let mut resp = Response::new(ChannelBody { rx }.boxed());

@@ -1,25 +1,526 @@
-//! Anthropic adapter (translation to be completed).
+//! Anthropic Messages: translation of OpenAI chat requests (system prompts, images, tools,
+//! tool results, prefill) to `POST /v1/messages`, and of its answers and stream events back.
 
-use crate::upstream::{ErrorClass, Provider, SendFuture, UpstreamError, UpstreamRequest};
-use llmgw_engine::model;
+use crate::providers::http::{self, Client, StreamTranslator};
+use crate::providers::secret::{self, Secret, SecretError};
+use crate::sse::SseEvent;
+use crate::upstream::{
+    Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
+    UpstreamRequest, UpstreamResponse, Usage,
+};
+use crate::wire::content_text;
+use ::http::header::{HeaderName, HeaderValue};
+use llmgw_engine::input::Endpoint;
+use llmgw_engine::model::{self, Timeouts};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
 
-/// A Anthropic provider.
-pub struct Anthropic {}
+/// Where Anthropic's API is when the policy names no `base_url`.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
+/// The API version sent in `anthropic-version`.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// `max_tokens` is required by the Messages API; used when the client sets none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// An Anthropic provider.
+pub struct Anthropic {
+    client: Client,
+    base_url: String,
+    key: Option<Result<Secret, SecretError>>,
+    timeouts: Timeouts,
+}
 
 impl Anthropic {
-    /// The adapter of a policy provider.
-    pub fn new(_provider: &model::Provider) -> Self {
-        Anthropic {}
+    /// The adapter of a policy provider of type `anthropic`.
+    pub fn new(provider: &model::Provider) -> Self {
+        Anthropic {
+            client: http::client(&provider.timeouts),
+            base_url: provider
+                .base_url
+                .clone()
+                .unwrap_or_else(|| ANTHROPIC_BASE_URL.to_owned()),
+            key: provider.api_key.as_deref().map(secret::resolve),
+            timeouts: provider.timeouts,
+        }
     }
 }
 
 impl Provider for Anthropic {
-    fn send<'a>(&'a self, _req: UpstreamRequest<'a>) -> SendFuture<'a> {
-        Box::pin(async {
-            Err(UpstreamError::new(
-                ErrorClass::Unsupported,
-                "not implemented",
-            ))
+    fn send<'a>(&'a self, req: UpstreamRequest<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            if req.endpoint == Endpoint::Embeddings {
+                return Err(UpstreamError::new(
+                    ErrorClass::Unsupported,
+                    "Anthropic has no embeddings API",
+                ));
+            }
+            let mut headers = vec![(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            )];
+            if let Some(key) = &self.key {
+                let key = http::key_or_error(key)?;
+                if let Some(v) = http::sensitive(key.expose()) {
+                    headers.push((HeaderName::from_static("x-api-key"), v));
+                }
+            }
+            let body = to_messages(req.body, req.upstream_model, req.prefill, req.stream);
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            let first = Duration::from_millis(self.timeouts.first_token_ms);
+            let url = http::join(&self.base_url, "messages");
+            let resp = http::post(&self.client, &url, headers, body, first).await?;
+            if !resp.status().is_success() {
+                return Err(http::error_from(resp).await);
+            }
+            if req.stream {
+                return Ok(UpstreamResponse::Stream(http::spawn_sse(
+                    resp,
+                    AnthropicStream::default(),
+                )));
+            }
+            let answer =
+                http::read_json(resp, Duration::from_millis(self.timeouts.total_ms)).await?;
+            let (body, usage) = from_message(&answer, req.upstream_model);
+            Ok(UpstreamResponse::Full(FullResponse { body, usage }))
         })
+    }
+}
+
+/// Content parts of an OpenAI message as Anthropic content blocks.
+fn blocks(content: &Value) -> Vec<Value> {
+    match content {
+        Value::String(s) if s.is_empty() => vec![],
+        Value::String(s) => vec![json!({ "type": "text", "text": s })],
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| match p["type"].as_str() {
+                Some("text") => {
+                    Some(json!({ "type": "text", "text": p["text"].as_str().unwrap_or("") }))
+                }
+                Some("image_url") => {
+                    let url = p["image_url"]["url"]
+                        .as_str()
+                        .or_else(|| p["image_url"].as_str())?;
+                    Some(match parse_data_url(url) {
+                        Some((media_type, data)) => json!({
+                            "type": "image",
+                            "source": { "type": "base64", "media_type": media_type, "data": data },
+                        }),
+                        None => json!({ "type": "image", "source": { "type": "url", "url": url } }),
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Splits a `data:<mime>;base64,<data>` URL.
+pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    Some((mime, data))
+}
+
+/// Appends a message, merging it into the previous one of the same role (the API wants
+/// alternating roles).
+fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
+    if content.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut() {
+        if last["role"] == role {
+            if let Some(arr) = last["content"].as_array_mut() {
+                arr.append(&mut content);
+                return;
+            }
+        }
+    }
+    messages.push(json!({ "role": role, "content": content }));
+}
+
+/// The Messages request for an OpenAI chat request.
+pub fn to_messages(body: &Value, model: &str, prefill: Option<&str>, stream: bool) -> Value {
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    for m in body["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        match m["role"].as_str().unwrap_or("") {
+            "system" | "developer" => system.push(content_text(&m["content"])),
+            "assistant" => {
+                let mut content = blocks(&m["content"]);
+                for call in m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+                    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+                    content.push(json!({
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["function"]["name"],
+                        "input": input,
+                    }));
+                }
+                push(&mut messages, "assistant", content);
+            }
+            "tool" | "function" => push(
+                &mut messages,
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": m["tool_call_id"].as_str().unwrap_or(""),
+                    "content": content_text(&m["content"]),
+                })],
+            ),
+            _ => push(&mut messages, "user", blocks(&m["content"])),
+        }
+    }
+    if let Some(p) = prefill {
+        // The API refuses a final assistant turn that ends in whitespace.
+        let p = p.trim_end();
+        if !p.is_empty() {
+            push(
+                &mut messages,
+                "assistant",
+                vec![json!({ "type": "text", "text": p })],
+            );
+        }
+    }
+    let max_tokens = body["max_completion_tokens"]
+        .as_u64()
+        .or_else(|| body["max_tokens"].as_u64())
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    let mut out = Map::new();
+    out.insert("model".into(), Value::from(model));
+    out.insert("max_tokens".into(), Value::from(max_tokens));
+    out.insert("messages".into(), Value::Array(messages));
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    if !system.is_empty() {
+        out.insert("system".into(), Value::from(system.join("\n\n")));
+    }
+    for (from, to) in [("temperature", "temperature"), ("top_p", "top_p")] {
+        if let Some(v) = body.get(from).filter(|v| v.is_number()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    match &body["stop"] {
+        Value::String(s) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Value::Array(a) => {
+            out.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if let Some(tools) = body["tools"].as_array().filter(|t| !t.is_empty()) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let f = &t["function"];
+                let mut tool = json!({
+                    "name": f["name"],
+                    "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({ "type": "object" })),
+                });
+                if let Some(d) = f["description"].as_str() {
+                    tool["description"] = Value::from(d);
+                }
+                tool
+            })
+            .collect();
+        out.insert("tools".into(), Value::Array(tools));
+        let choice = match &body["tool_choice"] {
+            Value::String(s) if s == "required" => Some(json!({ "type": "any" })),
+            Value::String(s) if s == "none" => Some(json!({ "type": "none" })),
+            Value::Object(o) => o
+                .get("function")
+                .and_then(|f| f["name"].as_str())
+                .map(|n| json!({ "type": "tool", "name": n })),
+            _ => None,
+        };
+        if let Some(c) = choice {
+            out.insert("tool_choice".into(), c);
+        }
+    }
+    if let Some(user) = body["user"].as_str() {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    Value::Object(out)
+}
+
+fn finish_reason(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn usage_of(u: &Value) -> Usage {
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    Usage {
+        input_tokens: n("input_tokens")
+            + n("cache_creation_input_tokens")
+            + n("cache_read_input_tokens"),
+        output_tokens: n("output_tokens"),
+    }
+}
+
+/// An OpenAI chat completion for a Messages answer.
+pub fn from_message(msg: &Value, model: &str) -> (Value, Usage) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in msg["content"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        match block["type"].as_str() {
+            Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
+            Some("tool_use") => calls.push(json!({
+                "id": block["id"],
+                "type": "function",
+                "function": { "name": block["name"], "arguments": block["input"].to_string() },
+            })),
+            _ => {}
+        }
+    }
+    let usage = usage_of(&msg["usage"]);
+    let mut message = json!({ "role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::from(text) } });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let body = json!({
+        "id": msg["id"].as_str().map_or_else(|| "chatcmpl-anthropic".to_owned(), |id| format!("chatcmpl-{id}")),
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason(msg["stop_reason"].as_str().unwrap_or("end_turn")),
+        }],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        },
+    });
+    (body, usage)
+}
+
+/// Translates Messages stream events.
+#[derive(Debug, Default)]
+pub struct AnthropicStream {
+    usage: Usage,
+    finished: bool,
+    /// Content block index → tool call index.
+    tools: HashMap<u64, u64>,
+}
+
+impl StreamTranslator for AnthropicStream {
+    fn event(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, UpstreamError> {
+        if event.data.trim().is_empty() {
+            return Ok(vec![]);
+        }
+        let v: Value = serde_json::from_str(&event.data).map_err(|e| {
+            UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
+        })?;
+        let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
+        let delta = |d: Delta| Ok(vec![StreamEvent::Delta(d)]);
+        match kind {
+            "message_start" => {
+                self.usage = usage_of(&v["message"]["usage"]);
+                Ok(vec![])
+            }
+            "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+                let index = self.tools.len() as u64;
+                self.tools.insert(v["index"].as_u64().unwrap_or(0), index);
+                let b = &v["content_block"];
+                delta(Delta {
+                    tool_calls: Some(json!([{
+                        "index": index,
+                        "id": b["id"],
+                        "type": "function",
+                        "function": { "name": b["name"], "arguments": "" },
+                    }])),
+                    ..Delta::default()
+                })
+            }
+            "content_block_delta" => {
+                let d = &v["delta"];
+                match d["type"].as_str() {
+                    Some("text_delta") => delta(Delta {
+                        content: d["text"].as_str().map(str::to_owned),
+                        ..Delta::default()
+                    }),
+                    Some("input_json_delta") => {
+                        let index = self
+                            .tools
+                            .get(&v["index"].as_u64().unwrap_or(0))
+                            .copied()
+                            .unwrap_or(0);
+                        delta(Delta {
+                            tool_calls: Some(json!([{
+                                "index": index,
+                                "function": { "arguments": d["partial_json"].as_str().unwrap_or("") },
+                            }])),
+                            ..Delta::default()
+                        })
+                    }
+                    _ => Ok(vec![]),
+                }
+            }
+            "message_delta" => {
+                let mut out = Vec::new();
+                if let Some(n) = v["usage"]["output_tokens"].as_u64() {
+                    self.usage.output_tokens = n;
+                }
+                if let Some(n) = v["usage"]["input_tokens"].as_u64().filter(|n| *n > 0) {
+                    self.usage.input_tokens = n;
+                }
+                if let Some(stop) = v["delta"]["stop_reason"].as_str() {
+                    self.finished = true;
+                    out.push(StreamEvent::Delta(Delta {
+                        finish_reason: Some(finish_reason(stop).to_owned()),
+                        ..Delta::default()
+                    }));
+                }
+                out.push(StreamEvent::Usage(self.usage));
+                Ok(out)
+            }
+            "message_stop" => Ok(vec![StreamEvent::Done]),
+            "error" => {
+                let bytes = serde_json::to_vec(&v).unwrap_or_default();
+                let status = match v["error"]["type"].as_str() {
+                    Some("overloaded_error") => 529,
+                    Some("rate_limit_error") => 429,
+                    Some("invalid_request_error") => 400,
+                    _ => 500,
+                };
+                Err(UpstreamError::from_status(status, &bytes, None))
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError> {
+        if self.finished {
+            Ok(vec![StreamEvent::Done])
+        } else {
+            Err(UpstreamError::new(
+                ErrorClass::Protocol,
+                "the stream ended before the answer was complete",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translates_system_images_tools_and_prefill() {
+        let body = json!({
+            "model": "claude",
+            "max_tokens": 100,
+            "stop": "END",
+            "messages": [
+                { "role": "system", "content": "Be brief." },
+                { "role": "user", "content": [
+                    { "type": "text", "text": "What is this?" },
+                    { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } },
+                ]},
+                { "role": "assistant", "content": null, "tool_calls": [
+                    { "id": "call_1", "type": "function", "function": { "name": "look", "arguments": "{\"x\":1}" } },
+                ]},
+                { "role": "tool", "tool_call_id": "call_1", "content": "a cat" },
+            ],
+            "tools": [{ "type": "function", "function": { "name": "look", "parameters": { "type": "object" } } }],
+            "tool_choice": "required",
+        });
+        let out = to_messages(&body, "claude-x", Some("It is a "), true);
+        assert_eq!(out["system"], "Be brief.");
+        assert_eq!(out["model"], "claude-x");
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        assert_eq!(out["tool_choice"], json!({ "type": "any" }));
+        assert_eq!(out["tools"][0]["input_schema"], json!({ "type": "object" }));
+        let m = out["messages"].as_array().expect("messages");
+        assert_eq!(m[0]["content"][1]["source"]["media_type"], "image/png");
+        assert_eq!(m[1]["content"][0]["type"], "tool_use");
+        assert_eq!(m[1]["content"][0]["input"], json!({ "x": 1 }));
+        assert_eq!(m[2]["content"][0]["type"], "tool_result");
+        assert_eq!(
+            m[3],
+            json!({ "role": "assistant", "content": [{ "type": "text", "text": "It is a" }] })
+        );
+    }
+
+    #[test]
+    fn translates_answers() {
+        let msg = json!({
+            "id": "msg_1",
+            "content": [
+                { "type": "text", "text": "Calling." },
+                { "type": "tool_use", "id": "tu_1", "name": "look", "input": { "x": 2 } },
+            ],
+            "stop_reason": "tool_use",
+            "usage": { "input_tokens": 10, "output_tokens": 5 },
+        });
+        let (body, usage) = from_message(&msg, "claude");
+        assert_eq!(
+            usage,
+            Usage {
+                input_tokens: 10,
+                output_tokens: 5
+            }
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"x\":2}"
+        );
+    }
+
+    #[test]
+    fn translates_stream_events() {
+        let mut t = AnthropicStream::default();
+        let ev = |data: Value| SseEvent {
+            event: None,
+            data: data.to_string(),
+        };
+        t.event(ev(json!({ "type": "message_start", "message": { "usage": { "input_tokens": 7, "output_tokens": 1 } } }))).expect("ok");
+        let out = t
+            .event(ev(json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": "Hi" } })))
+            .expect("ok");
+        assert_eq!(
+            out,
+            vec![StreamEvent::Delta(Delta {
+                content: Some("Hi".into()),
+                ..Delta::default()
+            })]
+        );
+        assert!(t.end().is_err());
+        let out = t
+            .event(ev(json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn" }, "usage": { "output_tokens": 3 } })))
+            .expect("ok");
+        assert_eq!(
+            out[1],
+            StreamEvent::Usage(Usage {
+                input_tokens: 7,
+                output_tokens: 3
+            })
+        );
+        assert_eq!(
+            t.event(ev(json!({ "type": "message_stop" }))).expect("ok"),
+            vec![StreamEvent::Done]
+        );
+        let err = t
+            .event(ev(json!({ "type": "error", "error": { "type": "overloaded_error", "message": "Overloaded" } })))
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Unavailable);
     }
 }

@@ -1,0 +1,253 @@
+//! Durable state: gateway keys, budget spend, canary state, replay protection, metadata.
+//!
+//! One interface, two backends: SQLite (embedded, the default under `--state DIR`) and Redis
+//! (`--state redis://…`, shared by several replicas). Operations that must be atomic are:
+//! a reservation against several budgets at once (a transaction in SQLite, a Lua script in
+//! Redis), and a replay-cache insertion. Money is counted in integer nano-dollars so that
+//! concurrent additions never drift.
+
+mod redis_store;
+mod sqlite;
+
+pub use redis_store::RedisStore;
+pub use sqlite::SqliteStore;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Nano-dollars per dollar.
+pub const NANOS_PER_USD: f64 = 1e9;
+
+/// Dollars to nano-dollars, rounded up so a reservation never under-counts.
+pub fn to_nanos(usd: f64) -> i64 {
+    (usd * NANOS_PER_USD).ceil() as i64
+}
+
+/// Nano-dollars to dollars.
+pub fn to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD
+}
+
+/// A failure of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value could not be decoded.
+    #[error("stored value is malformed: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The store could not be opened.
+    #[error("{0}")]
+    Open(String),
+}
+
+/// One hash of a key's secret, valid until `not_after` (milliseconds) when set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretHash {
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+    /// End of its grace window after a rotation.
+    #[serde(default)]
+    pub not_after: Option<i64>,
+}
+
+/// A gateway key as stored: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Non-secret id, shown in logs, budgets and `keys list`.
+    pub id: String,
+    /// The first characters of the secret, to recognise a key.
+    pub prefix: String,
+    /// The tenant the key acts for.
+    pub tenant: String,
+    /// Its project, if any.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Its user, if any.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Labels rules can read (`key.labels`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Logical models it may use; empty means all.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Expiry, milliseconds since the epoch.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Creation time, milliseconds.
+    pub created_at: i64,
+    /// Revocation time, milliseconds.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+    /// Requests must carry `x-llmgw-signature`.
+    #[serde(default)]
+    pub signing: bool,
+    /// Hashes of its secrets: the current one, and during a rotation the previous one.
+    pub secrets: Vec<SecretHash>,
+}
+
+impl KeyRecord {
+    /// Whether the secret with this hash authenticates the key at `now_ms`.
+    pub fn accepts(&self, sha256: &str, now_ms: i64) -> bool {
+        self.revoked_at.is_none_or(|t| t > now_ms)
+            && self.expires_at.is_none_or(|t| t > now_ms)
+            && self
+                .secrets
+                .iter()
+                .any(|s| s.sha256 == sha256 && s.not_after.is_none_or(|t| t > now_ms))
+    }
+}
+
+/// One budget's share of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The counter: budget, principal and period (see `crate::budgets`).
+    pub counter: String,
+    /// Nano-dollars to hold.
+    pub amount: i64,
+    /// The limit in nano-dollars.
+    pub limit: i64,
+    /// Refuse when spent + held + amount would pass the limit.
+    pub strict: bool,
+    /// Seconds after which the counter may be dropped (the period's end plus a margin).
+    pub ttl_secs: u64,
+}
+
+/// A reservation refused by a strict budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Index of the refusing hold.
+    pub index: usize,
+    /// Spent plus held on that counter, nano-dollars.
+    pub committed: i64,
+}
+
+/// Settled spend for the ledger behind `llmgw spend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Project (empty when none).
+    pub project: String,
+    /// User (empty when none).
+    pub user: String,
+    /// Key id.
+    pub key: String,
+    /// Logical model that served.
+    pub model: String,
+    /// Requests.
+    pub requests: i64,
+    /// Input tokens.
+    pub tokens_in: i64,
+    /// Output tokens.
+    pub tokens_out: i64,
+    /// Cost, nano-dollars.
+    pub cost: i64,
+}
+
+/// The state store, SQLite or Redis.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Embedded SQLite.
+    Sqlite(SqliteStore),
+    /// Shared Redis.
+    Redis(RedisStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Redis(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens `redis://…` as Redis with the key namespace `llmgw:`, anything else as a
+    /// directory holding `state.sqlite`.
+    pub async fn open(location: &str) -> Result<Store, StoreError> {
+        if location.starts_with("redis://") || location.starts_with("rediss://") {
+            Ok(Store::Redis(RedisStore::connect(location, "llmgw:").await?))
+        } else {
+            let dir = std::path::Path::new(location);
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+            Ok(Store::Sqlite(SqliteStore::open(&dir.join("state.sqlite"))?))
+        }
+    }
+
+    /// Inserts or replaces a key.
+    pub async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        dispatch!(self.put_key(key))
+    }
+
+    /// The key one of whose secrets has this hash.
+    pub async fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRecord>, StoreError> {
+        dispatch!(self.key_by_hash(sha256))
+    }
+
+    /// A key by id.
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        dispatch!(self.key(id))
+    }
+
+    /// Every key, or those of one tenant.
+    pub async fn keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        dispatch!(self.keys(tenant))
+    }
+
+    /// Holds amounts on several budget counters at once: all or none.
+    pub async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
+        dispatch!(self.reserve(holds))
+    }
+
+    /// Releases holds and adds what was really spent: `(counter, held, actual)`.
+    pub async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+        dispatch!(self.settle(items))
+    }
+
+    /// Spent (settled) nano-dollars on counters.
+    pub async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.spent(counters))
+    }
+
+    /// Adds a settled request to the ledger.
+    pub async fn record(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        dispatch!(self.record(entry))
+    }
+
+    /// Ledger rows of a tenant (or all) from a day on.
+    pub async fn ledger(
+        &self,
+        tenant: Option<&str>,
+        since_day: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        dispatch!(self.ledger(tenant, since_day))
+    }
+
+    /// A value of a namespace (`canary`, `policy`, …).
+    pub async fn get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self.get(ns, key))
+    }
+
+    /// Sets a value of a namespace.
+    pub async fn put(&self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        dispatch!(self.put(ns, key, value))
+    }
+
+    /// Records a signature until `expires_ms`; false when it was already seen (a replay).
+    pub async fn first_use(&self, signature: &str, expires_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        dispatch!(self.first_use(signature, expires_ms, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests;
