@@ -272,3 +272,52 @@ async fn sigterm_drains_an_in_flight_stream_before_exiting() {
         .expect("llmgw exits after draining");
     assert!(status.success(), "{status:?}");
 }
+
+/// Reads until the server closes the connection; returns the bytes and how long it took.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> (String, Duration) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+#[test]
+fn idle_connections_and_slow_headers_are_closed() {
+    use std::io::Write;
+    let gw = simulated_gateway(&[
+        "--idle-timeout-secs",
+        "1",
+        "--header-read-timeout-secs",
+        "1",
+    ]);
+    // An idle keep-alive connection is closed after the idle timeout.
+    let mut idle = std::net::TcpStream::connect(&gw.addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let (text, took) = read_until_closed(&mut idle);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A client that never finishes its headers is cut off after the header-read timeout.
+    let mut slow = std::net::TcpStream::connect(&gw.addr).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .expect("write");
+    let (text, took) = read_until_closed(&mut slow);
+    assert!(!text.contains("200 OK"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}

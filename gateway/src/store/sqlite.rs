@@ -1,0 +1,290 @@
+//! The SQLite backend: one file, WAL, migrations by `user_version`.
+
+use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Schema migrations, in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, record TEXT NOT NULL);
+     CREATE TABLE key_hashes (sha256 TEXT PRIMARY KEY, key_id TEXT NOT NULL);
+     CREATE TABLE counters (name TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0,
+         held INTEGER NOT NULL DEFAULT 0, expires_at INTEGER NOT NULL);
+     CREATE TABLE ledger (day TEXT NOT NULL, tenant TEXT NOT NULL, project TEXT NOT NULL,
+         user TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL,
+         requests INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+         cost INTEGER NOT NULL, PRIMARY KEY (day, tenant, project, user, key, model));
+     CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+         PRIMARY KEY (ns, key));
+     CREATE TABLE replay (signature TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);",
+];
+
+/// The SQLite store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Open(format!("state task failed: {e}")))?
+    }
+
+    pub(super) async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO keys (id, tenant, record) VALUES (?1, ?2, ?3)",
+                params![key.id, key.tenant, serde_json::to_string(&key)?],
+            )?;
+            tx.execute("DELETE FROM key_hashes WHERE key_id = ?1", params![key.id])?;
+            for s in &key.secrets {
+                tx.execute(
+                    "INSERT OR REPLACE INTO key_hashes (sha256, key_id) VALUES (?1, ?2)",
+                    params![s.sha256, key.id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let sha256 = sha256.to_owned();
+        self.with(move |c| {
+            let record: Option<String> = c
+                .query_row(
+                    "SELECT k.record FROM key_hashes h JOIN keys k ON k.id = h.key_id WHERE h.sha256 = ?1",
+                    params![sha256],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+        })
+        .await
+    }
+
+    pub(super) async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let record: Option<String> = c
+                .query_row("SELECT record FROM keys WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()?;
+            Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+        })
+        .await
+    }
+
+    pub(super) async fn keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let tenant = tenant.map(str::to_owned);
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT record FROM keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, id",
+            )?;
+            let rows = stmt.query_map(params![tenant], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
+        let holds = holds.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_secs();
+            for (index, h) in holds.iter().enumerate() {
+                let committed: i64 = tx
+                    .query_row(
+                        "SELECT spent + held FROM counters WHERE name = ?1",
+                        params![h.counter],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                if h.strict && committed + h.amount > h.limit {
+                    return Ok(Err(Refused { index, committed }));
+                }
+            }
+            for h in &holds {
+                tx.execute(
+                    "INSERT INTO counters (name, held, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET held = held + ?2,
+                         expires_at = max(expires_at, ?3)",
+                    params![h.counter, h.amount, now + h.ttl_secs as i64],
+                )?;
+            }
+            tx.execute("DELETE FROM counters WHERE expires_at < ?1", params![now])?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    pub(super) async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+        let items = items.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (counter, held, actual) in &items {
+                tx.execute(
+                    "UPDATE counters SET held = max(held - ?2, 0), spent = spent + ?3 WHERE name = ?1",
+                    params![counter, held, actual],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
+        let counters = counters.to_vec();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT spent FROM counters WHERE name = ?1")?;
+            counters
+                .iter()
+                .map(|name| {
+                    Ok(stmt
+                        .query_row(params![name], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        let e = e.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO ledger VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT DO UPDATE SET requests = requests + ?7,
+                     tokens_in = tokens_in + ?8, tokens_out = tokens_out + ?9, cost = cost + ?10",
+                params![
+                    e.day, e.tenant, e.project, e.user, e.key, e.model, e.requests, e.tokens_in,
+                    e.tokens_out, e.cost
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn ledger(
+        &self,
+        tenant: Option<&str>,
+        since_day: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let tenant = tenant.map(str::to_owned);
+        let since = since_day.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT day, tenant, project, user, key, model, requests, tokens_in, tokens_out, cost
+                 FROM ledger WHERE day >= ?1 AND (?2 IS NULL OR tenant = ?2)
+                 ORDER BY day, tenant, project, user, key, model",
+            )?;
+            let rows = stmt.query_map(params![since, tenant], |r| {
+                Ok(LedgerEntry {
+                    day: r.get(0)?,
+                    tenant: r.get(1)?,
+                    project: r.get(2)?,
+                    user: r.get(3)?,
+                    key: r.get(4)?,
+                    model: r.get(5)?,
+                    requests: r.get(6)?,
+                    tokens_in: r.get(7)?,
+                    tokens_out: r.get(8)?,
+                    cost: r.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
+                params![ns, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn put(&self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO kv (ns, key, value) VALUES (?1, ?2, ?3)",
+                params![ns, key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn first_use(
+        &self,
+        signature: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let signature = signature.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM replay WHERE expires_at < ?1", params![now_ms])?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO replay (signature, expires_at) VALUES (?1, ?2)",
+                params![signature, expires_ms],
+            )?;
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+}
