@@ -1,0 +1,273 @@
+//! The Redis backend: shared by replicas; reservations are Lua scripts, so atomic.
+
+use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// Checks every hold, then applies all of them; returns `{refusing index, committed}` or
+/// `{-1, 0}`. KEYS are counters; ARGV holds amount, limit, strict (0/1), ttl per counter.
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        for i = 1, #KEYS do
+          local b = (i - 1) * 4
+          local committed = tonumber(redis.call('HGET', KEYS[i], 'spent') or '0')
+            + tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
+          if ARGV[b + 3] == '1' and committed + tonumber(ARGV[b + 1]) > tonumber(ARGV[b + 2]) then
+            return {i - 1, committed}
+          end
+        end
+        for i = 1, #KEYS do
+          local b = (i - 1) * 4
+          redis.call('HINCRBY', KEYS[i], 'held', ARGV[b + 1])
+          local ttl = tonumber(ARGV[b + 4])
+          if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+        end
+        return {-1, 0}
+        ",
+    )
+});
+
+/// Releases a hold (never below zero) and adds the actual spend. KEYS: one counter; ARGV:
+/// held, actual.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+        local release = math.min(held, tonumber(ARGV[1]))
+        redis.call('HINCRBY', KEYS[1], 'held', -release)
+        redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+        return 1
+        ",
+    )
+});
+
+/// The Redis store; cheap to clone (the connection manager reconnects by itself).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+    }
+}
+
+/// Days since the epoch of a `YYYY-MM-DD` day, for the ledger index.
+fn day_number(day: &str) -> i64 {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map(|d| d.signed_duration_since(chrono::NaiveDate::default()).num_days())
+        .unwrap_or(0)
+}
+
+impl RedisStore {
+    /// Connects; every key this store writes starts with `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn k(&self, parts: &[&str]) -> String {
+        format!("{}{}", self.prefix, parts.join(":"))
+    }
+
+    pub(super) async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let old: Option<String> = c.get(self.k(&["key", &key.id])).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some(old) = old {
+            let old: KeyRecord = serde_json::from_str(&old)?;
+            for s in &old.secrets {
+                pipe.del(self.k(&["keyhash", &s.sha256]));
+            }
+        }
+        pipe.set(self.k(&["key", &key.id]), serde_json::to_string(key)?);
+        for s in &key.secrets {
+            pipe.set(self.k(&["keyhash", &s.sha256]), &key.id);
+        }
+        pipe.sadd(self.k(&["keys"]), &key.id);
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    pub(super) async fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let mut c = self.conn.clone();
+        let id: Option<String> = c.get(self.k(&["keyhash", sha256])).await?;
+        match id {
+            Some(id) => self.key(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let mut c = self.conn.clone();
+        let record: Option<String> = c.get(self.k(&["key", id])).await?;
+        Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+    }
+
+    pub(super) async fn keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c.smembers(self.k(&["keys"])).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(k) = self.key(&id).await? {
+                if tenant.is_none_or(|t| t == k.tenant) {
+                    out.push(k);
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        Ok(out)
+    }
+
+    pub(super) async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
+        if holds.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut inv = RESERVE.prepare_invoke();
+        for h in holds {
+            inv.key(self.k(&["ctr", &h.counter]));
+            inv.arg(h.amount)
+                .arg(h.limit)
+                .arg(if h.strict { "1" } else { "0" })
+                .arg(h.ttl_secs.max(1));
+        }
+        let mut c = self.conn.clone();
+        let (index, committed): (i64, i64) = inv.invoke_async(&mut c).await?;
+        Ok(if index < 0 {
+            Ok(())
+        } else {
+            Err(Refused {
+                index: index as usize,
+                committed,
+            })
+        })
+    }
+
+    pub(super) async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        for (counter, held, actual) in items {
+            let _: i64 = SETTLE
+                .key(self.k(&["ctr", counter]))
+                .arg(*held)
+                .arg(*actual)
+                .invoke_async(&mut c)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut out = Vec::with_capacity(counters.len());
+        for name in counters {
+            let v: Option<i64> = c.hget(self.k(&["ctr", name]), "spent").await?;
+            out.push(v.unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        let row = self.k(&[
+            "ledger", &e.day, &e.tenant, &e.project, &e.user, &e.key, &e.model,
+        ]);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &row,
+                &[
+                    ("day", e.day.as_str()),
+                    ("tenant", &e.tenant),
+                    ("project", &e.project),
+                    ("user", &e.user),
+                    ("key", &e.key),
+                    ("model", &e.model),
+                ],
+            )
+            .hincr(&row, "requests", e.requests)
+            .hincr(&row, "tokens_in", e.tokens_in)
+            .hincr(&row, "tokens_out", e.tokens_out)
+            .hincr(&row, "cost", e.cost)
+            .zadd(self.k(&["ledger-index"]), &row, day_number(&e.day));
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    pub(super) async fn ledger(
+        &self,
+        tenant: Option<&str>,
+        since_day: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut c = self.conn.clone();
+        let rows: Vec<String> = c
+            .zrangebyscore(self.k(&["ledger-index"]), day_number(since_day), "+inf")
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let h: HashMap<String, String> = c.hgetall(&row).await?;
+            let s = |f: &str| h.get(f).cloned().unwrap_or_default();
+            let n = |f: &str| h.get(f).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let entry = LedgerEntry {
+                day: s("day"),
+                tenant: s("tenant"),
+                project: s("project"),
+                user: s("user"),
+                key: s("key"),
+                model: s("model"),
+                requests: n("requests"),
+                tokens_in: n("tokens_in"),
+                tokens_out: n("tokens_out"),
+                cost: n("cost"),
+            };
+            if tenant.is_none_or(|t| t == entry.tenant) && entry.day.as_str() >= since_day {
+                out.push(entry);
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.day, &a.tenant, &a.project, &a.user, &a.key, &a.model)
+                .cmp(&(&b.day, &b.tenant, &b.project, &b.user, &b.key, &b.model))
+        });
+        Ok(out)
+    }
+
+    pub(super) async fn get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.k(&["kv", ns, key])).await?)
+    }
+
+    pub(super) async fn put(&self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: () = c.set(self.k(&["kv", ns, key]), value).await?;
+        Ok(())
+    }
+
+    pub(super) async fn first_use(
+        &self,
+        signature: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let ttl = (expires_ms - now_ms).max(1) as u64;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.k(&["replay", signature]))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+}
