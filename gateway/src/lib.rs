@@ -24,5 +24,6 @@ pub mod retry_budget;
 pub mod routes;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod upstream;
 pub mod wire;

@@ -244,7 +244,12 @@ impl Store {
     }
 
     /// Records a signature until `expires_ms`; false when it was already seen (a replay).
-    pub async fn first_use(&self, signature: &str, expires_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+    pub async fn first_use(
+        &self,
+        signature: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         dispatch!(self.first_use(signature, expires_ms, now_ms))
     }
 }

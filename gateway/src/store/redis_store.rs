@@ -54,14 +54,19 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
 /// Days since the epoch of a `YYYY-MM-DD` day, for the ledger index.
 fn day_number(day: &str) -> i64 {
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .map(|d| d.signed_duration_since(chrono::NaiveDate::default()).num_days())
+        .map(|d| {
+            d.signed_duration_since(chrono::NaiveDate::default())
+                .num_days()
+        })
         .unwrap_or(0)
 }
 

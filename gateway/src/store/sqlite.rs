@@ -105,7 +105,9 @@ impl SqliteStore {
         let id = id.to_owned();
         self.with(move |c| {
             let record: Option<String> = c
-                .query_row("SELECT record FROM keys WHERE id = ?1", params![id], |r| r.get(0))
+                .query_row("SELECT record FROM keys WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
         })
@@ -202,8 +204,16 @@ impl SqliteStore {
                  ON CONFLICT DO UPDATE SET requests = requests + ?7,
                      tokens_in = tokens_in + ?8, tokens_out = tokens_out + ?9, cost = cost + ?10",
                 params![
-                    e.day, e.tenant, e.project, e.user, e.key, e.model, e.requests, e.tokens_in,
-                    e.tokens_out, e.cost
+                    e.day,
+                    e.tenant,
+                    e.project,
+                    e.user,
+                    e.key,
+                    e.model,
+                    e.requests,
+                    e.tokens_in,
+                    e.tokens_out,
+                    e.cost
                 ],
             )?;
             Ok(())

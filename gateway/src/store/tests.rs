@@ -1,0 +1,229 @@
+//! The same behaviour, checked on both backends: SQLite always, Redis when
+//! `LLMGW_TEST_REDIS_URL` is set (the Redis tests are `#[ignore]`d otherwise, so a plain
+//! `cargo test` lists them as ignored rather than passing them silently).
+
+use super::*;
+
+fn key(id: &str, tenant: &str, hash: &str) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        prefix: "llmgw_ab".into(),
+        tenant: tenant.into(),
+        project: None,
+        user: None,
+        labels: BTreeMap::new(),
+        allowed_models: Vec::new(),
+        expires_at: None,
+        created_at: 1,
+        revoked_at: None,
+        signing: false,
+        secrets: vec![SecretHash {
+            sha256: hash.into(),
+            not_after: None,
+        }],
+    }
+}
+
+fn hold(counter: &str, amount: i64, limit: i64) -> Hold {
+    Hold {
+        counter: counter.into(),
+        amount,
+        limit,
+        strict: true,
+        ttl_secs: 3600,
+    }
+}
+
+async fn keys_rotate_and_revoke(store: &Store) {
+    store.put_key(&key("k1", "acme", "h-old")).await.unwrap();
+    store
+        .put_key(&key("k2", "globex", "h-other"))
+        .await
+        .unwrap();
+    let k = store
+        .key_by_hash("h-old")
+        .await
+        .unwrap()
+        .expect("found by hash");
+    assert!(k.accepts("h-old", 10));
+    // Rotation: a new secret, the old one valid until t = 100.
+    let mut rotated = k.clone();
+    rotated.secrets = vec![
+        SecretHash {
+            sha256: "h-new".into(),
+            not_after: None,
+        },
+        SecretHash {
+            sha256: "h-old".into(),
+            not_after: Some(100),
+        },
+    ];
+    store.put_key(&rotated).await.unwrap();
+    let by_old = store.key_by_hash("h-old").await.unwrap().unwrap();
+    assert!(by_old.accepts("h-old", 99) && !by_old.accepts("h-old", 100));
+    assert!(store
+        .key_by_hash("h-new")
+        .await
+        .unwrap()
+        .unwrap()
+        .accepts("h-new", 1_000));
+    // Revocation.
+    let mut revoked = rotated.clone();
+    revoked.revoked_at = Some(500);
+    store.put_key(&revoked).await.unwrap();
+    assert!(!store
+        .key_by_hash("h-new")
+        .await
+        .unwrap()
+        .unwrap()
+        .accepts("h-new", 500));
+    // Dropping a hash from the record removes its lookup.
+    let mut pruned = revoked.clone();
+    pruned.secrets.truncate(1);
+    store.put_key(&pruned).await.unwrap();
+    assert!(store.key_by_hash("h-old").await.unwrap().is_none());
+    let acme: Vec<String> = store
+        .keys(Some("acme"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(acme, vec!["k1"]);
+    assert_eq!(store.keys(None).await.unwrap().len(), 2);
+}
+
+async fn strict_reservations_never_pass_the_limit(store: &Store, counter: &str) {
+    // 64 concurrent holds of 7 against a limit of 100: exactly 14 fit.
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        let counter = counter.to_owned();
+        tasks.push(tokio::spawn(async move {
+            store
+                .reserve(&[hold(&counter, 7, 100)])
+                .await
+                .unwrap()
+                .is_ok()
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(granted, 14);
+    // Settling releases holds and counts what was spent.
+    let settle: Vec<(String, i64, i64)> =
+        (0..granted).map(|_| (counter.to_owned(), 7, 5)).collect();
+    store.settle(&settle).await.unwrap();
+    assert_eq!(store.spent(&[counter.to_owned()]).await.unwrap(), vec![70]);
+    // 70 spent: 30 left; a hold on two counters is all or nothing.
+    let other = format!("{counter}-other");
+    let refused = store
+        .reserve(&[hold(&other, 31, 1_000), hold(counter, 31, 100)])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        Refused {
+            index: 1,
+            committed: 70
+        }
+    );
+    assert_eq!(store.spent(&[other.clone()]).await.unwrap(), vec![0]);
+    assert!(store
+        .reserve(&[hold(&other, 31, 1_000), hold(counter, 30, 100)])
+        .await
+        .unwrap()
+        .is_ok());
+    let lenient = Hold {
+        strict: false,
+        ..hold(counter, 1_000, 100)
+    };
+    assert!(store.reserve(&[lenient]).await.unwrap().is_ok());
+}
+
+async fn ledger_kv_and_replays(store: &Store) {
+    let entry = |day: &str, tenant: &str, cost| LedgerEntry {
+        day: day.into(),
+        tenant: tenant.into(),
+        project: "p".into(),
+        user: String::new(),
+        key: "k1".into(),
+        model: "gpt-4o".into(),
+        requests: 1,
+        tokens_in: 10,
+        tokens_out: 5,
+        cost,
+    };
+    store
+        .record(&entry("2026-11-01", "acme", 100))
+        .await
+        .unwrap();
+    store
+        .record(&entry("2026-11-02", "acme", 50))
+        .await
+        .unwrap();
+    store
+        .record(&entry("2026-11-02", "acme", 25))
+        .await
+        .unwrap();
+    store
+        .record(&entry("2026-11-02", "globex", 7))
+        .await
+        .unwrap();
+    let rows = store.ledger(Some("acme"), "2026-11-02").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].requests, rows[0].cost, rows[0].tokens_in),
+        (2, 75, 20)
+    );
+    assert_eq!(store.ledger(None, "2026-11-01").await.unwrap().len(), 3);
+
+    assert_eq!(store.get("canary", "c1").await.unwrap(), None);
+    store.put("canary", "c1", "{\"step\":2}").await.unwrap();
+    assert_eq!(
+        store.get("canary", "c1").await.unwrap().as_deref(),
+        Some("{\"step\":2}")
+    );
+
+    assert!(store.first_use("sig-1", 10_000, 1_000).await.unwrap());
+    assert!(!store.first_use("sig-1", 10_000, 2_000).await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_store_behaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    keys_rotate_and_revoke(&store).await;
+    strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
+    ledger_kv_and_replays(&store).await;
+    // A reopened store keeps everything (migrations are not re-run).
+    drop(store);
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    assert!(store.key("k1").await.unwrap().is_some());
+    assert_eq!(
+        store.spent(&["b:key:k1:2026-11-24".into()]).await.unwrap(),
+        vec![70]
+    );
+}
+
+fn redis_url() -> String {
+    std::env::var("LLMGW_TEST_REDIS_URL")
+        .expect("LLMGW_TEST_REDIS_URL must name the test Redis (e.g. redis://127.0.0.1:6379/)")
+}
+
+async fn redis_store() -> Store {
+    let prefix = format!("llmgw-test-{}:", rand::random::<u64>());
+    Store::Redis(RedisStore::connect(&redis_url(), &prefix).await.unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn redis_store_behaves() {
+    let store = redis_store().await;
+    keys_rotate_and_revoke(&store).await;
+    strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
+    ledger_kv_and_replays(&store).await;
+}
