@@ -179,7 +179,7 @@ impl Environment {
 
 /// A problem found by the checker, at a character offset into the expression.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckError {
+pub struct CompileError {
     /// Stable code.
     pub code: &'static str,
     /// What is wrong.
@@ -195,7 +195,7 @@ pub fn check(
     expr: &mut IdedExpr,
     site: Site,
     offsets: &dyn Fn(u64) -> usize,
-) -> Result<Ty, Vec<CheckError>> {
+) -> Result<Ty, Vec<CompileError>> {
     let mut checker = Checker {
         env: &ENVIRONMENT,
         site,
@@ -215,7 +215,7 @@ struct Checker<'a> {
     env: &'a Environment,
     site: Site,
     locals: Vec<(String, Ty)>,
-    errors: Vec<CheckError>,
+    errors: Vec<CompileError>,
     offsets: &'a dyn Fn(u64) -> usize,
 }
 
@@ -289,7 +289,7 @@ pub const CACHED_MATCHES: &str = "llmgwMatches";
 impl Checker<'_> {
     fn err(&mut self, id: u64, code: &'static str, message: String, help: Option<String>) {
         let offset = (self.offsets)(id);
-        self.errors.push(CheckError {
+        self.errors.push(CompileError {
             code,
             message,
             offset,
@@ -625,6 +625,8 @@ impl Checker<'_> {
                 }
                 Ty::Bool
             }
+            // What `all` and `exists` expand to.
+            ("@not_strictly_false", [_]) => Ty::Bool,
             _ => self.function(id, call, target, &args),
         }
     }

@@ -6,6 +6,11 @@ use crate::model::{self, ProviderType, Strategy};
 use crate::policy::{DowngradeRuleInfo, ModelInfo, Rule};
 use crate::{index, source};
 
+/// A name as one JSON pointer segment (`/` and `~` escaped).
+pub(crate) fn segment(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
 /// A help line listing the names that exist.
 pub(crate) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let mut names: Vec<&str> = names.collect();
@@ -112,14 +117,14 @@ pub(crate) fn weights(
                             "rule `{}` weighs `{name}`, which is not one of its candidates",
                             rule.name
                         ),
-                        loc(&format!("/weights/{name}")),
+                        loc(&format!("/weights/{}", segment(name))),
                     ));
                 }
                 if *value <= 0.0 {
                     diags.push(Diagnostic::error(
                         "rule/weight-not-positive",
                         format!("rule `{}`: weight of `{name}` must be above 0", rule.name),
-                        loc(&format!("/weights/{name}")),
+                        loc(&format!("/weights/{}", segment(name))),
                     ));
                 }
             }
@@ -140,13 +145,22 @@ pub(crate) fn weights(
     }
 }
 
-/// Rules that can never match because an earlier rule always matches first.
-pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule]) {
+/// Rules that can never match because an earlier rule always matches first. Rules whose
+/// condition did not compile (`broken`) take no part: they are reported already.
+pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule], broken: &[bool]) {
     for (i, earlier) in rules.iter().enumerate() {
+        if broken[i] {
+            continue;
+        }
         let Some(covered) = index::covers(earlier) else {
             continue;
         };
-        for later in &rules[i + 1..] {
+        for (_, later) in rules
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .filter(|(j, _)| !broken[*j])
+        {
             let models = later.when.as_ref().and_then(|w| index::models_of(w.ast()));
             let hidden = match (&covered, &models) {
                 (None, _) => true,

@@ -1,6 +1,6 @@
 //! A CEL expression compiled once when a policy loads and evaluated per request.
 
-use crate::celenv::{self, CheckError, Site, Ty, CACHED_MATCHES};
+use crate::celenv::{self, Site, Ty, CACHED_MATCHES};
 use crate::policy::Location;
 use cel::common::types::{CelBool, CelString};
 use cel::context::VariableResolver;
@@ -54,18 +54,7 @@ pub struct CompiledExpr {
     ast: IdedExpr,
 }
 
-/// A problem compiling an expression: where in the expression, and what.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompileError {
-    /// Stable code.
-    pub code: &'static str,
-    /// What is wrong.
-    pub message: String,
-    /// Character offset into the expression.
-    pub offset: usize,
-    /// A hint.
-    pub help: Option<String>,
-}
+pub use crate::celenv::CompileError;
 
 /// A failure evaluating an expression at run time.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,45 +75,60 @@ impl CompiledExpr {
     }
 
     /// Parses and checks `source` written at `site`; a condition must be boolean.
+    ///
+    /// Expressions are bounded (length, nesting) so that no input can exhaust the stack; a
+    /// nested one is parsed on a thread with a large stack, since the CEL parser is recursive.
     pub fn compile(
         source: &str,
         site: Site,
         location: Location,
     ) -> Result<Self, Vec<CompileError>> {
-        let parsed = ENV.parser().parse_with_source_info(source);
-        let (mut ast, info) = match parsed {
-            Ok(ok) => ok,
-            Err(errs) => {
-                return Err(errs
-                    .errors
-                    .iter()
-                    .map(|e| CompileError {
-                        code: "cel/syntax",
-                        message: e.msg.clone(),
-                        offset: offset_of(source, e.pos),
-                        help: None,
-                    })
-                    .collect())
-            }
+        let too_complex = |message: String| {
+            Err(vec![CompileError {
+                code: "cel/too-complex",
+                message,
+                offset: 0,
+                help: Some("split the condition into several rules, or simplify it".into()),
+            }])
         };
-        let offsets = |id: u64| info.offset_for(id).map_or(0, |(start, _)| start as usize);
-        let ty = celenv::check(&mut ast, site, &offsets).map_err(|errs| {
-            errs.into_iter()
-                .map(
-                    |CheckError {
-                         code,
-                         message,
-                         offset,
-                         help,
-                     }| CompileError {
-                        code,
-                        message,
-                        offset,
-                        help,
-                    },
-                )
-                .collect::<Vec<_>>()
-        })?;
+        let chars = source.chars().count();
+        if chars > MAX_LEN {
+            return too_complex(format!(
+                "the expression has {chars} characters; the limit is {MAX_LEN}"
+            ));
+        }
+        let nesting = nesting(source);
+        if nesting > MAX_NESTING {
+            return too_complex(format!(
+                "the expression nests {nesting} levels deep; the limit is {MAX_NESTING}"
+            ));
+        }
+        let (mut ast, info) = if nesting > INLINE_NESTING || chars > INLINE_LEN {
+            std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .stack_size(PARSER_STACK)
+                    .spawn_scoped(scope, || parse(source))
+                    .map_err(|e| vec![internal(e.to_string())])?
+                    .join()
+                    .map_err(|_| vec![internal("the parser failed".into())])?
+            })?
+        } else {
+            parse(source)?
+        };
+        let depth = ast_depth(&ast);
+        if depth > MAX_DEPTH {
+            return too_complex(format!(
+                "the expression is {depth} operations deep; the limit is {MAX_DEPTH}"
+            ));
+        }
+        // Offsets from the parser count bytes; diagnostics count characters.
+        let offsets = |id: u64| {
+            info.offset_for(id).map_or(0, |(start, _)| {
+                let byte = (start as usize).min(source.len());
+                source.char_indices().take_while(|(i, _)| *i < byte).count()
+            })
+        };
+        let ty = celenv::check(&mut ast, site, &offsets)?;
         if !matches!(ty, Ty::Bool | Ty::Dyn) {
             return Err(vec![CompileError {
                 code: "cel/not-boolean",
@@ -163,10 +167,121 @@ fn ty_name(ty: &Ty) -> String {
     format!("{ty:?}").to_lowercase()
 }
 
-/// Character offset of a parser position (line 1-based, column 0-based) in `source`.
+/// The longest expression accepted, in characters.
+const MAX_LEN: usize = 4_096;
+/// The deepest bracket nesting accepted.
+const MAX_NESTING: usize = 24;
+/// The deepest syntax tree accepted (long chains of operators nest too).
+const MAX_DEPTH: usize = 256;
+/// Up to this nesting and length, parsing runs on the caller's stack.
+const INLINE_NESTING: usize = 4;
+/// See [`INLINE_NESTING`].
+const INLINE_LEN: usize = 512;
+/// Stack for parsing larger expressions: the recursive parser needs a lot in debug builds.
+const PARSER_STACK: usize = 256 << 20;
+
+fn internal(message: String) -> CompileError {
+    CompileError {
+        code: "cel/internal",
+        message,
+        offset: 0,
+        help: None,
+    }
+}
+
+fn parse(source: &str) -> Result<(IdedExpr, cel::common::ast::SourceInfo), Vec<CompileError>> {
+    ENV.parser().parse_with_source_info(source).map_err(|errs| {
+        errs.errors
+            .iter()
+            .map(|e| CompileError {
+                code: "cel/syntax",
+                message: e.msg.clone(),
+                offset: offset_of(source, e.pos),
+                help: None,
+            })
+            .collect()
+    })
+}
+
+/// The deepest bracket nesting outside string literals.
+fn nesting(source: &str) -> usize {
+    let (mut depth, mut deepest, mut quote) = (0usize, 0usize, None::<char>);
+    let mut escaped = false;
+    for c in source.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    deepest
+}
+
+/// The depth of a syntax tree, measured without recursion.
+fn ast_depth(root: &IdedExpr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr};
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match &e.expr {
+            Expr::Call(c) => {
+                stack.extend(c.target.iter().map(|t| (&**t, d + 1)));
+                stack.extend(c.args.iter().map(|a| (a, d + 1)));
+            }
+            Expr::Select(s) => stack.push((&s.operand, d + 1)),
+            Expr::List(l) => stack.extend(l.elements.iter().map(|x| (x, d + 1))),
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    if let EntryExpr::MapEntry(me) = &entry.expr {
+                        stack.push((&me.key, d + 1));
+                        stack.push((&me.value, d + 1));
+                    }
+                }
+            }
+            Expr::Struct(s) => {
+                for entry in &s.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        stack.push((&f.value, d + 1));
+                    }
+                }
+            }
+            Expr::Comprehension(c) => {
+                for x in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    stack.push((x, d + 1));
+                }
+            }
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    deepest
+}
+
+/// Character offset of a parser position (line and column, both 1-based) in `source`.
 fn offset_of(source: &str, (line, col): (isize, isize)) -> usize {
     let line = usize::try_from(line.max(1)).unwrap_or(1);
-    let col = usize::try_from(col.max(0)).unwrap_or(0);
+    let col = usize::try_from(col.max(1)).unwrap_or(1) - 1;
     let before: usize = source
         .split_inclusive('\n')
         .take(line - 1)

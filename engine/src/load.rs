@@ -148,25 +148,58 @@ fn parse_file(file: &PolicyFile, diags: &mut Vec<Diagnostic>) -> Option<Parsed> 
         }
     }
     let json = root.to_json();
-    if let Err(errs) = crate::schema::validate(&name, &root, &json) {
-        diags.extend(errs);
-        return None;
-    }
-    match serde_json::from_value::<Document>(json) {
+    let kind = match crate::schema::validate(&name, &root, &json) {
+        Ok(kind) => kind,
+        Err(errs) => {
+            diags.extend(errs);
+            return None;
+        }
+    };
+    match typed(&kind, json) {
         Ok(doc) => Some(Parsed {
             file: name,
             root,
             doc,
         }),
         Err(e) => {
+            let pointer: String = e
+                .path()
+                .iter()
+                .map(|seg| match seg {
+                    serde_path_to_error::Segment::Seq { index } => format!("/{index}"),
+                    serde_path_to_error::Segment::Map { key } => {
+                        format!("/{}", crate::checks::segment(key))
+                    }
+                    _ => String::new(),
+                })
+                .collect();
+            let node = root.pointer(&pointer).unwrap_or(&root);
             diags.push(Diagnostic::error(
                 "schema/invalid",
-                format!("the document does not fit its kind: {e}"),
-                Some(at(&name, root.line, root.column)),
+                format!("`{}` does not fit its kind: {}", e.path(), e.inner()),
+                Some(at(&name, node.line, node.column)),
             ));
             None
         }
     }
+}
+
+/// Deserialises a validated document of a kind, keeping the path of any mismatch.
+fn typed(
+    kind: &str,
+    json: serde_json::Value,
+) -> Result<Document, serde_path_to_error::Error<serde_json::Error>> {
+    use serde_path_to_error::deserialize as de;
+    Ok(match kind {
+        "Providers" => Document::Providers(de(json)?),
+        "Models" => Document::Models(de(json)?),
+        "Routing" => Document::Routing(de(json)?),
+        "Budgets" => Document::Budgets(de(json)?),
+        "Downgrades" => Document::Downgrades(de(json)?),
+        "Canaries" => Document::Canaries(de(json)?),
+        "Cache" => Document::Cache(de(json)?),
+        _ => Document::PolicyTests(de(json)?),
+    })
 }
 
 /// Builds a compiled policy from documents, reporting every problem.
@@ -362,6 +395,7 @@ impl<'d> Builder<'d> {
 
         // Routing rules.
         let mut rules: Vec<Rule> = Vec::new();
+        let mut broken: Vec<bool> = Vec::new();
         let mut rule_names: HashMap<String, Location> = HashMap::new();
         for doc in docs {
             let Document::Routing(r) = &doc.doc else {
@@ -376,6 +410,7 @@ impl<'d> Builder<'d> {
                 }
                 rule_names.insert(rule.name.clone(), loc.clone());
                 let when = self.expr(doc, &format!("{base}/when"), Site::When);
+                broken.push(rule.when.is_some() && when.is_none());
                 let filter = self.expr(doc, &format!("{base}/filter"), Site::Filter);
                 let candidates = rule.candidates.as_ref().map(|names| {
                     names
@@ -402,7 +437,7 @@ impl<'d> Builder<'d> {
                 });
             }
         }
-        checks::shadowed(self.diags, &rules);
+        checks::shadowed(self.diags, &rules, &broken);
 
         // Budgets.
         let mut budgets = Vec::new();
@@ -493,6 +528,7 @@ impl<'d> Builder<'d> {
         // Canaries.
         let mut canaries = Vec::new();
         let mut canary_by_model = HashMap::new();
+        let mut canary_names: HashMap<String, Location> = HashMap::new();
         for doc in docs {
             let Document::Canaries(c) = &doc.doc else {
                 continue;
@@ -500,6 +536,14 @@ impl<'d> Builder<'d> {
             for (i, canary) in c.canaries.iter().enumerate() {
                 let base = format!("/canaries/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
+                if let Some(first) = canary_names.get(&canary.name) {
+                    let msg = format!(
+                        "canary `{}` is declared twice (first at {first})",
+                        canary.name
+                    );
+                    self.error("ref/duplicate-name", msg, loc.clone());
+                }
+                canary_names.insert(canary.name.clone(), loc.clone());
                 let what = format!("canary `{}`", canary.name);
                 let model = resolve_model(
                     &mut self,

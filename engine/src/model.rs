@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 pub const API_VERSION: &str = "llmgw.dev/v1";
 
 /// One policy document, by kind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind")]
+#[derive(Debug, Clone)]
 pub enum Document {
     /// Upstream providers.
     Providers(ProvidersDoc),

@@ -132,6 +132,14 @@ fn report(
                 node,
             ),
         };
+        // A value that looks like a secret is reported by `secret/literal`, redacted; it is
+        // never quoted here.
+        let message = match node.as_str() {
+            Some(text) if crate::secrets::looks_like_secret(text).is_some() => {
+                message.replace(text, &crate::secrets::redact(text))
+            }
+            _ => message,
+        };
         let diag = Diagnostic::error(code, message, Some(at(file, target.line, target.column)))
             .with_len(target.len);
         if !out.contains(&diag) {
