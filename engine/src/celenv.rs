@@ -493,14 +493,8 @@ impl Checker<'_> {
         let name = call.func_name.clone();
         let target = call.target.as_mut().map(|t| self.expr(t));
         let args: Vec<Ty> = call.args.iter_mut().map(|a| self.expr(a)).collect();
-        if let Some(t) = &target {
+        for t in target.iter().chain(args.iter()) {
             if let Ty::Object(p) = t {
-                let msg = format!("`{p}` is an object; select one of its fields");
-                self.err(id, "cel/object-value", msg, None);
-            }
-        }
-        for a in &args {
-            if let Ty::Object(p) = a {
                 let msg = format!("`{p}` is an object; select one of its fields");
                 self.err(id, "cel/object-value", msg, None);
             }

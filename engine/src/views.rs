@@ -186,7 +186,7 @@ impl VariableResolver for Candidate<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct Labels<'a>(pub &'a BTreeMap<String, String>);
 
-fn key_of<'k>(idx: &'k dyn Val) -> Result<&'k str, ExecutionError> {
+fn key_of(idx: &dyn Val) -> Result<&str, ExecutionError> {
     idx.downcast_ref::<CelString>()
         .map(|k| k.inner())
         .ok_or_else(|| ExecutionError::function_error("[]", "map keys are strings"))
