@@ -202,6 +202,30 @@ fn typed(
     })
 }
 
+/// The names of one kind seen so far, to report a name declared twice.
+#[derive(Default)]
+struct Names(HashMap<String, Location>);
+
+impl Names {
+    /// Records `name` declared at `loc`; reports it and returns false when it was seen before.
+    fn claim(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        code: &'static str,
+        what: &str,
+        name: &str,
+        loc: &Location,
+    ) -> bool {
+        if let Some(first) = self.0.get(name) {
+            let msg = format!("{what} `{name}` is declared twice (first at {first})");
+            diags.push(Diagnostic::error(code, msg, Some(loc.clone())));
+            return false;
+        }
+        self.0.insert(name.to_owned(), loc.clone());
+        true
+    }
+}
+
 /// Builds a compiled policy from documents, reporting every problem.
 pub(crate) struct Builder<'d> {
     revision: Arc<str>,
@@ -259,21 +283,21 @@ impl<'d> Builder<'d> {
 
     fn build(mut self, docs: &[Parsed]) -> (Option<CompiledPolicy>, Vec<TestCase>) {
         let mut providers: Vec<model::Provider> = Vec::new();
-        let mut provider_locs: HashMap<String, Location> = HashMap::new();
+        let mut provider_names = Names::default();
         for doc in docs {
             if let Document::Providers(p) = &doc.doc {
                 for (i, prov) in p.providers.iter().enumerate() {
                     let loc = doc.loc(&format!("/providers/{i}/name"));
-                    if let Some(first) = provider_locs.get(&prov.name) {
-                        let msg = format!(
-                            "provider `{}` is declared twice (first at {first})",
-                            prov.name
-                        );
-                        self.error("ref/duplicate-name", msg, loc);
+                    if !provider_names.claim(
+                        self.diags,
+                        "ref/duplicate-name",
+                        "provider",
+                        &prov.name,
+                        &loc,
+                    ) {
                         continue;
                     }
                     checks::provider(self.diags, prov, doc, i);
-                    provider_locs.insert(prov.name.clone(), loc);
                     providers.push(prov.clone());
                 }
             }
@@ -396,7 +420,7 @@ impl<'d> Builder<'d> {
         // Routing rules.
         let mut rules: Vec<Rule> = Vec::new();
         let mut broken: Vec<bool> = Vec::new();
-        let mut rule_names: HashMap<String, Location> = HashMap::new();
+        let mut rule_names = Names::default();
         for doc in docs {
             let Document::Routing(r) = &doc.doc else {
                 continue;
@@ -404,11 +428,7 @@ impl<'d> Builder<'d> {
             for (i, rule) in r.rules.iter().enumerate() {
                 let base = format!("/rules/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
-                if let Some(first) = rule_names.get(&rule.name) {
-                    let msg = format!("rule name `{}` is used twice (first at {first})", rule.name);
-                    self.error("rule/duplicate-name", msg, loc.clone());
-                }
-                rule_names.insert(rule.name.clone(), loc.clone());
+                rule_names.claim(self.diags, "rule/duplicate-name", "rule", &rule.name, &loc);
                 let when = self.expr(doc, &format!("{base}/when"), Site::When);
                 broken.push(rule.when.is_some() && when.is_none());
                 let filter = self.expr(doc, &format!("{base}/filter"), Site::Filter);
@@ -441,7 +461,7 @@ impl<'d> Builder<'d> {
 
         // Budgets.
         let mut budgets = Vec::new();
-        let mut budget_names: HashMap<String, Location> = HashMap::new();
+        let mut budget_names = Names::default();
         for doc in docs {
             let Document::Budgets(b) = &doc.doc else {
                 continue;
@@ -449,14 +469,13 @@ impl<'d> Builder<'d> {
             for (i, budget) in b.budgets.iter().enumerate() {
                 let base = format!("/budgets/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
-                if let Some(first) = budget_names.get(&budget.name) {
-                    let msg = format!(
-                        "budget `{}` is declared twice (first at {first})",
-                        budget.name
-                    );
-                    self.error("ref/duplicate-name", msg, loc.clone());
-                }
-                budget_names.insert(budget.name.clone(), loc.clone());
+                budget_names.claim(
+                    self.diags,
+                    "ref/duplicate-name",
+                    "budget",
+                    &budget.name,
+                    &loc,
+                );
                 checks::budget(self.diags, budget, doc, &base);
                 let when = self.expr(doc, &format!("{base}/when"), Site::When);
                 budgets.push(BudgetRule {
@@ -470,7 +489,7 @@ impl<'d> Builder<'d> {
 
         // Downgrades.
         let mut downgrades = Vec::new();
-        let mut downgrade_names: HashMap<String, Location> = HashMap::new();
+        let mut downgrade_names = Names::default();
         for doc in docs {
             let Document::Downgrades(d) = &doc.doc else {
                 continue;
@@ -478,14 +497,13 @@ impl<'d> Builder<'d> {
             for (i, rule) in d.rules.iter().enumerate() {
                 let base = format!("/rules/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
-                if let Some(first) = downgrade_names.get(&rule.name) {
-                    let msg = format!(
-                        "downgrade rule `{}` is declared twice (first at {first})",
-                        rule.name
-                    );
-                    self.error("rule/duplicate-name", msg, loc.clone());
-                }
-                downgrade_names.insert(rule.name.clone(), loc.clone());
+                downgrade_names.claim(
+                    self.diags,
+                    "rule/duplicate-name",
+                    "downgrade rule",
+                    &rule.name,
+                    &loc,
+                );
                 let when = self.expr(doc, &format!("{base}/when"), Site::When);
                 let what = format!("downgrade rule `{}`", rule.name);
                 let from: Vec<usize> = rule
@@ -528,7 +546,7 @@ impl<'d> Builder<'d> {
         // Canaries.
         let mut canaries = Vec::new();
         let mut canary_by_model = HashMap::new();
-        let mut canary_names: HashMap<String, Location> = HashMap::new();
+        let mut canary_names = Names::default();
         for doc in docs {
             let Document::Canaries(c) = &doc.doc else {
                 continue;
@@ -536,14 +554,13 @@ impl<'d> Builder<'d> {
             for (i, canary) in c.canaries.iter().enumerate() {
                 let base = format!("/canaries/{i}");
                 let loc = doc.loc(&format!("{base}/name"));
-                if let Some(first) = canary_names.get(&canary.name) {
-                    let msg = format!(
-                        "canary `{}` is declared twice (first at {first})",
-                        canary.name
-                    );
-                    self.error("ref/duplicate-name", msg, loc.clone());
-                }
-                canary_names.insert(canary.name.clone(), loc.clone());
+                canary_names.claim(
+                    self.diags,
+                    "ref/duplicate-name",
+                    "canary",
+                    &canary.name,
+                    &loc,
+                );
                 let what = format!("canary `{}`", canary.name);
                 let model = resolve_model(
                     &mut self,

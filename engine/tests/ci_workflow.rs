@@ -5,36 +5,11 @@ use llmgw_engine::yaml::{self, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{copy_dir, git};
+
 const BIN: &str = env!("CARGO_BIN_EXE_llmgw-policy");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Policy Owner",
-            "-c",
-            "user.email=owner@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// The `run:` lines of the workflow that call llmgw-policy.
 fn workflow_commands() -> Vec<String> {

@@ -3,36 +3,11 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::{git, policy_repo};
+
 const BIN: &str = env!("CARGO_BIN_EXE_llmgw-policy");
 const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Policy Owner",
-            "-c",
-            "user.email=owner@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -64,10 +39,7 @@ fn record(
 fn diff_counts_changed_decisions_and_the_cost_delta_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("policies");
-    copy_dir(Path::new(POLICIES), &repo);
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    policy_repo(Path::new(POLICIES), &repo);
     // One routing rule: batch jobs need quality 0.9 (Claude Sonnet instead of DeepSeek V3).
     edit(
         &repo.join("routing.yaml"),
@@ -168,10 +140,7 @@ fn diff_counts_changed_decisions_and_the_cost_delta_exactly() {
 fn diff_refuses_a_head_that_does_not_lint() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("policies");
-    copy_dir(Path::new(POLICIES), &repo);
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "base"]);
+    policy_repo(Path::new(POLICIES), &repo);
     edit(
         &repo.join("routing.yaml"),
         "filter: 'm.quality >= 0.8'",
