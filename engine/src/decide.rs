@@ -7,7 +7,6 @@
 use crate::decision::{
     Arm, Attempt, BudgetAction, CanaryAssignment, Decision, Downgrade, Reservation,
 };
-use crate::expr::EvalError;
 use crate::input::{CircuitState, Endpoint, LiveView, RequestContext, StateView};
 use crate::model::{Capability, Failover, LatencyMetric, OnExceed, Scope, Strategy};
 use crate::policy::{CompiledPolicy, ModelInfo, Rule};
@@ -35,9 +34,6 @@ pub enum DecideError {
         /// Why the candidates were all dropped.
         reason: String,
     },
-    /// A rule's condition failed to evaluate.
-    #[error(transparent)]
-    Eval(#[from] EvalError),
 }
 
 const SCOPES: [Scope; 4] = [Scope::Key, Scope::User, Scope::Project, Scope::Tenant];
@@ -91,7 +87,8 @@ impl CompiledPolicy {
         for (b, budget) in self.budgets.iter().enumerate() {
             let applies = match &budget.when {
                 None => true,
-                Some(when) => when.eval(&self.facts(ctx, &req.model, &vars, now))?,
+                // A budget whose condition cannot be evaluated applies: spend stays bounded.
+                Some(when) => trace.holds(when, &self.facts(ctx, &req.model, &vars, now), true),
             };
             let principal = &ctx.identity.of(budget.spec.scope).id;
             if !applies || principal.is_empty() {
@@ -136,9 +133,11 @@ impl CompiledPolicy {
             for rule in self.downgrades.iter().filter(|r| r.from.contains(&model)) {
                 let fires = match &rule.when {
                     None => vars.exceeded,
-                    Some(when) => {
-                        when.eval(&self.facts(ctx, &self.models[model].name, &vars, now))?
-                    }
+                    Some(when) => trace.holds(
+                        when,
+                        &self.facts(ctx, &self.models[model].name, &vars, now),
+                        false,
+                    ),
                 };
                 trace.push(|| Step::Downgrade {
                     rule: rule.name.to_string(),
@@ -184,7 +183,14 @@ impl CompiledPolicy {
                 trace.push(|| Step::Blocked {
                     budget: budget.spec.name.clone(),
                 });
-                return Ok(self.blocked(ctx, model, budget.name.clone(), downgrade, final_cost));
+                return Ok(self.blocked(
+                    ctx,
+                    model,
+                    budget.name.clone(),
+                    downgrade,
+                    final_cost,
+                    trace.take_errors(),
+                ));
             }
         }
 
@@ -200,7 +206,7 @@ impl CompiledPolicy {
             let rule = &self.rules[i];
             let matched = match &rule.when {
                 None => true,
-                Some(when) => when.eval(&facts)?,
+                Some(when) => trace.holds(when, &facts, false),
             };
             trace.push(|| Step::Rule {
                 rule: rule.name.to_string(),
@@ -223,7 +229,7 @@ impl CompiledPolicy {
             .unwrap_or_else(|| vec![model]);
         let mut ranked = Vec::with_capacity(own.len());
         for (pos, &m) in own.iter().enumerate() {
-            if let Some(c) = self.admit(m, chosen, ctx, live, trace)? {
+            if let Some(c) = self.admit(m, chosen, ctx, live, trace) {
                 ranked.push((pos, m, c));
             }
         }
@@ -236,8 +242,7 @@ impl CompiledPolicy {
             let own_ranked: Vec<usize> = ranked.iter().map(|r| r.1).collect();
             for m in own_ranked {
                 for &eq in &self.models[m].equivalents {
-                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace)?.is_some()
-                    {
+                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace).is_some() {
                         models.push(eq);
                     }
                 }
@@ -355,6 +360,7 @@ impl CompiledPolicy {
             downgrade,
             canary,
             estimated_cost_usd: estimated,
+            eval_errors: trace.take_errors(),
         })
     }
 
@@ -404,6 +410,7 @@ impl CompiledPolicy {
         budget: Arc<str>,
         downgrade: Option<Downgrade>,
         cost: f64,
+        eval_errors: Vec<crate::expr::EvalError>,
     ) -> Decision {
         let name = self.models[model].name.clone();
         Decision {
@@ -420,6 +427,7 @@ impl CompiledPolicy {
             downgrade,
             canary: None,
             estimated_cost_usd: cost,
+            eval_errors,
         }
     }
 
@@ -431,7 +439,7 @@ impl CompiledPolicy {
         ctx: &RequestContext,
         live: &dyn LiveView,
         trace: &mut Trace,
-    ) -> Result<Option<Ranked>, DecideError> {
+    ) -> Option<Ranked> {
         let info = &self.models[m];
         let req = &ctx.request;
         let need = |cap: Capability, wanted: bool| !wanted || info.has(cap);
@@ -462,7 +470,7 @@ impl CompiledPolicy {
                 model: info.name.to_string(),
                 reason,
             });
-            return Ok(None);
+            return None;
         }
         let first = info.deployments.first().copied();
         let stats = first
@@ -480,12 +488,12 @@ impl CompiledPolicy {
                 healthy,
                 estimated_cost: cost,
             };
-            if !filter.eval(&view)? {
+            if !trace.holds(filter, &view, false) {
                 trace.push(|| Step::CandidateDropped {
                     model: info.name.to_string(),
                     reason: format!("filter `{}` is false", filter.source),
                 });
-                return Ok(None);
+                return None;
             }
         }
         let latency = |metric: LatencyMetric| match metric {
@@ -493,11 +501,11 @@ impl CompiledPolicy {
             LatencyMetric::P50 => stats.p50_ms,
             LatencyMetric::Ttft => stats.ttft_ms,
         };
-        Ok(Some(Ranked {
+        Some(Ranked {
             latency: rule.and_then(|r| latency(r.latency_metric)),
             cost,
             context: info.context_window,
-        }))
+        })
     }
 
     /// Orders admitted candidates by the rule's strategy; ties keep the written order.

@@ -135,6 +135,8 @@ pub struct Decision {
     pub estimated_cost_usd: f64,
     /// Response cache TTL of the first attempt's model, seconds (0: do not cache).
     pub cache_ttl_secs: u64,
+    /// Conditions that failed to evaluate (taken as not matching; budgets as applying).
+    pub eval_errors: Vec<crate::expr::EvalError>,
 }
 
 impl Decision {

@@ -57,7 +57,7 @@ pub struct CompiledExpr {
 pub use crate::celenv::CompileError;
 
 /// A failure evaluating an expression at run time.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize)]
 #[error("{location}: evaluating `{expression}`: {message}")]
 pub struct EvalError {
     /// Where the expression was written.

@@ -432,6 +432,12 @@ fn describe(step: &llmgw_engine::trace::Step) -> String {
         Step::DeploymentSkipped { deployment, reason } => {
             format!("deployment {deployment} skipped: {reason}")
         }
+        Step::EvalError {
+            location,
+            expression,
+            message,
+            taken_as,
+        } => format!("`{expression}` ({location}) failed to evaluate, taken as {taken_as}: {message}"),
         Step::Canary {
             canary,
             weight_percent,

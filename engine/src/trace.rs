@@ -1,5 +1,7 @@
 //! The decision trace behind `llmgw-policy explain`: every step the engine took, in order.
 
+use crate::expr::{CompiledExpr, EvalError};
+use cel::context::VariableResolver;
 use serde::Serialize;
 
 /// One step of a decision.
@@ -58,6 +60,17 @@ pub enum Step {
         /// Why.
         reason: String,
     },
+    /// A condition failed to evaluate and was taken as `taken_as`.
+    EvalError {
+        /// Where the condition is written.
+        location: String,
+        /// The condition.
+        expression: String,
+        /// What went wrong.
+        message: String,
+        /// The value it was taken as.
+        taken_as: bool,
+    },
     /// A canary split the request.
     Canary {
         /// The canary.
@@ -70,21 +83,24 @@ pub enum Step {
 }
 
 /// Steps recorded while deciding; off on the request path, where recording costs nothing.
+/// Conditions that failed to evaluate are kept either way: the decision reports them.
 #[derive(Debug, Default)]
 pub struct Trace {
     steps: Option<Vec<Step>>,
+    errors: Vec<EvalError>,
 }
 
 impl Trace {
     /// A trace that records nothing.
     pub fn off() -> Self {
-        Trace { steps: None }
+        Trace::default()
     }
 
     /// A trace that records every step.
     pub fn on() -> Self {
         Trace {
             steps: Some(Vec::new()),
+            errors: Vec::new(),
         }
     }
 
@@ -93,6 +109,34 @@ impl Trace {
         if let Some(steps) = &mut self.steps {
             steps.push(step());
         }
+    }
+
+    /// Evaluates a condition. One that fails to evaluate (a missing map key, say) counts as
+    /// `fallback`, and the failure is recorded so that the gateway can log and count it.
+    pub fn holds(
+        &mut self,
+        expr: &CompiledExpr,
+        vars: &dyn VariableResolver,
+        fallback: bool,
+    ) -> bool {
+        match expr.eval(vars) {
+            Ok(value) => value,
+            Err(e) => {
+                self.push(|| Step::EvalError {
+                    location: e.location.to_string(),
+                    expression: e.expression.to_string(),
+                    message: e.message.clone(),
+                    taken_as: fallback,
+                });
+                self.errors.push(e);
+                fallback
+            }
+        }
+    }
+
+    /// The conditions that failed to evaluate, taken out.
+    pub fn take_errors(&mut self) -> Vec<EvalError> {
+        std::mem::take(&mut self.errors)
     }
 
     /// The recorded steps.
