@@ -35,8 +35,9 @@ const MIN_CASES: usize = 30;
 /// first): `schema/kind` (the document schema lists the same kinds), `yaml/unknown-alias` (the
 /// YAML parser rejects the alias itself), `budget/no-window`, `budget/limit-not-positive`,
 /// `rule/weight-not-positive`, `model/zero-context` and `provider/no-base-url` (the schemas
-/// already require or bound those fields). `source/read` and `source/empty` are about the
-/// source rather than its files and are tested below.
+/// already require or bound those fields), and `cel/internal` (the compiler's own failures).
+/// `source/read` and `source/empty` are about the source rather than its files and are tested
+/// below.
 const ERROR_CODES: &[&str] = &[
     "yaml/syntax",
     "yaml/duplicate-key",
@@ -82,6 +83,7 @@ const ERROR_CODES: &[&str] = &[
     "cel/variable-not-here",
     "cel/object-value",
     "cel/unsupported",
+    "cel/too-complex",
 ];
 
 /// Every warning code; the warnings corpus must exercise each of them.

@@ -7,10 +7,10 @@
 //! compiles, its policy tests are run too, so `decide` sees the same policies; compiled CEL is
 //! evaluated against a request.
 //!
-//! Each case runs on a thread with a large stack. Deeply nested CEL exhausts the stack of the
-//! parser and of the checker (see `known_defects.rs`): that defect is tested there, and the
-//! large stack keeps it from aborting the whole run here, so that every other input still gets
-//! checked. The generators nest CEL only a few levels deep.
+//! Everything runs on the test threads' ordinary 2 MiB stacks, like the gateway's workers: deep
+//! or long CEL must be refused (`cel/too-complex`), never overflow the stack. One property
+//! generates such shapes on purpose. Evaluation is only exercised with shallow expressions, as
+//! evaluating deep ones still needs a large stack in debug builds (`lint_regressions.rs`).
 
 use llmgw_engine::celenv::Site;
 use llmgw_engine::expr::CompiledExpr;
@@ -42,18 +42,6 @@ fn config() -> Config {
     }
 }
 
-/// Runs `f` on a thread with a 256 MiB stack and hands back its result or its panic.
-fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let handle = std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(f)
-        .expect("spawn a thread");
-    match handle.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
 /// The valid base repository of the lint corpus.
 static BASE: LazyLock<Vec<PolicyFile>> = LazyLock::new(|| {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/base");
@@ -80,22 +68,20 @@ fn over_base(files: Vec<(String, Vec<u8>)>) -> Vec<PolicyFile> {
     MemSource::new(all).files().expect("in memory")
 }
 
-/// Loads the files on a big stack; when the policy compiles, runs its tests through `decide`.
+/// Loads the files; when the policy compiles, runs its tests through `decide`.
 fn load_and_use(files: Vec<PolicyFile>) -> LoadOutcome {
-    on_big_stack(move || {
-        let outcome = load_files(&files, None);
-        assert_eq!(outcome.policy.is_some(), !outcome.has_errors());
-        for d in &outcome.diagnostics {
-            if let Some(loc) = &d.location {
-                assert!(loc.line >= 1 && loc.column >= 1, "{d}");
-                assert!(files.iter().any(|f| *f.path == *loc.file), "{d}");
-            }
+    let outcome = load_files(&files, None);
+    assert_eq!(outcome.policy.is_some(), !outcome.has_errors());
+    for d in &outcome.diagnostics {
+        if let Some(loc) = &d.location {
+            assert!(loc.line >= 1 && loc.column >= 1, "{d}");
+            assert!(files.iter().any(|f| *f.path == *loc.file), "{d}");
         }
-        if let Some(policy) = &outcome.policy {
-            let _ = testing::run(policy, &outcome.tests);
-        }
-        outcome
-    })
+    }
+    if let Some(policy) = &outcome.policy {
+        let _ = testing::run(policy, &outcome.tests);
+    }
+    outcome
 }
 
 // --- YAML-ish text ------------------------------------------------------------------------------
@@ -1180,43 +1166,41 @@ fn request_facts() -> impl Strategy<Value = RequestFacts> {
 }
 
 /// Compiles `text` at both sites; evaluates what compiles against `request`.
-fn compile_and_eval(text: String, request: RequestFacts, spent: f64) {
-    on_big_stack(move || {
-        let identity = Identity {
-            tenant: Arc::new(Principal {
-                id: "t-1".into(),
-                labels: [("plan".to_owned(), "trial".to_owned())].into(),
-            }),
-            ..Identity::default()
-        };
-        let budget = BudgetVars {
-            scopes: [Spend { spent, limit: 10.0 }; 4],
-            exceeded: spent > 10.0,
-        };
-        let facts = Facts {
-            request: &request,
-            model: &request.model,
-            identity: &identity,
-            budget: &budget,
-            now: chrono::DateTime::from_timestamp(1_790_000_000, 0)
-                .expect("a valid time")
-                .fixed_offset(),
-        };
-        if let Ok(expr) = CompiledExpr::compile(&text, Site::When, Location::default()) {
-            let _ = expr.eval(&facts);
+fn compile_and_eval(text: &str, request: &RequestFacts, spent: f64) {
+    let identity = Identity {
+        tenant: Arc::new(Principal {
+            id: "t-1".into(),
+            labels: [("plan".to_owned(), "trial".to_owned())].into(),
+        }),
+        ..Identity::default()
+    };
+    let budget = BudgetVars {
+        scopes: [Spend { spent, limit: 10.0 }; 4],
+        exceeded: spent > 10.0,
+    };
+    let facts = Facts {
+        request,
+        model: &request.model,
+        identity: &identity,
+        budget: &budget,
+        now: chrono::DateTime::from_timestamp(1_790_000_000, 0)
+            .expect("a valid time")
+            .fixed_offset(),
+    };
+    if let Ok(expr) = CompiledExpr::compile(text, Site::When, Location::default()) {
+        let _ = expr.eval(&facts);
+    }
+    if let Ok(expr) = CompiledExpr::compile(text, Site::Filter, Location::default()) {
+        for model in BASE_POLICY.models() {
+            let candidate = Candidate {
+                model,
+                stats: DeploymentStats::default(),
+                healthy: true,
+                estimated_cost: 0.01,
+            };
+            let _ = expr.eval(&candidate);
         }
-        if let Ok(expr) = CompiledExpr::compile(&text, Site::Filter, Location::default()) {
-            for model in BASE_POLICY.models() {
-                let candidate = Candidate {
-                    model,
-                    stats: DeploymentStats::default(),
-                    healthy: true,
-                    estimated_cost: 0.01,
-                };
-                let _ = expr.eval(&candidate);
-            }
-        }
-    });
+    }
 }
 
 proptest! {
@@ -1230,16 +1214,14 @@ proptest! {
             cel_token_soup(),
         ],
     ) {
-        on_big_stack(move || {
-            for site in [Site::When, Site::Filter] {
-                if let Err(errs) = CompiledExpr::compile(&text, site, Location::default()) {
-                    assert!(!errs.is_empty());
-                    for e in &errs {
-                        assert!(e.code.starts_with("cel/"), "{e:?}");
-                    }
+        for site in [Site::When, Site::Filter] {
+            if let Err(errs) = CompiledExpr::compile(&text, site, Location::default()) {
+                assert!(!errs.is_empty());
+                for e in &errs {
+                    assert!(e.code.starts_with("cel/"), "{e:?}");
                 }
             }
-        });
+        }
     }
 
     #[test]
@@ -1248,7 +1230,61 @@ proptest! {
         request in request_facts(),
         spent in prop::sample::select(&[0.0, 5.0, 12.0, f64::MAX][..]),
     ) {
-        compile_and_eval(text, request, spent);
+        compile_and_eval(&text, &request, spent);
+    }
+}
+
+/// Deep or long shapes: nesting, chains of operators, prefixes, member and index chains, mixed.
+fn deep_cel() -> impl Strategy<Value = String> {
+    let leaf = prop::sample::select(&["1", "true", "request.input_tokens", "m.quality", "x"][..]);
+    prop_oneof![
+        (0..60usize, leaf.clone()).prop_map(|(n, l)| format!(
+            "{}{l}{} > 0",
+            "(".repeat(n),
+            ")".repeat(n)
+        )),
+        (1..800usize, prop::sample::select(BINARY), leaf.clone())
+            .prop_map(|(n, op, l)| vec![l; n].join(&format!(" {op} "))),
+        (
+            0..1200usize,
+            prop::sample::select(&["!", "-", "!-"][..]),
+            leaf.clone()
+        )
+            .prop_map(|(n, p, l)| format!("{}{l}", p.repeat(n))),
+        (0..60usize).prop_map(|n| format!("{}{} == []", "[".repeat(n), "]".repeat(n))),
+        (0..60usize).prop_map(|n| format!("{}1{} > 0", "size(".repeat(n), ")".repeat(n))),
+        (
+            0..80usize,
+            prop::sample::select(&["(", "[", "{", "size(", "\""][..])
+        )
+            .prop_map(|(n, open)| open.repeat(n)),
+        (0..600usize).prop_map(|n| format!("request{} == 1", ".a".repeat(n))),
+        (0..600usize).prop_map(|n| format!("x{} == 1", ".y".repeat(n))),
+        (0..300usize).prop_map(|n| format!("request.metadata{} == \"v\"", "[\"k\"]".repeat(n))),
+        (0..200usize)
+            .prop_map(|n| { format!("{}true{}", "true ? ".repeat(n), " : false".repeat(n)) }),
+        (0..300usize).prop_map(|n| format!("[{}]", vec!["[1]"; n].join(", "))),
+        prop::collection::vec(
+            prop::sample::select(&["(", "1 + ", "!", "-", "[", "x.", "size(", "a ? ", " : b"][..]),
+            0..600
+        )
+        .prop_map(|t| t.concat() + "1"),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn deep_or_long_cel_is_refused_or_compiled_without_overflowing(text in deep_cel()) {
+        for site in [Site::When, Site::Filter] {
+            if let Err(errs) = CompiledExpr::compile(&text, site, Location::default()) {
+                for e in &errs {
+                    assert!(e.code.starts_with("cel/"), "{e:?}");
+                    assert_ne!(e.code, "cel/internal", "{e:?}");
+                }
+            }
+        }
     }
 }
 
@@ -1262,9 +1298,7 @@ fn the_typed_generator_produces_compiling_cel() {
     let mut compiled = 0;
     for _ in 0..500 {
         let text = strategy.new_tree(&mut runner).expect("a value").current();
-        if on_big_stack(move || {
-            CompiledExpr::compile(&text, Site::Filter, Location::default()).is_ok()
-        }) {
+        if CompiledExpr::compile(&text, Site::Filter, Location::default()).is_ok() {
             compiled += 1;
         }
     }

@@ -1,9 +1,9 @@
-//! Defects of the engine found while building the lint corpus and the property tests.
+//! Regression tests for defects of the engine found with the lint corpus and the property
+//! tests, each with the neighbouring behaviour that was already right.
 //!
-//! Each test states the behaviour the engine should have and fails today, so it is marked
-//! `#[ignore]` with the reason; run them with `cargo test -p llmgw-engine --test known_defects
-//! -- --ignored`. When a defect is fixed, drop its `#[ignore]`. The tests that are not ignored
-//! pin down the neighbouring behaviour that is right today.
+//! A defect still open is a test marked `#[ignore]` with the reason; run those with
+//! `cargo test -p llmgw-engine --test lint_regressions -- --ignored`, and drop the `#[ignore]`
+//! once the defect is fixed.
 
 use llmgw_engine::celenv::Site;
 use llmgw_engine::diag::Diagnostic;
@@ -109,8 +109,9 @@ fn check_error_offsets_point_at_the_offending_node() {
     );
 }
 
+/// cel 0.15 reports parse errors with 1-based columns; they were read as 0-based, which put
+/// every cel/syntax column one too far right.
 #[test]
-#[ignore = "cel 0.15 reports parse errors with 1-based columns, which expr::offset_of reads as 0-based: every cel/syntax column is one too far right"]
 fn syntax_error_offsets_point_at_the_offending_token() {
     assert_eq!(compile_errors(")"), [("cel/syntax", 0)]);
     assert_eq!(compile_errors("a b"), [("cel/syntax", 2)]);
@@ -120,8 +121,9 @@ fn syntax_error_offsets_point_at_the_offending_token() {
     );
 }
 
+/// Checker offsets come from cel's source info, which counts bytes; they were used as
+/// character offsets, so after non-ASCII text a column was too far right.
 #[test]
-#[ignore = "checker offsets come from cel's SourceInfo, which counts bytes, but are used as character offsets: after non-ASCII text the column is too far right"]
 fn check_error_offsets_count_characters_not_bytes() {
     // `reqest` starts at character 16 (byte 22).
     assert_eq!(
@@ -132,8 +134,9 @@ fn check_error_offsets_count_characters_not_bytes() {
 
 // --- macros -----------------------------------------------------------------------------------
 
+/// cel expands `all` and `exists` into a loop over the internal `@not_strictly_false`, which
+/// the checker used to reject as an unknown function.
 #[test]
-#[ignore = "cel expands `all` and `exists` into a loop over the internal function `@not_strictly_false`, which the checker rejects as cel/unknown-function: neither macro can be used"]
 fn the_all_and_exists_macros_compile() {
     for text in [
         r#"request.metadata.exists(k, k == "workload")"#,
@@ -158,8 +161,9 @@ fn the_other_comprehension_macros_compile() {
 
 // --- secrets ----------------------------------------------------------------------------------
 
+/// Schema errors quote the offending value: an API key in `api_key` was redacted by
+/// secret/literal but printed whole by schema/pattern, into CI logs.
 #[test]
-#[ignore = "schema errors quote the offending value in full: an API key in `api_key` is redacted by secret/literal but printed whole by schema/pattern, into CI logs"]
 fn no_diagnostic_repeats_a_secret() {
     for secret in [
         "sk-proj-4fJ9qL2mX8vR1tY6wE3uI0oP5aS7dG2h",
@@ -189,8 +193,9 @@ fn no_diagnostic_repeats_a_secret() {
 
 // --- shadowed rules ---------------------------------------------------------------------------
 
+/// A rule whose `when` failed to compile was treated as unconditional, so every later rule was
+/// reported as rule/shadowed.
 #[test]
-#[ignore = "a rule whose `when` fails to compile is treated as unconditional, so every later rule is reported as rule/shadowed"]
 fn a_condition_that_does_not_compile_shadows_no_rule() {
     let routing = "\
 apiVersion: llmgw.dev/v1
@@ -229,8 +234,9 @@ rules:
 
 // --- locations --------------------------------------------------------------------------------
 
+/// JSON pointers were built without escaping `/` as `~1`: a weight for a model name with a
+/// slash was reported at 1:1.
 #[test]
-#[ignore = "checks build JSON pointers with format!(\"/weights/{name}\") without escaping `/` as `~1`: a model name with a slash is reported at 1:1"]
 fn a_weight_for_a_model_with_a_slash_is_located() {
     let routing = "\
 apiVersion: llmgw.dev/v1
@@ -258,8 +264,9 @@ rules:
     );
 }
 
+/// `8000.0` or `1e3` passed the schema's `integer` but failed serde's u64, which was reported
+/// as schema/invalid at the document's first line instead of the field.
 #[test]
-#[ignore = "`8000.0` or `1e3` pass the schema's `integer` but fail serde's u64, which reports schema/invalid at the document's first line instead of the field"]
 fn an_integer_written_as_a_float_is_accepted_or_located() {
     for value in ["8000.0", "1e3", "99999999999999999999"] {
         let models = format!(
@@ -284,8 +291,9 @@ fn an_integer_written_as_a_float_is_accepted_or_located() {
 
 // --- canaries ---------------------------------------------------------------------------------
 
+/// Canary names key persisted rollout state and the x-llmgw-canary header, but a repeated name
+/// was not reported.
 #[test]
-#[ignore = "canary names are documented as unique (they key persisted rollout state and the x-llmgw-canary header) but a repeated name is not reported"]
 fn canary_names_are_unique() {
     let canaries = "\
 apiVersion: llmgw.dev/v1
@@ -311,28 +319,40 @@ canaries:
     assert_eq!(loc.line, 10, "\n{}", show(&errs));
 }
 
-// --- crashes ----------------------------------------------------------------------------------
+// --- deep expressions -------------------------------------------------------------------------
 
-/// Runs `llmgw-policy lint` on the providers and models with a routing rule whose `when` is
-/// `when`, in a child process: a stack overflow aborts the process, which no test can catch.
-fn lint_binary_with_when(when: &str) -> std::process::Output {
+/// A repository of the providers and models with a routing rule whose `when` is `when`, its
+/// first rule, and a policy test that goes through it.
+fn repo_with_when(when: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     let routing = format!(
-        "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: deep\n    when: '{when}'\n"
+        "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: deep\n    when: '{when}'\n    \
+         candidates: [small]\n"
     );
-    for (path, bytes) in repo(&[("routing.yaml", &routing)]) {
+    let tests =
+        "apiVersion: llmgw.dev/v1\nkind: PolicyTests\ntests:\n  - name: a request for big\n    \
+                 request: {model: big}\n    expect: {model: big}\n";
+    for (path, bytes) in repo(&[("routing.yaml", &routing), ("tests.yaml", tests)]) {
         std::fs::write(dir.path().join(path), bytes).expect("write");
     }
-    Command::new(env!("CARGO_BIN_EXE_llmgw-policy"))
-        .arg("lint")
-        .arg(dir.path())
-        .args(["--format", "json"])
-        .output()
-        .expect("run llmgw-policy")
+    dir
 }
 
-fn assert_lint_finishes(when: &str) {
-    let out = lint_binary_with_when(when);
+/// Runs `llmgw-policy <command>` on such a repository in a child process: a stack overflow
+/// aborts the process, which no test could catch in its own.
+fn policy_with_when(command: &str, when: &str) -> std::process::Output {
+    let dir = repo_with_when(when);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw-policy"));
+    cmd.arg(command).arg(dir.path());
+    if command == "lint" {
+        cmd.args(["--format", "json"]);
+    }
+    cmd.output().expect("run llmgw-policy")
+}
+
+/// The codes `lint` reports for a `when`, after checking that it finished.
+fn lint_codes(when: &str) -> Vec<String> {
+    let out = policy_with_when("lint", when);
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "lint died ({:?}) on a `when` of {} characters: {}",
@@ -344,24 +364,94 @@ fn assert_lint_finishes(when: &str) {
             .collect::<Vec<_>>()
             .join(" / ")
     );
+    let found: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("lint --format json prints JSON");
+    found
+        .iter()
+        .map(|d| d["code"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn chain(terms: usize) -> String {
+    vec!["1"; terms].join(" + ") + " > 0"
+}
+
+fn parenthesised(depth: usize) -> String {
+    format!("{}true{}", "(".repeat(depth), ")".repeat(depth))
 }
 
 #[test]
-fn moderately_nested_conditions_lint() {
-    assert_lint_finishes(&format!("{}true{}", "(".repeat(8), ")".repeat(8)));
-    assert_lint_finishes(&(vec!["1"; 100].join(" + ") + " > 0"));
+fn conditions_up_to_the_limits_lint_clean() {
+    // 24 levels of brackets, 255 chained operations, 4,096 characters.
+    assert_eq!(lint_codes(&parenthesised(24)), Vec::<String>::new());
+    assert_eq!(lint_codes(&chain(255)), Vec::<String>::new());
+    let long = format!(
+        "request.model in [{}]",
+        (0..455)
+            .map(|i| format!("\"m{i:03}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(long.chars().count() <= 4096, "{}", long.len());
+    assert_eq!(lint_codes(&long), Vec::<String>::new());
 }
 
+/// The checker recursed once per syntax-tree level with no limit: a `when` of 20,000 chained
+/// additions overflowed the stack and aborted lint, in release builds too.
 #[test]
-#[ignore = "celenv::Checker recurses once per AST level with no depth limit: a `when` of 20,000 chained additions (80 KB) overflows the stack and aborts lint, in release builds too (from about 6,000 terms on an 8 MiB stack)"]
-fn a_long_chain_of_additions_does_not_crash_lint() {
-    assert_lint_finishes(&(vec!["1"; 20_000].join(" + ") + " > 0"));
-}
-
-#[test]
-#[ignore = "in debug builds the CEL parser needs about 150 KiB of stack per parenthesis; its depth limit of 96 is far beyond what fits: 60 levels abort lint on an 8 MiB stack, 12 on a 2 MiB thread"]
-fn deeply_parenthesised_conditions_do_not_crash_lint() {
-    for depth in [60, 90, 200] {
-        assert_lint_finishes(&format!("{}true{}", "(".repeat(depth), ")".repeat(depth)));
+fn a_long_chain_of_additions_is_too_complex_and_does_not_crash_lint() {
+    for terms in [300, 1_000, 20_000] {
+        assert_eq!(
+            lint_codes(&chain(terms)),
+            ["cel/too-complex"],
+            "{terms} terms"
+        );
     }
+}
+
+/// In debug builds the CEL parser needs about 150 KiB of stack per parenthesis: 60 levels
+/// aborted lint on an 8 MiB stack, 12 on a 2 MiB thread.
+#[test]
+fn deeply_parenthesised_conditions_are_too_complex_and_do_not_crash_lint() {
+    for depth in [25, 60, 90, 200, 5_000] {
+        assert_eq!(
+            lint_codes(&parenthesised(depth)),
+            ["cel/too-complex"],
+            "{depth} levels"
+        );
+    }
+    // Unbalanced brackets count too.
+    assert_eq!(lint_codes(&"(".repeat(100)), ["cel/too-complex"]);
+    assert_eq!(lint_codes(&"[".repeat(100)), ["cel/too-complex"]);
+}
+
+#[test]
+fn compiling_conditions_at_the_limits_fits_a_small_stack() {
+    // Test threads have 2 MiB of stack, like the gateway's worker threads.
+    for text in [chain(255), parenthesised(24), "!".repeat(4000) + "true"] {
+        let errs = compile_errors(&text);
+        assert!(
+            errs.iter().all(|(code, _)| *code == "cel/too-complex"),
+            "{errs:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "evaluation is not bounded like compilation: in debug builds a condition that lints clean (255 chained additions) overflows the 8 MiB main thread in `llmgw-policy test`, and 60 chained additions a 2 MiB thread; release builds fit"]
+fn a_condition_that_lints_clean_evaluates_without_crashing() {
+    let when = chain(255);
+    assert_eq!(lint_codes(&when), Vec::<String>::new());
+    let out = policy_with_when("test", &when);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "llmgw-policy test died ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
 }
