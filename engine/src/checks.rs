@@ -33,14 +33,6 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     let base = format!("/providers/{i}");
     match p.kind {
         ProviderType::Simulated => {}
-        ProviderType::OpenaiCompatible if p.base_url.is_none() => diags.push(Diagnostic::error(
-            "provider/no-base-url",
-            format!(
-                "provider `{}` is OpenAI-compatible but has no `base_url`",
-                p.name
-            ),
-            Some(doc.loc(&base)),
-        )),
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
             format!(
@@ -53,7 +45,7 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     }
 }
 
-/// Prices and capabilities of a model.
+/// Prices of a model.
 pub(crate) fn model(diags: &mut Vec<Diagnostic>, m: &model::Model, doc: &Parsed, i: usize) {
     // Output tokens cost nothing only on a model that produces none (embeddings).
     let chats = m.capabilities.contains(&model::Capability::Chat);
@@ -73,13 +65,6 @@ pub(crate) fn model(diags: &mut Vec<Diagnostic>, m: &model::Model, doc: &Parsed,
                 ),
             );
         }
-    }
-    if m.context_window == 0 {
-        diags.push(Diagnostic::error(
-            "model/zero-context",
-            format!("model `{}` has a context window of 0", m.name),
-            Some(doc.loc(&format!("/models/{i}/context_window"))),
-        ));
     }
 }
 
@@ -109,7 +94,7 @@ pub(crate) fn weights(
             Vec::new()
         }
         (Strategy::Weighted, Some(w), Some(c)) => {
-            for (name, value) in w {
+            for name in w.keys() {
                 if !c.contains(name) {
                     diags.push(Diagnostic::error(
                         "rule/weight-not-candidate",
@@ -117,13 +102,6 @@ pub(crate) fn weights(
                             "rule `{}` weighs `{name}`, which is not one of its candidates",
                             rule.name
                         ),
-                        loc(&format!("/weights/{}", segment(name))),
-                    ));
-                }
-                if *value <= 0.0 {
-                    diags.push(Diagnostic::error(
-                        "rule/weight-not-positive",
-                        format!("rule `{}`: weight of `{name}` must be above 0", rule.name),
                         loc(&format!("/weights/{}", segment(name))),
                     ));
                 }
@@ -184,28 +162,7 @@ pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule], broken: &[bo
     }
 }
 
-/// Budget settings that cannot work.
-pub(crate) fn budget(diags: &mut Vec<Diagnostic>, b: &model::Budget, doc: &Parsed, base: &str) {
-    if b.limit_usd <= 0.0 {
-        diags.push(Diagnostic::error(
-            "budget/limit-not-positive",
-            format!("budget `{}`: `limit_usd` must be above 0", b.name),
-            Some(doc.loc(&format!("{base}/limit_usd"))),
-        ));
-    }
-    if b.period == model::Period::Rolling && b.window_secs.unwrap_or(0) == 0 {
-        diags.push(Diagnostic::error(
-            "budget/no-window",
-            format!(
-                "budget `{}` is rolling but has no positive `window_secs`",
-                b.name
-            ),
-            Some(doc.loc(&format!("{base}/period"))),
-        ));
-    }
-}
-
-/// Downgrade chains that loop.
+/// Downgrade chains that loop, each loop reported once, at its first rule.
 pub(crate) fn downgrade_cycles(
     diags: &mut Vec<Diagnostic>,
     rules: &[DowngradeRuleInfo],
@@ -217,33 +174,39 @@ pub(crate) fn downgrade_cycles(
             next[from].push((rule.to, r));
         }
     }
-    let mut reported = vec![false; rules.len()];
+    let mut found: Vec<Vec<usize>> = Vec::new();
     for start in 0..models.len() {
-        // Depth-first search for a path from `start` back to itself.
-        let mut stack = vec![(start, vec![start], None::<usize>)];
+        // Depth-first search for paths from `start` back to itself: (model, models, rules).
+        let mut stack = vec![(start, vec![start], Vec::<usize>::new())];
         let mut seen = vec![false; models.len()];
         while let Some((node, path, via)) = stack.pop() {
             for &(to, r) in &next[node] {
+                let mut rules_on_loop = via.clone();
+                rules_on_loop.push(r);
                 if to == start {
-                    let closing = via.map_or(r, |_| r);
-                    if !reported[closing] {
-                        reported[closing] = true;
-                        let names: Vec<&str> = path
-                            .iter()
-                            .chain([&start])
-                            .map(|&m| &*models[m].name)
-                            .collect();
-                        diags.push(Diagnostic::error(
-                            "downgrade/cycle",
-                            format!("downgrades loop: {}", names.join(" → ")),
-                            Some(rules[closing].location.clone()),
-                        ));
+                    let mut key = rules_on_loop.clone();
+                    key.sort_unstable();
+                    key.dedup();
+                    if found.contains(&key) {
+                        continue;
                     }
+                    let first = key[0];
+                    found.push(key);
+                    let names: Vec<&str> = path
+                        .iter()
+                        .chain([&start])
+                        .map(|&m| &*models[m].name)
+                        .collect();
+                    diags.push(Diagnostic::error(
+                        "downgrade/cycle",
+                        format!("downgrades loop: {}", names.join(" → ")),
+                        Some(rules[first].location.clone()),
+                    ));
                 } else if !seen[to] {
                     seen[to] = true;
                     let mut p = path.clone();
                     p.push(to);
-                    stack.push((to, p, Some(r)));
+                    stack.push((to, p, rules_on_loop));
                 }
             }
         }

@@ -172,7 +172,7 @@ const MAX_LEN: usize = 4_096;
 /// The deepest bracket nesting accepted.
 const MAX_NESTING: usize = 24;
 /// The deepest syntax tree accepted (long chains of operators nest too).
-const MAX_DEPTH: usize = 256;
+const MAX_DEPTH: usize = 32;
 /// Up to this nesting and length, parsing runs on the caller's stack.
 const INLINE_NESTING: usize = 4;
 /// See [`INLINE_NESTING`].

@@ -111,13 +111,20 @@ pub fn load_files(files: &[PolicyFile], revision: Option<&str>) -> LoadOutcome {
 
 fn parse_file(file: &PolicyFile, diags: &mut Vec<Diagnostic>) -> Option<Parsed> {
     let name: Arc<str> = file.path.as_str().into();
-    let Ok(text) = std::str::from_utf8(&file.bytes) else {
-        diags.push(Diagnostic::error(
-            "yaml/encoding",
-            "the file is not UTF-8",
-            Some(at(&name, 1, 1)),
-        ));
-        return None;
+    let text = match std::str::from_utf8(&file.bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            // Point at the first byte that is not UTF-8.
+            let valid = String::from_utf8_lossy(&file.bytes[..e.valid_up_to()]);
+            let line = valid.matches('\n').count() + 1;
+            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            diags.push(Diagnostic::error(
+                "yaml/encoding",
+                "the file is not UTF-8",
+                Some(at(&name, line, column)),
+            ));
+            return None;
+        }
     };
     let root = match yaml::parse(text) {
         Ok(root) => root,
@@ -476,7 +483,6 @@ impl<'d> Builder<'d> {
                     &budget.name,
                     &loc,
                 );
-                checks::budget(self.diags, budget, doc, &base);
                 let when = self.expr(doc, &format!("{base}/when"), Site::When);
                 budgets.push(BudgetRule {
                     spec: budget.clone(),
@@ -604,6 +610,16 @@ impl<'d> Builder<'d> {
                 else {
                     continue;
                 };
+                if baseline == candidate {
+                    let msg =
+                        format!("{what}: the baseline and the candidate are the same deployment");
+                    self.error(
+                        "canary/same-deployment",
+                        msg,
+                        doc.loc(&format!("{base}/candidate")),
+                    );
+                    continue;
+                }
                 if canary_by_model.insert(model, canaries.len()).is_some() {
                     let msg = format!(
                         "model `{}` already has a canary; run one at a time",
@@ -626,6 +642,7 @@ impl<'d> Builder<'d> {
         // Cache.
         let mut cache_default_ttl = 0;
         let mut cache_ttl = HashMap::new();
+        let mut cache_models = Names::default();
         for doc in docs {
             let Document::Cache(c) = &doc.doc else {
                 continue;
@@ -633,6 +650,15 @@ impl<'d> Builder<'d> {
             cache_default_ttl = c.default_ttl_secs;
             for (i, rule) in c.rules.iter().enumerate() {
                 let l = doc.loc(&format!("/rules/{i}/model"));
+                if !cache_models.claim(
+                    self.diags,
+                    "ref/duplicate-name",
+                    "cache rule for model",
+                    &rule.model,
+                    &l,
+                ) {
+                    continue;
+                }
                 if let Some(m) = resolve_model(&mut self, &rule.model, l, "cache rule") {
                     cache_ttl.insert(m, rule.ttl_secs);
                 }

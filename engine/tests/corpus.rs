@@ -33,9 +33,7 @@ const MIN_CASES: usize = 30;
 ///
 /// Not listed, because no input reaches them (an earlier check always reports the mistake
 /// first): `schema/kind` (the document schema lists the same kinds), `yaml/unknown-alias` (the
-/// YAML parser rejects the alias itself), `budget/no-window`, `budget/limit-not-positive`,
-/// `rule/weight-not-positive`, `model/zero-context` and `provider/no-base-url` (the schemas
-/// already require or bound those fields), and `cel/internal` (the compiler's own failures).
+/// YAML parser rejects the alias itself), and `cel/internal` (the compiler's own failures).
 /// `source/read` and `source/empty` are about the source rather than its files and are tested
 /// below.
 const ERROR_CODES: &[&str] = &[
@@ -71,6 +69,7 @@ const ERROR_CODES: &[&str] = &[
     "downgrade/cycle",
     "canary/invalid-rollout",
     "canary/foreign-deployment",
+    "canary/same-deployment",
     "canary/duplicate",
     "cel/syntax",
     "cel/unknown-variable",

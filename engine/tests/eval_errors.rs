@@ -45,6 +45,9 @@ fn a_rule_whose_condition_fails_is_skipped_and_reported() {
     )
     .unwrap();
     let d = policy.decide(&input.context(), &input, &input).unwrap();
-    assert_eq!((d.rule.as_ref(), d.attempts[0].model.as_ref()), ("batch", "small"));
+    assert_eq!(
+        (d.rule.as_ref(), d.attempts[0].model.as_ref()),
+        ("batch", "small")
+    );
     assert!(d.eval_errors.is_empty());
 }
