@@ -4,7 +4,7 @@
 use crate::circuit::Circuit;
 use crate::keys::KeyStore;
 use crate::live::{DeploymentLive, LiveStats};
-use crate::metrics::{Metrics, PolicyLabels, ProviderLabels};
+use crate::metrics::{Metrics, PolicyLabels, ProviderLabels, ServedHandles};
 use crate::policy_source::PolicyLocation;
 use crate::providers;
 use crate::retry_budget::RetryBudget;
@@ -14,7 +14,7 @@ use llmgw_engine::input::CircuitState;
 use llmgw_engine::model::Scope;
 use llmgw_engine::CompiledPolicy;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Limits applied to clients.
@@ -53,6 +53,7 @@ pub struct Runtime {
     pub circuits: Vec<Arc<Circuit>>,
     /// Live stats by deployment index.
     pub live: LiveStats,
+    served: Vec<OnceLock<ServedHandles>>,
 }
 
 impl Runtime {
@@ -65,6 +66,7 @@ impl Runtime {
             .iter()
             .map(|p| Arc::new(Circuit::new(p.circuit)))
             .collect();
+        let n = policy.deployments().len();
         let recorders = policy
             .deployments()
             .iter()
@@ -81,7 +83,15 @@ impl Runtime {
             providers,
             circuits,
             live: LiveStats::new(recorders, by_deployment),
+            served: (0..n).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// The metrics of successful requests served by deployment `index`.
+    pub fn served_metrics(&self, index: usize, metrics: &Metrics) -> Option<&ServedHandles> {
+        let d = self.policy.deployments().get(index)?;
+        let cell = self.served.get(index)?;
+        Some(cell.get_or_init(|| metrics.served(&d.model_name, &d.provider_name)))
     }
 }
 

@@ -87,21 +87,9 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// `llmgw serve`.
 pub async fn serve(args: ServeArgs) -> i32 {
-    init_logging(&args.log);
+    crate::logging::init(&args.log);
     let location = match &args.policies {
         Some(dir) => PolicyLocation::Dir(dir.clone()),
         None => PolicyLocation::Embedded,
@@ -197,6 +185,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     tracing::info!(target: "llmgw::server", %addr, revision = revision.as_str(), "serving");
     crate::server::serve(listener, app, shutdown_signal()).await;
     tracing::info!(target: "llmgw::server", "stopped");
+    crate::logging::flush();
     0
 }
 

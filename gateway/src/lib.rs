@@ -15,6 +15,7 @@ pub mod cli;
 pub mod error;
 pub mod keys;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod phases;
 pub mod policy_source;

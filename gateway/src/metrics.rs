@@ -107,7 +107,59 @@ impl Default for Metrics {
     }
 }
 
+/// The metrics of successful requests served by one deployment, resolved once so the hot
+/// path touches atomics only.
+#[derive(Debug, Clone)]
+pub struct ServedHandles {
+    /// `requests{status=200}`.
+    pub ok: Counter,
+    /// Latency.
+    pub latency: Histogram,
+    /// Time to first token.
+    pub ttft: Histogram,
+    /// Input tokens.
+    pub tokens_in: Counter,
+    /// Output tokens.
+    pub tokens_out: Counter,
+    /// Cost.
+    pub cost: Counter<f64, AtomicU64>,
+}
+
 impl Metrics {
+    /// The handles of successful requests served by `model` on `provider`.
+    pub fn served(&self, model: &str, provider: &str) -> ServedHandles {
+        // One statement per lookup: a family's read guard must be gone before the next
+        // lookup in the same family may need its write lock.
+        let labels = ModelLabels {
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+        };
+        let tokens = |kind| TokenLabels {
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+            kind,
+        };
+        let request = RequestLabels {
+            status: 200,
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+        };
+        let ok = self.requests.get_or_create(&request).clone();
+        let latency = self.latency.get_or_create(&labels).clone();
+        let ttft = self.ttft.get_or_create(&labels).clone();
+        let tokens_in = self.tokens.get_or_create(&tokens("input")).clone();
+        let tokens_out = self.tokens.get_or_create(&tokens("output")).clone();
+        let cost = self.cost.get_or_create(&labels).clone();
+        ServedHandles {
+            ok,
+            latency,
+            ttft,
+            tokens_in,
+            tokens_out,
+            cost,
+        }
+    }
+
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("llmgw");

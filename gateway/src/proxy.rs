@@ -163,6 +163,7 @@ fn reject(
             trace: None,
             outcome: "error",
             error: Some(&err.message),
+            handles: None,
         },
     );
     error_response(&err, info, None)
@@ -352,6 +353,9 @@ fn finish(
     outcome: &str,
     error: Option<&str>,
 ) {
+    let handles = served
+        .map(|i| plan.attempt(i).index)
+        .and_then(|d| plan.rt.served_metrics(d, &plan.app.metrics));
     let served = served
         .map(|i| plan.attempt(i))
         .map(|a| (&*a.model, &*a.provider));
@@ -373,6 +377,7 @@ fn finish(
             trace: Some(trace),
             outcome,
             error,
+            handles,
         },
     );
 }

@@ -92,7 +92,7 @@ async fn every_answer_names_revision_rule_model_provider_cost_and_cache() {
     let cost: f64 = a.header("x-llmgw-cost-usd").parse().expect("a number");
     let expected = (input * 2.5 + output * 10.0) / 1e6;
     assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
-    let log = gw.request_logs().pop().expect("a request log line");
+    let log = gw.wait_request_logs(1).pop().expect("a request log line");
     assert_eq!(log["key_id"], "dev");
     assert_eq!(log["model"], "chat-large");
     assert_eq!(log["provider"], "sim-fast");

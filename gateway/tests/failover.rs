@@ -194,7 +194,7 @@ async fn a_stream_cut_after_output_resumes_on_a_prefill_model() {
     assert!(a.done() && !a.stream_error());
     assert_eq!(mock.stats.attempts("p+cut-3"), 1);
     assert_eq!(mock.stats.attempts("b+ok"), 1);
-    let log = gw.request_logs().pop().expect("request log");
+    let log = gw.wait_request_logs(1).pop().expect("request log");
     assert_eq!(log["resumed"], 1);
     assert_eq!(log["outcome"], "ok");
 }
@@ -237,7 +237,7 @@ async fn a_stream_cut_without_a_prefill_model_ends_with_an_error_event() {
         "no restart that would repeat the answer"
     );
     assert_eq!(
-        gw.request_logs().pop().expect("log")["outcome"],
+        gw.wait_request_logs(1).pop().expect("log")["outcome"],
         "truncated"
     );
 }
@@ -427,6 +427,7 @@ async fn upstream_keys_never_reach_clients_or_logs() {
         bodies.push_str(&format!("{:?}", a.headers));
     }
     bodies.push_str(&get(&gw.url("/admin/status")).await.body);
+    gw.wait_request_logs(2);
     bodies.push_str(&get(&gw.url("/metrics")).await.body);
     assert!(!bodies.contains(UPSTREAM_SECRET));
     assert!(!gw.logs().contains(UPSTREAM_SECRET));

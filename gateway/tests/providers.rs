@@ -47,6 +47,7 @@ async fn whole_and_streamed(kind: &str) {
     assert_eq!(s.streamed_text(), expected_text(6));
     assert!(s.done());
     assert_eq!(mock.stats.attempts("native+ok"), 2);
+    gw.wait_request_logs(2);
     assert!(!gw.logs().contains(UPSTREAM_SECRET));
 }
 

@@ -42,11 +42,32 @@ pub struct RequestRecord<'a> {
     pub outcome: &'a str,
     /// The error message, if any.
     pub error: Option<&'a str>,
+    /// Pre-resolved metrics of the serving deployment (successful requests).
+    pub handles: Option<&'a crate::metrics::ServedHandles>,
 }
 
 /// Updates metrics and writes the request's log line.
 pub fn record(app: &App, r: &RequestRecord<'_>) {
     let (model, provider) = r.served.unwrap_or((r.requested_model, ""));
+    match r.handles {
+        Some(h) if r.status == 200 => {
+            h.ok.inc();
+            h.latency.observe(r.latency.as_secs_f64());
+            if let Some(t) = r.ttft {
+                h.ttft.observe(t.as_secs_f64());
+            }
+            h.tokens_in.inc_by(r.usage.input_tokens);
+            h.tokens_out.inc_by(r.usage.output_tokens);
+            if r.cost_usd > 0.0 {
+                h.cost.inc_by(r.cost_usd);
+            }
+        }
+        _ => metrics_slow_path(app, r, model, provider),
+    }
+    log(r, model, provider);
+}
+
+fn metrics_slow_path(app: &App, r: &RequestRecord<'_>, model: &str, provider: &str) {
     let m = &app.metrics;
     m.requests
         .get_or_create(&RequestLabels {
@@ -81,6 +102,9 @@ pub fn record(app: &App, r: &RequestRecord<'_>) {
     if r.cost_usd > 0.0 {
         m.cost.get_or_create(&labels).inc_by(r.cost_usd);
     }
+}
+
+fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
     let id = |f: fn(&Identity) -> &str| r.identity.map(f).unwrap_or("");
     let d = r.decision;
     let attempts = r

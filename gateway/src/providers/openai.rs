@@ -10,6 +10,8 @@ use crate::upstream::{
 use ::http::header::AUTHORIZATION;
 use llmgw_engine::input::Endpoint;
 use llmgw_engine::model::{self, ProviderType, Timeouts};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -42,36 +44,93 @@ impl OpenAi {
         }
     }
 
-    /// The body sent upstream.
-    fn body(&self, req: &UpstreamRequest<'_>) -> Value {
-        let mut body = req.body.clone();
-        let Some(obj) = body.as_object_mut() else {
-            return body;
+    /// The body sent upstream, serialised straight from the client's body (no copy of it).
+    fn body(&self, req: &UpstreamRequest<'_>) -> Vec<u8> {
+        serde_json::to_vec(&Outgoing {
+            req,
+            compatible: self.compatible,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The client's body with the upstream model, stream options and prefill applied.
+struct Outgoing<'a> {
+    req: &'a UpstreamRequest<'a>,
+    compatible: bool,
+}
+
+impl Serialize for Outgoing<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let req = self.req;
+        let Some(obj) = req.body.as_object() else {
+            return req.body.serialize(s);
         };
-        obj.insert("model".into(), Value::String(req.upstream_model.to_owned()));
+        let chat = req.endpoint == Endpoint::Chat;
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in obj {
+            match k.as_str() {
+                "model" => {}
+                "metadata" if self.compatible => {}
+                "stream" | "stream_options" if chat => {}
+                "messages" if chat && req.prefill.is_some() => {}
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.serialize_entry("model", req.upstream_model)?;
+        if chat && req.stream {
+            map.serialize_entry("stream", &true)?;
+            map.serialize_entry(
+                "stream_options",
+                &StreamOptions {
+                    include_usage: true,
+                },
+            )?;
+        }
+        if let (true, Some(prefill)) = (chat, req.prefill) {
+            let base = obj
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            map.serialize_entry(
+                "messages",
+                &WithPrefill {
+                    base,
+                    prefill,
+                    compatible: self.compatible,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// The messages followed by the partial assistant answer to continue.
+struct WithPrefill<'a> {
+    base: &'a [Value],
+    prefill: &'a str,
+    compatible: bool,
+}
+
+impl Serialize for WithPrefill<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.base.len() + 1))?;
+        for m in self.base {
+            seq.serialize_element(m)?;
+        }
+        let mut msg = json!({ "role": "assistant", "content": self.prefill });
         if self.compatible {
-            obj.remove("metadata");
+            // DeepSeek's and Mistral's flag for "continue this message".
+            msg["prefix"] = Value::Bool(true);
         }
-        if req.endpoint == Endpoint::Chat {
-            if req.stream {
-                obj.insert("stream".into(), Value::Bool(true));
-                obj.insert("stream_options".into(), json!({ "include_usage": true }));
-            } else {
-                obj.remove("stream");
-                obj.remove("stream_options");
-            }
-            if let Some(prefill) = req.prefill {
-                let mut msg = json!({ "role": "assistant", "content": prefill });
-                if self.compatible {
-                    // DeepSeek's and Mistral's flag for "continue this message".
-                    msg["prefix"] = Value::Bool(true);
-                }
-                if let Some(Value::Array(messages)) = obj.get_mut("messages") {
-                    messages.push(msg);
-                }
-            }
-        }
-        body
+        seq.serialize_element(&msg)?;
+        seq.end()
     }
 }
 
@@ -92,7 +151,7 @@ impl Provider for OpenAi {
                     headers.push((AUTHORIZATION, v));
                 }
             }
-            let body = serde_json::to_vec(&self.body(&req)).unwrap_or_default();
+            let body = self.body(&req);
             let first = Duration::from_millis(self.timeouts.first_token_ms);
             let resp =
                 http::post(&self.client, &http::join(base, path), headers, body, first).await?;
@@ -219,6 +278,36 @@ mod tests {
             event: None,
             data: data.to_owned(),
         }
+    }
+
+    #[test]
+    fn rewrites_the_body_for_the_upstream() {
+        let provider: model::Provider = serde_json::from_value(json!({
+            "name": "p", "type": "openai_compatible", "base_url": "http://127.0.0.1:1/v1",
+        }))
+        .expect("provider");
+        let adapter = OpenAi::new(&provider);
+        let body = json!({
+            "model": "logical", "stream": false, "metadata": { "a": "b" }, "temperature": 0.5,
+            "messages": [{ "role": "user", "content": "hi" }],
+        });
+        let req = UpstreamRequest {
+            endpoint: Endpoint::Chat,
+            body: &body,
+            upstream_model: "up",
+            prefill: Some("part"),
+            stream: true,
+        };
+        let out: Value = serde_json::from_slice(&adapter.body(&req)).expect("json");
+        assert_eq!(out["model"], "up");
+        assert_eq!(out["stream"], true);
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["temperature"], 0.5);
+        assert!(out.get("metadata").is_none());
+        assert_eq!(
+            out["messages"][1],
+            json!({ "role": "assistant", "content": "part", "prefix": true })
+        );
     }
 
     #[test]

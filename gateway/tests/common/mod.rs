@@ -114,6 +114,19 @@ impl Gateway {
             .collect()
     }
 
+    /// The request log lines once at least `n` are written (logs are written in the
+    /// background; waits up to 10 s).
+    pub fn wait_request_logs(&self, n: usize) -> Vec<Value> {
+        let start = std::time::Instant::now();
+        loop {
+            let logs = self.request_logs();
+            if logs.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let _ = Command::new("kill")

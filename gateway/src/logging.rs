@@ -1,0 +1,118 @@
+//! JSON logs on stderr, written by a background thread in batches so that a busy gateway does
+//! not pay one `write` system call per request on its request threads.
+
+use std::io::Write;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::OnceLock;
+
+enum Msg {
+    Line(Vec<u8>),
+    Flush(SyncSender<()>),
+}
+
+static SENDER: OnceLock<SyncSender<Msg>> = OnceLock::new();
+
+/// Writes lines in batches: the first line after a quiet period wakes the thread, which then
+/// drains the queue every [`BATCH_INTERVAL`] until it finds it empty, so a busy gateway pays
+/// one `write` per batch and no thread wake-up per line.
+fn writer_thread(rx: Receiver<Msg>) {
+    let stderr = std::io::stderr();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stderr.lock());
+    let mut acks = Vec::new();
+    let handle =
+        |m: Msg, out: &mut std::io::BufWriter<_>, acks: &mut Vec<SyncSender<()>>| match m {
+            Msg::Line(line) => {
+                let _ = out.write_all(&line);
+            }
+            Msg::Flush(ack) => acks.push(ack),
+        };
+    while let Ok(first) = rx.recv() {
+        handle(first, &mut out, &mut acks);
+        loop {
+            let mut drained = false;
+            while let Ok(m) = rx.try_recv() {
+                drained = true;
+                handle(m, &mut out, &mut acks);
+            }
+            let _ = out.flush();
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+            if !drained {
+                break;
+            }
+            std::thread::sleep(BATCH_INTERVAL);
+        }
+    }
+}
+
+/// How long the log thread waits between two batches while lines keep coming.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
+fn sender() -> &'static SyncSender<Msg> {
+    SENDER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel(16 * 1024);
+        std::thread::Builder::new()
+            .name("llmgw-log".into())
+            .spawn(move || writer_thread(rx))
+            .expect("the log thread starts");
+        tx
+    })
+}
+
+/// One log event being formatted; handed to the writer thread when dropped.
+pub struct EventWriter(Vec<u8>);
+
+impl Write for EventWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = sender().send(Msg::Line(std::mem::take(&mut self.0)));
+        }
+    }
+}
+
+/// The writer factory given to `tracing-subscriber`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
+    type Writer = EventWriter;
+
+    fn make_writer(&'a self) -> EventWriter {
+        EventWriter(Vec::with_capacity(512))
+    }
+}
+
+/// Waits until every event logged so far is written.
+pub fn flush() {
+    if let Some(tx) = SENDER.get() {
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        if tx.send(Msg::Flush(ack_tx)).is_ok() {
+            let _ = ack_rx.recv_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// Installs the JSON subscriber with `filter` (an `EnvFilter` directive).
+pub fn init(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(BatchedStderr)
+        .try_init();
+}
