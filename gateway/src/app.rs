@@ -59,18 +59,47 @@ pub struct Runtime {
 impl Runtime {
     /// Builds adapters, circuits and live stats for a policy.
     pub fn new(policy: CompiledPolicy, location: PolicyLocation) -> Self {
+        Runtime::carrying_over(policy, location, None)
+    }
+
+    /// Builds adapters, circuits and live stats for a policy that replaces `previous`: the
+    /// circuits of providers still there with the same circuit settings, and the live stats of
+    /// deployments still there, are carried over by name; the rest start afresh.
+    pub fn carrying_over(
+        policy: CompiledPolicy,
+        location: PolicyLocation,
+        previous: Option<&Runtime>,
+    ) -> Self {
         let providers: Vec<Arc<dyn Provider>> =
             policy.providers().iter().map(providers::build).collect();
         let circuits: Vec<Arc<Circuit>> = policy
             .providers()
             .iter()
-            .map(|p| Arc::new(Circuit::new(p.circuit)))
+            .map(|p| {
+                previous
+                    .and_then(|prev| {
+                        let old = prev.policy.providers();
+                        let i = old
+                            .iter()
+                            .position(|q| q.name == p.name && q.circuit == p.circuit)?;
+                        prev.circuits.get(i).cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(Circuit::new(p.circuit)))
+            })
             .collect();
         let n = policy.deployments().len();
         let recorders = policy
             .deployments()
             .iter()
-            .map(|_| Arc::new(DeploymentLive::default()))
+            .map(|d| {
+                previous
+                    .and_then(|prev| {
+                        let old = prev.policy.deployments();
+                        let i = old.iter().position(|q| q.name == d.name)?;
+                        prev.live.deployment(i).cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(DeploymentLive::default()))
+            })
             .collect();
         let by_deployment = policy
             .deployments()
@@ -124,6 +153,10 @@ pub struct App {
     pub limits: Limits,
     /// Durable state.
     pub state: NoState,
+    /// Revisions applied and attempted, for `/admin/status`.
+    pub policy_status: crate::reload::PolicyStatus,
+    /// The decision log (disabled unless `serve` opens one).
+    pub decision_log: crate::decision_log::DecisionLog,
     draining: AtomicBool,
 }
 
@@ -137,6 +170,8 @@ impl App {
             retry_budget: RetryBudget::default(),
             limits,
             state: NoState,
+            policy_status: crate::reload::PolicyStatus::default(),
+            decision_log: crate::decision_log::DecisionLog::disabled(),
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

@@ -1,6 +1,6 @@
 //! The `llmgw` command line: `llmgw serve`.
 
-use crate::app::{App, Limits, Runtime};
+use crate::app::{App, Limits};
 use crate::keys::{KeySetup, KeyStore};
 use crate::policy_source::{self, PolicyLocation};
 use clap::{Args, Parser, Subcommand};
@@ -28,9 +28,12 @@ pub enum Command {
 /// Options of `llmgw serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Policy directory; the policies bundled into the binary when absent.
-    #[arg(long, value_name = "DIR")]
-    pub policies: Option<PathBuf>,
+    /// Where policies come from.
+    #[command(flatten)]
+    pub policy: crate::policy_source::PolicyArgs,
+    /// The decision log.
+    #[command(flatten)]
+    pub decision_log: crate::decision_log::DecisionLogArgs,
     /// Address to listen on (port 0 picks a free port, printed at start-up).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -90,24 +93,22 @@ pub fn main() -> i32 {
 /// `llmgw serve`.
 pub async fn serve(args: ServeArgs) -> i32 {
     crate::logging::init(&args.log);
-    let location = match &args.policies {
-        Some(dir) => PolicyLocation::Dir(dir.clone()),
-        None => PolicyLocation::Embedded,
-    };
+    let location = args.policy.location();
     if location == PolicyLocation::Embedded && policy_source::embedded_files().is_empty() {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
         return 2;
     }
-    let (policy, warnings) = match policy_source::load(&location) {
-        Ok(p) => p,
+    let crate::reload::Started {
+        runtime,
+        status: policy_status,
+        reloader,
+    } = match crate::reload::start(location.clone(), &args.state) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("llmgw: {e}");
             return 2;
         }
     };
-    for w in &warnings {
-        tracing::warn!(target: "llmgw::policy", diagnostic = %w, "policy warning");
-    }
     let (keys, key_setup) = match KeyStore::setup(args.dev_key.as_deref(), &args.state) {
         Ok(k) => k,
         Err(e) => {
@@ -135,19 +136,34 @@ pub async fn serve(args: ServeArgs) -> i32 {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
-    let runtime = Runtime::new(policy, location.clone());
     let first_model = runtime.policy.models().first().map(|m| m.name.to_string());
     let revision = runtime.policy.revision().to_owned();
     let (n_models, n_providers) = (
         runtime.policy.models().len(),
         runtime.policy.providers().len(),
     );
-    let app = Arc::new(App::new(runtime, keys, limits));
+    let mut app = App::new(runtime, keys, limits);
+    app.policy_status = policy_status;
+    app.decision_log = match args.decision_log.open(&app.metrics) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            return 2;
+        }
+    };
+    let app = Arc::new(app);
+    crate::reload::publish_start(&*app);
+    let lkg = if app.policy_status.serving_last_known_good() {
+        "; the last known good revision: the head does not load, see /admin/status"
+    } else {
+        ""
+    };
+    let watcher = crate::watch::spawn(app.clone(), reloader, args.policy.poll_interval);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "llmgw listening on http://{addr}");
     let _ = writeln!(
         out,
-        "policy revision {revision} from {location} ({n_models} models, {n_providers} providers)"
+        "policy revision {revision} from {location} ({n_models} models, {n_providers} providers{lkg})"
     );
     let shown_key = match &key_setup {
         KeySetup::DevKey => {
@@ -183,7 +199,11 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let _ = out.flush();
     drop(out);
     tracing::info!(target: "llmgw::server", %addr, revision = revision.as_str(), "serving");
-    crate::server::serve(listener, app, shutdown_signal()).await;
+    crate::server::serve(listener, app.clone(), shutdown_signal()).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    app.decision_log.close(Duration::from_secs(5));
     tracing::info!(target: "llmgw::server", "stopped");
     crate::logging::flush();
     0

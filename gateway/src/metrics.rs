@@ -64,6 +64,13 @@ pub struct PolicyLabels {
     pub revision: String,
 }
 
+/// Labels of a policy reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied`, `failed` or `unchanged`.
+    pub result: &'static str,
+}
+
 fn latency_buckets() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -99,6 +106,14 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// The policy in force (value 1).
     pub policy: Family<PolicyLabels, Gauge>,
+    /// Policy reloads by result.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Decision-log records written.
+    pub decision_log_written: Counter,
+    /// Decision-log records dropped because the writer fell behind.
+    pub decision_log_dropped: Counter,
+    /// Decision-log rotations.
+    pub decision_log_rotations: Counter,
 }
 
 impl Default for Metrics {
@@ -177,6 +192,10 @@ impl Metrics {
             retry_budget_exhausted: Counter::default(),
             in_flight: Gauge::default(),
             policy: Family::default(),
+            policy_reloads: Family::default(),
+            decision_log_written: Counter::default(),
+            decision_log_dropped: Counter::default(),
+            decision_log_rotations: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
@@ -227,6 +246,26 @@ impl Metrics {
             "policy_info",
             "The policy revision in force",
             m.policy.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result: applied, failed or unchanged",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "decision_log_records",
+            "Decision-log records written",
+            m.decision_log_written.clone(),
+        );
+        registry.register(
+            "decision_log_dropped",
+            "Decision-log records dropped because the writer fell behind",
+            m.decision_log_dropped.clone(),
+        );
+        registry.register(
+            "decision_log_rotations",
+            "Decision-log file rotations",
+            m.decision_log_rotations.clone(),
         );
         Metrics { registry, ..m }
     }

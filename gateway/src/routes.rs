@@ -158,13 +158,7 @@ fn status(app: &App) -> Response<GatewayBody> {
     json(
         StatusCode::OK,
         &json!({
-            "policy": {
-                "applied_revision": policy.revision(),
-                "source": rt.location.to_string(),
-                "models": policy.models().len(),
-                "deployments": policy.deployments().len(),
-                "providers": policy.providers().len(),
-            },
+            "policy": app.policy_status.to_json(&rt),
             "draining": app.is_draining(),
             "retry_budget_available": app.retry_budget.available(),
             "circuits": circuits,

@@ -1,6 +1,7 @@
 //! Phase 3: what the policy says. Builds the request context and asks the engine.
 
 use crate::app::{NoState, Runtime};
+use crate::decision_log::{Capture, Captured};
 use crate::error::ApiError;
 use crate::wire::ClientRequest;
 use llmgw_engine::decide::DecideError;
@@ -8,8 +9,14 @@ use llmgw_engine::decision::{BudgetAction, Decision};
 use llmgw_engine::input::{Identity, RequestContext};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The decision for a request, or the error the client sees.
-pub fn decide(rt: &Runtime, req: &ClientRequest, identity: Identity) -> Result<Decision, ApiError> {
+/// The decision for a request, or the error the client sees. With `captured` (the decision
+/// log is on), also the input the decision read, and the decision of a blocked request.
+pub fn decide(
+    rt: &Runtime,
+    req: &ClientRequest,
+    identity: Identity,
+    mut captured: Option<&mut Captured>,
+) -> Result<Decision, ApiError> {
     let ctx = RequestContext {
         request: req.facts.clone(),
         identity,
@@ -19,11 +26,20 @@ pub fn decide(rt: &Runtime, req: &ClientRequest, identity: Identity) -> Result<D
         random: rand::random::<f64>(),
         canary_random: rand::random::<f64>(),
     };
-    let decision = rt
-        .policy
-        .decide(&ctx, &rt.live, &NoState)
-        .map_err(|e| map_error(&e, &req.facts.model))?;
+    let decision = match captured.as_deref_mut() {
+        None => rt.policy.decide(&ctx, &rt.live, &NoState),
+        Some(out) => {
+            let capture = Capture::new(&rt.live, &NoState);
+            let decision = rt.policy.decide(&ctx, &capture, &capture);
+            out.input = Some(capture.into_input(&ctx));
+            decision
+        }
+    }
+    .map_err(|e| map_error(&e, &req.facts.model))?;
     if decision.budget_action == BudgetAction::Block {
+        if let Some(out) = captured {
+            out.blocked = Some(decision.clone());
+        }
         let budget = decision.budget.as_deref().unwrap_or("a budget");
         return Err(ApiError::new(
             http::StatusCode::TOO_MANY_REQUESTS,
