@@ -3,7 +3,6 @@
 
 use crate::app::App;
 use crate::body::GatewayBody;
-use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
@@ -17,8 +16,8 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use llmgw_engine::decision::Decision;
-use llmgw_engine::input::{DecisionInput, Endpoint, Identity};
-use serde_json::{json, Map, Value};
+use llmgw_engine::input::{Endpoint, Identity};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,8 +54,6 @@ struct Info {
     started: Instant,
     endpoint: Endpoint,
     revision: Arc<str>,
-    /// What the decision read, kept for the decision log when it is on.
-    decision_input: Option<DecisionInput>,
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -209,12 +206,11 @@ pub async fn handle(
     endpoint: Endpoint,
 ) -> Response<GatewayBody> {
     let rt = app.runtime.load_full();
-    let mut info = Info {
+    let info = Info {
         request_id: new_request_id(),
         started: Instant::now(),
         endpoint,
         revision: rt.policy.revision().into(),
-        decision_input: None,
     };
     // Phase 1: authenticate.
     let key = match authenticate::authenticate(&parts.headers, &app.keys) {
@@ -232,29 +228,9 @@ pub async fn handle(
     // Phase 2: identify.
     let identity = identify::identify(&key, request.user.as_deref());
     // Phase 3: decide.
-    let mut captured = app.decision_log.enabled().then(Captured::default);
-    let decision = match decide::decide(&rt, &request, identity.clone(), captured.as_mut()) {
+    let decision = match decide::decide(&rt, &request, identity.clone()) {
         Ok(d) => d,
         Err(e) => {
-            if let Some(Captured {
-                input: Some(input),
-                blocked: Some(blocked),
-            }) = &captured
-            {
-                let outcome = LogOutcome {
-                    status: e.status.as_u16(),
-                    served: None,
-                    usage: Usage::default(),
-                    cost_usd: 0.0,
-                };
-                decision_log::record(
-                    &app.decision_log,
-                    &info.request_id,
-                    Some(input),
-                    blocked,
-                    outcome,
-                );
-            }
             let model = request.facts.model.clone();
             return reject(
                 &app,
@@ -266,7 +242,6 @@ pub async fn handle(
             );
         }
     };
-    info.decision_input = captured.and_then(|c| c.input);
     // Phase 4: reserve.
     let _held = reserve::reserve(&decision);
     app.retry_budget.deposit();
@@ -384,19 +359,6 @@ fn finish(
     let served = served
         .map(|i| plan.attempt(i))
         .map(|a| (&*a.model, &*a.provider));
-    let cost_usd = bill.cost_usd(&plan.rt.policy);
-    decision_log::record(
-        &plan.app.decision_log,
-        &info.request_id,
-        info.decision_input.as_ref(),
-        &plan.decision,
-        LogOutcome {
-            status,
-            served,
-            usage: bill.usage(),
-            cost_usd,
-        },
-    );
     record(
         &plan.app,
         &RequestRecord {
@@ -409,7 +371,7 @@ fn finish(
             decision: Some(&plan.decision),
             identity: Some(identity),
             usage: bill.usage(),
-            cost_usd,
+            cost_usd: bill.cost_usd(&plan.rt.policy),
             latency: info.started.elapsed(),
             ttft,
             trace: Some(trace),
@@ -433,25 +395,43 @@ impl SseOut {
         Bytes::from(format!("data: {value}\n\n"))
     }
 
+    /// One chunk, written by hand: this runs once per streamed token.
     fn delta(&mut self, d: &Delta) -> Bytes {
-        let mut delta = Map::new();
+        let mut out = Vec::with_capacity(192 + d.content.as_ref().map_or(0, String::len));
+        out.extend_from_slice(b"data: {\"id\":");
+        json_str(&mut out, &self.id);
+        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        out.extend_from_slice(self.created.to_string().as_bytes());
+        out.extend_from_slice(b",\"model\":");
+        json_str(&mut out, &self.model);
+        out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":{");
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, name: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(name);
+        };
         if !self.role_sent {
-            delta.insert("role".into(), Value::from("assistant"));
+            field(&mut out, b"\"role\":\"assistant\"");
             self.role_sent = true;
         }
         if let Some(c) = &d.content {
-            delta.insert("content".into(), Value::from(c.as_str()));
+            field(&mut out, b"\"content\":");
+            json_str(&mut out, c);
         }
         if let Some(t) = &d.tool_calls {
-            delta.insert("tool_calls".into(), t.clone());
+            field(&mut out, b"\"tool_calls\":");
+            let _ = serde_json::to_writer(&mut out, t);
         }
-        SseOut::event(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": &*self.model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": d.finish_reason }],
-        }))
+        out.extend_from_slice(b"},\"finish_reason\":");
+        match &d.finish_reason {
+            Some(f) => json_str(&mut out, f),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
+        Bytes::from(out)
     }
 
     fn usage(&self, u: Usage) -> Bytes {
@@ -478,6 +458,11 @@ impl SseOut {
         }});
         Bytes::from(format!("event: error\ndata: {body}\n\n"))
     }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(out, s);
 }
 
 /// Relays a stream to the client. A break after output went out resumes on the next attempt
@@ -643,4 +628,42 @@ async fn pump(
         outcome,
         error,
     );
+}
+
+#[cfg(test)]
+mod sse_out_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_openai_json() {
+        let mut out = SseOut {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m\"x".into(),
+            role_sent: false,
+        };
+        let d = Delta {
+            content: Some("a \"quoted\"\nline".into()),
+            tool_calls: Some(json!([{ "index": 0 }])),
+            finish_reason: None,
+        };
+        let first = out.delta(&d);
+        let text = std::str::from_utf8(&first).expect("utf-8");
+        let v: Value = serde_json::from_str(text.strip_prefix("data: ").expect("data").trim_end())
+            .expect("json");
+        assert_eq!(v["model"], "m\"x");
+        assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(v["choices"][0]["delta"]["content"], "a \"quoted\"\nline");
+        assert_eq!(v["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+        assert!(v["choices"][0]["finish_reason"].is_null());
+        let last = out.delta(&Delta {
+            finish_reason: Some("stop".into()),
+            ..Delta::default()
+        });
+        let v: Value =
+            serde_json::from_str(std::str::from_utf8(&last).expect("utf-8")[6..].trim_end())
+                .expect("json");
+        assert_eq!(v["choices"][0]["delta"], json!({}));
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
 }

@@ -11,8 +11,9 @@ use ::http::header::AUTHORIZATION;
 use llmgw_engine::input::Endpoint;
 use llmgw_engine::model::{self, ProviderType, Timeouts};
 use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Where OpenAI's API is when the policy names no `base_url`.
@@ -219,6 +220,41 @@ pub struct OpenAiStream {
     finished: bool,
 }
 
+/// The parts of a chunk the gateway reads; everything else is skipped without being built.
+#[derive(Deserialize)]
+struct ChunkIn<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceIn<'a>>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(default, borrow)]
+    delta: Option<DeltaIn<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
 impl StreamTranslator for OpenAiStream {
     fn event(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, UpstreamError> {
         let data = event.data.trim();
@@ -228,30 +264,39 @@ impl StreamTranslator for OpenAiStream {
         if data.is_empty() {
             return Ok(vec![]);
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
+        let chunk: ChunkIn<'_> = serde_json::from_str(data).map_err(|e| {
             UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
         })?;
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let bytes = serde_json::to_vec(&json!({ "error": err })).unwrap_or_default();
+        if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
             let status = match err["code"].as_str().or(err["type"].as_str()) {
                 Some("rate_limit_exceeded") => 429,
                 _ => 500,
             };
+            let bytes = serde_json::to_vec(&json!({ "error": err })).unwrap_or_default();
             return Err(UpstreamError::from_status(status, &bytes, None));
         }
         let mut out = Vec::with_capacity(2);
-        if let Some(choice) = v["choices"].get(0) {
-            let d = &choice["delta"];
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            let (content, tool_calls) = match choice.delta {
+                Some(d) => (
+                    d.content.map(Cow::into_owned),
+                    d.tool_calls.filter(|t| !t.is_null()),
+                ),
+                None => (None, None),
+            };
             let delta = Delta {
-                content: d["content"].as_str().map(str::to_owned),
-                tool_calls: d.get("tool_calls").filter(|t| !t.is_null()).cloned(),
-                finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+                content,
+                tool_calls,
+                finish_reason: choice.finish_reason.map(Cow::into_owned),
             };
             self.finished |= delta.finish_reason.is_some();
             out.push(StreamEvent::Delta(delta));
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            out.push(StreamEvent::Usage(usage_of(u)));
+        if let Some(u) = chunk.usage {
+            out.push(StreamEvent::Usage(Usage {
+                input_tokens: u.prompt_tokens.unwrap_or(0),
+                output_tokens: u.completion_tokens.unwrap_or(0),
+            }));
         }
         Ok(out)
     }
