@@ -98,14 +98,25 @@ pub async fn serve(args: ServeArgs) -> i32 {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
         return 2;
     }
+    let started = {
+        let location = location.clone();
+        let cache_dir = args.state.join("repos");
+        let last_good = crate::reload::LastGoodStore::in_dir(&args.state);
+        tokio::task::spawn_blocking(move || crate::reload::start(location, &cache_dir, last_good))
+            .await
+    };
     let crate::reload::Started {
         runtime,
         status: policy_status,
         reloader,
-    } = match crate::reload::start(location.clone(), &args.state) {
-        Ok(s) => s,
-        Err(e) => {
+    } = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             eprintln!("llmgw: {e}");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("llmgw: loading the policy failed: {e}");
             return 2;
         }
     };

@@ -206,40 +206,67 @@ struct LastGoodFile {
     sources: BTreeMap<String, LastGood>,
 }
 
-/// The last known good revision per source, in a small JSON file of the state directory.
+/// Where the last known good revision of each source is kept: a small JSON file of the state
+/// directory, or the state store's `policy` namespace (shared by replicas on Redis).
 #[derive(Debug, Clone)]
-pub struct LastGoodStore {
-    path: PathBuf,
+pub enum LastGoodStore {
+    /// A JSON file holding every source's last good revision.
+    File(PathBuf),
+    /// The state store, one value per source. Its calls block on `handle`: use it from
+    /// blocking threads only (start-up and reloads run there).
+    Store {
+        /// The store.
+        store: crate::store::Store,
+        /// The runtime the store's connections live on.
+        handle: tokio::runtime::Handle,
+    },
 }
 
+/// The namespace of last known good revisions in the state store.
+pub const STORE_NAMESPACE: &str = "policy";
+
 impl LastGoodStore {
-    /// The store in `state_dir`.
-    pub fn new(state_dir: &Path) -> Self {
-        LastGoodStore {
-            path: state_dir.join(LAST_GOOD_FILE),
-        }
+    /// The file `policy-last-good.json` in `state_dir`.
+    pub fn in_dir(state_dir: &Path) -> Self {
+        LastGoodStore::File(state_dir.join(LAST_GOOD_FILE))
     }
 
-    fn read(&self) -> LastGoodFile {
-        std::fs::read(&self.path)
+    /// The state store's `policy` namespace.
+    pub fn in_store(store: crate::store::Store, handle: tokio::runtime::Handle) -> Self {
+        LastGoodStore::Store { store, handle }
+    }
+
+    fn read_file(path: &Path) -> LastGoodFile {
+        std::fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
     fn get(&self, location: &PolicyLocation) -> Option<LastGood> {
-        self.read().sources.remove(&location.to_string())
+        let key = location.to_string();
+        match self {
+            LastGoodStore::File(path) => Self::read_file(path).sources.remove(&key),
+            LastGoodStore::Store { store, handle } => {
+                match handle.block_on(store.get(STORE_NAMESPACE, &key)) {
+                    Ok(value) => value.and_then(|v| serde_json::from_str(&v).ok()),
+                    Err(e) => {
+                        tracing::warn!(target: "llmgw::policy", error = %e, "cannot read the last known good revision from the state store");
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// Records `revision` as the last good one of `location` (with `files` unless it is a git
-    /// repository).
+    /// repository, which keeps its commits).
     pub fn save(
         &self,
         location: &PolicyLocation,
         revision: &RevisionInfo,
         files: &[PolicyFile],
-    ) -> std::io::Result<()> {
-        let mut all = self.read();
+    ) -> Result<(), String> {
         let is_git = matches!(location, PolicyLocation::Repo { .. });
         let stored = if is_git {
             Vec::new()
@@ -252,22 +279,35 @@ impl LastGoodStore {
                 })
                 .collect()
         };
-        all.sources.insert(
-            location.to_string(),
-            LastGood {
-                revision: revision.clone(),
-                content_hash: (!is_git).then(|| revision.id.clone()),
-                files: stored,
-                recorded_at: chrono::Utc::now(),
-            },
-        );
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+        let entry = LastGood {
+            revision: revision.clone(),
+            content_hash: (!is_git).then(|| revision.id.clone()),
+            files: stored,
+            recorded_at: chrono::Utc::now(),
+        };
+        let key = location.to_string();
+        match self {
+            LastGoodStore::File(path) => {
+                let mut all = Self::read_file(path);
+                all.sources.insert(key, entry);
+                let write = || -> std::io::Result<()> {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let tmp = path.with_extension("json.tmp");
+                    let text = serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?;
+                    std::fs::write(&tmp, text)?;
+                    std::fs::rename(&tmp, path)
+                };
+                write().map_err(|e| format!("{}: {e}", path.display()))
+            }
+            LastGoodStore::Store { store, handle } => {
+                let value = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+                handle
+                    .block_on(store.put(STORE_NAMESPACE, &key, &value))
+                    .map_err(|e| e.to_string())
+            }
         }
-        let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
     }
 }
 
@@ -332,11 +372,15 @@ fn compile_logged(
 }
 
 /// Reads the head of `location` and compiles it; when it does not compile (or the source
-/// cannot be reached), serves the last good revision recorded in `state_dir`. A remote
-/// repository is mirrored under `state_dir/repos`.
-pub fn start(location: PolicyLocation, state_dir: &Path) -> Result<Started, StartError> {
-    let mut reader = SourceReader::open(location.clone(), &state_dir.join("repos"))?;
-    let store = (location != PolicyLocation::Embedded).then(|| LastGoodStore::new(state_dir));
+/// cannot be reached), serves the last good revision recorded in `last_good`. A remote
+/// repository is mirrored under `cache_dir`. Blocking: call it from a blocking thread.
+pub fn start(
+    location: PolicyLocation,
+    cache_dir: &Path,
+    last_good: LastGoodStore,
+) -> Result<Started, StartError> {
+    let mut reader = SourceReader::open(location.clone(), cache_dir)?;
+    let store = (location != PolicyLocation::Embedded).then_some(last_good);
     let status = PolicyStatus::default();
     let mut failed = HashSet::new();
     let now = chrono::Utc::now();
@@ -772,7 +816,14 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         write(policies.path(), "b");
         let location = PolicyLocation::Dir(policies.path().to_path_buf());
-        let (app, mut reloader) = app_for(start(location.clone(), state.path()).expect("starts"));
+        let (app, mut reloader) = app_for(
+            start(
+                location.clone(),
+                state.path(),
+                LastGoodStore::in_dir(state.path()),
+            )
+            .expect("starts"),
+        );
         let first = app.runtime.load().policy.revision().to_owned();
         let recorder = app.runtime.load().live.deployment(0).cloned().expect("a");
         assert_eq!(reloader.poll(&app), ReloadResult::Unchanged);
@@ -816,13 +867,53 @@ mod tests {
         );
 
         // A restart on the broken directory serves the last good revision.
-        let again = start(location.clone(), state.path()).expect("starts on the last good");
+        let again = start(
+            location.clone(),
+            state.path(),
+            LastGoodStore::in_dir(state.path()),
+        )
+        .expect("starts on the last good");
         assert_eq!(again.runtime.policy.revision(), rt.policy.revision());
         assert!(again.status.serving_last_known_good());
 
         // Without a last good revision, start-up refuses with the diagnostics.
         let empty = tempfile::tempdir().expect("tempdir");
-        let err = start(location, empty.path()).expect_err("refuses");
+        let err = start(location, empty.path(), LastGoodStore::in_dir(empty.path()))
+            .expect_err("refuses");
         assert!(err.to_string().contains("does not load"), "{err}");
+    }
+
+    #[test]
+    fn the_last_good_revision_can_live_in_the_state_store() {
+        let policies = tempfile::tempdir().expect("tempdir");
+        let state = tempfile::tempdir().expect("tempdir");
+        write(policies.path(), "b");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = rt
+            .block_on(crate::store::Store::open(&state.path().to_string_lossy()))
+            .expect("store");
+        let last_good = LastGoodStore::in_store(store, rt.handle().clone());
+        let location = PolicyLocation::Dir(policies.path().to_path_buf());
+        let good = std::thread::scope(|s| {
+            s.spawn(|| start(location.clone(), state.path(), last_good.clone()))
+                .join()
+                .expect("thread")
+        })
+        .expect("starts");
+        let revision = good.runtime.policy.revision().to_owned();
+        std::fs::write(policies.path().join("models.yaml"), "kind: [").expect("write");
+        let again = std::thread::scope(|s| {
+            s.spawn(|| start(location.clone(), state.path(), last_good.clone()))
+                .join()
+                .expect("thread")
+        })
+        .expect("starts on the last good revision from the store");
+        assert_eq!(again.runtime.policy.revision(), revision);
+        assert!(again.status.serving_last_known_good());
+        assert!(!state.path().join(LAST_GOOD_FILE).exists());
     }
 }
