@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::body::GatewayBody;
+use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
@@ -16,7 +17,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use llmgw_engine::decision::Decision;
-use llmgw_engine::input::{Endpoint, Identity};
+use llmgw_engine::input::{DecisionInput, Endpoint, Identity};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +55,8 @@ struct Info {
     started: Instant,
     endpoint: Endpoint,
     revision: Arc<str>,
+    /// What the decision read, kept for the decision log when it is on.
+    decision_input: Option<DecisionInput>,
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -206,11 +209,12 @@ pub async fn handle(
     endpoint: Endpoint,
 ) -> Response<GatewayBody> {
     let rt = app.runtime.load_full();
-    let info = Info {
+    let mut info = Info {
         request_id: new_request_id(),
         started: Instant::now(),
         endpoint,
         revision: rt.policy.revision().into(),
+        decision_input: None,
     };
     // Phase 1: authenticate.
     let key = match authenticate::authenticate(&parts.headers, &app.keys) {
@@ -228,9 +232,29 @@ pub async fn handle(
     // Phase 2: identify.
     let identity = identify::identify(&key, request.user.as_deref());
     // Phase 3: decide.
-    let decision = match decide::decide(&rt, &request, identity.clone()) {
+    let mut captured = app.decision_log.enabled().then(Captured::default);
+    let decision = match decide::decide(&rt, &request, identity.clone(), captured.as_mut()) {
         Ok(d) => d,
         Err(e) => {
+            if let Some(Captured {
+                input: Some(input),
+                blocked: Some(blocked),
+            }) = &captured
+            {
+                let outcome = LogOutcome {
+                    status: e.status.as_u16(),
+                    served: None,
+                    usage: Usage::default(),
+                    cost_usd: 0.0,
+                };
+                decision_log::record(
+                    &app.decision_log,
+                    &info.request_id,
+                    Some(input),
+                    blocked,
+                    outcome,
+                );
+            }
             let model = request.facts.model.clone();
             return reject(
                 &app,
@@ -242,6 +266,7 @@ pub async fn handle(
             );
         }
     };
+    info.decision_input = captured.and_then(|c| c.input);
     // Phase 4: reserve.
     let _held = reserve::reserve(&decision);
     app.retry_budget.deposit();
@@ -359,6 +384,19 @@ fn finish(
     let served = served
         .map(|i| plan.attempt(i))
         .map(|a| (&*a.model, &*a.provider));
+    let cost_usd = bill.cost_usd(&plan.rt.policy);
+    decision_log::record(
+        &plan.app.decision_log,
+        &info.request_id,
+        info.decision_input.as_ref(),
+        &plan.decision,
+        LogOutcome {
+            status,
+            served,
+            usage: bill.usage(),
+            cost_usd,
+        },
+    );
     record(
         &plan.app,
         &RequestRecord {
@@ -371,7 +409,7 @@ fn finish(
             decision: Some(&plan.decision),
             identity: Some(identity),
             usage: bill.usage(),
-            cost_usd: bill.cost_usd(&plan.rt.policy),
+            cost_usd,
             latency: info.started.elapsed(),
             ttft,
             trace: Some(trace),
