@@ -19,13 +19,12 @@ fn writer_thread(rx: Receiver<Msg>) {
     let stderr = std::io::stderr();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stderr.lock());
     let mut acks = Vec::new();
-    let handle =
-        |m: Msg, out: &mut std::io::BufWriter<_>, acks: &mut Vec<SyncSender<()>>| match m {
-            Msg::Line(line) => {
-                let _ = out.write_all(&line);
-            }
-            Msg::Flush(ack) => acks.push(ack),
-        };
+    let handle = |m: Msg, out: &mut std::io::BufWriter<_>, acks: &mut Vec<SyncSender<()>>| match m {
+        Msg::Line(line) => {
+            let _ = out.write_all(&line);
+        }
+        Msg::Flush(ack) => acks.push(ack),
+    };
     while let Ok(first) = rx.recv() {
         handle(first, &mut out, &mut acks);
         loop {
