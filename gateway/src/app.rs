@@ -2,7 +2,7 @@
 //! (swapped as one value), the keys, the metrics and the retry budget.
 
 use crate::circuit::Circuit;
-use crate::keys::KeyStore;
+use crate::keys::KeyCache;
 use crate::live::{DeploymentLive, LiveStats};
 use crate::metrics::{Metrics, PolicyLabels, ProviderLabels, ServedHandles};
 use crate::policy_source::PolicyLocation;
@@ -11,7 +11,6 @@ use crate::retry_budget::RetryBudget;
 use crate::upstream::Provider;
 use arc_swap::ArcSwap;
 use llmgw_engine::input::CircuitState;
-use llmgw_engine::model::Scope;
 use llmgw_engine::CompiledPolicy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -124,35 +123,22 @@ impl Runtime {
     }
 }
 
-/// Durable state as decisions see it. Spend and canary weights have no store yet: no spend
-/// and no canary state.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoState;
-
-impl llmgw_engine::input::StateView for NoState {
-    fn spent_usd(&self, _budget: &str, _scope: Scope, _id: &str) -> f64 {
-        0.0
-    }
-
-    fn canary_weight(&self, _canary: &str) -> Option<f64> {
-        None
-    }
-}
-
 /// Everything a request handler needs.
 pub struct App {
     /// The policy in force.
     pub runtime: ArcSwap<Runtime>,
-    /// Accepted gateway keys.
-    pub keys: KeyStore,
+    /// Gateway keys, looked up in the state store (each lookup reused for at most 500 ms).
+    pub keys: KeyCache,
     /// Metrics.
     pub metrics: Metrics,
     /// The retry budget shared by all requests.
     pub retry_budget: RetryBudget,
     /// Client limits.
     pub limits: Limits,
-    /// Durable state.
-    pub state: NoState,
+    /// Durable state: keys, budget spend, the spend ledger, replay protection.
+    pub state: crate::store::Store,
+    /// The gateway's admin token, when one is set (`--admin-token`).
+    pub admin_token: Option<crate::admin::AdminToken>,
     /// Revisions applied and attempted, for `/admin/status`.
     pub policy_status: crate::reload::PolicyStatus,
     /// The decision log (disabled unless `serve` opens one).
@@ -162,14 +148,15 @@ pub struct App {
 
 impl App {
     /// The app serving `runtime`.
-    pub fn new(runtime: Runtime, keys: KeyStore, limits: Limits) -> Self {
+    pub fn new(runtime: Runtime, keys: KeyCache, limits: Limits) -> Self {
         let app = App {
             runtime: ArcSwap::from_pointee(runtime),
+            state: keys.store().clone(),
+            admin_token: None,
             keys,
             metrics: Metrics::new(),
             retry_budget: RetryBudget::default(),
             limits,
-            state: NoState,
             policy_status: crate::reload::PolicyStatus::default(),
             decision_log: crate::decision_log::DecisionLog::disabled(),
             draining: AtomicBool::new(false),

@@ -1,7 +1,8 @@
-//! The `llmgw` command line: `llmgw serve`.
+//! The `llmgw` command line: `llmgw serve`, `llmgw keys …` and `llmgw spend`.
 
 use crate::app::{App, Limits};
-use crate::keys::{KeySetup, KeyStore};
+use crate::keys::{KeyCache, KeySetup};
+use crate::keys_cmd::{KeysCommand, SpendArgs};
 use crate::policy_source::{self, PolicyLocation};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
@@ -23,6 +24,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve the OpenAI-compatible API.
     Serve(ServeArgs),
+    /// Manage gateway keys: create, list, show, rotate, revoke.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a spend report from the ledger.
+    Spend(SpendArgs),
 }
 
 /// Options of `llmgw serve`.
@@ -37,9 +46,21 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port, printed at start-up).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Directory for durable state (the hashes of generated keys).
-    #[arg(long, value_name = "DIR", default_value = ".llmgw-state")]
+    /// Durable state (keys, budget spend, the spend ledger): a directory holding
+    /// `state.sqlite`, or `redis://…` to share it between replicas.
+    #[arg(long, value_name = "DIR|URL", default_value = ".llmgw-state")]
     pub state: PathBuf,
+    /// Key prefix in Redis (several gateways may share one Redis under different prefixes).
+    #[arg(long, value_name = "PREFIX", default_value = "llmgw:")]
+    pub state_prefix: String,
+    /// The admin token of `/admin/keys…` and `/admin/spend` (acts for every tenant).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LLMGW_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Registers this gateway key with full access (local use and tests).
     #[arg(
         long,
@@ -87,6 +108,8 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
+        Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
     }
 }
 
@@ -120,13 +143,24 @@ pub async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let (keys, key_setup) = match KeyStore::setup(args.dev_key.as_deref(), &args.state) {
+    let state_location = args.state.to_string_lossy().into_owned();
+    let store = match crate::keys_cmd::open_store(&state_location, &args.state_prefix).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("llmgw: cannot open the state store {state_location}: {e}");
+            return 2;
+        }
+    };
+    let legacy_dir =
+        matches!(store, crate::store::Store::Sqlite(_)).then_some(args.state.as_path());
+    let key_setup = match crate::keys::setup(&store, args.dev_key.as_deref(), legacy_dir).await {
         Ok(k) => k,
         Err(e) => {
             eprintln!("llmgw: {e}");
             return 2;
         }
     };
+    let keys = KeyCache::new(store);
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -154,6 +188,11 @@ pub async fn serve(args: ServeArgs) -> i32 {
         runtime.policy.providers().len(),
     );
     let mut app = App::new(runtime, keys, limits);
+    app.admin_token = args
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(crate::admin::AdminToken::new);
     app.policy_status = policy_status;
     app.decision_log = match args.decision_log.open(&app.metrics) {
         Ok(log) => log,
@@ -184,16 +223,14 @@ pub async fn serve(args: ServeArgs) -> i32 {
         KeySetup::Generated(secret) => {
             let _ = writeln!(
                 out,
-                "gateway key (shown once; only its SHA-256 is kept in {}): {secret}",
-                args.state.join("keys.json").display()
+                "gateway key (shown once; only its SHA-256 is kept in {state_location}): {secret}"
             );
             Some(secret.as_str())
         }
         KeySetup::Stored(n) => {
             let _ = writeln!(
                 out,
-                "gateway keys: {n} stored in {} (delete it to get a new key)",
-                args.state.join("keys.json").display()
+                "gateway keys: {n} stored in {state_location} (see `llmgw keys list`)"
             );
             None
         }
@@ -218,6 +255,22 @@ pub async fn serve(args: ServeArgs) -> i32 {
     tracing::info!(target: "llmgw::server", "stopped");
     crate::logging::flush();
     0
+}
+
+/// Prints a command's output (or its error) and returns the exit code.
+fn report(result: Result<String, crate::keys_cmd::CmdError>) -> i32 {
+    match result {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+            0
+        }
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

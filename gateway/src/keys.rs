@@ -1,68 +1,75 @@
-//! Gateway keys: only the SHA-256 of each secret is kept, in memory and on disk.
+//! Gateway keys: issuing, rotating and revoking them, and looking them up per request.
+//!
+//! A key is a non-secret id, a tenant (and optionally a project and user), labels, allowed
+//! models, an expiry, and one or two secrets. Only the SHA-256 of a secret is ever stored
+//! ([`crate::store::KeyRecord`]); the secret itself is shown once, when it is issued. A rotation
+//! adds a new secret and keeps the old one valid until its grace window ends.
+//!
+//! Requests look keys up through [`KeyCache`], which keeps each lookup for at most
+//! [`CACHE_TTL`], so that a revocation written by any replica or by `llmgw keys revoke` takes
+//! effect everywhere within that time.
 
+use crate::store::{KeyRecord, SecretHash, Store, StoreError};
+use llmgw_engine::input::Principal;
 use rand::distr::{Alphanumeric, SampleString};
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The prefix of every key the gateway generates.
+/// The prefix of every secret the gateway issues.
 pub const KEY_PREFIX: &str = "llmgw_";
 
-/// A failure to read or write the key file.
+/// Characters of a secret kept in the record to recognise it (`llmgw_` and six more).
+const SHOWN_PREFIX: usize = 12;
+
+/// How long a key lookup is reused before the store is asked again.
+pub const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// Lookups kept at most; the cache is emptied of stale entries (or wholly) past this.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The id of the key registered by `--dev-key`.
+pub const DEV_KEY_ID: &str = "dev";
+/// The tenant of the key registered by `--dev-key`.
+pub const DEV_TENANT: &str = "dev";
+/// The id of the key generated on the first start.
+pub const LOCAL_KEY_ID: &str = "local";
+/// The tenant of the key generated on the first start.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
-    /// The state directory or key file could not be used.
-    #[error("cannot use key file `{path}`: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The key file is not valid JSON of the expected shape.
-    #[error("key file `{path}` is malformed: {source}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: serde_json::Error,
-    },
+    /// No key with this id (in the caller's tenant).
+    #[error("no key `{0}`")]
+    NotFound(String),
+    /// A field of the request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
 }
 
-/// One registered key, as stored: an id and the hex SHA-256 of its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    /// A non-secret id, used in logs and budgets.
-    pub id: String,
-    /// Hex SHA-256 of the secret.
-    pub sha256: String,
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The keys the gateway accepts, looked up by the hash of the presented secret.
-#[derive(Debug, Default)]
-pub struct KeyStore {
-    by_hash: HashMap<[u8; 32], Arc<KeyRecord>>,
+/// Hex SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// How start-up obtained its keys, for the banner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySetup {
-    /// A key given on the command line or in `LLMGW_DEV_KEY`.
-    DevKey,
-    /// A key generated now; the secret is shown once and never again.
-    Generated(String),
-    /// Keys read from the state directory (secrets were shown when they were generated).
-    Stored(usize),
-}
-
-/// SHA-256 of a secret.
-pub fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// A fresh random key: the prefix and 43 base-62 characters (about 256 bits).
+/// A fresh random secret: the prefix and 43 base-62 characters (about 256 bits).
 pub fn generate_key() -> String {
     format!(
         "{KEY_PREFIX}{}",
@@ -70,102 +77,738 @@ pub fn generate_key() -> String {
     )
 }
 
-impl KeyStore {
-    /// Registers a key by its secret.
-    pub fn insert_secret(&mut self, id: &str, secret: &str) {
-        let hash = hash_secret(secret);
-        self.insert(KeyRecord {
-            id: id.to_owned(),
-            sha256: hex::encode(hash),
-        });
-    }
+/// A fresh key id: `key_` and 16 lower-case base-36 characters.
+pub fn new_key_id() -> String {
+    let raw = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let id: String = raw
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    format!("key_{id}")
+}
 
-    /// Registers a stored key record; records with a malformed hash are ignored.
-    pub fn insert(&mut self, record: KeyRecord) {
-        let mut hash = [0u8; 32];
-        if hex::decode_to_slice(&record.sha256, &mut hash).is_ok() {
-            self.by_hash.insert(hash, Arc::new(record));
+/// Parses a duration such as `90s`, `15m`, `24h`, `30d` or `2w` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, KeyError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| KeyError::Invalid(format!("`{text}` is not a duration like 30d or 24h")))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(KeyError::Invalid(format!(
+                "`{text}`: the unit must be s, m, h, d or w"
+            )))
         }
-    }
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| KeyError::Invalid(format!("`{text}` is too long")))
+}
 
-    /// The key whose secret this is.
-    pub fn verify(&self, secret: &str) -> Option<Arc<KeyRecord>> {
-        self.by_hash.get(&hash_secret(secret)).cloned()
+/// Checks a tenant, project or user id: 1 to 128 characters of letters, digits, `.`, `_`, `-`
+/// and `@`.
+pub fn check_name(what: &str, name: &str) -> Result<(), KeyError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::Invalid(format!(
+            "{what} `{name}` must be 1 to 128 letters, digits, `.`, `_`, `-` or `@`"
+        )))
     }
+}
 
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.by_hash.len()
-    }
+/// Parses `k=v` labels.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, KeyError> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(KeyError::Invalid(format!(
+                "label `{item}` must be written key=value"
+            ))),
+        })
+        .collect()
+}
 
-    /// Whether no key is registered.
-    pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
-    }
+/// What a new key is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its project.
+    pub project: Option<String>,
+    /// Its user: requests then act for this user whatever their `user` field says.
+    pub user: Option<String>,
+    /// Labels rules can read.
+    pub labels: BTreeMap<String, String>,
+    /// Models it may use; empty means all.
+    pub models: Vec<String>,
+    /// Lifetime from now.
+    pub expires_in: Option<Duration>,
+    /// Requests must be signed.
+    pub signing: bool,
+    /// A tenant admin key.
+    pub admin: bool,
+}
 
-    /// The key store for start-up: the dev key if given; else the keys stored under `state_dir`;
-    /// else a generated key whose hash is stored there.
-    pub fn setup(
-        dev_key: Option<&str>,
-        state_dir: &Path,
-    ) -> Result<(KeyStore, KeySetup), KeyError> {
-        let mut store = KeyStore::default();
-        if let Some(secret) = dev_key {
-            store.insert_secret("dev", secret);
-            return Ok((store, KeySetup::DevKey));
-        }
-        let path = state_dir.join("keys.json");
-        let io = |source| KeyError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let records: Vec<KeyRecord> =
-                    serde_json::from_slice(&bytes).map_err(|source| KeyError::Malformed {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let n = records.len();
-                records.into_iter().for_each(|r| store.insert(r));
-                if !store.is_empty() {
-                    return Ok((store, KeySetup::Stored(n)));
-                }
+impl KeySpec {
+    /// Reads a spec from the admin API's JSON body.
+    pub fn from_json(v: &Value) -> Result<KeySpec, KeyError> {
+        let text = |f: &str| -> Result<Option<String>, KeyError> {
+            match v.get(f) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(KeyError::Invalid(format!("`{f}` must be a string"))),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+        };
+        let flag = |f: &str| -> Result<bool, KeyError> {
+            match v.get(f) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(KeyError::Invalid(format!("`{f}` must be a boolean"))),
+            }
+        };
+        let labels = match v.get("labels") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    _ => Err(KeyError::Invalid("label values must be strings".into())),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(KeyError::Invalid("`labels` must be an object".into())),
+        };
+        let models = match v.get("models") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|m| {
+                    m.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| KeyError::Invalid("`models` must hold strings".into()))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(KeyError::Invalid("`models` must be an array".into())),
+        };
+        Ok(KeySpec {
+            tenant: text("tenant")?.unwrap_or_default(),
+            project: text("project")?,
+            user: text("user")?,
+            labels,
+            models,
+            expires_in: text("expires")?.map(|e| parse_duration(&e)).transpose()?,
+            signing: flag("signing")?,
+            admin: flag("admin")?,
+        })
+    }
+
+    /// The spec as the admin API's JSON body.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "tenant": self.tenant,
+            "project": self.project,
+            "user": self.user,
+            "labels": self.labels,
+            "models": self.models,
+            "expires": self.expires_in.map(|d| format!("{}s", d.as_secs())),
+            "signing": self.signing,
+            "admin": self.admin,
+        })
+    }
+
+    /// Checks the spec.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        check_name("tenant", &self.tenant)?;
+        if let Some(p) = &self.project {
+            check_name("project", p)?;
         }
+        if let Some(u) = &self.user {
+            check_name("user", u)?;
+        }
+        if self.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(KeyError::Invalid("a model name is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// A new key record and its secret.
+    pub fn issue(&self, now_ms: i64) -> Result<(String, KeyRecord), KeyError> {
+        self.validate()?;
         let secret = generate_key();
         let record = KeyRecord {
-            id: "local".to_owned(),
-            sha256: hex::encode(hash_secret(&secret)),
+            id: new_key_id(),
+            prefix: secret[..SHOWN_PREFIX].to_owned(),
+            tenant: self.tenant.clone(),
+            project: self.project.clone(),
+            user: self.user.clone(),
+            labels: self.labels.clone(),
+            allowed_models: self.models.clone(),
+            expires_at: self
+                .expires_in
+                .map(|d| now_ms.saturating_add(d.as_millis() as i64)),
+            created_at: now_ms,
+            revoked_at: None,
+            signing: self.signing,
+            admin: self.admin,
+            secrets: vec![SecretHash {
+                sha256: hash_secret(&secret),
+                not_after: None,
+            }],
         };
-        std::fs::create_dir_all(state_dir).map_err(io)?;
-        let json = serde_json::to_vec_pretty(&[&record]).expect("key records serialise");
-        std::fs::write(&path, json).map_err(io)?;
-        store.insert(record);
-        Ok((store, KeySetup::Generated(secret)))
+        Ok((secret, record))
     }
+}
+
+/// Whether a key may be used now, and why not.
+pub fn status(record: &KeyRecord, now_ms: i64) -> &'static str {
+    if record.revoked_at.is_some_and(|t| t <= now_ms) {
+        "revoked"
+    } else if record.expires_at.is_some_and(|t| t <= now_ms) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn rfc3339(ms: i64) -> Value {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// A key as `keys list`, `keys show` and the admin API show it: never a secret, nor a hash.
+pub fn view(record: &KeyRecord, now_ms: i64) -> Value {
+    let grace: Option<i64> = record
+        .secrets
+        .iter()
+        .filter_map(|s| s.not_after)
+        .filter(|&t| t > now_ms)
+        .max();
+    json!({
+        "id": record.id,
+        "prefix": record.prefix,
+        "tenant": record.tenant,
+        "project": record.project,
+        "user": record.user,
+        "labels": record.labels,
+        "models": record.allowed_models,
+        "signing": record.signing,
+        "admin": record.admin,
+        "status": status(record, now_ms),
+        "created_at": rfc3339(record.created_at),
+        "expires_at": record.expires_at.map(rfc3339),
+        "revoked_at": record.revoked_at.map(rfc3339),
+        "previous_secret_valid_until": grace.map(rfc3339),
+    })
+}
+
+/// Which keys a caller may manage: every tenant's, or one tenant's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// The gateway's admin: every tenant.
+    Global,
+    /// A tenant admin: its own tenant only.
+    Tenant(String),
+}
+
+impl Authority {
+    /// The tenant a listing is restricted to: the caller's own, or the one asked for.
+    pub fn tenant_filter(&self, asked: Option<&str>) -> Result<Option<String>, KeyError> {
+        match (self, asked) {
+            (Authority::Global, a) => Ok(a.map(str::to_owned)),
+            (Authority::Tenant(t), None) => Ok(Some(t.clone())),
+            (Authority::Tenant(t), Some(a)) if a == t => Ok(Some(t.clone())),
+            (Authority::Tenant(_), Some(a)) => Err(KeyError::Forbidden(format!(
+                "this admin key may not act for the tenant `{a}`"
+            ))),
+        }
+    }
+
+    fn sees(&self, record: &KeyRecord) -> bool {
+        match self {
+            Authority::Global => true,
+            Authority::Tenant(t) => *t == record.tenant,
+        }
+    }
+}
+
+/// Creates a key; a tenant admin creates keys of its own tenant only.
+pub async fn create(
+    store: &Store,
+    who: &Authority,
+    mut spec: KeySpec,
+) -> Result<(String, KeyRecord), KeyError> {
+    match who {
+        Authority::Tenant(t) if spec.tenant.is_empty() => spec.tenant = t.clone(),
+        Authority::Tenant(t) if *t != spec.tenant => {
+            return Err(KeyError::Forbidden(format!(
+                "this admin key may not create keys of the tenant `{}`",
+                spec.tenant
+            )))
+        }
+        _ => {}
+    }
+    let (secret, record) = spec.issue(now_ms())?;
+    store.put_key(&record).await?;
+    Ok((secret, record))
+}
+
+/// The keys the caller may see, of one tenant or all.
+pub async fn list(
+    store: &Store,
+    who: &Authority,
+    tenant: Option<&str>,
+) -> Result<Vec<KeyRecord>, KeyError> {
+    let tenant = who.tenant_filter(tenant)?;
+    Ok(store.keys(tenant.as_deref()).await?)
+}
+
+/// One key; a key of another tenant is reported as missing to a tenant admin.
+pub async fn show(store: &Store, who: &Authority, id: &str) -> Result<KeyRecord, KeyError> {
+    match store.key(id).await? {
+        Some(r) if who.sees(&r) => Ok(r),
+        _ => Err(KeyError::NotFound(id.to_owned())),
+    }
+}
+
+/// Issues a new secret; the secrets valid now stay valid for `grace` more.
+pub async fn rotate(
+    store: &Store,
+    who: &Authority,
+    id: &str,
+    grace: Duration,
+) -> Result<(String, KeyRecord), KeyError> {
+    let mut record = show(store, who, id).await?;
+    let now = now_ms();
+    if status(&record, now) == "revoked" {
+        return Err(KeyError::Invalid(format!(
+            "the key `{id}` is revoked; create a new one"
+        )));
+    }
+    let until = now.saturating_add(grace.as_millis() as i64);
+    let mut secrets: Vec<SecretHash> = Vec::new();
+    let secret = generate_key();
+    secrets.push(SecretHash {
+        sha256: hash_secret(&secret),
+        not_after: None,
+    });
+    if !grace.is_zero() {
+        for s in &record.secrets {
+            if s.not_after.is_none_or(|t| t > now) {
+                secrets.push(SecretHash {
+                    sha256: s.sha256.clone(),
+                    not_after: Some(s.not_after.map_or(until, |t| t.min(until))),
+                });
+            }
+        }
+    }
+    record.secrets = secrets;
+    record.prefix = secret[..SHOWN_PREFIX].to_owned();
+    store.put_key(&record).await?;
+    Ok((secret, record))
+}
+
+/// Revokes a key at once.
+pub async fn revoke(store: &Store, who: &Authority, id: &str) -> Result<KeyRecord, KeyError> {
+    let mut record = show(store, who, id).await?;
+    if record.revoked_at.is_none() {
+        record.revoked_at = Some(now_ms());
+        store.put_key(&record).await?;
+    }
+    Ok(record)
+}
+
+/// A key that authenticated a request, with the principals its requests act as.
+#[derive(Debug)]
+pub struct AuthKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The key as a principal (`key.id`, `key.labels`).
+    pub key: Arc<Principal>,
+    /// Its project (`project.id` empty when none).
+    pub project: Arc<Principal>,
+    /// Its tenant.
+    pub tenant: Arc<Principal>,
+    /// Its user, when the key is bound to one.
+    pub user: Option<Arc<Principal>>,
+}
+
+impl AuthKey {
+    fn new(record: KeyRecord) -> AuthKey {
+        let principal = |id: &str| {
+            Arc::new(Principal {
+                id: id.to_owned(),
+                labels: BTreeMap::new(),
+            })
+        };
+        AuthKey {
+            key: Arc::new(Principal {
+                id: record.id.clone(),
+                labels: record.labels.clone(),
+            }),
+            project: principal(record.project.as_deref().unwrap_or("")),
+            tenant: principal(&record.tenant),
+            user: record.user.as_deref().map(principal),
+            record,
+        }
+    }
+}
+
+/// The outcome of looking a secret up.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The secret authenticates this key now.
+    Valid(Arc<AuthKey>),
+    /// The key exists but cannot be used: `revoked`, `expired` or `rotated` (its grace ended).
+    Refused(&'static str),
+    /// No key has this secret.
+    Unknown,
+}
+
+struct Cached {
+    at: Instant,
+    key: Option<Arc<AuthKey>>,
+}
+
+/// Key lookups by secret, each reused for at most [`CACHE_TTL`].
+pub struct KeyCache {
+    store: Store,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("ttl", &self.ttl).finish()
+    }
+}
+
+impl KeyCache {
+    /// A cache over `store`.
+    pub fn new(store: Store) -> KeyCache {
+        KeyCache {
+            store,
+            ttl: CACHE_TTL,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store behind it.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Looks a presented secret up.
+    pub async fn lookup(&self, secret: &str) -> Result<Lookup, StoreError> {
+        let hash = hash_secret(secret);
+        let cached = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries
+                .get(&hash)
+                .filter(|c| c.at.elapsed() < self.ttl)
+                .map(|c| c.key.clone())
+        };
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let key = self
+                    .store
+                    .key_by_hash(&hash)
+                    .await?
+                    .map(|r| Arc::new(AuthKey::new(r)));
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                if entries.len() >= CACHE_CAPACITY {
+                    let ttl = self.ttl;
+                    entries.retain(|_, c| c.at.elapsed() < ttl);
+                    if entries.len() >= CACHE_CAPACITY {
+                        entries.clear();
+                    }
+                }
+                entries.insert(
+                    hash.clone(),
+                    Cached {
+                        at: Instant::now(),
+                        key: key.clone(),
+                    },
+                );
+                key
+            }
+        };
+        let Some(key) = key else {
+            return Ok(Lookup::Unknown);
+        };
+        let now = now_ms();
+        if key.record.accepts(&hash, now) {
+            return Ok(Lookup::Valid(key));
+        }
+        Ok(Lookup::Refused(match status(&key.record, now) {
+            "active" => "rotated",
+            other => other,
+        }))
+    }
+
+    /// Forgets every cached lookup of a key (after this replica changed it).
+    pub fn forget(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, c| c.key.as_ref().is_none_or(|k| k.record.id != id));
+    }
+}
+
+/// How start-up obtained its keys, for the banner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySetup {
+    /// The key given with `--dev-key` or `LLMGW_DEV_KEY` (tenant `dev`).
+    DevKey,
+    /// A key generated now; the secret is shown once and never again.
+    Generated(String),
+    /// Keys already in the store.
+    Stored(usize),
+}
+
+/// Registers the dev key, or on a store without keys generates one (importing the hashes of
+/// an older `keys.json` under `legacy_dir` first, when there is one).
+pub async fn setup(
+    store: &Store,
+    dev_key: Option<&str>,
+    legacy_dir: Option<&std::path::Path>,
+) -> Result<KeySetup, KeyError> {
+    let now = now_ms();
+    if let Some(secret) = dev_key {
+        let hash = hash_secret(secret);
+        let existing = store.key(DEV_KEY_ID).await?;
+        let same = existing
+            .as_ref()
+            .is_some_and(|r| r.secrets.iter().any(|s| s.sha256 == hash));
+        if !same {
+            let record = KeyRecord {
+                id: DEV_KEY_ID.to_owned(),
+                prefix: secret
+                    .chars()
+                    .take(SHOWN_PREFIX.min(secret.len() / 2))
+                    .collect(),
+                tenant: DEV_TENANT.to_owned(),
+                project: None,
+                user: None,
+                labels: BTreeMap::new(),
+                allowed_models: Vec::new(),
+                expires_at: None,
+                created_at: now,
+                revoked_at: None,
+                signing: false,
+                admin: false,
+                secrets: vec![SecretHash {
+                    sha256: hash,
+                    not_after: None,
+                }],
+            };
+            store.put_key(&record).await?;
+        }
+        return Ok(KeySetup::DevKey);
+    }
+    let existing = store.keys(None).await?;
+    if !existing.is_empty() {
+        return Ok(KeySetup::Stored(existing.len()));
+    }
+    if let Some(n) = import_legacy(store, legacy_dir, now).await? {
+        return Ok(KeySetup::Stored(n));
+    }
+    let secret = generate_key();
+    let record = KeyRecord {
+        id: LOCAL_KEY_ID.to_owned(),
+        prefix: secret[..SHOWN_PREFIX].to_owned(),
+        tenant: DEFAULT_TENANT.to_owned(),
+        project: None,
+        user: None,
+        labels: BTreeMap::new(),
+        allowed_models: Vec::new(),
+        expires_at: None,
+        created_at: now,
+        revoked_at: None,
+        signing: false,
+        admin: false,
+        secrets: vec![SecretHash {
+            sha256: hash_secret(&secret),
+            not_after: None,
+        }],
+    };
+    store.put_key(&record).await?;
+    Ok(KeySetup::Generated(secret))
+}
+
+/// Imports `keys.json` (`[{id, sha256}]`, written by earlier versions) as keys of the default
+/// tenant.
+async fn import_legacy(
+    store: &Store,
+    dir: Option<&std::path::Path>,
+    now: i64,
+) -> Result<Option<usize>, KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Legacy {
+        id: String,
+        sha256: String,
+    }
+    let Some(dir) = dir else { return Ok(None) };
+    let Ok(bytes) = std::fs::read(dir.join("keys.json")) else {
+        return Ok(None);
+    };
+    let Ok(legacy) = serde_json::from_slice::<Vec<Legacy>>(&bytes) else {
+        return Ok(None);
+    };
+    if legacy.is_empty() {
+        return Ok(None);
+    }
+    for l in &legacy {
+        store
+            .put_key(&KeyRecord {
+                id: l.id.clone(),
+                prefix: KEY_PREFIX.to_owned(),
+                tenant: DEFAULT_TENANT.to_owned(),
+                project: None,
+                user: None,
+                labels: BTreeMap::new(),
+                allowed_models: Vec::new(),
+                expires_at: None,
+                created_at: now,
+                revoked_at: None,
+                signing: false,
+                admin: false,
+                secrets: vec![SecretHash {
+                    sha256: l.sha256.clone(),
+                    not_after: None,
+                }],
+            })
+            .await?;
+    }
+    Ok(Some(legacy.len()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_key_is_stored_only_hashed_and_reused() {
+    async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, setup) = KeyStore::setup(None, dir.path()).expect("setup");
-        let KeySetup::Generated(secret) = setup else {
+        let store = Store::open(dir.path().to_str().expect("utf-8"))
+            .await
+            .expect("store");
+        (dir, store)
+    }
+
+    #[test]
+    fn parses_durations_and_labels() {
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("h").is_err());
+        let labels = parse_labels(&["tier=developer".into(), "team=a=b".into()]).unwrap();
+        assert_eq!(labels["team"], "a=b");
+        assert!(parse_labels(&["nolabel".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn generated_key_is_stored_only_hashed_and_reused() {
+        let (dir, store) = store().await;
+        let KeySetup::Generated(secret) = setup(&store, None, None).await.unwrap() else {
             panic!("expected a generated key")
         };
         assert!(secret.starts_with(KEY_PREFIX) && secret.len() >= 40);
-        assert!(store.verify(&secret).is_some());
-        let stored = std::fs::read_to_string(dir.path().join("keys.json")).expect("key file");
-        assert!(!stored.contains(&secret));
-        let (again, setup) = KeyStore::setup(None, dir.path()).expect("setup");
-        assert_eq!(setup, KeySetup::Stored(1));
-        assert!(again.verify(&secret).is_some());
-        assert!(again.verify("llmgw_wrong").is_none());
+        assert_eq!(
+            setup(&store, None, None).await.unwrap(),
+            KeySetup::Stored(1)
+        );
+        let cache = KeyCache::new(store.clone());
+        let Lookup::Valid(k) = cache.lookup(&secret).await.unwrap() else {
+            panic!("the generated key authenticates")
+        };
+        assert_eq!(k.tenant.id, DEFAULT_TENANT);
+        assert!(matches!(
+            cache.lookup("llmgw_wrong").await.unwrap(),
+            Lookup::Unknown
+        ));
+        drop(store);
+        let bytes = std::fs::read(dir.path().join("state.sqlite")).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&secret));
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_old_secret_for_the_grace_only() {
+        let (_dir, store) = store().await;
+        let spec = KeySpec {
+            tenant: "acme".into(),
+            ..KeySpec::default()
+        };
+        let (old, record) = create(&store, &Authority::Global, spec).await.unwrap();
+        let (new, rotated) = rotate(
+            &store,
+            &Authority::Global,
+            &record.id,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let now = now_ms();
+        assert!(rotated.accepts(&hash_secret(&old), now));
+        assert!(rotated.accepts(&hash_secret(&new), now));
+        assert!(!rotated.accepts(&hash_secret(&old), now + 3_601_000));
+        let (_, again) = rotate(&store, &Authority::Global, &record.id, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(again.secrets.len(), 1, "no grace: only the newest secret");
+    }
+
+    #[tokio::test]
+    async fn tenant_admins_see_only_their_tenant() {
+        let (_dir, store) = store().await;
+        let acme = Authority::Tenant("acme".into());
+        let spec = |t: &str| KeySpec {
+            tenant: t.into(),
+            ..KeySpec::default()
+        };
+        let (_, a) = create(&store, &acme, spec("")).await.unwrap();
+        assert_eq!(a.tenant, "acme");
+        assert!(matches!(
+            create(&store, &acme, spec("globex")).await,
+            Err(KeyError::Forbidden(_))
+        ));
+        let (_, g) = create(&store, &Authority::Global, spec("globex"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            show(&store, &acme, &g.id).await,
+            Err(KeyError::NotFound(_))
+        ));
+        assert!(matches!(
+            revoke(&store, &acme, &g.id).await,
+            Err(KeyError::NotFound(_))
+        ));
+        assert!(matches!(
+            list(&store, &acme, Some("globex")).await,
+            Err(KeyError::Forbidden(_))
+        ));
+        let mine = list(&store, &acme, None).await.unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(
+            list(&store, &Authority::Global, None).await.unwrap().len(),
+            2
+        );
     }
 }

@@ -8,13 +8,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod body;
+pub mod budgets;
 pub mod circuit;
 pub mod cli;
 pub mod decision_log;
 pub mod error;
 pub mod keys;
+pub mod keys_cmd;
 pub mod live;
 pub mod logging;
 pub mod metrics;
@@ -26,6 +29,7 @@ pub mod reload;
 pub mod retry_budget;
 pub mod routes;
 pub mod server;
+pub mod signing;
 pub mod sse;
 pub mod store;
 pub mod upstream;

@@ -57,6 +57,26 @@ pub struct ProviderLabels {
     pub region: String,
 }
 
+/// Labels of spend attribution.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    /// Tenant.
+    pub tenant: String,
+    /// Project (empty when none).
+    pub project: String,
+}
+
+/// Labels of a budget alert.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// Budget.
+    pub budget: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The threshold crossed, a fraction of the limit.
+    pub threshold: String,
+}
+
 /// Labels of the policy in force.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -106,6 +126,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// The policy in force (value 1).
     pub policy: Family<PolicyLabels, Gauge>,
+    /// Spend in USD by tenant and project.
+    pub spend: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    /// Budget alert thresholds crossed.
+    pub budget_alerts: Family<AlertLabels, Counter>,
     /// Policy reloads by result.
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Decision-log records written.
@@ -192,6 +216,8 @@ impl Metrics {
             retry_budget_exhausted: Counter::default(),
             in_flight: Gauge::default(),
             policy: Family::default(),
+            spend: Family::default(),
+            budget_alerts: Family::default(),
             policy_reloads: Family::default(),
             decision_log_written: Counter::default(),
             decision_log_dropped: Counter::default(),
@@ -267,7 +293,38 @@ impl Metrics {
             "Decision-log file rotations",
             m.decision_log_rotations.clone(),
         );
+        registry.register(
+            "spend_usd",
+            "Spend in USD by tenant and project",
+            m.spend.clone(),
+        );
+        registry.register(
+            "budget_alerts",
+            "Budget alert thresholds crossed",
+            m.budget_alerts.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a budget alert.
+    pub fn budget_alert(&self, budget: &str, tenant: &str, threshold: f64) {
+        self.budget_alerts
+            .get_or_create(&AlertLabels {
+                budget: budget.to_owned(),
+                tenant: tenant.to_owned(),
+                threshold: threshold.to_string(),
+            })
+            .inc();
+    }
+
+    /// Adds spend attributed to a tenant and project.
+    pub fn add_spend(&self, tenant: &str, project: &str, usd: f64) {
+        self.spend
+            .get_or_create(&SpendLabels {
+                tenant: tenant.to_owned(),
+                project: project.to_owned(),
+            })
+            .inc_by(usd);
     }
 
     /// The Prometheus text exposition.

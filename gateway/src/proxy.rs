@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::body::GatewayBody;
+use crate::budgets::{self, Held, Settlement};
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
@@ -217,7 +218,7 @@ pub async fn handle(
         decision_input: None,
     };
     // Phase 1: authenticate.
-    let key = match authenticate::authenticate(&parts.headers, &app.keys) {
+    let key = match authenticate::authenticate(&parts.headers, &app.keys).await {
         Ok(k) => k,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
@@ -225,15 +226,43 @@ pub async fn handle(
         Ok(b) => b,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    let request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
+    if let Err(e) = authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await {
+        return reject(&app, &info, e, "", false, None);
+    }
+    let mut request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     // Phase 2: identify.
     let identity = identify::identify(&key, request.user.as_deref());
+    let spend = match authenticate::check_model(&key, &request.facts.model) {
+        Ok(()) => budgets::prefetch(&app.state, &rt.policy, &identity, chrono::Utc::now())
+            .await
+            .map_err(|e| {
+                tracing::error!(target: "llmgw::budget", error = %e, "state store failed reading spend");
+                ApiError::unavailable("state_unavailable", "the gateway cannot read budgets now")
+                    .with_retry_after(Some(Duration::from_secs(1)))
+            }),
+        Err(e) => Err(e),
+    };
+    let spend = match spend {
+        Ok(s) => s,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            return reject(
+                &app,
+                &info,
+                e,
+                &model,
+                request.facts.stream,
+                Some(&identity),
+            );
+        }
+    };
     // Phase 3: decide.
     let mut captured = app.decision_log.enabled().then(Captured::default);
-    let decision = match decide::decide(&rt, &request, identity.clone(), captured.as_mut()) {
+    let decision = match decide::decide(&rt, &request, identity.clone(), &spend, captured.as_mut())
+    {
         Ok(d) => d,
         Err(e) => {
             if let Some(Captured {
@@ -268,7 +297,36 @@ pub async fn handle(
     };
     info.decision_input = captured.and_then(|c| c.input);
     // Phase 4: reserve.
-    let _held = reserve::reserve(&decision);
+    let redecide = |s: &budgets::Spend| decide::decide(&rt, &request, identity.clone(), s, None);
+    let reserved = reserve::reserve(&rt, &app.state, &request, &spend, decision, redecide).await;
+    let (decision, held) = match reserved {
+        Ok(v) => v,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            return reject(
+                &app,
+                &info,
+                e,
+                &model,
+                request.facts.stream,
+                Some(&identity),
+            );
+        }
+    };
+    reserve::cap_output(&mut request, &held);
+    if let Some(g) = &decision.downgrade {
+        tracing::info!(
+            target: "llmgw::budget",
+            request_id = info.request_id.as_str(),
+            from = &*g.from,
+            to = &*g.to,
+            rule = &*g.rule,
+            budget = g.budget.as_deref().unwrap_or(""),
+            tenant = identity.tenant.id.as_str(),
+            key_id = identity.key.id.as_str(),
+            "downgrade"
+        );
+    }
     app.retry_budget.deposit();
     app.metrics.in_flight.inc();
     let in_flight = InFlightGauge(app.clone());
@@ -283,6 +341,13 @@ pub async fn handle(
     match attempt::run(&plan, 0, None, &mut trace).await {
         Err(failure) => {
             let err = failure.api_error();
+            let settlement = Settlement {
+                identity: &identity,
+                model: &plan.decision.model,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+            };
+            held.settle(&app.state, &app.metrics, settlement).await;
             finish(
                 &plan,
                 &info,
@@ -313,6 +378,13 @@ pub async fn handle(
                     Value::String(plan.attempt(idx).model.to_string()),
                 );
             }
+            let settlement = Settlement {
+                identity: &identity,
+                model: &plan.attempt(idx).model,
+                usage: bill.usage(),
+                cost_usd: cost,
+            };
+            held.settle(&app.state, &app.metrics, settlement).await;
             let body = Bytes::from(response.body.to_string());
             let mut resp = json_response(StatusCode::OK, body, &info);
             served_headers(resp.headers_mut(), &plan, idx, &format_cost(cost));
@@ -350,7 +422,7 @@ pub async fn handle(
                 &format_cost(plan.decision.estimated_cost_usd),
             );
             set(h, headers::COST_ESTIMATED, "true");
-            tokio::spawn(pump(plan, live, tx, trace, info, identity, in_flight));
+            tokio::spawn(pump(plan, live, tx, trace, info, identity, in_flight, held));
             resp
         }
     }
@@ -506,6 +578,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// Relays a stream to the client. A break after output went out resumes on the next attempt
 /// that accepts a prefill (streaming only the rest), or ends with an in-band `error` event and
 /// no `[DONE]`, so a truncated answer never looks complete.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     plan: Plan,
     mut live: LiveStream,
@@ -514,6 +587,7 @@ async fn pump(
     info: Info,
     identity: Identity,
     _in_flight: InFlightGauge,
+    held: Held,
 ) {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -654,6 +728,14 @@ async fn pump(
     }
     let status = if outcome == "client_closed" { 499 } else { 200 };
     let error = (outcome == "truncated").then_some("stream truncated");
+    let settlement = Settlement {
+        identity: &identity,
+        model: &plan.attempt(live.idx).model,
+        usage: bill.usage(),
+        cost_usd: bill.cost_usd(&plan.rt.policy),
+    };
+    held.settle(&plan.app.state, &plan.app.metrics, settlement)
+        .await;
     finish(
         &plan,
         &info,

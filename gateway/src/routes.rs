@@ -24,7 +24,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::POST, "/v1/embeddings") => {
             proxy::handle(app, parts, body, Endpoint::Embeddings).await
         }
-        (&Method::GET, "/v1/models") => with_key(&app, &parts.headers, || models(&app)),
+        (&Method::GET, "/v1/models") => with_key(&app, &parts.headers, || models(&app)).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => ready(&app),
         (&Method::GET, "/metrics") => {
@@ -37,7 +37,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             );
             resp
         }
-        (&Method::GET, "/admin/status") => with_key(&app, &parts.headers, || status(&app)),
+        (&Method::GET, "/admin/status") => with_key(&app, &parts.headers, || status(&app)).await,
         (
             _,
             "/v1/chat/completions"
@@ -53,16 +53,17 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             "method_not_allowed",
             format!("`{}` is not allowed on `{path}`", parts.method),
         )),
+        (_, p) if crate::admin::is_admin_path(p) => crate::admin::handle(&app, parts, body).await,
         _ => error(&ApiError::route_not_found(&parts.method, path)),
     }
 }
 
-fn with_key(
+async fn with_key(
     app: &App,
     headers: &http::HeaderMap,
     f: impl FnOnce() -> Response<GatewayBody>,
 ) -> Response<GatewayBody> {
-    match authenticate(headers, &app.keys) {
+    match authenticate(headers, &app.keys).await {
         Ok(_) => f(),
         Err(e) => error(&e),
     }

@@ -1,18 +1,20 @@
-//! Phase 1: who holds the key. `Authorization: Bearer <gateway key>`, checked by its hash.
+//! Phase 1: who holds the key. `Authorization: Bearer <gateway key>`, checked by its hash
+//! against the keys of the state store (through [`KeyCache`]). Signed keys are checked again
+//! once the body is read ([`verify_signature`]).
 
 use crate::error::ApiError;
-use crate::keys::{KeyRecord, KeyStore};
+use crate::keys::{AuthKey, KeyCache, Lookup};
 use http::HeaderMap;
 use std::sync::Arc;
 
-/// The key presented with the request, or 401.
-pub fn authenticate(headers: &HeaderMap, keys: &KeyStore) -> Result<Arc<KeyRecord>, ApiError> {
+/// The bearer secret of a request, or 401.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing `Authorization: Bearer <key>` header",
         ));
     };
-    let secret = value
+    value
         .to_str()
         .ok()
         .and_then(|v| {
@@ -21,32 +23,131 @@ pub fn authenticate(headers: &HeaderMap, keys: &KeyStore) -> Result<Arc<KeyRecor
         })
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiError::unauthorized("the `Authorization` header must be `Bearer <key>`")
-        })?;
-    keys.verify(secret)
-        .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))
+        .ok_or_else(|| ApiError::unauthorized("the `Authorization` header must be `Bearer <key>`"))
+}
+
+/// The key presented with the request, or 401 (403 for an admin key, which serves the admin
+/// API only).
+pub async fn authenticate(headers: &HeaderMap, keys: &KeyCache) -> Result<Arc<AuthKey>, ApiError> {
+    let secret = bearer(headers)?;
+    match keys.lookup(secret).await {
+        Ok(Lookup::Valid(k)) if k.record.admin => Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "permission_error",
+            "admin_key",
+            "an admin key serves the admin API only; use a gateway key",
+        )),
+        Ok(Lookup::Valid(k)) => Ok(k),
+        Ok(Lookup::Refused("revoked")) => {
+            Err(ApiError::unauthorized("the API key has been revoked"))
+        }
+        Ok(Lookup::Refused("expired")) => Err(ApiError::unauthorized("the API key has expired")),
+        Ok(Lookup::Refused(_)) => Err(ApiError::unauthorized(
+            "the API key was rotated and its grace period has ended",
+        )),
+        Ok(Lookup::Unknown) => Err(ApiError::unauthorized("the API key is not valid")),
+        Err(e) => {
+            tracing::error!(target: "llmgw::auth", error = %e, "state store failed during key lookup");
+            Err(
+                ApiError::unavailable("state_unavailable", "the gateway cannot check keys now")
+                    .with_retry_after(Some(std::time::Duration::from_secs(1))),
+            )
+        }
+    }
+}
+
+/// Checks the request signature of a key that requires one (`x-llmgw-signature`), with the
+/// secret of the same request's `Authorization` header.
+pub async fn verify_signature(
+    headers: &HeaderMap,
+    key: &AuthKey,
+    body: &[u8],
+    keys: &KeyCache,
+) -> Result<(), ApiError> {
+    if !key.record.signing {
+        return Ok(());
+    }
+    let secret = bearer(headers)?;
+    match crate::signing::verify(
+        keys.store(),
+        &key.record.id,
+        headers,
+        secret,
+        body,
+        crate::keys::now_ms(),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => {
+            tracing::error!(target: "llmgw::auth", error = %e, "state store failed during the replay check");
+            Err(ApiError::unavailable(
+                "state_unavailable",
+                "the gateway cannot check signatures now",
+            ))
+        }
+    }
+}
+
+/// The model a key may not use, as a 403 naming it.
+pub fn check_model(key: &AuthKey, model: &str) -> Result<(), ApiError> {
+    let allowed = &key.record.allowed_models;
+    if allowed.is_empty() || allowed.iter().any(|m| m == model) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+            format!("this key may not use the model `{model}`"),
+        )
+        .with_param("model"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{create, revoke, Authority, KeySpec};
+    use crate::store::Store;
 
-    #[test]
-    fn accepts_only_registered_keys() {
-        let mut keys = KeyStore::default();
-        keys.insert_secret("dev", "llmgw_secret");
+    #[tokio::test]
+    async fn accepts_only_stored_valid_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().to_str().expect("utf-8"))
+            .await
+            .expect("store");
+        let spec = KeySpec {
+            tenant: "acme".into(),
+            models: vec!["gpt-4o".into()],
+            ..KeySpec::default()
+        };
+        let (secret, record) = create(&store, &Authority::Global, spec).await.expect("key");
+        let keys = KeyCache::new(store.clone());
         let mut h = HeaderMap::new();
-        assert_eq!(authenticate(&h, &keys).unwrap_err().status, 401);
+        assert_eq!(authenticate(&h, &keys).await.unwrap_err().status, 401);
         h.insert(
             "authorization",
             "Bearer llmgw_wrong".parse().expect("header"),
         );
-        assert!(authenticate(&h, &keys).is_err());
+        assert!(authenticate(&h, &keys).await.is_err());
         h.insert(
             "authorization",
-            "Bearer llmgw_secret".parse().expect("header"),
+            format!("Bearer {secret}").parse().expect("header"),
         );
-        assert_eq!(authenticate(&h, &keys).expect("valid").id, "dev");
+        let k = authenticate(&h, &keys).await.expect("valid");
+        assert_eq!(k.record.id, record.id);
+        assert_eq!(k.tenant.id, "acme");
+        assert!(check_model(&k, "gpt-4o").is_ok());
+        let e = check_model(&k, "claude-opus").unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(e.message.contains("`claude-opus`"));
+        revoke(&store, &Authority::Global, &record.id)
+            .await
+            .expect("revoke");
+        keys.forget(&record.id);
+        let e = authenticate(&h, &keys).await.unwrap_err();
+        assert!(e.message.contains("revoked"), "{}", e.message);
     }
 }

@@ -1,6 +1,7 @@
 //! Phase 3: what the policy says. Builds the request context and asks the engine.
 
-use crate::app::{NoState, Runtime};
+use crate::app::Runtime;
+use crate::budgets::Spend;
 use crate::decision_log::{Capture, Captured};
 use crate::error::ApiError;
 use crate::wire::ClientRequest;
@@ -15,6 +16,7 @@ pub fn decide(
     rt: &Runtime,
     req: &ClientRequest,
     identity: Identity,
+    spend: &Spend,
     mut captured: Option<&mut Captured>,
 ) -> Result<Decision, ApiError> {
     let ctx = RequestContext {
@@ -27,9 +29,9 @@ pub fn decide(
         canary_random: rand::random::<f64>(),
     };
     let decision = match captured.as_deref_mut() {
-        None => rt.policy.decide(&ctx, &rt.live, &NoState),
+        None => rt.policy.decide(&ctx, &rt.live, spend),
         Some(out) => {
-            let capture = Capture::new(&rt.live, &NoState);
+            let capture = Capture::new(&rt.live, spend);
             let decision = rt.policy.decide(&ctx, &capture, &capture);
             out.input = Some(capture.into_input(&ctx));
             decision
@@ -41,12 +43,15 @@ pub fn decide(
             out.blocked = Some(decision.clone());
         }
         let budget = decision.budget.as_deref().unwrap_or("a budget");
-        return Err(ApiError::new(
-            http::StatusCode::TOO_MANY_REQUESTS,
-            "insufficient_quota",
-            "budget_exceeded",
-            format!("the request would exceed the budget `{budget}`"),
-        ));
+        return Err(match spend.window(budget) {
+            Some(w) => w.exceeded(spend.now),
+            None => ApiError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "budget_exceeded",
+                format!("the request would exceed the budget `{budget}`"),
+            ),
+        });
     }
     Ok(decision)
 }

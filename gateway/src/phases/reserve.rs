@@ -1,30 +1,77 @@
 //! Phase 4: hold the worst-case cost against the budgets the decision names.
 //!
-//! Spend has no durable store yet, so a reservation only carries its amounts through the
-//! request: settle releases it and records the real cost.
+//! The worst case is the request's estimated input plus `max_tokens` (or the engine's default
+//! output) at the prices of the most expensive model the attempt list may reach. Strict budgets
+//! hold it atomically against their limit in the state store, so concurrent requests on every
+//! replica together never pass it; a refused hold answers 429, naming the budget and when it
+//! resets. A hold refused by a budget that downgrades on exceed decides again with the spend the
+//! store reported, which moves the request to the downgrade model. When the client set no
+//! `max_tokens`, the upstream request is capped at the output the hold was sized for.
 
-use llmgw_engine::decision::{Decision, Reservation};
+use crate::app::Runtime;
+use crate::budgets::{self, Held, Spend};
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::wire::ClientRequest;
+use llmgw_engine::decision::Decision;
+use llmgw_engine::input::Endpoint;
+use llmgw_engine::model::OnExceed;
+use serde_json::Value;
 
-/// The reservations held for one request.
-#[derive(Debug, Default)]
-pub struct Held {
-    /// What was reserved.
-    pub reservations: Vec<Reservation>,
-}
-
-impl Held {
-    /// Worst-case USD held.
-    pub fn amount_usd(&self) -> f64 {
-        self.reservations
-            .iter()
-            .map(|r| r.amount_usd)
-            .fold(0.0, f64::max)
+/// Reserves the decision's worst-case cost; returns the decision that holds (a new one after
+/// a downgrade) and the holds to settle. `redecide` decides again on another view of spend.
+pub async fn reserve(
+    rt: &Runtime,
+    store: &Store,
+    request: &ClientRequest,
+    spend: &Spend,
+    mut decision: Decision,
+    redecide: impl Fn(&Spend) -> Result<Decision, ApiError>,
+) -> Result<(Decision, Held), ApiError> {
+    let mut view: Option<Spend> = None;
+    loop {
+        let amount = budgets::worst_case_usd(
+            &rt.policy,
+            &decision,
+            request.facts.input_tokens,
+            request.facts.max_tokens,
+        );
+        let current = view.as_ref().unwrap_or(spend);
+        let refusal = match budgets::reserve(store, current, &decision, amount).await {
+            Ok(Ok(held)) => return Ok((decision, held)),
+            Ok(Err(refusal)) => refusal,
+            Err(e) => {
+                tracing::error!(target: "llmgw::budget", error = %e, "state store failed during a reservation");
+                return Err(ApiError::unavailable(
+                    "state_unavailable",
+                    "the gateway cannot check budgets now",
+                )
+                .with_retry_after(Some(std::time::Duration::from_secs(1))));
+            }
+        };
+        let w = &refusal.window;
+        if view.is_none() && w.on_exceed == OnExceed::Downgrade && decision.downgrade.is_none() {
+            let next = current.with_committed(&w.budget, refusal.committed);
+            decision = redecide(&next)?;
+            view = Some(next);
+            continue;
+        }
+        return Err(w.exceeded(spend.now));
     }
 }
 
-/// Reserves the decision's worst-case cost.
-pub fn reserve(decision: &Decision) -> Held {
-    Held {
-        reservations: decision.reservations.clone(),
+/// Sets `max_tokens` to the output the hold was sized for when the client set none.
+pub fn cap_output(request: &mut ClientRequest, held: &Held) {
+    if held.amount() == 0
+        || request.facts.max_tokens.is_some()
+        || request.facts.endpoint != Endpoint::Chat
+    {
+        return;
+    }
+    if let Some(obj) = request.body.as_object_mut() {
+        obj.insert(
+            "max_tokens".into(),
+            Value::from(llmgw_engine::decide::DEFAULT_OUTPUT_TOKENS),
+        );
     }
 }

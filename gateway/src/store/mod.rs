@@ -87,6 +87,10 @@ pub struct KeyRecord {
     /// Requests must carry `x-llmgw-signature`.
     #[serde(default)]
     pub signing: bool,
+    /// A tenant admin key: accepted by the admin API for its own tenant only, refused on the
+    /// model endpoints.
+    #[serde(default)]
+    pub admin: bool,
     /// Hashes of its secrets: the current one, and during a rotation the previous one.
     pub secrets: Vec<SecretHash>,
 }
@@ -116,6 +120,9 @@ pub struct Hold {
     pub strict: bool,
     /// Seconds after which the counter may be dropped (the period's end plus a margin).
     pub ttl_secs: u64,
+    /// Other counters whose spent and held amounts count against the limit too (the earlier
+    /// buckets of a rolling window); read, never changed.
+    pub window: Vec<String>,
 }
 
 /// A reservation refused by a strict budget.
@@ -209,8 +216,9 @@ impl Store {
         dispatch!(self.reserve(holds))
     }
 
-    /// Releases holds and adds what was really spent: `(counter, held, actual)`.
-    pub async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+    /// Releases holds and adds what was really spent: `(counter, held, actual)`; returns each
+    /// counter's spent amount after its settlement.
+    pub async fn settle(&self, items: &[(String, i64, i64)]) -> Result<Vec<i64>, StoreError> {
         dispatch!(self.settle(items))
     }
 

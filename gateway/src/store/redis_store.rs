@@ -7,31 +7,43 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// Checks every hold, then applies all of them; returns `{refusing index, committed}` or
-/// `{-1, 0}`. KEYS are counters; ARGV holds amount, limit, strict (0/1), ttl per counter.
+/// `{-1, 0}`. ARGV[1] is the number of holds, then five values per hold: amount, limit, strict
+/// (0/1), ttl and the number of window counters. KEYS are, per hold, its counter followed by
+/// its window counters (read only).
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        for i = 1, #KEYS do
-          local b = (i - 1) * 4
-          local committed = tonumber(redis.call('HGET', KEYS[i], 'spent') or '0')
-            + tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
-          if ARGV[b + 3] == '1' and committed + tonumber(ARGV[b + 1]) > tonumber(ARGV[b + 2]) then
-            return {i - 1, committed}
-          end
+        local function committed(key)
+          return tonumber(redis.call('HGET', key, 'spent') or '0')
+            + tonumber(redis.call('HGET', key, 'held') or '0')
         end
-        for i = 1, #KEYS do
-          local b = (i - 1) * 4
-          redis.call('HINCRBY', KEYS[i], 'held', ARGV[b + 1])
+        local holds = tonumber(ARGV[1])
+        local k = 1
+        for i = 1, holds do
+          local b = 1 + (i - 1) * 5
+          local nwin = tonumber(ARGV[b + 5])
+          local total = committed(KEYS[k])
+          for j = 1, nwin do total = total + committed(KEYS[k + j]) end
+          if ARGV[b + 3] == '1' and total + tonumber(ARGV[b + 1]) > tonumber(ARGV[b + 2]) then
+            return {i - 1, total}
+          end
+          k = k + 1 + nwin
+        end
+        k = 1
+        for i = 1, holds do
+          local b = 1 + (i - 1) * 5
+          redis.call('HINCRBY', KEYS[k], 'held', ARGV[b + 1])
           local ttl = tonumber(ARGV[b + 4])
-          if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+          if redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+          k = k + 1 + tonumber(ARGV[b + 5])
         end
         return {-1, 0}
         ",
     )
 });
 
-/// Releases a hold (never below zero) and adds the actual spend. KEYS: one counter; ARGV:
-/// held, actual.
+/// Releases a hold (never below zero) and adds the actual spend; returns the counter's spent
+/// amount after it. KEYS: one counter; ARGV: held, actual.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -39,8 +51,7 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
         local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
         local release = math.min(held, tonumber(ARGV[1]))
         redis.call('HINCRBY', KEYS[1], 'held', -release)
-        redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
-        return 1
+        return redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
         ",
     )
 });
@@ -140,12 +151,17 @@ impl RedisStore {
             return Ok(Ok(()));
         }
         let mut inv = RESERVE.prepare_invoke();
+        inv.arg(holds.len());
         for h in holds {
             inv.key(self.k(&["ctr", &h.counter]));
+            for w in &h.window {
+                inv.key(self.k(&["ctr", w]));
+            }
             inv.arg(h.amount)
                 .arg(h.limit)
                 .arg(if h.strict { "1" } else { "0" })
-                .arg(h.ttl_secs.max(1));
+                .arg(h.ttl_secs.max(1))
+                .arg(h.window.len());
         }
         let mut c = self.conn.clone();
         let (index, committed): (i64, i64) = inv.invoke_async(&mut c).await?;
@@ -159,27 +175,36 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+    pub(super) async fn settle(
+        &self,
+        items: &[(String, i64, i64)],
+    ) -> Result<Vec<i64>, StoreError> {
         let mut c = self.conn.clone();
+        let mut spent = Vec::with_capacity(items.len());
         for (counter, held, actual) in items {
-            let _: i64 = SETTLE
-                .key(self.k(&["ctr", counter]))
-                .arg(*held)
-                .arg(*actual)
-                .invoke_async(&mut c)
-                .await?;
+            spent.push(
+                SETTLE
+                    .key(self.k(&["ctr", counter]))
+                    .arg(*held)
+                    .arg(*actual)
+                    .invoke_async(&mut c)
+                    .await?,
+            );
         }
-        Ok(())
+        Ok(spent)
     }
 
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
-        let mut c = self.conn.clone();
-        let mut out = Vec::with_capacity(counters.len());
-        for name in counters {
-            let v: Option<i64> = c.hget(self.k(&["ctr", name]), "spent").await?;
-            out.push(v.unwrap_or(0));
+        if counters.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let mut pipe = redis::pipe();
+        for name in counters {
+            pipe.hget(self.k(&["ctr", name]), "spent");
+        }
+        let mut c = self.conn.clone();
+        let values: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
+        Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
     pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {

@@ -136,14 +136,17 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_secs();
             for (index, h) in holds.iter().enumerate() {
-                let committed: i64 = tx
-                    .query_row(
-                        "SELECT spent + held FROM counters WHERE name = ?1",
-                        params![h.counter],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0);
+                let mut committed = 0i64;
+                for name in std::iter::once(&h.counter).chain(&h.window) {
+                    committed += tx
+                        .query_row(
+                            "SELECT spent + held FROM counters WHERE name = ?1 AND expires_at >= ?2",
+                            params![name, now],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0);
+                }
                 if h.strict && committed + h.amount > h.limit {
                     return Ok(Err(Refused { index, committed }));
                 }
@@ -163,18 +166,28 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn settle(&self, items: &[(String, i64, i64)]) -> Result<(), StoreError> {
+    pub(super) async fn settle(
+        &self,
+        items: &[(String, i64, i64)],
+    ) -> Result<Vec<i64>, StoreError> {
         let items = items.to_vec();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut spent = Vec::with_capacity(items.len());
             for (counter, held, actual) in &items {
-                tx.execute(
-                    "UPDATE counters SET held = max(held - ?2, 0), spent = spent + ?3 WHERE name = ?1",
-                    params![counter, held, actual],
-                )?;
+                spent.push(
+                    tx.query_row(
+                        "UPDATE counters SET held = max(held - ?2, 0), spent = spent + ?3
+                         WHERE name = ?1 RETURNING spent",
+                        params![counter, held, actual],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0),
+                );
             }
             tx.commit()?;
-            Ok(())
+            Ok(spent)
         })
         .await
     }
@@ -182,12 +195,15 @@ impl SqliteStore {
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
         let counters = counters.to_vec();
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT spent FROM counters WHERE name = ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT spent FROM counters WHERE name = ?1 AND expires_at >= ?2",
+            )?;
+            let now = now_secs();
             counters
                 .iter()
                 .map(|name| {
                     Ok(stmt
-                        .query_row(params![name], |r| r.get(0))
+                        .query_row(params![name, now], |r| r.get(0))
                         .optional()?
                         .unwrap_or(0))
                 })

@@ -17,6 +17,7 @@ fn key(id: &str, tenant: &str, hash: &str) -> KeyRecord {
         created_at: 1,
         revoked_at: None,
         signing: false,
+        admin: false,
         secrets: vec![SecretHash {
             sha256: hash.into(),
             not_after: None,
@@ -31,6 +32,7 @@ fn hold(counter: &str, amount: i64, limit: i64) -> Hold {
         limit,
         strict: true,
         ttl_secs: 3600,
+        window: Vec::new(),
     }
 }
 
@@ -131,7 +133,10 @@ async fn strict_reservations_never_pass_the_limit(store: &Store, counter: &str) 
             committed: 70
         }
     );
-    assert_eq!(store.spent(&[other.clone()]).await.unwrap(), vec![0]);
+    assert_eq!(
+        store.spent(std::slice::from_ref(&other)).await.unwrap(),
+        vec![0]
+    );
     assert!(store
         .reserve(&[hold(&other, 31, 1_000), hold(counter, 30, 100)])
         .await
@@ -142,6 +147,25 @@ async fn strict_reservations_never_pass_the_limit(store: &Store, counter: &str) 
         ..hold(counter, 1_000, 100)
     };
     assert!(store.reserve(&[lenient]).await.unwrap().is_ok());
+}
+
+async fn windows_count_earlier_buckets(store: &Store, prefix: &str) {
+    let (b1, b2) = (format!("{prefix}-r1"), format!("{prefix}-r2"));
+    store.reserve(&[hold(&b1, 60, 100)]).await.unwrap().unwrap();
+    let spent = store.settle(&[(b1.clone(), 60, 55)]).await.unwrap();
+    assert_eq!(spent, vec![55]);
+    // The next bucket's hold counts the earlier bucket's 55 against the limit of 100.
+    let windowed = |amount| Hold {
+        window: vec![b1.clone()],
+        ..hold(&b2, amount, 100)
+    };
+    let refused = store.reserve(&[windowed(46)]).await.unwrap().unwrap_err();
+    assert_eq!(refused.committed, 55);
+    store.reserve(&[windowed(45)]).await.unwrap().unwrap();
+    assert_eq!(
+        store.spent(&[b1.clone(), b2.clone()]).await.unwrap(),
+        vec![55, 0]
+    );
 }
 
 async fn ledger_kv_and_replays(store: &Store) {
@@ -198,6 +222,7 @@ async fn sqlite_store_behaves() {
     let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
     keys_rotate_and_revoke(&store).await;
     strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
+    windows_count_earlier_buckets(&store, "b:rolling").await;
     ledger_kv_and_replays(&store).await;
     // A reopened store keeps everything (migrations are not re-run).
     drop(store);
@@ -225,5 +250,6 @@ async fn redis_store_behaves() {
     let store = redis_store().await;
     keys_rotate_and_revoke(&store).await;
     strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
+    windows_count_earlier_buckets(&store, "b:rolling").await;
     ledger_kv_and_replays(&store).await;
 }

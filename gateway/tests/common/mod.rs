@@ -37,11 +37,25 @@ impl Gateway {
 
     /// Starts the binary with extra environment variables; `dev_key` adds `--dev-key`.
     pub fn start_with(args: &[&str], env: &[(&str, &str)], dev_key: bool) -> Gateway {
+        Gateway::start_on(args, env, dev_key, None)
+    }
+
+    /// Starts the binary on the state store `state` (a directory or `redis://…`; a temp
+    /// directory when `None`).
+    pub fn start_on(
+        args: &[&str],
+        env: &[(&str, &str)],
+        dev_key: bool,
+        state: Option<&str>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0");
-        cmd.arg("--state").arg(dir.path().join("state"));
+        match state {
+            Some(s) => cmd.arg("--state").arg(s),
+            None => cmd.arg("--state").arg(dir.path().join("state")),
+        };
         if dev_key {
             cmd.arg("--dev-key").arg(KEY);
         }

@@ -1,0 +1,184 @@
+//! Helpers of the identity, tenancy and budget tests: the `llmgw keys` and `llmgw spend`
+//! commands as a user runs them, policies with budgets for the mock provider, and polling.
+#![allow(dead_code)]
+
+use crate::common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What a command printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Stdout as JSON (commands run with `--json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `llmgw ARGS`.
+pub fn llmgw(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmgw"))
+        .args(args)
+        .env_remove("LLMGW_ADMIN_TOKEN")
+        .env_remove("LLMGW_ADMIN_URL")
+        .env_remove("LLMGW_STATE")
+        .output()
+        .expect("llmgw runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A key as `keys create --json` printed it.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Its id.
+    pub id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+impl NewKey {
+    /// The `Authorization` header value.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.secret)
+    }
+}
+
+/// `llmgw keys create --state STATE --json EXTRA…`.
+pub fn create_key(state: &[&str], extra: &[&str]) -> NewKey {
+    let mut args = vec!["keys", "create", "--json"];
+    args.extend_from_slice(state);
+    args.extend_from_slice(extra);
+    let out = llmgw(&args);
+    assert_eq!(out.code, 0, "keys create failed: {}", out.stderr);
+    let v = out.json();
+    NewKey {
+        id: v["key"]["id"].as_str().expect("id").to_owned(),
+        secret: v["secret"].as_str().expect("secret").to_owned(),
+    }
+}
+
+/// POSTs a chat request with this authorization.
+pub async fn chat_as(gw: &Gateway, auth: &str, body: &str) -> Answer {
+    send(
+        "POST",
+        &gw.url("/v1/chat/completions"),
+        Some(body),
+        &[("authorization", auth)],
+    )
+    .await
+}
+
+/// A chat body for `model` with `max_tokens` and an end user.
+pub fn chat_for(model: &str, max_tokens: Option<u64>, user: Option<&str>) -> String {
+    let mut v = serde_json::json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": "Say something." }],
+    });
+    if let Some(m) = max_tokens {
+        v["max_tokens"] = m.into();
+    }
+    if let Some(u) = user {
+        v["user"] = u.into();
+    }
+    v.to_string()
+}
+
+/// Worst-case and real cost of [`chat_for`] with `max_tokens` on the mock's prices
+/// (1 and 2 USD per million input and output tokens; "Say something." is 4 input tokens and
+/// the mock answers exactly `max_tokens` tokens).
+pub fn mock_cost(max_tokens: u64) -> f64 {
+    (4.0 + 2.0 * max_tokens as f64) / 1e6
+}
+
+/// A policy on the mock with one model per `(name, class, upstream)` (each in its own class
+/// unless they share one) and these budgets (YAML list items).
+pub fn budget_policy(dir: &Path, base_url: &str, models: &[(&str, &str, &str)], budgets: &str) {
+    let list: Vec<TestModel<'_>> = models
+        .iter()
+        .map(|&(name, _, upstream)| TestModel {
+            name,
+            quality: 0.8,
+            context: 100_000,
+            prefill: false,
+            provider: "mock-a",
+            upstream,
+        })
+        .collect();
+    mock_policy(dir, base_url, &list);
+    let mut m = std::fs::read_to_string(dir.join("models.yaml")).expect("models");
+    for &(name, class, _) in models {
+        m = m.replacen(
+            &format!("  - name: {name}\n    class: chat\n"),
+            &format!("  - name: {name}\n    class: {class}\n"),
+            1,
+        );
+    }
+    std::fs::write(dir.join("models.yaml"), m).expect("write models");
+    if !budgets.trim().is_empty() {
+        std::fs::write(
+            dir.join("budgets.yaml"),
+            format!("apiVersion: llmgw.dev/v1\nkind: Budgets\nbudgets:\n{budgets}"),
+        )
+        .expect("write budgets");
+    }
+}
+
+/// Polls `check` every 25 ms until it holds; panics with `what` after `limit`. Returns the time
+/// it took.
+pub async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not observed within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every byte of the SQLite files of a state directory, as text.
+pub fn sqlite_bytes(dir: &Path) -> String {
+    let mut all = String::new();
+    for name in ["state.sqlite", "state.sqlite-wal", "state.sqlite-shm"] {
+        if let Ok(b) = std::fs::read(dir.join(name)) {
+            all.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    all
+}
+
+/// The Redis URL of the Redis tests; panics with a clear message when it is not set.
+pub fn redis_url() -> String {
+    std::env::var("LLMGW_TEST_REDIS_URL").expect(
+        "LLMGW_TEST_REDIS_URL must name the test Redis (e.g. redis://127.0.0.1:6379/); \
+         the Redis tests are ignored unless it is set and --include-ignored is given",
+    )
+}
+
+/// A key prefix no other test uses.
+pub fn fresh_prefix() -> String {
+    format!("llmgw-e2e-{:016x}:", rand::random::<u64>())
+}
