@@ -300,7 +300,9 @@ pub async fn run(
                     last_error = Some(e);
                     continue;
                 }
-                if e.class == ErrorClass::RateLimited {
+                // A provider that asks for a long pause (429 or 503 with `Retry-After`) gets it:
+                // its region is skipped for that long.
+                if e.class.is_health_failure() {
                     if let Some(long) = e.retry_after.filter(|d| *d > MAX_INPLACE_WAIT) {
                         circuit.trip_for(long);
                     }
