@@ -8,6 +8,8 @@
 //! | `POST /admin/keys/{id}/rotate` | a new secret; `{grace: "24h"}` keeps the old one valid that long |
 //! | `POST /admin/keys/{id}/revoke` | revoke at once |
 //! | `GET /admin/spend[?tenant=T&since=YYYY-MM-DD]` | ledger rows and totals |
+//! | `GET /admin/tenants/{t}` | a tenant's labels (`tenant.labels` in rules) |
+//! | `PUT /admin/tenants/{t}` | set them: `{labels: {plan: "trial"}}` (admin token only) |
 //!
 //! Every route needs `Authorization: Bearer <token>`: the gateway's admin token
 //! (`--admin-token`, compared in constant time) acts for every tenant; a tenant admin key
@@ -55,7 +57,10 @@ impl AdminToken {
 
 /// Whether a path is served here.
 pub fn is_admin_path(path: &str) -> bool {
-    path == "/admin/keys" || path.starts_with("/admin/keys/") || path == "/admin/spend"
+    path == "/admin/keys"
+        || path.starts_with("/admin/keys/")
+        || path == "/admin/spend"
+        || path.starts_with("/admin/tenants/")
 }
 
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -254,7 +259,40 @@ async fn handle_inner(
                 }),
             ))
         }
+        (&Method::GET, ["admin", "tenants", tenant]) => Ok((
+            StatusCode::OK,
+            keys::show_tenant(store, &who, tenant)
+                .await
+                .map_err(key_error)?,
+        )),
+        (&Method::PUT, ["admin", "tenants", tenant]) => {
+            let body = read_json(body).await?;
+            let labels = match body.get("labels") {
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => Ok((k.clone(), s.clone())),
+                        _ => Err(ApiError::invalid_field(
+                            "labels",
+                            "label values must be strings",
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "labels",
+                        "`labels` must be an object",
+                    ))
+                }
+            };
+            let record = keys::set_tenant_labels(store, &who, tenant, labels)
+                .await
+                .map_err(key_error)?;
+            tracing::info!(target: "llmgw::admin", tenant = *tenant, "tenant labels set");
+            Ok((StatusCode::OK, record))
+        }
         (_, ["admin", "keys"] | ["admin", "keys", _] | ["admin", "spend"])
+        | (_, ["admin", "tenants", _])
         | (_, ["admin", "keys", _, "rotate" | "revoke"]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",

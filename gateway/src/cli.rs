@@ -2,7 +2,7 @@
 
 use crate::app::{App, Limits};
 use crate::keys::{KeyCache, KeySetup};
-use crate::keys_cmd::{KeysCommand, SpendArgs};
+use crate::keys_cmd::{KeysCommand, SpendArgs, TenantsCommand};
 use crate::policy_source::{self, PolicyLocation};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
@@ -29,6 +29,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Set or show a tenant's labels.
+    Tenants {
+        /// What to do.
+        #[command(subcommand)]
+        command: TenantsCommand,
     },
     /// Print a spend report from the ledger.
     Spend(SpendArgs),
@@ -109,6 +115,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
+        Command::Tenants { command } => report(runtime.block_on(crate::keys_cmd::tenants(command))),
         Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
     }
 }

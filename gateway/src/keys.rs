@@ -449,7 +449,7 @@ pub struct AuthKey {
 }
 
 impl AuthKey {
-    fn new(record: KeyRecord) -> AuthKey {
+    fn new(record: KeyRecord, tenant_labels: BTreeMap<String, String>) -> AuthKey {
         let principal = |id: &str| {
             Arc::new(Principal {
                 id: id.to_owned(),
@@ -462,7 +462,10 @@ impl AuthKey {
                 labels: record.labels.clone(),
             }),
             project: principal(record.project.as_deref().unwrap_or("")),
-            tenant: principal(&record.tenant),
+            tenant: Arc::new(Principal {
+                id: record.tenant.clone(),
+                labels: tenant_labels,
+            }),
             user: record.user.as_deref().map(principal),
             record,
         }
@@ -526,11 +529,13 @@ impl KeyCache {
         let key = match cached {
             Some(k) => k,
             None => {
-                let key = self
-                    .store
-                    .key_by_hash(&hash)
-                    .await?
-                    .map(|r| Arc::new(AuthKey::new(r)));
+                let key = match self.store.key_by_hash(&hash).await? {
+                    Some(r) => {
+                        let labels = tenant_labels(&self.store, &r.tenant).await?;
+                        Some(Arc::new(AuthKey::new(r, labels)))
+                    }
+                    None => None,
+                };
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 if entries.len() >= CACHE_CAPACITY {
                     let ttl = self.ttl;
@@ -567,6 +572,50 @@ impl KeyCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, c| c.key.as_ref().is_none_or(|k| k.record.id != id));
     }
+}
+
+/// The state-store namespace of tenant records (`{"labels": {…}}` by tenant id).
+const TENANT_NS: &str = "tenant";
+
+/// A tenant's labels (`tenant.labels` in rules); empty for a tenant without a record.
+pub async fn tenant_labels(
+    store: &Store,
+    tenant: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let Some(text) = store.get(TENANT_NS, tenant).await? else {
+        return Ok(BTreeMap::new());
+    };
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(serde_json::from_value(v["labels"].clone()).unwrap_or_default())
+}
+
+/// Sets a tenant's labels (only the gateway's admin may: a tenant must not change its own
+/// plan). Replicas see them within [`CACHE_TTL`] of their next key lookup.
+pub async fn set_tenant_labels(
+    store: &Store,
+    who: &Authority,
+    tenant: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<Value, KeyError> {
+    check_name("tenant", tenant)?;
+    if *who != Authority::Global {
+        return Err(KeyError::Forbidden(
+            "only the gateway's admin token may set tenant labels".into(),
+        ));
+    }
+    let record = json!({ "tenant": tenant, "labels": labels });
+    store
+        .put(TENANT_NS, tenant, &json!({ "labels": labels }).to_string())
+        .await?;
+    Ok(record)
+}
+
+/// A tenant's record as the admin API shows it.
+pub async fn show_tenant(store: &Store, who: &Authority, tenant: &str) -> Result<Value, KeyError> {
+    check_name("tenant", tenant)?;
+    who.tenant_filter(Some(tenant))?;
+    let labels = tenant_labels(store, tenant).await?;
+    Ok(json!({ "tenant": tenant, "labels": labels }))
 }
 
 /// How start-up obtained its keys, for the banner.

@@ -114,6 +114,89 @@ pub enum KeysCommand {
     },
 }
 
+/// `llmgw tenants` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Set a tenant's labels (`tenant.labels` in rules), replacing the previous ones.
+    Label {
+        /// The tenant.
+        tenant: String,
+        /// `k=v` labels (none clears them).
+        #[arg(value_name = "K=V")]
+        labels: Vec<String>,
+        /// Where to act.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a tenant's labels.
+    Show {
+        /// The tenant.
+        tenant: String,
+        /// Where to act.
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Runs a `tenants` subcommand; returns what to print.
+pub async fn tenants(cmd: TenantsCommand) -> Result<String, CmdError> {
+    let (target, v) = match cmd {
+        TenantsCommand::Label {
+            tenant,
+            labels,
+            target,
+        } => {
+            let labels = keys::parse_labels(&labels)?;
+            keys::check_name("tenant", &tenant)?;
+            let v = match Backend::of(&target).await? {
+                Backend::Local(store) => {
+                    keys::set_tenant_labels(&store, &Authority::Global, &tenant, labels).await?
+                }
+                Backend::Remote { url, token } => {
+                    call(
+                        &url,
+                        &token,
+                        "PUT",
+                        &format!("/admin/tenants/{tenant}"),
+                        Some(json!({ "labels": labels })),
+                    )
+                    .await?
+                }
+            };
+            (target, v)
+        }
+        TenantsCommand::Show { tenant, target } => {
+            keys::check_name("tenant", &tenant)?;
+            let v = match Backend::of(&target).await? {
+                Backend::Local(store) => {
+                    keys::show_tenant(&store, &Authority::Global, &tenant).await?
+                }
+                Backend::Remote { url, token } => {
+                    call(
+                        &url,
+                        &token,
+                        "GET",
+                        &format!("/admin/tenants/{tenant}"),
+                        None,
+                    )
+                    .await?
+                }
+            };
+            (target, v)
+        }
+    };
+    Ok(if target.json {
+        format!("{v:#}\n")
+    } else {
+        format!(
+            "{:<8} {}\nlabels   {}\n",
+            "tenant",
+            text(&v["tenant"]),
+            labels_text(&v["labels"])
+        )
+    })
+}
+
 /// Options of `llmgw spend`.
 #[derive(Debug, Args)]
 pub struct SpendArgs {

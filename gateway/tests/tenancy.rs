@@ -358,3 +358,98 @@ async fn keys_commands_through_the_admin_api_respect_the_tenant_of_the_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_labels_reach_the_policy_and_a_rolling_budget_applies_to_trial_tenants_only() {
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    budget_policy(
+        policies.path(),
+        &mock.base_url(),
+        &[("chat-a", "a", "a+ok")],
+        &format!(
+            "  - name: trial-rolling\n    scope: tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n    period: rolling\n    window_secs: 3600\n    limit_usd: {}\n    on_exceed: block\n",
+            mock_cost(100) * 2.5
+        ),
+    );
+    std::fs::write(
+        policies.path().join("routing.yaml"),
+        "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: trial-tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n  - name: everyone-else\n",
+    )
+    .expect("routing");
+    let location = state.path().to_str().expect("utf-8").to_owned();
+    let s = ["--state", location.as_str()];
+    let labelled = llmgw(&[
+        "tenants",
+        "label",
+        "initech",
+        "plan=trial",
+        "--state",
+        &location,
+    ]);
+    assert_eq!(labelled.code, 0, "{}", labelled.stderr);
+    let trial = create_key(&s, &["--tenant", "initech"]);
+    let trial_admin = create_key(&s, &["--tenant", "initech", "--admin"]);
+    let paying = create_key(&s, &["--tenant", "acme"]);
+    let gw = Gateway::start_on(
+        &[
+            "--policies",
+            policies.path().to_str().expect("utf-8"),
+            "--admin-token",
+            ADMIN,
+        ],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        false,
+        Some(&location),
+    );
+    let body = chat_for("chat-a", Some(100), None);
+    for _ in 0..2 {
+        let a = chat_as(&gw, &trial.bearer(), &body).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-llmgw-rule"), "trial-tenant");
+    }
+    let refused = chat_as(&gw, &trial.bearer(), &body).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(
+        refused.body.contains("`trial-rolling`") && refused.body.contains("rolling 3600 s"),
+        "{}",
+        refused.body
+    );
+    for _ in 0..3 {
+        let a = chat_as(&gw, &paying.bearer(), &body).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-llmgw-rule"), "everyone-else");
+    }
+    // A tenant admin reads its labels but may not change its plan; the admin token may.
+    let shown = admin(
+        &gw,
+        &trial_admin.secret,
+        "GET",
+        "/admin/tenants/initech",
+        None,
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json()["labels"]["plan"], "trial");
+    let other = admin(&gw, &trial_admin.secret, "GET", "/admin/tenants/acme", None).await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    let upgrade = json!({ "labels": { "plan": "enterprise" } });
+    let denied = admin(
+        &gw,
+        &trial_admin.secret,
+        "PUT",
+        "/admin/tenants/initech",
+        Some(upgrade.clone()),
+    )
+    .await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let set = admin(&gw, ADMIN, "PUT", "/admin/tenants/initech", Some(upgrade)).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    until(
+        std::time::Duration::from_secs(3),
+        "the new plan reaches the gateway",
+        || async { chat_as(&gw, &trial.bearer(), &body).await.status == 200 },
+    )
+    .await;
+}
