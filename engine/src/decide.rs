@@ -327,6 +327,11 @@ impl CompiledPolicy {
         let first_model = first.model.clone();
         let estimated =
             self.worst_case_cost(&self.models[self.deployments[first.index].model], ctx);
+        // Failover may reach a pricier model than the first: hold the worst of the list.
+        let worst = attempts
+            .iter()
+            .map(|a| self.worst_case_cost(&self.models[self.deployments[a.index].model], ctx))
+            .fold(estimated, f64::max);
         let reservations = applied
             .iter()
             .map(|a| {
@@ -335,9 +340,11 @@ impl CompiledPolicy {
                     budget: b.name.clone(),
                     scope: b.spec.scope,
                     principal: a.principal.clone(),
-                    amount_usd: estimated,
+                    amount_usd: worst,
                     limit_usd: b.spec.limit_usd,
-                    strict: b.spec.strict,
+                    // A downgraded request is the answer to its downgrade budget being
+                    // exceeded: it goes past that limit on purpose.
+                    strict: b.spec.strict && !(downgrade.is_some() && b.downgrades()),
                 }
             })
             .collect();

@@ -54,11 +54,12 @@ pub struct Reservation {
     pub scope: Scope,
     /// The principal id within the scope.
     pub principal: String,
-    /// Worst-case cost in USD.
+    /// Worst-case cost in USD over the whole attempt list.
     pub amount_usd: f64,
     /// The budget's limit in USD.
     pub limit_usd: f64,
-    /// Whether the reservation must be atomic against the limit.
+    /// Whether the reservation must be atomic against the limit (never for a downgrade budget
+    /// that this request was downgraded for).
     pub strict: bool,
 }
 
