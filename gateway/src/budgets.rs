@@ -298,25 +298,6 @@ pub async fn prefetch(
     })
 }
 
-/// The worst-case cost of a decision: input plus `max_tokens` (or the engine's default output)
-/// at the prices of the most expensive model of its attempt list, since failover may serve
-/// from any of them.
-pub fn worst_case_usd(
-    policy: &CompiledPolicy,
-    decision: &Decision,
-    input_tokens: u64,
-    max_tokens: Option<u64>,
-) -> f64 {
-    let out = max_tokens.unwrap_or(llmgw_engine::decide::DEFAULT_OUTPUT_TOKENS);
-    decision
-        .attempts
-        .iter()
-        .filter_map(|a| policy.deployments().get(a.index))
-        .filter_map(|d| policy.models().get(d.model))
-        .map(|m| m.price.cost(input_tokens, out))
-        .fold(decision.estimated_cost_usd, f64::max)
-}
-
 /// Holds taken for one request; settle them with [`Held::settle`]. Dropped unsettled, they are
 /// released (nothing spent).
 #[derive(Debug, Default)]
@@ -337,16 +318,13 @@ pub struct Refusal {
     pub committed: i64,
 }
 
-/// Holds `amount_usd` on every budget of the decision's reservations, all or none. A budget
-/// that downgrades on exceed holds without a limit once the decision was downgraded: past
-/// its limit, downgraded traffic is served by design.
+/// Holds each of the decision's reservations (the worst case of its attempt list; not strict
+/// for a downgrade budget the request was downgraded for) on its budget, all or none.
 pub async fn reserve(
     store: &Store,
     spend: &Spend,
     decision: &Decision,
-    amount_usd: f64,
 ) -> Result<Result<Held, Refusal>, StoreError> {
-    let downgraded = decision.downgrade.is_some();
     let mut holds = Vec::new();
     let mut windows = Vec::new();
     for r in &decision.reservations {
@@ -357,12 +335,11 @@ pub async fn reserve(
         else {
             continue;
         };
-        let amount = store::to_nanos(amount_usd.max(r.amount_usd));
         holds.push(Hold {
             counter: w.counter.clone(),
-            amount,
+            amount: store::to_nanos(r.amount_usd),
             limit: store::to_nanos(r.limit_usd),
-            strict: r.strict && !(downgraded && w.on_exceed == OnExceed::Downgrade),
+            strict: r.strict,
             ttl_secs: w.at.ttl_secs,
             window: w.earlier.clone(),
         });

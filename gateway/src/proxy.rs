@@ -298,7 +298,7 @@ pub async fn handle(
     info.decision_input = captured.and_then(|c| c.input);
     // Phase 4: reserve.
     let redecide = |s: &budgets::Spend| decide::decide(&rt, &request, identity.clone(), s, None);
-    let reserved = reserve::reserve(&rt, &app.state, &request, &spend, decision, redecide).await;
+    let reserved = reserve::reserve(&app.state, &spend, decision, redecide).await;
     let (decision, held) = match reserved {
         Ok(v) => v,
         Err(e) => {

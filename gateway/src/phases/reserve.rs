@@ -8,7 +8,6 @@
 //! store reported, which moves the request to the downgrade model. When the client set no
 //! `max_tokens`, the upstream request is capped at the output the hold was sized for.
 
-use crate::app::Runtime;
 use crate::budgets::{self, Held, Spend};
 use crate::error::ApiError;
 use crate::store::Store;
@@ -21,23 +20,15 @@ use serde_json::Value;
 /// Reserves the decision's worst-case cost; returns the decision that holds (a new one after
 /// a downgrade) and the holds to settle. `redecide` decides again on another view of spend.
 pub async fn reserve(
-    rt: &Runtime,
     store: &Store,
-    request: &ClientRequest,
     spend: &Spend,
     mut decision: Decision,
     redecide: impl Fn(&Spend) -> Result<Decision, ApiError>,
 ) -> Result<(Decision, Held), ApiError> {
     let mut view: Option<Spend> = None;
     loop {
-        let amount = budgets::worst_case_usd(
-            &rt.policy,
-            &decision,
-            request.facts.input_tokens,
-            request.facts.max_tokens,
-        );
         let current = view.as_ref().unwrap_or(spend);
-        let refusal = match budgets::reserve(store, current, &decision, amount).await {
+        let refusal = match budgets::reserve(store, current, &decision).await {
             Ok(Ok(held)) => return Ok((decision, held)),
             Ok(Err(refusal)) => refusal,
             Err(e) => {
