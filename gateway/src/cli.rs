@@ -128,10 +128,26 @@ pub async fn serve(args: ServeArgs) -> i32 {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
         return 2;
     }
+    let state_location = args.state.to_string_lossy().into_owned();
+    let store = match crate::keys_cmd::open_store(&state_location, &args.state_prefix).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("llmgw: cannot open the state store {state_location}: {e}");
+            return 2;
+        }
+    };
+    // The last good policy revision lives in the state store (shared by replicas on Redis);
+    // mirrors of remote policy repositories in the state directory, or a temporary one.
     let started = {
         let location = location.clone();
-        let cache_dir = args.state.join("repos");
-        let last_good = crate::reload::LastGoodStore::in_dir(&args.state);
+        let cache_dir = match store {
+            crate::store::Store::Sqlite(_) => args.state.join("repos"),
+            _ => std::env::temp_dir().join("llmgw-repos"),
+        };
+        let last_good = crate::reload::LastGoodStore::in_store(
+            store.clone(),
+            tokio::runtime::Handle::current(),
+        );
         tokio::task::spawn_blocking(move || crate::reload::start(location, &cache_dir, last_good))
             .await
     };
@@ -147,14 +163,6 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("llmgw: loading the policy failed: {e}");
-            return 2;
-        }
-    };
-    let state_location = args.state.to_string_lossy().into_owned();
-    let store = match crate::keys_cmd::open_store(&state_location, &args.state_prefix).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("llmgw: cannot open the state store {state_location}: {e}");
             return 2;
         }
     };
