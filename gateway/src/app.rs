@@ -143,6 +143,8 @@ pub struct App {
     pub policy_status: crate::reload::PolicyStatus,
     /// The decision log (disabled unless `serve` opens one).
     pub decision_log: crate::decision_log::DecisionLog,
+    /// The canary controller: weights for decisions, outcomes, commands, status.
+    pub canaries: crate::canary_controller::Canaries,
     draining: AtomicBool,
 }
 
@@ -159,6 +161,7 @@ impl App {
             limits,
             policy_status: crate::reload::PolicyStatus::default(),
             decision_log: crate::decision_log::DecisionLog::disabled(),
+            canaries: crate::canary_controller::Canaries::new(),
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

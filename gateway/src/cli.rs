@@ -59,7 +59,8 @@ pub struct ServeArgs {
     /// Key prefix in Redis (several gateways may share one Redis under different prefixes).
     #[arg(long, value_name = "PREFIX", default_value = "llmgw:")]
     pub state_prefix: String,
-    /// The admin token of `/admin/keys…` and `/admin/spend` (acts for every tenant).
+    /// The admin token of `/admin/keys…` and `/admin/spend` (acts for every tenant) and of
+    /// `/admin/canaries…` (pause, resume, rollback).
     #[arg(
         long,
         value_name = "TOKEN",
@@ -217,6 +218,8 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     };
     let app = Arc::new(app);
+    // Canaries resume from the state store (or start) before the first request is served.
+    let canaries = crate::canary_controller::start(app.clone()).await;
     crate::reload::publish_start(&*app);
     let lkg = if app.policy_status.serving_last_known_good() {
         "; the last known good revision: the head does not load, see /admin/status"
@@ -265,6 +268,10 @@ pub async fn serve(args: ServeArgs) -> i32 {
     crate::server::serve(listener, app.clone(), shutdown_signal()).await;
     if let Some(w) = watcher {
         w.abort();
+    }
+    app.canaries.flush(Duration::from_secs(5)).await;
+    if let Some(c) = canaries {
+        c.abort();
     }
     app.decision_log.close(Duration::from_secs(5));
     tracing::info!(target: "llmgw::server", "stopped");

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod budgets;
+pub mod canary_controller;
 pub mod circuit;
 pub mod cli;
 pub mod decision_log;

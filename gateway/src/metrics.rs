@@ -138,6 +138,8 @@ pub struct Metrics {
     pub decision_log_dropped: Counter,
     /// Decision-log rotations.
     pub decision_log_rotations: Counter,
+    /// Canary rollouts: weight, state, log E, transitions.
+    pub canary: crate::canary_controller::CanaryMetrics,
 }
 
 impl Default for Metrics {
@@ -222,6 +224,7 @@ impl Metrics {
             decision_log_written: Counter::default(),
             decision_log_dropped: Counter::default(),
             decision_log_rotations: Counter::default(),
+            canary: crate::canary_controller::CanaryMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
@@ -303,6 +306,7 @@ impl Metrics {
             "Budget alert thresholds crossed",
             m.budget_alerts.clone(),
         );
+        m.canary.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -40,7 +40,8 @@ pub mod headers {
     /// Present on streams: the cost header is the decision's estimate; the final SSE comment
     /// and the request log carry the real cost.
     pub const COST_ESTIMATED: &str = "x-llmgw-cost-estimated";
-    /// `canary:arm` when a canary split applied.
+    /// `<canary>; arm=<baseline|candidate>; w=<candidate probability>` when a canary split
+    /// applied.
     pub const CANARY: &str = "x-llmgw-canary";
     /// The model asked for, when a downgrade moved the request.
     pub const DOWNGRADED_FROM: &str = "x-llmgw-downgraded-from";
@@ -121,7 +122,7 @@ fn decision_extras(h: &mut HeaderMap, d: &Decision) {
         set(
             h,
             headers::CANARY,
-            &format!("{}:{}", c.canary, c.arm.as_str()),
+            &format!("{}; arm={}; w={}", c.canary, c.arm.as_str(), c.weight),
         );
     }
     if let Some(g) = &d.downgrade {
@@ -261,8 +262,15 @@ pub async fn handle(
     };
     // Phase 3: decide.
     let mut captured = app.decision_log.enabled().then(Captured::default);
-    let decision = match decide::decide(&rt, &request, identity.clone(), &spend, captured.as_mut())
-    {
+    let decided = decide::decide(
+        &rt,
+        &request,
+        identity.clone(),
+        &spend,
+        &app.canaries,
+        captured.as_mut(),
+    );
+    let decision = match decided {
         Ok(d) => d,
         Err(e) => {
             if let Some(Captured {
@@ -297,7 +305,9 @@ pub async fn handle(
     };
     info.decision_input = captured.and_then(|c| c.input);
     // Phase 4: reserve.
-    let redecide = |s: &budgets::Spend| decide::decide(&rt, &request, identity.clone(), s, None);
+    let redecide = |s: &budgets::Spend| {
+        decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
+    };
     let reserved = reserve::reserve(&app.state, &spend, decision, redecide).await;
     let (decision, held) = match reserved {
         Ok(v) => v,

@@ -54,6 +54,9 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             format!("`{}` is not allowed on `{path}`", parts.method),
         )),
         (_, p) if crate::admin::is_admin_path(p) => crate::admin::handle(&app, parts, body).await,
+        (_, p) if crate::canary_controller::is_admin_path(p) => {
+            crate::canary_controller::admin(&app, parts).await
+        }
         _ => error(&ApiError::route_not_found(&parts.method, path)),
     }
 }
@@ -164,6 +167,7 @@ fn status(app: &App) -> Response<GatewayBody> {
             "retry_budget_available": app.retry_budget.available(),
             "circuits": circuits,
             "deployments": deployments,
+            "canaries": app.canaries.status_json(),
         }),
     )
 }

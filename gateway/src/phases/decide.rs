@@ -2,6 +2,7 @@
 
 use crate::app::Runtime;
 use crate::budgets::Spend;
+use crate::canary_controller::{Canaries, DecisionState};
 use crate::decision_log::{Capture, Captured};
 use crate::error::ApiError;
 use crate::wire::ClientRequest;
@@ -10,13 +11,15 @@ use llmgw_engine::decision::{BudgetAction, Decision};
 use llmgw_engine::input::{Identity, RequestContext};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The decision for a request, or the error the client sees. With `captured` (the decision
-/// log is on), also the input the decision read, and the decision of a blocked request.
+/// The decision for a request, or the error the client sees. It reads spend from `spend` and
+/// canary weights from `canaries`. With `captured` (the decision log is on), also the input
+/// the decision read, and the decision of a blocked request.
 pub fn decide(
     rt: &Runtime,
     req: &ClientRequest,
     identity: Identity,
     spend: &Spend,
+    canaries: &Canaries,
     mut captured: Option<&mut Captured>,
 ) -> Result<Decision, ApiError> {
     let ctx = RequestContext {
@@ -28,10 +31,15 @@ pub fn decide(
         random: rand::random::<f64>(),
         canary_random: rand::random::<f64>(),
     };
+    let state = DecisionState {
+        spend,
+        canaries,
+        policy: &rt.policy,
+    };
     let decision = match captured.as_deref_mut() {
-        None => rt.policy.decide(&ctx, &rt.live, spend),
+        None => rt.policy.decide(&ctx, &rt.live, &state),
         Some(out) => {
-            let capture = Capture::new(&rt.live, spend);
+            let capture = Capture::new(&rt.live, &state);
             let decision = rt.policy.decide(&ctx, &capture, &capture);
             out.input = Some(capture.into_input(&ctx));
             decision

@@ -1,5 +1,6 @@
 //! Phase 7: metrics and one structured log line per request, with cost attribution.
-//! The line names the key by its id, never by its secret.
+//! The line names the key by its id, never by its secret. A request a canary split also
+//! hands its outcome to the canary controller (queued, never waited for).
 
 use crate::app::App;
 use crate::metrics::{ModelLabels, RequestLabels, TokenLabels};
@@ -65,6 +66,7 @@ pub fn record(app: &App, r: &RequestRecord<'_>) {
         _ => metrics_slow_path(app, r, model, provider),
     }
     log(r, model, provider);
+    crate::canary_controller::observe(app, r);
 }
 
 fn metrics_slow_path(app: &App, r: &RequestRecord<'_>, model: &str, provider: &str) {
