@@ -71,38 +71,48 @@ fn command_error(e: &CommandFailure) -> ApiError {
     }
 }
 
+fn not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("`{method}` is not allowed on `{path}`"),
+    )
+}
+
+/// The canary and command of `/admin/canaries/{name}/{action}`. Canary names may hold `/`:
+/// the action is the last segment.
+fn parse_command(path: &str) -> Option<(&str, Command)> {
+    let (name, action) = path.strip_prefix("/admin/canaries/")?.rsplit_once('/')?;
+    let command = match action {
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "rollback" => Command::Rollback,
+        _ => return None,
+    };
+    (!name.is_empty()).then_some((name, command))
+}
+
 /// Answers a canary admin request.
 pub async fn handle(app: &App, parts: http::request::Parts) -> Response<GatewayBody> {
     if let Err(e) = authorize(app, &parts.headers) {
         return error(&e);
     }
     let path = parts.uri.path();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = &parts.method;
-    let command = match (method, segments.as_slice()) {
-        (&Method::GET, ["admin", "canaries"]) => {
-            return json(
-                StatusCode::OK,
-                &json!({ "object": "list", "data": app.canaries.status_json() }),
-            );
+    if path == "/admin/canaries" {
+        if method != Method::GET {
+            return error(&not_allowed(method, path));
         }
-        (&Method::POST, ["admin", "canaries", name, action]) => match *action {
-            "pause" => Some((*name, Command::Pause)),
-            "resume" => Some((*name, Command::Resume)),
-            "rollback" => Some((*name, Command::Rollback)),
-            _ => None,
-        },
-        (_, ["admin", "canaries"])
-        | (_, ["admin", "canaries", _, "pause" | "resume" | "rollback"]) => {
-            return error(&ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-                format!("`{method}` is not allowed on `{path}`"),
-            ));
-        }
-        _ => None,
-    };
+        return json(
+            StatusCode::OK,
+            &json!({ "object": "list", "data": app.canaries.status_json() }),
+        );
+    }
+    let command = parse_command(path);
+    if command.is_some() && method != Method::POST {
+        return error(&not_allowed(method, path));
+    }
     let Some((name, command)) = command else {
         return error(&ApiError::route_not_found(method, path));
     };
@@ -125,5 +135,20 @@ mod tests {
         assert!(is_admin_path("/admin/canaries/gpt-4o-2026-11/pause"));
         assert!(!is_admin_path("/admin/canary"));
         assert!(!is_admin_path("/admin/keys"));
+    }
+
+    #[test]
+    fn the_action_is_the_last_segment() {
+        assert_eq!(
+            parse_command("/admin/canaries/team/gpt-4o/rollback"),
+            Some(("team/gpt-4o", Command::Rollback))
+        );
+        assert_eq!(
+            parse_command("/admin/canaries/c/pause"),
+            Some(("c", Command::Pause))
+        );
+        assert_eq!(parse_command("/admin/canaries/c/promote"), None);
+        assert_eq!(parse_command("/admin/canaries//resume"), None);
+        assert_eq!(parse_command("/admin/canaries/c"), None);
     }
 }

@@ -1,0 +1,619 @@
+//! Canaries run by the real `llmgw` binary against simulated providers: a candidate failing
+//! five times as often as its baseline is rolled back and gets no traffic afterwards; one 40%
+//! slower is rolled back on `latency_p95`; a healthy one is promoted through every step; a
+//! restart resumes at the same step; operators pause, resume and roll back; a rolled-back
+//! spec stays rolled back until the spec changes, and a changed spec starts over.
+//!
+//! The baseline and the candidate are two simulated providers (`sim-base`, `sim-cand`), so
+//! each arm's error rate and latency are set exactly and no network is involved. Tests wait
+//! for conditions by polling `/admin/status`, each within a time limit.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "adm-canary-token";
+
+/// A simulated provider's behaviour.
+#[derive(Clone, Copy)]
+struct Profile {
+    ttft_ms: u64,
+    jitter: f64,
+    error_rate: f64,
+}
+
+const FAST: Profile = Profile {
+    ttft_ms: 5,
+    jitter: 0.0,
+    error_rate: 0.0,
+};
+
+/// Writes a policy: model `chat` on `sim-base`, its canary `chat-v2` on `sim-cand`, with the
+/// canary's `rollout` (YAML, indented for the `rollout:` key). Circuits never open: the test
+/// is about the statistics, not about failover.
+fn write_policy(dir: &Path, base: Profile, cand: Profile, rollout: &str) {
+    let provider = |name: &str, p: Profile| {
+        format!(
+            "  - name: {name}\n    type: simulated\n    region: {name}\n    circuit: {{ window_secs: 10, min_requests: 1000000, error_ratio: 1.0, consecutive_failures: 1000000, cooldown_secs: 1 }}\n    simulated: {{ ttft_ms: {}, jitter: {}, error_rate: {}, tokens_per_second: 100000, output_tokens: 1 }}\n",
+            p.ttft_ms, p.jitter, p.error_rate
+        )
+    };
+    let files = [
+        (
+            "providers.yaml",
+            format!(
+                "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}",
+                provider("sim-base", base),
+                provider("sim-cand", cand)
+            ),
+        ),
+        (
+            "models.yaml",
+            "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: chat\n    class: chat\n    quality: 0.9\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 1, output_per_mtok: 2 }\n    deployments:\n      - provider: sim-base\n        upstream_model: chat-v1\n      - name: chat-v2@sim-cand\n        provider: sim-cand\n        upstream_model: chat-v2\n        canary_only: true\n".to_owned(),
+        ),
+        (
+            "routing.yaml",
+            "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: requested-model\n    strategy: priority\n".to_owned(),
+        ),
+        (
+            "canaries.yaml",
+            format!(
+                "apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: chat-v2\n    model: chat\n    baseline: chat@sim-base\n    candidate: chat-v2@sim-cand\n    rollout:\n{rollout}"
+            ),
+        ),
+    ];
+    for (name, text) in files {
+        // Write then rename, so a watching gateway never reads half a file.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename policy");
+    }
+}
+
+/// One step: weight, minimum candidate requests, minimum seconds.
+fn step(weight: u32, min_requests: u64, min_secs: u64) -> String {
+    format!(
+        "        - weight_percent: {weight}\n          min_requests: {min_requests}\n          min_duration_secs: {min_secs}\n"
+    )
+}
+
+fn rollout(steps: &[String], metrics: &[&str]) -> String {
+    let mut out = String::from("      steps:\n");
+    for s in steps {
+        out.push_str(s);
+    }
+    out.push_str("      metrics:\n");
+    for m in metrics {
+        out.push_str(&format!("        - metric: {m}\n          margin: 1.0\n"));
+    }
+    out.push_str("      alpha: 0.01\n");
+    out
+}
+
+fn start(policies: &Path, state: Option<&str>) -> Gateway {
+    Gateway::start_on(
+        &[
+            "--policies",
+            policies.to_str().expect("utf-8"),
+            "--poll-interval",
+            "100ms",
+            "--admin-token",
+            ADMIN,
+        ],
+        &[],
+        true,
+        state,
+    )
+}
+
+/// The `chat-v2` entry of `/admin/status`.
+async fn canary(gw: &Gateway) -> Value {
+    let status = get(&gw.url("/admin/status")).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    let v = status.json();
+    v["canaries"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["canary"] == "chat-v2"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Polls the canary's status until `done` holds; fails after `limit`.
+async fn wait_for(
+    gw: &Gateway,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let c = canary(gw).await;
+        if done(&c) {
+            return c;
+        }
+        if started.elapsed() > limit {
+            let logs = gw.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(20).collect();
+            panic!("no {what} within {limit:?}; canary status: {c:#}\nlast log lines: {tail:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What a client saw of one answer.
+#[derive(Debug, Clone)]
+struct Seen {
+    status: u16,
+    arm: String,
+    w: f64,
+    provider: String,
+}
+
+fn seen(a: &Answer) -> Seen {
+    // `x-llmgw-canary: chat-v2; arm=candidate; w=0.5`
+    let header = a.header("x-llmgw-canary").to_owned();
+    let field = |key: &str| {
+        header
+            .split("; ")
+            .find_map(|p| p.strip_prefix(key))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        header.is_empty() || header.starts_with("chat-v2; arm="),
+        "{header}"
+    );
+    Seen {
+        status: a.status,
+        arm: field("arm="),
+        w: field("w=").parse().unwrap_or(f64::NAN),
+        provider: a.header("x-llmgw-provider").to_owned(),
+    }
+}
+
+fn body() -> String {
+    chat("chat", false, 1)
+}
+
+/// Clients sending requests in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|_| {
+                let url = gw.url("/v1/chat/completions");
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        out.push(seen(&post(&url, &body()).await));
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    /// Stops the clients; returns once every request sent has been answered.
+    async fn stop(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for w in self.workers {
+            all.extend(w.await.expect("load worker"));
+        }
+        all
+    }
+}
+
+/// `n` requests, `concurrency` at a time.
+async fn requests(gw: &Gateway, n: usize, concurrency: usize) -> Vec<Seen> {
+    let mut out = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(concurrency) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|_| {
+                let url = gw.url("/v1/chat/completions");
+                tokio::spawn(async move { seen(&post(&url, &body()).await) })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.expect("request"));
+        }
+    }
+    out
+}
+
+fn state(c: &Value) -> &str {
+    c["state"].as_str().unwrap_or("")
+}
+
+/// The transitions logged as structured `canary_transition` events.
+fn transition_events(gw: &Gateway) -> Vec<Value> {
+    gw.logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "canary_transition")
+        .collect()
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    send("GET", &gw.url("/metrics"), None, &[]).await.body
+}
+
+async fn admin(gw: &Gateway, action: &str, token: &str) -> Answer {
+    send(
+        "POST",
+        &gw.url(&format!("/admin/canaries/chat-v2/{action}")),
+        None,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+/// The canary's status once the controller has counted every request of `answered` that a
+/// canary split (outcomes reach it asynchronously).
+async fn settled(gw: &Gateway, answered: &[Seen]) -> Value {
+    let split = answered.iter().filter(|s| !s.arm.is_empty()).count() as u64;
+    wait_for(gw, "every outcome counted", Duration::from_secs(10), |c| {
+        let n = |arm: &str| c["requests"][arm].as_u64().unwrap_or(0);
+        n("baseline") + n("candidate") >= split
+    })
+    .await
+}
+
+/// After a rollback, the candidate gets nothing: every new request goes to the baseline with
+/// w = 0, and the candidate's request count stops. `before` is the status with every earlier
+/// outcome counted.
+async fn assert_no_candidate_traffic(gw: &Gateway, before: &Value) {
+    let baseline_before = before["requests"]["baseline"].as_u64().expect("count");
+    let after_rollback = requests(gw, 100, 10).await;
+    for s in &after_rollback {
+        // A baseline failing twice in a row answers 502: still the baseline's answer.
+        assert!(s.status == 200 || s.status == 502, "{s:?}");
+        assert_eq!((s.arm.as_str(), s.w), ("baseline", 0.0), "{s:?}");
+        assert_ne!(s.provider, "sim-cand", "{s:?}");
+    }
+    let c = wait_for(
+        gw,
+        "the 100 baseline requests counted",
+        Duration::from_secs(10),
+        |c| c["requests"]["baseline"].as_u64() >= Some(baseline_before + 100),
+    )
+    .await;
+    assert_eq!(
+        c["requests"]["candidate"], before["requests"]["candidate"],
+        "{c:#}"
+    );
+    assert_eq!(c["weight_percent"], 0.0);
+}
+
+// A candidate failing 5× as often as its baseline (20% against 4%) at a 50% split. At w = 0.5
+// each error is the candidate's with probability 0.2 / (0.2 + 0.04) = 0.83 instead of 0.5;
+// the e-process gains about 0.24 per error event and needs about ln(100) + ln(11) = 7, so
+// about 30 errors — some 250 requests at 12% errors, a second or two. A smaller weight would
+// need more events (each says less), and lower error rates more requests per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_more_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = Profile {
+        error_rate: 0.04,
+        ..FAST
+    };
+    let cand = Profile {
+        error_rate: 0.20,
+        ..FAST
+    };
+    let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate"]);
+    write_policy(dir.path(), base, cand, &spec);
+    let gw = start(dir.path(), None);
+    let c = canary(&gw).await;
+    assert_eq!(
+        (state(&c), c["step"].as_u64()),
+        ("progressing", Some(0)),
+        "{c:#}"
+    );
+    assert_eq!(c["weight_percent"], 50.0);
+
+    let load = Load::start(&gw, 12);
+    let c = wait_for(&gw, "rollback", Duration::from_secs(60), |c| {
+        state(c) == "rolled_back"
+    })
+    .await;
+    let sent = load.stop().await;
+    assert!(sent.iter().any(|s| s.arm == "candidate" && s.w == 0.5));
+    assert_eq!(c["alarm"]["metric"], "error_rate", "{c:#}");
+    let m = &c["metrics"][0];
+    assert!(m["log_e"].as_f64().expect("log_e") >= m["threshold"].as_f64().expect("threshold"));
+    // More of the errors were the candidate's, though it served half the requests.
+    assert!(
+        m["events"]["candidate"].as_u64() > m["events"]["baseline"].as_u64(),
+        "{c:#}"
+    );
+    let last = c["transitions"].as_array().and_then(|t| t.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|t| &t["reason"]["kind"]),
+        Some(&Value::from("alarm"))
+    );
+
+    assert_no_candidate_traffic(&gw, &settled(&gw, &sent).await).await;
+
+    let text = metrics(&gw).await;
+    assert!(
+        text.contains("llmgw_canary_weight{canary=\"chat-v2\"} 0.0"),
+        "{text}"
+    );
+    assert!(text.contains("llmgw_canary_state{canary=\"chat-v2\",state=\"rolled_back\"} 1"));
+    assert!(text.contains("llmgw_canary_log_e{canary=\"chat-v2\",metric=\"error_rate\"}"));
+    assert!(text.contains(
+        "llmgw_canary_transitions_total{canary=\"chat-v2\",to=\"rolled_back\",reason=\"alarm\"} 1"
+    ));
+    let events = transition_events(&gw);
+    let rollback = events
+        .iter()
+        .find(|e| e["to"] == "rolled_back")
+        .unwrap_or_else(|| panic!("no rollback event: {events:#?}"));
+    assert_eq!(rollback["reason"], "alarm");
+    assert_eq!(rollback["metric"], "error_rate");
+    assert_eq!(rollback["level"], "WARN");
+}
+
+// A candidate 40% slower at every quantile: answers take 56 ms ± 25% against 40 ms ± 25%
+// (uniform in 42–70 ms against 30–50 ms: p95 69 ms against 49 ms). A latency event is a
+// request slower than the baseline's p95, so about 5% of baseline requests but 75% of
+// candidate ones are events: at w = 0.5 each event is the candidate's with probability 0.94,
+// and a dozen events cross ln(2/0.01) (two metrics checked). Latencies of tens of
+// milliseconds keep the gateway's own overhead and timer granularity small beside the
+// difference. The p95 threshold needs 200 baseline requests first: some 400 requests in all,
+// at 50 ms each over 12 clients, a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_forty_percent_slower_at_p95_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = Profile {
+        ttft_ms: 40,
+        jitter: 0.25,
+        error_rate: 0.0,
+    };
+    let cand = Profile {
+        ttft_ms: 56,
+        ..base
+    };
+    let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate", "latency_p95"]);
+    write_policy(dir.path(), base, cand, &spec);
+    let gw = start(dir.path(), None);
+    let load = Load::start(&gw, 12);
+    let c = wait_for(&gw, "rollback", Duration::from_secs(90), |c| {
+        state(c) == "rolled_back"
+    })
+    .await;
+    let sent = load.stop().await;
+    assert_eq!(c["alarm"]["metric"], "latency_p95", "{c:#}");
+    let p95 = &c["metrics"][1];
+    assert_eq!(p95["metric"], "latency_p95");
+    assert!(p95["baseline_threshold_ms"].as_f64().is_some(), "{c:#}");
+    assert!(
+        p95["events"]["candidate"].as_u64() > p95["events"]["baseline"].as_u64(),
+        "{c:#}"
+    );
+    assert_eq!(c["metrics"][0]["log_e"], 0.0, "no errors, no error events");
+    assert_no_candidate_traffic(&gw, &settled(&gw, &sent).await).await;
+}
+
+// A healthy candidate (same latency, no errors on either arm) walks 10% → 50% → 100% and is
+// promoted. With no error at all the error-rate e-process never moves, so the test cannot
+// roll back by chance; each step needs 5 candidate requests and 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_candidate_is_promoted_through_every_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = rollout(
+        &[step(10, 5, 1), step(50, 5, 1), step(100, 5, 1)],
+        &["error_rate"],
+    );
+    write_policy(dir.path(), FAST, FAST, &spec);
+    let gw = start(dir.path(), None);
+    let load = Load::start(&gw, 4);
+    let c = wait_for(&gw, "promotion", Duration::from_secs(60), |c| {
+        state(c) == "promoted"
+    })
+    .await;
+    let sent = load.stop().await;
+    let steps: Vec<(Value, Value, Value)> = c["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| {
+            (
+                t["to"]["state"].clone(),
+                t["to"]["step"].clone(),
+                t["reason"]["kind"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(Value, Value, Value)> = [
+        ("progressing", Some(0), "started"),
+        ("progressing", Some(1), "step_completed"),
+        ("progressing", Some(2), "step_completed"),
+        ("promoted", None, "step_completed"),
+    ]
+    .iter()
+    .map(|(s, n, r)| {
+        (
+            Value::from(*s),
+            n.map_or(Value::Null, Value::from),
+            Value::from(*r),
+        )
+    })
+    .collect();
+    assert_eq!(steps, expected, "{c:#}");
+    // Every request was split with one of the steps' weights.
+    for s in &sent {
+        assert_eq!(s.status, 200, "{s:?}");
+        assert!([0.1, 0.5, 1.0].contains(&s.w), "{s:?}");
+    }
+    // Promoted: the candidate takes everything.
+    assert_eq!(c["weight_percent"], 100.0);
+    for s in requests(&gw, 20, 5).await {
+        assert_eq!((s.arm.as_str(), s.w), ("candidate", 1.0), "{s:?}");
+        assert_eq!(s.provider, "sim-cand", "{s:?}");
+    }
+    let text = metrics(&gw).await;
+    assert!(text.contains("llmgw_canary_state{canary=\"chat-v2\",state=\"promoted\"} 1"));
+    assert!(text.contains("llmgw_canary_weight{canary=\"chat-v2\"} 100.0"));
+    let events = transition_events(&gw);
+    assert_eq!(events.len(), 4, "{events:#?}");
+    assert_eq!(events[3]["to"], "promoted");
+}
+
+// Step 0 (20%) completes after 10 candidate requests and 1 s; step 1 (50%) then holds for an
+// hour. The gateway is killed (no shutdown: the step was saved when it was entered) and
+// restarted on the same state: it resumes at step 1 before any request arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rollout_resumes_at_the_same_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state_path = state_dir.path().to_str().expect("utf-8").to_owned();
+    let spec = rollout(
+        &[step(20, 10, 1), step(50, 1_000_000, 3600)],
+        &["error_rate"],
+    );
+    write_policy(dir.path(), FAST, FAST, &spec);
+    let gw = start(dir.path(), Some(&state_path));
+    let load = Load::start(&gw, 4);
+    let before = wait_for(&gw, "step 1", Duration::from_secs(60), |c| c["step"] == 1).await;
+    load.stop().await;
+    drop(gw); // SIGKILL
+
+    let gw = start(dir.path(), Some(&state_path));
+    let c = canary(&gw).await;
+    assert_eq!(
+        (state(&c), c["step"].as_u64()),
+        ("progressing", Some(1)),
+        "{c:#}"
+    );
+    assert_eq!(c["weight_percent"], 50.0);
+    assert_eq!(c["spec_hash"], before["spec_hash"]);
+    // The step's clock was not reset.
+    let elapsed = c["step_progress"]["elapsed_secs"]
+        .as_f64()
+        .expect("elapsed");
+    let elapsed_before = before["step_progress"]["elapsed_secs"]
+        .as_f64()
+        .expect("elapsed");
+    assert!(elapsed >= elapsed_before, "{c:#}");
+    // Requests counted up to the step change were saved with it.
+    assert!(c["requests"]["candidate"].as_u64() >= Some(10), "{c:#}");
+    for s in requests(&gw, 20, 5).await {
+        assert_eq!(s.w, 0.5, "{s:?}");
+    }
+    assert!(
+        transition_events(&gw).is_empty(),
+        "resuming is not a transition"
+    );
+}
+
+// Operators pause, resume and roll back with the admin token. A rolled-back spec stays rolled
+// back across reloads and restarts; a changed spec (another key in the store) starts over at
+// step 0, and going back to the rolled-back spec finds it rolled back still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_until_it_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state_path = state_dir.path().to_str().expect("utf-8").to_owned();
+    let spec_a = rollout(&[step(20, 1_000_000, 3600)], &["error_rate"]);
+    let spec_b = rollout(&[step(20, 999_999, 3600)], &["error_rate"]);
+    write_policy(dir.path(), FAST, FAST, &spec_a);
+    let gw = start(dir.path(), Some(&state_path));
+    let a = canary(&gw).await;
+    let hash_a = a["spec_hash"].clone();
+    assert_eq!(state(&a), "progressing");
+
+    // Only the admin token commands canaries.
+    assert_eq!(admin(&gw, "pause", KEY).await.status, 401);
+    let missing = send(
+        "POST",
+        &gw.url("/admin/canaries/nope/pause"),
+        None,
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let paused = admin(&gw, "pause", ADMIN).await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.json()["state"], "paused");
+    assert_eq!(
+        paused.json()["weight_percent"],
+        20.0,
+        "a pause holds the weight"
+    );
+    let again = admin(&gw, "pause", ADMIN).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.body.contains("it is paused at step 0"),
+        "{}",
+        again.body
+    );
+    let resumed = admin(&gw, "resume", ADMIN).await;
+    assert_eq!(resumed.json()["state"], "progressing", "{}", resumed.body);
+
+    let rolled = admin(&gw, "rollback", ADMIN).await;
+    assert_eq!(rolled.status, 200, "{}", rolled.body);
+    assert_eq!(rolled.json()["state"], "rolled_back");
+    assert_no_candidate_traffic(&gw, &rolled.json()).await;
+    let listed = send(
+        "GET",
+        &gw.url("/admin/canaries"),
+        None,
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+    )
+    .await;
+    assert_eq!(
+        listed.json()["data"][0]["state"],
+        "rolled_back",
+        "{}",
+        listed.body
+    );
+
+    // A changed spec is a new rollout.
+    write_policy(dir.path(), FAST, FAST, &spec_b);
+    let b = wait_for(&gw, "the changed spec", Duration::from_secs(30), |c| {
+        !c.is_null() && c["spec_hash"] != hash_a
+    })
+    .await;
+    assert_eq!(
+        (state(&b), b["step"].as_u64()),
+        ("progressing", Some(0)),
+        "{b:#}"
+    );
+    assert_eq!(b["weight_percent"], 20.0);
+    // Back to the rolled-back spec: still rolled back.
+    write_policy(dir.path(), FAST, FAST, &spec_a);
+    let a = wait_for(&gw, "the first spec again", Duration::from_secs(30), |c| {
+        c["spec_hash"] == hash_a
+    })
+    .await;
+    assert_eq!(state(&a), "rolled_back", "{a:#}");
+    for s in requests(&gw, 10, 5).await {
+        assert_eq!((s.arm.as_str(), s.w), ("baseline", 0.0), "{s:?}");
+    }
+    drop(gw);
+
+    // And after a restart.
+    let gw = start(dir.path(), Some(&state_path));
+    let a = canary(&gw).await;
+    assert_eq!(
+        (state(&a), &a["spec_hash"]),
+        ("rolled_back", &hash_a),
+        "{a:#}"
+    );
+    assert_eq!(a["weight_percent"], 0.0);
+}
