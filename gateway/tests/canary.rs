@@ -262,9 +262,9 @@ async fn admin(gw: &Gateway, action: &str, token: &str) -> Answer {
 }
 
 /// The canary's status once the controller has counted every request of `answered` that a
-/// canary split (outcomes reach it asynchronously).
-async fn settled(gw: &Gateway, answered: &[Seen]) -> Value {
-    let split = answered.iter().filter(|s| !s.arm.is_empty()).count() as u64;
+/// canary split (outcomes reach it asynchronously), on top of `earlier` requests.
+async fn settled(gw: &Gateway, earlier: u64, answered: &[Seen]) -> Value {
+    let split = earlier + answered.iter().filter(|s| !s.arm.is_empty()).count() as u64;
     wait_for(gw, "every outcome counted", Duration::from_secs(10), |c| {
         let n = |arm: &str| c["requests"][arm].as_u64().unwrap_or(0);
         n("baseline") + n("candidate") >= split
@@ -333,8 +333,14 @@ async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_m
     let sent = load.stop().await;
     assert!(sent.iter().any(|s| s.arm == "candidate" && s.w == 0.5));
     assert_eq!(c["alarm"]["metric"], "error_rate", "{c:#}");
+    // log E crossed the threshold (outcomes of requests already in flight may move it since).
+    let alarm = &c["alarm"];
+    assert!(
+        alarm["log_e"].as_f64() >= alarm["log_threshold"].as_f64(),
+        "{c:#}"
+    );
+    assert_eq!(alarm["log_threshold"], c["metrics"][0]["threshold"]);
     let m = &c["metrics"][0];
-    assert!(m["log_e"].as_f64().expect("log_e") >= m["threshold"].as_f64().expect("threshold"));
     // More of the errors were the candidate's, though it served half the requests.
     assert!(
         m["events"]["candidate"].as_u64() > m["events"]["baseline"].as_u64(),
@@ -346,7 +352,7 @@ async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_m
         Some(&Value::from("alarm"))
     );
 
-    assert_no_candidate_traffic(&gw, &settled(&gw, &sent).await).await;
+    assert_no_candidate_traffic(&gw, &settled(&gw, 0, &sent).await).await;
 
     let text = metrics(&gw).await;
     assert!(
@@ -406,7 +412,7 @@ async fn a_candidate_forty_percent_slower_at_p95_is_rolled_back() {
         "{c:#}"
     );
     assert_eq!(c["metrics"][0]["log_e"], 0.0, "no errors, no error events");
-    assert_no_candidate_traffic(&gw, &settled(&gw, &sent).await).await;
+    assert_no_candidate_traffic(&gw, &settled(&gw, 0, &sent).await).await;
 }
 
 // A healthy candidate (same latency, no errors on either arm) walks 10% → 50% → 100% and is
@@ -512,13 +518,32 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
     assert!(elapsed >= elapsed_before, "{c:#}");
     // Requests counted up to the step change were saved with it.
     assert!(c["requests"]["candidate"].as_u64() >= Some(10), "{c:#}");
-    for s in requests(&gw, 20, 5).await {
+    let earlier = ["baseline", "candidate"]
+        .iter()
+        .filter_map(|arm| c["requests"][arm].as_u64())
+        .sum();
+    let sent = requests(&gw, 20, 5).await;
+    for s in &sent {
         assert_eq!(s.w, 0.5, "{s:?}");
     }
     assert!(
         transition_events(&gw).is_empty(),
         "resuming is not a transition"
     );
+
+    // A graceful stop saves the outcomes counted since the last save.
+    let counted = settled(&gw, earlier, &sent).await;
+    let mut gw = gw;
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).is_some(),
+        "llmgw stops on SIGTERM"
+    );
+    drop(gw);
+    let gw = start(dir.path(), Some(&state_path));
+    let c = canary(&gw).await;
+    assert_eq!(c["step"], 1, "{c:#}");
+    assert_eq!(c["requests"], counted["requests"], "{c:#}");
 }
 
 // Operators pause, resume and roll back with the admin token. A rolled-back spec stays rolled
