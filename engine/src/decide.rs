@@ -12,6 +12,8 @@ use crate::model::{Capability, Failover, LatencyMetric, OnExceed, Scope, Strateg
 use crate::policy::{CompiledPolicy, ModelInfo, Rule};
 use crate::trace::{Step, Trace};
 use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use llmgw_canary::spec::Split;
+use llmgw_canary::split;
 use std::sync::Arc;
 
 /// Output tokens reserved for a request that sets no `max_tokens`.
@@ -291,11 +293,23 @@ impl CompiledPolicy {
                 });
             }
             if let Some(weight) = state.canary_weight(&c.name).filter(|_| !candidate_open) {
-                let w = (weight / 100.0).clamp(0.0, 1.0);
-                let arm = if ctx.canary_random < w {
-                    Arm::Candidate
-                } else {
-                    Arm::Baseline
+                // Per request by default; a sticky split keeps one key or user on one arm.
+                let sticky = match c.spec.split {
+                    Split::PerRequest => None,
+                    Split::StickyKey => Some(&ctx.identity.key.id),
+                    Split::StickyUser => Some(&ctx.identity.user.id),
+                };
+                let route = split::route(
+                    c.spec.split,
+                    weight,
+                    ctx.canary_random,
+                    sticky.filter(|id| !id.is_empty()).map(String::as_str),
+                    c.salt,
+                );
+                let w = route.w;
+                let arm = match route.arm {
+                    split::Arm::Candidate => Arm::Candidate,
+                    split::Arm::Baseline => Arm::Baseline,
                 };
                 if arm == Arm::Candidate {
                     attempts.insert(0, self.attempt(c.candidate));

@@ -634,6 +634,7 @@ impl<'d> Builder<'d> {
                     candidate,
                     spec: canary.rollout.clone(),
                     spec_hash: checks::canary_hash(canary),
+                    salt: crate::source::fnv64(canary.name.bytes()),
                     location: loc,
                 });
             }

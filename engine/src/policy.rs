@@ -150,6 +150,8 @@ pub struct CanaryInfo {
     pub spec: llmgw_canary::spec::CanarySpec,
     /// Stable hash of the whole canary definition: persisted state is keyed by name and hash.
     pub spec_hash: String,
+    /// Seed of a sticky split's hash: different canaries pick independent sets of clients.
+    pub salt: u64,
     /// Where it was declared.
     pub location: Location,
 }
