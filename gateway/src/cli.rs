@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Bytes the response cache may hold (answers, prompt vectors, bookkeeping); 0 turns it
+    /// off. Entries live for the TTL of the policy's `kind: Cache` rules.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
+    pub cache_max_bytes: u64,
     /// Log filter (`info`, `warn`, `llmgw=debug`…); logs are JSON lines on stderr.
     #[arg(long, env = "LLMGW_LOG", default_value = "info")]
     pub log: String,
@@ -210,6 +214,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
         .filter(|t| !t.is_empty())
         .map(crate::admin::AdminToken::new);
     app.policy_status = policy_status;
+    app.cache = crate::cache::ResponseCache::new(args.cache_max_bytes, app.metrics.cache.clone());
     app.decision_log = match args.decision_log.open(&app.metrics) {
         Ok(log) => log,
         Err(e) => {
