@@ -145,23 +145,31 @@ pub struct App {
     pub decision_log: crate::decision_log::DecisionLog,
     /// The canary controller: weights for decisions, outcomes, commands, status.
     pub canaries: crate::canary_controller::Canaries,
+    /// The response cache (`--cache-max-bytes`).
+    pub cache: crate::cache::ResponseCache,
     draining: AtomicBool,
 }
 
 impl App {
     /// The app serving `runtime`.
     pub fn new(runtime: Runtime, keys: KeyCache, limits: Limits) -> Self {
+        let metrics = Metrics::new();
+        let cache = crate::cache::ResponseCache::new(
+            crate::cache::DEFAULT_MAX_BYTES,
+            metrics.cache.clone(),
+        );
         let app = App {
             runtime: ArcSwap::from_pointee(runtime),
             state: keys.store().clone(),
             admin_token: None,
             keys,
-            metrics: Metrics::new(),
+            metrics,
             retry_budget: RetryBudget::default(),
             limits,
             policy_status: crate::reload::PolicyStatus::default(),
             decision_log: crate::decision_log::DecisionLog::disabled(),
             canaries: crate::canary_controller::Canaries::new(),
+            cache,
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();
@@ -186,6 +194,7 @@ impl App {
     pub fn refresh(&self) {
         let rt = self.runtime.load();
         rt.live.refresh();
+        self.cache.maintain();
         for (p, c) in rt.policy.providers().iter().zip(&rt.circuits) {
             let v = match c.state() {
                 CircuitState::Closed => 0,

@@ -2,9 +2,9 @@
 //! engine's decision, executes it against provider adapters with failover, and reports what
 //! happened through metrics, logs and response headers.
 //!
-//! A request walks the phases of [`phases`]: authenticate → identify → decide → reserve →
-//! attempt → settle → record; [`proxy`] strings them together and [`server`] accepts
-//! connections.
+//! A request walks the phases of [`phases`]: authenticate → identify → decide → (the response
+//! [`cache`]) → reserve → attempt → settle → record; [`proxy`] strings them together and
+//! [`server`] accepts connections.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod budgets;
+pub mod cache;
 pub mod canary_controller;
 pub mod circuit;
 pub mod cli;

@@ -140,6 +140,8 @@ pub struct Metrics {
     pub decision_log_rotations: Counter,
     /// Canary rollouts: weight, state, log E, transitions.
     pub canary: crate::canary_controller::CanaryMetrics,
+    /// The response cache: lookups by outcome, stores, evictions, bytes, entries.
+    pub cache: crate::cache::CacheMetrics,
 }
 
 impl Default for Metrics {
@@ -225,6 +227,7 @@ impl Metrics {
             decision_log_dropped: Counter::default(),
             decision_log_rotations: Counter::default(),
             canary: crate::canary_controller::CanaryMetrics::default(),
+            cache: crate::cache::CacheMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
@@ -307,6 +310,7 @@ impl Metrics {
             m.budget_alerts.clone(),
         );
         m.canary.register(&mut registry);
+        m.cache.register(&mut registry);
         Metrics { registry, ..m }
     }
 

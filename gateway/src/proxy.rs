@@ -4,6 +4,7 @@
 use crate::app::App;
 use crate::body::GatewayBody;
 use crate::budgets::{self, Held, Settlement};
+use crate::cache;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
@@ -45,8 +46,10 @@ pub mod headers {
     pub const CANARY: &str = "x-llmgw-canary";
     /// The model asked for, when a downgrade moved the request.
     pub const DOWNGRADED_FROM: &str = "x-llmgw-downgraded-from";
-    /// Cache status.
+    /// Cache status: `hit`, `miss` (the answer may be stored) or `bypass` (not used).
     pub const CACHE: &str = "x-llmgw-cache";
+    /// On a near-duplicate hit: the cosine similarity of the prompt to the cached one.
+    pub const CACHE_SIMILARITY: &str = "x-llmgw-cache-similarity";
     /// The request id.
     pub const REQUEST_ID: &str = "x-request-id";
 }
@@ -59,6 +62,8 @@ struct Info {
     revision: Arc<str>,
     /// What the decision read, kept for the decision log when it is on.
     decision_input: Option<DecisionInput>,
+    /// The `x-llmgw-cache` value, once the cache was looked up.
+    cache: &'static str,
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -97,7 +102,7 @@ fn error_response(
         set(h, headers::RULE, &d.rule);
         set(h, headers::MODEL, &d.model);
         set(h, headers::COST, "0");
-        set(h, headers::CACHE, cache_status(d));
+        set(h, headers::CACHE, info.cache);
         decision_extras(h, d);
     }
     if err.status == StatusCode::UNAUTHORIZED {
@@ -107,14 +112,6 @@ fn error_response(
         );
     }
     resp
-}
-
-fn cache_status(d: &Decision) -> &'static str {
-    if d.cache_ttl_secs > 0 {
-        "miss"
-    } else {
-        "bypass"
-    }
 }
 
 fn decision_extras(h: &mut HeaderMap, d: &Decision) {
@@ -130,14 +127,14 @@ fn decision_extras(h: &mut HeaderMap, d: &Decision) {
     }
 }
 
-fn served_headers(h: &mut HeaderMap, plan: &Plan, idx: usize, cost: &str) {
+fn served_headers(h: &mut HeaderMap, plan: &Plan, idx: usize, cost: &str, cache: &str) {
     let d = &plan.decision;
     let a = plan.attempt(idx);
     set(h, headers::RULE, &d.rule);
     set(h, headers::MODEL, &a.model);
     set(h, headers::PROVIDER, &a.provider);
     set(h, headers::COST, cost);
-    set(h, headers::CACHE, cache_status(d));
+    set(h, headers::CACHE, cache);
     decision_extras(h, d);
 }
 
@@ -217,6 +214,7 @@ pub async fn handle(
         endpoint,
         revision: rt.policy.revision().into(),
         decision_input: None,
+        cache: "",
     };
     // Phase 1: authenticate.
     let key = match authenticate::authenticate(&parts.headers, &app.keys).await {
@@ -273,6 +271,21 @@ pub async fn handle(
     let decision = match decided {
         Ok(d) => d,
         Err(e) => {
+            if e.code.as_deref() == Some("budget_exceeded") {
+                let hit = cached_despite_budget(
+                    &app,
+                    &rt,
+                    &parts.headers,
+                    &request,
+                    &identity,
+                    &spend,
+                    &mut info,
+                    &mut captured,
+                );
+                if let Some(resp) = hit {
+                    return resp;
+                }
+            }
             if let Some(Captured {
                 input: Some(input),
                 blocked: Some(blocked),
@@ -304,6 +317,18 @@ pub async fn handle(
         }
     };
     info.decision_input = captured.and_then(|c| c.input);
+    // The response cache: after the decision (its TTL and revision), before any reservation
+    // or upstream call. A hit is answered from memory without reserving or spending.
+    let terms = cache::Terms::of(&decision);
+    let cached = app.cache.lookup(&parts.headers, &request, &identity, terms);
+    info.cache = cached.header();
+    let cache_store = match cached {
+        cache::Lookup::Hit(hit) => {
+            return serve_cached(&app, &info, &request, &identity, &decision, &hit)
+        }
+        cache::Lookup::Miss(store) => Some(store),
+        cache::Lookup::Bypass => None,
+    };
     // Phase 4: reserve.
     let redecide = |s: &budgets::Spend| {
         decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
@@ -346,7 +371,10 @@ pub async fn handle(
         decision,
         request,
     };
-    let mut trace = Trace::default();
+    let mut trace = Trace {
+        cache: info.cache,
+        ..Trace::default()
+    };
     // Phase 5: attempt.
     match attempt::run(&plan, 0, None, &mut trace).await {
         Err(failure) => {
@@ -395,9 +423,28 @@ pub async fn handle(
                 cost_usd: cost,
             };
             held.settle(&app.state, &app.metrics, settlement).await;
+            if let Some(store) = cache_store {
+                let a = plan.attempt(idx);
+                let served = (&a.model, &a.provider);
+                let endpoint = plan.request.facts.endpoint;
+                store.full(
+                    &app.cache,
+                    &plan.decision,
+                    endpoint,
+                    &response.body,
+                    response.usage,
+                    served,
+                );
+            }
             let body = Bytes::from(response.body.to_string());
             let mut resp = json_response(StatusCode::OK, body, &info);
-            served_headers(resp.headers_mut(), &plan, idx, &format_cost(cost));
+            served_headers(
+                resp.headers_mut(),
+                &plan,
+                idx,
+                &format_cost(cost),
+                info.cache,
+            );
             // Phase 7: record.
             finish(
                 &plan,
@@ -430,12 +477,148 @@ pub async fn handle(
                 &plan,
                 live.idx,
                 &format_cost(plan.decision.estimated_cost_usd),
+                info.cache,
             );
             set(h, headers::COST_ESTIMATED, "true");
-            tokio::spawn(pump(plan, live, tx, trace, info, identity, in_flight, held));
+            let capture = cache_store.map(cache::Store::capture);
+            tokio::spawn(pump(
+                plan, live, tx, trace, info, identity, in_flight, held, capture,
+            ));
             resp
         }
     }
+}
+
+/// The cached answer of a request a budget refuses: a hit reserves and spends nothing, so it
+/// is served all the same (on the requested model's cache rule). The refusing decision names
+/// the rule in the headers and logs; it is decided again with its input captured when the
+/// decision log did not capture it already.
+#[allow(clippy::too_many_arguments)]
+fn cached_despite_budget(
+    app: &App,
+    rt: &crate::app::Runtime,
+    headers: &HeaderMap,
+    request: &wire::ClientRequest,
+    identity: &Identity,
+    spend: &budgets::Spend,
+    info: &mut Info,
+    captured: &mut Option<Captured>,
+) -> Option<Response<GatewayBody>> {
+    let model = request.facts.model.as_str();
+    let terms = cache::Terms {
+        ttl_secs: rt.policy.cache_ttl_secs(model),
+        revision: rt.policy.revision(),
+        model,
+    };
+    let hit = app.cache.hit_only(headers, request, identity, terms)?;
+    let blocked = match captured.take() {
+        Some(Captured {
+            input,
+            blocked: Some(blocked),
+        }) => {
+            info.decision_input = input;
+            blocked
+        }
+        _ => {
+            let mut again = Captured::default();
+            let decided = decide::decide(
+                rt,
+                request,
+                identity.clone(),
+                spend,
+                &app.canaries,
+                Some(&mut again),
+            );
+            match (decided, again.blocked) {
+                (Ok(d), _) | (Err(_), Some(d)) => d,
+                (Err(_), None) => return None,
+            }
+        }
+    };
+    info.cache = "hit";
+    Some(serve_cached(app, info, request, identity, &blocked, &hit))
+}
+
+/// Answers from the response cache: the usual headers with the model and provider that
+/// produced the answer, cost 0, `x-llmgw-cache: hit` and `age`; a stream request gets the
+/// answer as SSE events. Nothing is reserved, spent or sent upstream; the canary split and
+/// downgrade of the decision did not serve it, so they are neither reported nor observed.
+fn serve_cached(
+    app: &App,
+    info: &Info,
+    request: &wire::ClientRequest,
+    identity: &Identity,
+    decision: &Decision,
+    hit: &cache::Hit,
+) -> Response<GatewayBody> {
+    let stream = request.facts.stream;
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let id = format!("chatcmpl-{}", info.request_id);
+    let body = hit.body(&id, created, stream, request.include_usage);
+    let mut resp = json_response(StatusCode::OK, body, info);
+    let h = resp.headers_mut();
+    if stream {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+    }
+    set(h, headers::RULE, &decision.rule);
+    set(h, headers::MODEL, hit.model());
+    set(h, headers::PROVIDER, hit.provider());
+    set(h, headers::COST, "0");
+    set(h, headers::CACHE, "hit");
+    set(h, "age", &hit.age().as_secs().to_string());
+    if let Some(s) = hit.similarity() {
+        set(h, headers::CACHE_SIMILARITY, &format!("{s:.4}"));
+    }
+    decision_log::record(
+        &app.decision_log,
+        &info.request_id,
+        info.decision_input.as_ref(),
+        decision,
+        LogOutcome {
+            status: 200,
+            served: Some((hit.model(), "cache")),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+        },
+    );
+    let served = Decision {
+        canary: None,
+        downgrade: None,
+        ..decision.clone()
+    };
+    let trace = Trace {
+        cache: hit.outcome(),
+        ..Trace::default()
+    };
+    record(
+        app,
+        &RequestRecord {
+            request_id: &info.request_id,
+            status: 200,
+            endpoint: info.endpoint.as_str(),
+            stream,
+            requested_model: &request.facts.model,
+            // Metrics and the log name the cache as the provider: nothing upstream served it.
+            served: Some((hit.model(), "cache")),
+            decision: Some(&served),
+            identity: Some(identity),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency: info.started.elapsed(),
+            ttft: None,
+            trace: Some(&trace),
+            outcome: "ok",
+            error: None,
+            handles: None,
+        },
+    );
+    resp
 }
 
 /// Keeps the in-flight gauge up while a request (or its stream) lives.
@@ -598,6 +781,7 @@ async fn pump(
     identity: Identity,
     _in_flight: InFlightGauge,
     held: Held,
+    mut capture: Option<cache::Capture>,
 ) {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -655,6 +839,9 @@ async fn pump(
                 }
                 tool_calls |= d.tool_calls.is_some();
                 finished |= d.finish_reason.is_some();
+                if let Some(c) = &mut capture {
+                    c.push(&d);
+                }
                 if tx.send(out.delta(&d)).await.is_err() {
                     break "client_closed";
                 }
@@ -705,6 +892,8 @@ async fn pump(
                     "stream broke after output was sent; resuming with the partial answer as prefill"
                 );
                 live = next;
+                // An answer stitched from two models is not cached.
+                capture = None;
                 pending = std::mem::take(&mut live.buffered).into();
                 out.model = a.model.clone();
                 idle = idle_of(&plan, live.idx);
@@ -722,6 +911,15 @@ async fn pump(
             r.record(live.started.elapsed(), Some(live.ttft), true);
         }
         charge(&mut bill, live.idx, reported, attempt_chars);
+        if let Some(c) = capture.take() {
+            let a = plan.attempt(live.idx);
+            c.finish(
+                &plan.app.cache,
+                &plan.decision,
+                bill.usage(),
+                (&a.model, &a.provider),
+            );
+        }
         if plan.request.include_usage {
             let _ = tx.send(out.usage(bill.usage())).await;
         }

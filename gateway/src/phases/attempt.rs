@@ -84,6 +84,8 @@ pub struct Trace {
     pub failovers: u32,
     /// Streams resumed on another model after a break.
     pub resumed: u32,
+    /// What the response cache did before the attempts: `hit`, `near_hit`, `miss`, `bypass`.
+    pub cache: &'static str,
 }
 
 impl Trace {

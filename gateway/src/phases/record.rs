@@ -140,6 +140,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         retries = r.trace.map_or(0, |t| t.retries),
         failovers = r.trace.map_or(0, |t| t.failovers),
         resumed = r.trace.map_or(0, |t| t.resumed),
+        cache = r.trace.map_or("", |t| t.cache),
         attempts = attempts.as_str(),
         error = r.error,
         "request"
