@@ -370,6 +370,7 @@ impl CompiledPolicy {
             requested_model: req.model.clone(),
             model: model_name.clone(),
             cache_ttl_secs: self.cache_ttl_secs(&first_model),
+            cache_semantic_threshold: self.cache_semantic_threshold(&first_model),
             attempts,
             budget_action: if downgrade.is_some() {
                 BudgetAction::Downgrade
@@ -440,6 +441,7 @@ impl CompiledPolicy {
             strategy: Strategy::Priority,
             requested_model: ctx.request.model.clone(),
             cache_ttl_secs: self.cache_ttl_secs(&name),
+            cache_semantic_threshold: None,
             model: name,
             attempts: Vec::new(),
             budget_action: BudgetAction::Block,

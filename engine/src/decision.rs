@@ -136,6 +136,8 @@ pub struct Decision {
     pub estimated_cost_usd: f64,
     /// Response cache TTL of the first attempt's model, seconds (0: do not cache).
     pub cache_ttl_secs: u64,
+    /// Near-duplicate threshold of the first attempt's model's cache rule, if it sets one.
+    pub cache_semantic_threshold: Option<f64>,
     /// Conditions that failed to evaluate (taken as not matching; budgets as applying).
     pub eval_errors: Vec<crate::expr::EvalError>,
 }

@@ -643,6 +643,7 @@ impl<'d> Builder<'d> {
         // Cache.
         let mut cache_default_ttl = 0;
         let mut cache_ttl = HashMap::new();
+        let mut cache_semantic = HashMap::new();
         let mut cache_models = Names::default();
         for doc in docs {
             let Document::Cache(c) = &doc.doc else {
@@ -662,6 +663,9 @@ impl<'d> Builder<'d> {
                 }
                 if let Some(m) = resolve_model(&mut self, &rule.model, l, "cache rule") {
                     cache_ttl.insert(m, rule.ttl_secs);
+                    if let Some(t) = rule.semantic_threshold {
+                        cache_semantic.insert(m, t);
+                    }
                 }
             }
         }
@@ -705,6 +709,7 @@ impl<'d> Builder<'d> {
             canary_by_model,
             cache_default_ttl,
             cache_ttl,
+            cache_semantic,
             default_rule: intern("default"),
         };
         (Some(policy), tests)

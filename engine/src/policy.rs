@@ -177,6 +177,7 @@ pub struct CompiledPolicy {
     pub(crate) canary_by_model: HashMap<usize, usize>,
     pub(crate) cache_default_ttl: u64,
     pub(crate) cache_ttl: HashMap<usize, u64>,
+    pub(crate) cache_semantic: HashMap<usize, f64>,
     pub(crate) default_rule: Arc<str>,
 }
 
@@ -227,6 +228,15 @@ impl CompiledPolicy {
     pub fn canaries(&self) -> &[CanaryInfo] {
         &self.canaries
     }
+    /// Similarity above which a near-duplicate prompt for a logical model is a cache hit, when
+    /// its cache rule sets one.
+    pub fn cache_semantic_threshold(&self, model: &str) -> Option<f64> {
+        self.model_index
+            .get(model)
+            .and_then(|i| self.cache_semantic.get(i))
+            .copied()
+    }
+
     /// Cache TTL of a logical model in seconds (0: not cached).
     pub fn cache_ttl_secs(&self, model: &str) -> u64 {
         self.model_index

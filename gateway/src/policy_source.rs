@@ -312,11 +312,7 @@ pub fn compile(
 ) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
     let outcome = llmgw_engine::load::load_files(files, Some(revision));
     match outcome.policy {
-        Some(policy) => {
-            // The compiled policy carries cache TTLs but not near-duplicate thresholds.
-            crate::cache::rules::remember(files, revision);
-            Ok((policy, outcome.diagnostics))
-        }
+        Some(policy) => Ok((policy, outcome.diagnostics)),
         None => Err(LoadError {
             revision: revision.to_owned(),
             diagnostics: outcome.diagnostics,

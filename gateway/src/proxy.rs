@@ -507,8 +507,7 @@ fn cached_despite_budget(
     let model = request.facts.model.as_str();
     let terms = cache::Terms {
         ttl_secs: rt.policy.cache_ttl_secs(model),
-        revision: rt.policy.revision(),
-        model,
+        semantic_threshold: rt.policy.cache_semantic_threshold(model),
     };
     let hit = app.cache.hit_only(headers, request, identity, terms)?;
     let blocked = match captured.take() {

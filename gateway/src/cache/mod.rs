@@ -21,7 +21,6 @@
 
 pub mod answer;
 pub mod key;
-pub mod rules;
 pub mod similar;
 
 use crate::upstream::{Delta, Usage};
@@ -235,7 +234,7 @@ impl ResponseCache {
         headers: &HeaderMap,
         request: &ClientRequest,
         identity: &Identity,
-        terms: Terms<'_>,
+        terms: Terms,
     ) -> Lookup {
         let found = self.find(headers, request, identity, terms);
         self.metrics.lookup(match &found {
@@ -254,7 +253,7 @@ impl ResponseCache {
         headers: &HeaderMap,
         request: &ClientRequest,
         identity: &Identity,
-        terms: Terms<'_>,
+        terms: Terms,
     ) -> Option<Hit> {
         match self.find(headers, request, identity, terms) {
             Lookup::Hit(hit) => {
@@ -270,7 +269,7 @@ impl ResponseCache {
         headers: &HeaderMap,
         request: &ClientRequest,
         identity: &Identity,
-        terms: Terms<'_>,
+        terms: Terms,
     ) -> Lookup {
         let Some(inner) = &self.inner else {
             return Lookup::Bypass;
@@ -289,7 +288,7 @@ impl ResponseCache {
                 });
             }
         }
-        let near = rules::threshold(terms.revision, terms.model).and_then(|t| {
+        let near = terms.semantic_threshold.and_then(|t| {
             let (bucket, text) = key::near(tenant, request)?;
             Some((bucket, Arc::new(Vector::of(&text)), t))
         });
@@ -395,22 +394,19 @@ impl Inner {
 
 /// What the policy says about caching a request.
 #[derive(Debug, Clone, Copy)]
-pub struct Terms<'a> {
+pub struct Terms {
     /// How long its answer is kept (0: not cached).
     pub ttl_secs: u64,
-    /// The policy revision.
-    pub revision: &'a str,
-    /// The model whose cache rule applies (its near-duplicate threshold).
-    pub model: &'a str,
+    /// Similarity above which a near-duplicate prompt is a hit, when the rule sets one.
+    pub semantic_threshold: Option<f64>,
 }
 
-impl<'a> Terms<'a> {
-    /// The terms of a decision: the TTL and rule of the model serving first.
-    pub fn of(decision: &'a Decision) -> Self {
+impl Terms {
+    /// The terms of a decision: the cache rule of the model serving first.
+    pub fn of(decision: &Decision) -> Self {
         Terms {
             ttl_secs: decision.cache_ttl_secs,
-            revision: &decision.revision,
-            model: decision.primary().map_or(&*decision.model, |a| &*a.model),
+            semantic_threshold: decision.cache_semantic_threshold,
         }
     }
 }
@@ -630,6 +626,7 @@ mod tests {
             canary: None,
             estimated_cost_usd: 0.0,
             cache_ttl_secs: ttl,
+            cache_semantic_threshold: None,
             eval_errors: Vec::new(),
         }
     }

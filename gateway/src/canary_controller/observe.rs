@@ -113,6 +113,7 @@ mod tests {
             }),
             estimated_cost_usd: 0.0,
             cache_ttl_secs: 0,
+            cache_semantic_threshold: None,
             eval_errors: Vec::new(),
         }
     }
