@@ -63,12 +63,9 @@ pub fn is_admin_path(path: &str) -> bool {
         || path.starts_with("/admin/tenants/")
 }
 
+/// The bearer token of a request, if it carries one.
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    crate::phases::authenticate::bearer(headers).ok()
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
