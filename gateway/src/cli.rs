@@ -171,9 +171,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let legacy_dir =
-        matches!(store, crate::store::Store::Sqlite(_)).then_some(args.state.as_path());
-    let key_setup = match crate::keys::setup(&store, args.dev_key.as_deref(), legacy_dir).await {
+    let key_setup = match crate::keys::setup(&store, args.dev_key.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             eprintln!("llmgw: {e}");

@@ -629,58 +629,12 @@ pub enum KeySetup {
     Stored(usize),
 }
 
-/// Registers the dev key, or on a store without keys generates one (importing the hashes of
-/// an older `keys.json` under `legacy_dir` first, when there is one).
-pub async fn setup(
-    store: &Store,
-    dev_key: Option<&str>,
-    legacy_dir: Option<&std::path::Path>,
-) -> Result<KeySetup, KeyError> {
-    let now = now_ms();
-    if let Some(secret) = dev_key {
-        let hash = hash_secret(secret);
-        let existing = store.key(DEV_KEY_ID).await?;
-        let same = existing
-            .as_ref()
-            .is_some_and(|r| r.secrets.iter().any(|s| s.sha256 == hash));
-        if !same {
-            let record = KeyRecord {
-                id: DEV_KEY_ID.to_owned(),
-                prefix: secret
-                    .chars()
-                    .take(SHOWN_PREFIX.min(secret.len() / 2))
-                    .collect(),
-                tenant: DEV_TENANT.to_owned(),
-                project: None,
-                user: None,
-                labels: BTreeMap::new(),
-                allowed_models: Vec::new(),
-                expires_at: None,
-                created_at: now,
-                revoked_at: None,
-                signing: false,
-                admin: false,
-                secrets: vec![SecretHash {
-                    sha256: hash,
-                    not_after: None,
-                }],
-            };
-            store.put_key(&record).await?;
-        }
-        return Ok(KeySetup::DevKey);
-    }
-    let existing = store.keys(None).await?;
-    if !existing.is_empty() {
-        return Ok(KeySetup::Stored(existing.len()));
-    }
-    if let Some(n) = import_legacy(store, legacy_dir, now).await? {
-        return Ok(KeySetup::Stored(n));
-    }
-    let secret = generate_key();
-    let record = KeyRecord {
-        id: LOCAL_KEY_ID.to_owned(),
-        prefix: secret[..SHOWN_PREFIX].to_owned(),
-        tenant: DEFAULT_TENANT.to_owned(),
+/// A key of `tenant` with full access and one secret, as start-up registers them.
+fn full_access(id: &str, prefix: String, tenant: &str, sha256: String, now: i64) -> KeyRecord {
+    KeyRecord {
+        id: id.to_owned(),
+        prefix,
+        tenant: tenant.to_owned(),
         project: None,
         user: None,
         labels: BTreeMap::new(),
@@ -691,59 +645,46 @@ pub async fn setup(
         signing: false,
         admin: false,
         secrets: vec![SecretHash {
-            sha256: hash_secret(&secret),
+            sha256,
             not_after: None,
         }],
-    };
-    store.put_key(&record).await?;
-    Ok(KeySetup::Generated(secret))
+    }
 }
 
-/// Imports `keys.json` (`[{id, sha256}]`, written by earlier versions) as keys of the default
-/// tenant.
-async fn import_legacy(
-    store: &Store,
-    dir: Option<&std::path::Path>,
-    now: i64,
-) -> Result<Option<usize>, KeyError> {
-    #[derive(serde::Deserialize)]
-    struct Legacy {
-        id: String,
-        sha256: String,
+/// Registers the dev key, or on a store without keys generates one.
+pub async fn setup(store: &Store, dev_key: Option<&str>) -> Result<KeySetup, KeyError> {
+    let now = now_ms();
+    if let Some(secret) = dev_key {
+        let hash = hash_secret(secret);
+        let existing = store.key(DEV_KEY_ID).await?;
+        let same = existing
+            .as_ref()
+            .is_some_and(|r| r.secrets.iter().any(|s| s.sha256 == hash));
+        if !same {
+            let prefix = secret
+                .chars()
+                .take(SHOWN_PREFIX.min(secret.len() / 2))
+                .collect();
+            let record = full_access(DEV_KEY_ID, prefix, DEV_TENANT, hash, now);
+            store.put_key(&record).await?;
+        }
+        return Ok(KeySetup::DevKey);
     }
-    let Some(dir) = dir else { return Ok(None) };
-    let Ok(bytes) = std::fs::read(dir.join("keys.json")) else {
-        return Ok(None);
-    };
-    let Ok(legacy) = serde_json::from_slice::<Vec<Legacy>>(&bytes) else {
-        return Ok(None);
-    };
-    if legacy.is_empty() {
-        return Ok(None);
+    let existing = store.keys(None).await?;
+    if !existing.is_empty() {
+        return Ok(KeySetup::Stored(existing.len()));
     }
-    for l in &legacy {
-        store
-            .put_key(&KeyRecord {
-                id: l.id.clone(),
-                prefix: KEY_PREFIX.to_owned(),
-                tenant: DEFAULT_TENANT.to_owned(),
-                project: None,
-                user: None,
-                labels: BTreeMap::new(),
-                allowed_models: Vec::new(),
-                expires_at: None,
-                created_at: now,
-                revoked_at: None,
-                signing: false,
-                admin: false,
-                secrets: vec![SecretHash {
-                    sha256: l.sha256.clone(),
-                    not_after: None,
-                }],
-            })
-            .await?;
-    }
-    Ok(Some(legacy.len()))
+    let secret = generate_key();
+    let prefix = secret[..SHOWN_PREFIX].to_owned();
+    let record = full_access(
+        LOCAL_KEY_ID,
+        prefix,
+        DEFAULT_TENANT,
+        hash_secret(&secret),
+        now,
+    );
+    store.put_key(&record).await?;
+    Ok(KeySetup::Generated(secret))
 }
 
 #[cfg(test)]
@@ -776,14 +717,11 @@ mod tests {
     #[tokio::test]
     async fn generated_key_is_stored_only_hashed_and_reused() {
         let (dir, store) = store().await;
-        let KeySetup::Generated(secret) = setup(&store, None, None).await.unwrap() else {
+        let KeySetup::Generated(secret) = setup(&store, None).await.unwrap() else {
             panic!("expected a generated key")
         };
         assert!(secret.starts_with(KEY_PREFIX) && secret.len() >= 40);
-        assert_eq!(
-            setup(&store, None, None).await.unwrap(),
-            KeySetup::Stored(1)
-        );
+        assert_eq!(setup(&store, None).await.unwrap(), KeySetup::Stored(1));
         let cache = KeyCache::new(store.clone());
         let Lookup::Valid(k) = cache.lookup(&secret).await.unwrap() else {
             panic!("the generated key authenticates")
