@@ -1,16 +1,24 @@
-//! Canaries run by the real `llmgw` binary against simulated providers: a candidate failing
-//! five times as often as its baseline is rolled back and gets no traffic afterwards; one 40%
-//! slower is rolled back on `latency_p95`; a healthy one is promoted through every step; a
-//! restart resumes at the same step; operators pause, resume and roll back; a rolled-back
-//! spec stays rolled back until the spec changes, and a changed spec starts over.
+//! Canaries run by the real `llmgw` binary against the fault-injecting mock provider: a
+//! candidate failing five times as often as its baseline is rolled back and gets no traffic
+//! afterwards; one 40% slower is rolled back on `latency_p95`; a healthy one is promoted
+//! through every step; a restart resumes at the same step; operators pause, resume and roll
+//! back; a rolled-back spec stays rolled back until the spec changes, and a changed spec
+//! starts over.
 //!
-//! The baseline and the candidate are two simulated providers (`sim-base`, `sim-cand`), so
-//! each arm's error rate and latency are set exactly and no network is involved. Tests wait
-//! for conditions by polling `/admin/status`, each within a time limit.
+//! The baseline and the candidate are two `openai_compatible` providers (`mock-base`,
+//! `mock-cand`) pointing at one mock, each deployment with its own upstream model name, whose
+//! fault sets that arm's behaviour: `base+err-4` and `cand+err-20` fail that share of their
+//! attempts, `base+lat-40-25` answers after 40 ms ± 25%, `cand+ok` at once. The mock spreads
+//! failures and latencies deterministically over each model's attempts, and counts the
+//! attempts per model at `GET /_stats`: that is how the tests see which upstream each request
+//! reached, independently of what the gateway reports. Tests wait for conditions by polling
+//! `/admin/status`, each within a time limit, and read `/_stats` once every request they
+//! count has been answered.
 
 mod common;
 
 use common::*;
+use llmgw_mock_provider::MockHandle;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,28 +27,28 @@ use std::time::{Duration, Instant};
 
 const ADMIN: &str = "adm-canary-token";
 
-/// A simulated provider's behaviour.
+/// The upstream models (mock faults) of the two arms.
 #[derive(Clone, Copy)]
-struct Profile {
-    ttft_ms: u64,
-    jitter: f64,
-    error_rate: f64,
+struct Arms {
+    base: &'static str,
+    cand: &'static str,
 }
 
-const FAST: Profile = Profile {
-    ttft_ms: 5,
-    jitter: 0.0,
-    error_rate: 0.0,
+/// Both arms answering at once, without errors.
+const HEALTHY: Arms = Arms {
+    base: "base+ok",
+    cand: "cand+ok",
 };
 
-/// Writes a policy: model `chat` on `sim-base`, its canary `chat-v2` on `sim-cand`, with the
-/// canary's `rollout` (YAML, indented for the `rollout:` key). Circuits never open: the test
-/// is about the statistics, not about failover.
-fn write_policy(dir: &Path, base: Profile, cand: Profile, rollout: &str) {
-    let provider = |name: &str, p: Profile| {
+/// Writes a policy: model `chat` on `mock-base`, its canary `chat-v2` on `mock-cand`, both at
+/// the mock `mock` with the upstream models of `arms`, and the canary's `rollout` (YAML,
+/// indented for the `rollout:` key). Circuits never open: the test is about the statistics,
+/// not about failover. Timeouts are far above any latency the tests ask for.
+fn write_policy(dir: &Path, mock: &MockHandle, arms: Arms, rollout: &str) {
+    let base_url = mock.base_url();
+    let provider = |name: &str| {
         format!(
-            "  - name: {name}\n    type: simulated\n    region: {name}\n    circuit: {{ window_secs: 10, min_requests: 1000000, error_ratio: 1.0, consecutive_failures: 1000000, cooldown_secs: 1 }}\n    simulated: {{ ttft_ms: {}, jitter: {}, error_rate: {}, tokens_per_second: 100000, output_tokens: 1 }}\n",
-            p.ttft_ms, p.jitter, p.error_rate
+            "  - name: {name}\n    type: openai_compatible\n    region: {name}\n    base_url: {base_url}\n    timeouts: {{ connect_ms: 1000, first_token_ms: 10000, idle_ms: 10000, total_ms: 20000 }}\n    circuit: {{ window_secs: 10, min_requests: 1000000, error_ratio: 1.0, consecutive_failures: 1000000, cooldown_secs: 1 }}\n"
         )
     };
     let files = [
@@ -48,13 +56,16 @@ fn write_policy(dir: &Path, base: Profile, cand: Profile, rollout: &str) {
             "providers.yaml",
             format!(
                 "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}",
-                provider("sim-base", base),
-                provider("sim-cand", cand)
+                provider("mock-base"),
+                provider("mock-cand")
             ),
         ),
         (
             "models.yaml",
-            "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: chat\n    class: chat\n    quality: 0.9\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 1, output_per_mtok: 2 }\n    deployments:\n      - provider: sim-base\n        upstream_model: chat-v1\n      - name: chat-v2@sim-cand\n        provider: sim-cand\n        upstream_model: chat-v2\n        canary_only: true\n".to_owned(),
+            format!(
+                "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: chat\n    class: chat\n    quality: 0.9\n    context_window: 32000\n    capabilities: [chat]\n    price: {{ input_per_mtok: 1, output_per_mtok: 2 }}\n    deployments:\n      - provider: mock-base\n        upstream_model: \"{}\"\n      - name: chat-v2@mock-cand\n        provider: mock-cand\n        upstream_model: \"{}\"\n        canary_only: true\n",
+                arms.base, arms.cand
+            ),
         ),
         (
             "routing.yaml",
@@ -63,7 +74,7 @@ fn write_policy(dir: &Path, base: Profile, cand: Profile, rollout: &str) {
         (
             "canaries.yaml",
             format!(
-                "apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: chat-v2\n    model: chat\n    baseline: chat@sim-base\n    candidate: chat-v2@sim-cand\n    rollout:\n{rollout}"
+                "apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: chat-v2\n    model: chat\n    baseline: chat@mock-base\n    candidate: chat-v2@mock-cand\n    rollout:\n{rollout}"
             ),
         ),
     ];
@@ -261,6 +272,13 @@ async fn admin(gw: &Gateway, action: &str, token: &str) -> Answer {
     .await
 }
 
+/// The mock's attempt count for the upstream model `model`, from its `GET /_stats`.
+async fn attempts(mock: &MockHandle, model: &str) -> u64 {
+    let stats = send("GET", &format!("http://{}/_stats", mock.addr), None, &[]).await;
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    stats.json()["attempts"][model].as_u64().unwrap_or(0)
+}
+
 /// The canary's status once the controller has counted every request of `answered` that a
 /// canary split (outcomes reach it asynchronously), on top of `earlier` requests.
 async fn settled(gw: &Gateway, earlier: u64, answered: &[Seen]) -> Value {
@@ -273,17 +291,31 @@ async fn settled(gw: &Gateway, earlier: u64, answered: &[Seen]) -> Value {
 }
 
 /// After a rollback, the candidate gets nothing: every new request goes to the baseline with
-/// w = 0, and the candidate's request count stops. `before` is the status with every earlier
-/// outcome counted.
-async fn assert_no_candidate_traffic(gw: &Gateway, before: &Value) {
+/// w = 0, the candidate's upstream model sees no further attempt at the mock, and the
+/// candidate's request count stops. `before` is the status with every earlier outcome
+/// counted, and no request is in flight.
+async fn assert_no_candidate_traffic(gw: &Gateway, mock: &MockHandle, arms: Arms, before: &Value) {
     let baseline_before = before["requests"]["baseline"].as_u64().expect("count");
+    let cand_attempts = attempts(mock, arms.cand).await;
+    let base_attempts = attempts(mock, arms.base).await;
     let after_rollback = requests(gw, 100, 10).await;
     for s in &after_rollback {
         // A baseline failing twice in a row answers 502: still the baseline's answer.
         assert!(s.status == 200 || s.status == 502, "{s:?}");
         assert_eq!((s.arm.as_str(), s.w), ("baseline", 0.0), "{s:?}");
-        assert_ne!(s.provider, "sim-cand", "{s:?}");
+        if s.status == 200 {
+            assert_eq!(s.provider, "mock-base", "{s:?}");
+        }
     }
+    assert_eq!(
+        attempts(mock, arms.cand).await,
+        cand_attempts,
+        "no attempt reached the candidate's upstream after the rollback"
+    );
+    assert!(
+        attempts(mock, arms.base).await >= base_attempts + 100,
+        "the baseline's upstream answered every request"
+    );
     let c = wait_for(
         gw,
         "the 100 baseline requests counted",
@@ -298,24 +330,28 @@ async fn assert_no_candidate_traffic(gw: &Gateway, before: &Value) {
     assert_eq!(c["weight_percent"], 0.0);
 }
 
-// A candidate failing 5× as often as its baseline (20% against 4%) at a 50% split. At w = 0.5
-// each error is the candidate's with probability 0.2 / (0.2 + 0.04) = 0.83 instead of 0.5;
-// the e-process gains about 0.24 per error event and needs about ln(100) + ln(11) = 7, so
-// about 30 errors — some 250 requests at 12% errors, a second or two. A smaller weight would
-// need more events (each says less), and lower error rates more requests per event.
+// A candidate failing 5× as often as its baseline, at a 50% split: the mock fails 4% of the
+// baseline's attempts and 20% of the candidate's (`err-4`, `err-20`: every 25th and every
+// 5th attempt of each model). The gateway retries a 500 once on the same deployment, 100 ms
+// later; under this load dozens of other attempts of that model pass in between, so the retry
+// fails or passes like any attempt, and the controller counts a request as an error of its
+// arm from its first failed call: per request the rates stay 4% and 20% (measured: 3.5–3.8%
+// and 20.2–20.6% over 5,000 requests). At w = 0.5 each error is the candidate's with
+// probability 0.2 / (0.2 + 0.04) = 0.83 instead of 0.5; the e-process gains about 0.24 per
+// error event and needs about ln(100) + ln(11) = 7, so about 30 errors: a few hundred
+// requests at 12% errors, a second or two over 12 clients. A smaller weight would need more
+// events (each says less), and lower error rates more requests per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_more_traffic() {
+    const WORKERS: usize = 12;
+    let mock = mock().await;
+    let arms = Arms {
+        base: "base+err-4",
+        cand: "cand+err-20",
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = Profile {
-        error_rate: 0.04,
-        ..FAST
-    };
-    let cand = Profile {
-        error_rate: 0.20,
-        ..FAST
-    };
     let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate"]);
-    write_policy(dir.path(), base, cand, &spec);
+    write_policy(dir.path(), &mock, arms, &spec);
     let gw = start(dir.path(), None);
     let c = canary(&gw).await;
     assert_eq!(
@@ -325,13 +361,27 @@ async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_m
     );
     assert_eq!(c["weight_percent"], 50.0);
 
-    let load = Load::start(&gw, 12);
+    let load = Load::start(&gw, WORKERS);
     let c = wait_for(&gw, "rollback", Duration::from_secs(60), |c| {
         state(c) == "rolled_back"
     })
     .await;
+    let cand_at_rollback = attempts(&mock, arms.cand).await;
     let sent = load.stop().await;
+    // Only requests already in flight when the weight went to 0 may still reach the
+    // candidate: one per client, each with at most one retry.
+    let cand_after = attempts(&mock, arms.cand).await;
+    assert!(
+        cand_after <= cand_at_rollback + 2 * WORKERS as u64,
+        "{cand_at_rollback} candidate attempts at the rollback, {cand_after} once the load stopped"
+    );
     assert!(sent.iter().any(|s| s.arm == "candidate" && s.w == 0.5));
+    // Both upstreams took part (a failed attempt and its retry are two attempts).
+    let base_attempts = attempts(&mock, arms.base).await;
+    assert!(
+        base_attempts >= 100 && cand_after >= 100,
+        "{base_attempts} baseline and {cand_after} candidate attempts"
+    );
     assert_eq!(c["alarm"]["metric"], "error_rate", "{c:#}");
     // log E crossed the threshold (outcomes of requests already in flight may move it since).
     let alarm = &c["alarm"];
@@ -352,7 +402,7 @@ async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_m
         Some(&Value::from("alarm"))
     );
 
-    assert_no_candidate_traffic(&gw, &settled(&gw, 0, &sent).await).await;
+    assert_no_candidate_traffic(&gw, &mock, arms, &settled(&gw, 0, &sent).await).await;
 
     let text = metrics(&gw).await;
     assert!(
@@ -374,28 +424,25 @@ async fn a_candidate_with_five_times_the_error_rate_is_rolled_back_and_gets_no_m
     assert_eq!(rollback["level"], "WARN");
 }
 
-// A candidate 40% slower at every quantile: answers take 56 ms ± 25% against 40 ms ± 25%
-// (uniform in 42–70 ms against 30–50 ms: p95 69 ms against 49 ms). A latency event is a
-// request slower than the baseline's p95, so about 5% of baseline requests but 75% of
-// candidate ones are events: at w = 0.5 each event is the candidate's with probability 0.94,
-// and a dozen events cross ln(2/0.01) (two metrics checked). Latencies of tens of
-// milliseconds keep the gateway's own overhead and timer granularity small beside the
-// difference. The p95 threshold needs 200 baseline requests first: some 400 requests in all,
-// at 50 ms each over 12 clients, a few seconds.
+// A candidate 40% slower at every quantile: the mock answers the baseline after 40 ms ± 25%
+// and the candidate after 56 ms ± 25% (`lat-40-25`, `lat-56-25`: uniform in 30–50 ms against
+// 42–70 ms, each attempt's draw fixed by its number, so p95 49 ms against 69 ms). A latency
+// event is a request slower than the baseline's p95, so about 5% of baseline requests but 75%
+// of candidate ones are events: at w = 0.5 each event is the candidate's with probability
+// 0.94, and a dozen events cross ln(2/0.01) (two metrics checked). Latencies of tens of
+// milliseconds keep the gateway's own overhead, the local connection and timer granularity
+// small beside the difference. The p95 threshold needs 200 baseline requests first: some 400
+// requests in all, at 50 ms each over 12 clients, a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_forty_percent_slower_at_p95_is_rolled_back() {
+    let mock = mock().await;
+    let arms = Arms {
+        base: "base+lat-40-25",
+        cand: "cand+lat-56-25",
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = Profile {
-        ttft_ms: 40,
-        jitter: 0.25,
-        error_rate: 0.0,
-    };
-    let cand = Profile {
-        ttft_ms: 56,
-        ..base
-    };
     let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate", "latency_p95"]);
-    write_policy(dir.path(), base, cand, &spec);
+    write_policy(dir.path(), &mock, arms, &spec);
     let gw = start(dir.path(), None);
     let load = Load::start(&gw, 12);
     let c = wait_for(&gw, "rollback", Duration::from_secs(90), |c| {
@@ -403,29 +450,33 @@ async fn a_candidate_forty_percent_slower_at_p95_is_rolled_back() {
     })
     .await;
     let sent = load.stop().await;
+    assert!(sent.iter().all(|s| s.status == 200), "no errors");
     assert_eq!(c["alarm"]["metric"], "latency_p95", "{c:#}");
     let p95 = &c["metrics"][1];
     assert_eq!(p95["metric"], "latency_p95");
-    assert!(p95["baseline_threshold_ms"].as_f64().is_some(), "{c:#}");
+    let threshold = p95["baseline_threshold_ms"].as_f64().expect("threshold");
+    // The baseline's p95 as the client sees it: the mock's 49 ms plus the gateway's overhead.
+    assert!((45.0..100.0).contains(&threshold), "{c:#}");
     assert!(
         p95["events"]["candidate"].as_u64() > p95["events"]["baseline"].as_u64(),
         "{c:#}"
     );
     assert_eq!(c["metrics"][0]["log_e"], 0.0, "no errors, no error events");
-    assert_no_candidate_traffic(&gw, &settled(&gw, 0, &sent).await).await;
+    assert_no_candidate_traffic(&gw, &mock, arms, &settled(&gw, 0, &sent).await).await;
 }
 
-// A healthy candidate (same latency, no errors on either arm) walks 10% → 50% → 100% and is
+// A healthy candidate (both arms answer at once, with no error) walks 10% → 50% → 100% and is
 // promoted. With no error at all the error-rate e-process never moves, so the test cannot
 // roll back by chance; each step needs 5 candidate requests and 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_candidate_is_promoted_through_every_step() {
+    let mock = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = rollout(
         &[step(10, 5, 1), step(50, 5, 1), step(100, 5, 1)],
         &["error_rate"],
     );
-    write_policy(dir.path(), FAST, FAST, &spec);
+    write_policy(dir.path(), &mock, HEALTHY, &spec);
     let gw = start(dir.path(), None);
     let load = Load::start(&gw, 4);
     let c = wait_for(&gw, "promotion", Duration::from_secs(60), |c| {
@@ -461,17 +512,24 @@ async fn a_healthy_candidate_is_promoted_through_every_step() {
     })
     .collect();
     assert_eq!(steps, expected, "{c:#}");
-    // Every request was split with one of the steps' weights.
+    // Every request was split with one of the steps' weights, and each reached its arm's
+    // upstream exactly once.
     for s in &sent {
         assert_eq!(s.status, 200, "{s:?}");
         assert!([0.1, 0.5, 1.0].contains(&s.w), "{s:?}");
     }
+    let on = |arm: &str| sent.iter().filter(|s| s.arm == arm).count() as u64;
+    assert_eq!(attempts(&mock, HEALTHY.base).await, on("baseline"));
+    let cand_before = attempts(&mock, HEALTHY.cand).await;
+    assert_eq!(cand_before, on("candidate"));
     // Promoted: the candidate takes everything.
     assert_eq!(c["weight_percent"], 100.0);
     for s in requests(&gw, 20, 5).await {
         assert_eq!((s.arm.as_str(), s.w), ("candidate", 1.0), "{s:?}");
-        assert_eq!(s.provider, "sim-cand", "{s:?}");
+        assert_eq!(s.provider, "mock-cand", "{s:?}");
     }
+    assert_eq!(attempts(&mock, HEALTHY.cand).await, cand_before + 20);
+    assert_eq!(attempts(&mock, HEALTHY.base).await, on("baseline"));
     let text = metrics(&gw).await;
     assert!(text.contains("llmgw_canary_state{canary=\"chat-v2\",state=\"promoted\"} 1"));
     assert!(text.contains("llmgw_canary_weight{canary=\"chat-v2\"} 100.0"));
@@ -482,9 +540,11 @@ async fn a_healthy_candidate_is_promoted_through_every_step() {
 
 // Step 0 (20%) completes after 10 candidate requests and 1 s; step 1 (50%) then holds for an
 // hour. The gateway is killed (no shutdown: the step was saved when it was entered) and
-// restarted on the same state: it resumes at step 1 before any request arrives.
+// restarted on the same state: it resumes at step 1 before any request arrives. The mock
+// outlives both gateways, so its counters show where the restarted one sends traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_rollout_resumes_at_the_same_step() {
+    let mock = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state_path = state_dir.path().to_str().expect("utf-8").to_owned();
@@ -492,7 +552,7 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
         &[step(20, 10, 1), step(50, 1_000_000, 3600)],
         &["error_rate"],
     );
-    write_policy(dir.path(), FAST, FAST, &spec);
+    write_policy(dir.path(), &mock, HEALTHY, &spec);
     let gw = start(dir.path(), Some(&state_path));
     let load = Load::start(&gw, 4);
     let before = wait_for(&gw, "step 1", Duration::from_secs(60), |c| c["step"] == 1).await;
@@ -522,10 +582,24 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
         .iter()
         .filter_map(|arm| c["requests"][arm].as_u64())
         .sum();
+    let (base_before, cand_before) = (
+        attempts(&mock, HEALTHY.base).await,
+        attempts(&mock, HEALTHY.cand).await,
+    );
     let sent = requests(&gw, 20, 5).await;
     for s in &sent {
         assert_eq!(s.w, 0.5, "{s:?}");
     }
+    // Each arm's upstream got the requests split to it.
+    let on = |arm: &str| sent.iter().filter(|s| s.arm == arm).count() as u64;
+    assert_eq!(
+        attempts(&mock, HEALTHY.base).await,
+        base_before + on("baseline")
+    );
+    assert_eq!(
+        attempts(&mock, HEALTHY.cand).await,
+        cand_before + on("candidate")
+    );
     assert!(
         transition_events(&gw).is_empty(),
         "resuming is not a transition"
@@ -551,12 +625,13 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
 // step 0, and going back to the rolled-back spec finds it rolled back still.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_until_it_changes() {
+    let mock = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state_path = state_dir.path().to_str().expect("utf-8").to_owned();
     let spec_a = rollout(&[step(20, 1_000_000, 3600)], &["error_rate"]);
     let spec_b = rollout(&[step(20, 999_999, 3600)], &["error_rate"]);
-    write_policy(dir.path(), FAST, FAST, &spec_a);
+    write_policy(dir.path(), &mock, HEALTHY, &spec_a);
     let gw = start(dir.path(), Some(&state_path));
     let a = canary(&gw).await;
     let hash_a = a["spec_hash"].clone();
@@ -593,7 +668,7 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     let rolled = admin(&gw, "rollback", ADMIN).await;
     assert_eq!(rolled.status, 200, "{}", rolled.body);
     assert_eq!(rolled.json()["state"], "rolled_back");
-    assert_no_candidate_traffic(&gw, &rolled.json()).await;
+    assert_no_candidate_traffic(&gw, &mock, HEALTHY, &rolled.json()).await;
     let listed = send(
         "GET",
         &gw.url("/admin/canaries"),
@@ -609,7 +684,7 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     );
 
     // A changed spec is a new rollout.
-    write_policy(dir.path(), FAST, FAST, &spec_b);
+    write_policy(dir.path(), &mock, HEALTHY, &spec_b);
     let b = wait_for(&gw, "the changed spec", Duration::from_secs(30), |c| {
         !c.is_null() && c["spec_hash"] != hash_a
     })
@@ -621,7 +696,7 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     );
     assert_eq!(b["weight_percent"], 20.0);
     // Back to the rolled-back spec: still rolled back.
-    write_policy(dir.path(), FAST, FAST, &spec_a);
+    write_policy(dir.path(), &mock, HEALTHY, &spec_a);
     let a = wait_for(&gw, "the first spec again", Duration::from_secs(30), |c| {
         c["spec_hash"] == hash_a
     })

@@ -13,10 +13,12 @@
 //! | `429` / `429-ra-N` | always 429, without / with `Retry-After: N` |
 //! | `429-once` / `429-once-ra-N` | the first attempt 429, then normal |
 //! | `500` / `500-once` | always 500 / the first attempt 500, then normal |
+//! | `err-P` | P percent (0–100) of the model's attempts answer 500, evenly spread: attempt n fails when ⌊n·P/100⌋ > ⌊(n−1)·P/100⌋ (`err-4`: attempts 25, 50, 75…; `err-20`: every fifth) |
 //! | `503` | always 503 |
 //! | `reset` | the connection is closed before any response header |
 //! | `hang` | no answer at all |
 //! | `slow-ttft-MS` | the first token (or the JSON answer) comes after MS milliseconds |
+//! | `lat-MS-J` | the first token (or the JSON answer) comes after MS milliseconds ± J percent (0–100), spread evenly over the range by the attempt number |
 //! | `cut-N` | the stream is cut after N tokens |
 //! | `stall-N` | the stream stalls after N tokens |
 //! | `malformed-N` | one malformed SSE event after N tokens, then the rest |
@@ -28,6 +30,10 @@
 //! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
 //! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
 //! `:streamGenerateContent?alt=sse`, with the same faults.
+//!
+//! The rate and spread faults depend only on the attempt number, never on a clock or a random
+//! source: the same sequence of attempts always fails and waits the same way, and any 100
+//! consecutive attempts of an `err-P` model hold exactly P failures.
 //!
 //! Answers are deterministic: `max_tokens` (default 12) words `t0 t1 …`. When the last message is
 //! an assistant message (a prefill), the answer continues after the words it already holds.
@@ -64,6 +70,8 @@ pub enum Fault {
     ServerError,
     /// 500 on the first attempt only.
     ServerErrorOnce,
+    /// 500 on this percentage of attempts, evenly spread (see [`Fault::fails`]).
+    ErrorRate(u64),
     /// 503 on every attempt.
     Unavailable,
     /// Close the connection before any header.
@@ -72,6 +80,14 @@ pub enum Fault {
     Hang,
     /// Delay the first token by this many milliseconds.
     SlowFirstToken(u64),
+    /// Delay the first token by `ms` milliseconds ± `jitter_percent`, drawn from the attempt
+    /// number (see [`Fault::first_token_delay`]).
+    Latency {
+        /// The middle of the range, milliseconds.
+        ms: u64,
+        /// Half the range's width, percent of `ms`.
+        jitter_percent: u64,
+    },
     /// Cut the stream after this many tokens.
     Cut(u64),
     /// Stall the stream after this many tokens.
@@ -115,6 +131,15 @@ impl Fault {
             Fault::RateLimit(Some(n))
         } else if let Some(n) = num("slow-ttft-") {
             Fault::SlowFirstToken(n)
+        } else if let Some(p) = num("err-").filter(|p| *p <= 100) {
+            Fault::ErrorRate(p)
+        } else if let Some((ms, jitter_percent)) = name
+            .strip_prefix("lat-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(ms, j)| Some((ms.parse().ok()?, j.parse().ok()?)))
+            .filter(|(_, j)| *j <= 100)
+        {
+            Fault::Latency { ms, jitter_percent }
         } else if let Some(n) = num("cut-") {
             Fault::Cut(n)
         } else if let Some(n) = num("stall-") {
@@ -125,6 +150,41 @@ impl Fault {
             Fault::Flap(n)
         } else {
             Fault::None
+        }
+    }
+
+    /// Whether attempt `attempt` (1-based, counted per model) answers 500: always for `500`,
+    /// the first for `500-once`, and for `err-P` attempt n when ⌊n·P/100⌋ > ⌊(n−1)·P/100⌋, so
+    /// failures come every 100/P attempts and any 100 consecutive attempts hold exactly P.
+    pub fn fails(&self, attempt: u64) -> bool {
+        match *self {
+            Fault::ServerError => true,
+            Fault::ServerErrorOnce => attempt == 1,
+            Fault::ErrorRate(p) => {
+                let p = p.min(100);
+                attempt > 0 && attempt * p / 100 > (attempt - 1) * p / 100
+            }
+            _ => false,
+        }
+    }
+
+    /// How long attempt `attempt` waits before its first token (or its JSON answer). For
+    /// `lat-MS-J` the offset is `MS × J/100 × (2u − 1)`, with `u` the fractional part of
+    /// `attempt × φ` (a Weyl sequence): uniform over the range in the long run and spread
+    /// evenly over it in any short run, so a quantile of a few hundred attempts is close to
+    /// the uniform distribution's.
+    pub fn first_token_delay(&self, attempt: u64) -> Duration {
+        match *self {
+            Fault::SlowFirstToken(ms) => Duration::from_millis(ms),
+            Fault::Latency { ms, jitter_percent } => {
+                // 2^64 / φ, odd: multiplying by it walks the circle in golden-ratio steps.
+                const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+                let u = attempt.wrapping_mul(GOLDEN) as f64 / 2f64.powi(64);
+                let jitter = jitter_percent.min(100) as f64 / 100.0;
+                let factor = 1.0 + jitter * (2.0 * u - 1.0);
+                Duration::from_secs_f64(ms as f64 * factor / 1000.0)
+            }
+            _ => Duration::ZERO,
         }
     }
 }
@@ -321,8 +381,9 @@ async fn handle(
     match fault {
         Fault::RateLimit(ra) => return Ok(rate_limited(ra)),
         Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(ra)),
-        Fault::ServerError => return Ok(server_error(StatusCode::INTERNAL_SERVER_ERROR)),
-        Fault::ServerErrorOnce if attempt == 1 => {
+        Fault::ServerError | Fault::ServerErrorOnce | Fault::ErrorRate(_)
+            if fault.fails(attempt) =>
+        {
             return Ok(server_error(StatusCode::INTERNAL_SERVER_ERROR))
         }
         Fault::Unavailable => return Ok(server_error(StatusCode::SERVICE_UNAVAILABLE)),
@@ -354,8 +415,9 @@ async fn handle(
         return Ok(embeddings(&request, &model));
     }
     let answer = Answer::of(&request);
-    if let Fault::SlowFirstToken(ms) = fault {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let delay = fault.first_token_delay(attempt);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if request["stream"].as_bool().unwrap_or(false) {
         Ok(stream(dialect, answer, model, fault, options))
@@ -815,6 +877,124 @@ mod tests {
         assert_eq!(Fault::parse("429-ra-30"), Fault::RateLimit(Some(30)));
         assert_eq!(Fault::parse("cut-3"), Fault::Cut(3));
         assert_eq!(Fault::parse("gpt-4o"), Fault::None);
+    }
+
+    #[test]
+    fn parses_rate_and_spread_faults() {
+        assert_eq!(Fault::parse("cand+err-20"), Fault::ErrorRate(20));
+        assert_eq!(Fault::parse("err-0"), Fault::ErrorRate(0));
+        assert_eq!(Fault::parse("err-100"), Fault::ErrorRate(100));
+        assert_eq!(Fault::parse("err-101"), Fault::None);
+        assert_eq!(Fault::parse("err-"), Fault::None);
+        assert_eq!(Fault::parse("err-x"), Fault::None);
+        assert_eq!(
+            Fault::parse("base+lat-40-25"),
+            Fault::Latency {
+                ms: 40,
+                jitter_percent: 25
+            }
+        );
+        assert_eq!(
+            Fault::parse("lat-7-0"),
+            Fault::Latency {
+                ms: 7,
+                jitter_percent: 0
+            }
+        );
+        assert_eq!(Fault::parse("lat-40"), Fault::None);
+        assert_eq!(Fault::parse("lat-40-101"), Fault::None);
+        assert_eq!(Fault::parse("lat--25"), Fault::None);
+        assert_eq!(Fault::parse("lat-40-25-1"), Fault::None);
+        assert_eq!(Fault::parse("slow-ttft-30"), Fault::SlowFirstToken(30));
+    }
+
+    fn failures(fault: Fault, attempts: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+        attempts.filter(|n| fault.fails(*n)).collect()
+    }
+
+    #[test]
+    fn an_error_rate_is_spread_evenly_over_the_attempts() {
+        assert_eq!(
+            failures(Fault::ErrorRate(4), 1..=100),
+            [25, 50, 75, 100],
+            "err-4: every 25th"
+        );
+        assert_eq!(
+            failures(Fault::ErrorRate(20), 1..=20),
+            [5, 10, 15, 20],
+            "err-20: every 5th"
+        );
+        assert_eq!(failures(Fault::ErrorRate(33), 1..=10), [4, 7, 10]);
+        assert!(failures(Fault::ErrorRate(0), 1..=1000).is_empty());
+        assert_eq!(failures(Fault::ErrorRate(100), 1..=50).len(), 50);
+        for p in 0..=100 {
+            let fault = Fault::ErrorRate(p);
+            // Any 100 consecutive attempts hold exactly P failures.
+            for start in [1, 2, 17, 99, 1_000_001] {
+                let n = failures(fault, start..=start + 99).len() as u64;
+                assert_eq!(n, p, "err-{p} from attempt {start}");
+            }
+            // At most half failing: never two failures in a row, so one retry always passes.
+            if p <= 50 {
+                assert!(
+                    (1..=1000).all(|n| !(fault.fails(n) && fault.fails(n + 1))),
+                    "err-{p}"
+                );
+            }
+        }
+        assert!(!Fault::ErrorRate(50).fails(0), "attempts count from 1");
+        assert!(Fault::ServerError.fails(7));
+        assert_eq!(failures(Fault::ServerErrorOnce, 1..=5), [1]);
+        assert!(failures(Fault::None, 1..=100).is_empty());
+    }
+
+    #[test]
+    fn a_latency_is_spread_over_its_range_by_the_attempt_number() {
+        let fault = Fault::Latency {
+            ms: 40,
+            jitter_percent: 25,
+        };
+        let mut ms: Vec<f64> = (1..=200)
+            .map(|n| fault.first_token_delay(n).as_secs_f64() * 1000.0)
+            .collect();
+        // The same attempt always waits as long.
+        assert_eq!(fault.first_token_delay(37), fault.first_token_delay(37));
+        assert!(ms.iter().all(|m| (30.0..=50.0).contains(m)), "{ms:?}");
+        // Evenly spread: every tenth of the range holds close to a tenth of the attempts.
+        for decile in 0..10 {
+            let lo = 30.0 + 2.0 * decile as f64;
+            let n = ms.iter().filter(|m| (lo..lo + 2.0).contains(*m)).count();
+            assert!(
+                (17..=23).contains(&n),
+                "{n} attempts in {lo}–{} ms",
+                lo + 2.0
+            );
+        }
+        // So the quantiles are the uniform distribution's: p50 40 ms, p95 49 ms.
+        ms.sort_by(f64::total_cmp);
+        assert!((ms[99] - 40.0).abs() < 1.0, "p50 {}", ms[99]);
+        assert!((ms[189] - 49.0).abs() < 0.5, "p95 {}", ms[189]);
+        // 40% slower at every quantile: the same draws, scaled.
+        let slower = Fault::Latency {
+            ms: 56,
+            jitter_percent: 25,
+        };
+        for n in [1, 2, 50, 199] {
+            let a = fault.first_token_delay(n).as_secs_f64();
+            let b = slower.first_token_delay(n).as_secs_f64();
+            assert!((b / a - 1.4).abs() < 1e-6, "attempt {n}: {a} against {b}");
+        }
+        // No jitter: exactly MS; `slow-ttft-MS` is the same, and other faults wait nothing.
+        let flat = Fault::Latency {
+            ms: 7,
+            jitter_percent: 0,
+        };
+        assert!((1..=50).all(|n| flat.first_token_delay(n) == Duration::from_millis(7)));
+        assert_eq!(
+            Fault::SlowFirstToken(30).first_token_delay(3),
+            Duration::from_millis(30)
+        );
+        assert_eq!(Fault::ErrorRate(20).first_token_delay(5), Duration::ZERO);
     }
 
     #[test]
