@@ -1,1 +1,0 @@
-//! End-to-end tests of llmgw live in `tests/tests/`; this library holds nothing.
