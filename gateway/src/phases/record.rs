@@ -3,6 +3,7 @@
 //! hands its outcome to the canary controller (queued, never waited for).
 
 use crate::app::App;
+use crate::logging::JsonLine;
 use crate::metrics::{ModelLabels, RequestLabels, TokenLabels};
 use crate::phases::attempt::Trace;
 use crate::upstream::Usage;
@@ -113,6 +114,61 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         .trace
         .map(|t| serde_json::to_string(&t.calls).unwrap_or_default())
         .unwrap_or_default();
+    if tracing::enabled!(target: "llmgw::request", tracing::Level::INFO) {
+        if let Some(mut line) = JsonLine::start("request") {
+            // The fields of the `tracing` event below, in its order; absent options are left
+            // out as `tracing` leaves them out.
+            line.str("request_id", r.request_id)
+                .u64("status", r.status.into())
+                .str("outcome", r.outcome)
+                .str("endpoint", r.endpoint)
+                .bool("stream", r.stream)
+                .str("requested_model", r.requested_model)
+                .str("model", model)
+                .str("provider", provider)
+                .str("rule", d.map(|d| &*d.rule).unwrap_or(""))
+                .str("policy_revision", d.map(|d| &*d.revision).unwrap_or(""))
+                .str(
+                    "downgraded_from",
+                    d.and_then(|d| d.downgrade.as_ref())
+                        .map(|g| &*g.from)
+                        .unwrap_or(""),
+                )
+                .str(
+                    "canary",
+                    d.and_then(|d| d.canary.as_ref())
+                        .map(|c| &*c.canary)
+                        .unwrap_or(""),
+                )
+                .str(
+                    "canary_arm",
+                    d.and_then(|d| d.canary.as_ref())
+                        .map(|c| c.arm.as_str())
+                        .unwrap_or(""),
+                )
+                .str("key_id", id(|i| &i.key.id))
+                .str("user", id(|i| &i.user.id))
+                .str("project", id(|i| &i.project.id))
+                .str("tenant", id(|i| &i.tenant.id))
+                .u64("input_tokens", r.usage.input_tokens)
+                .u64("output_tokens", r.usage.output_tokens)
+                .f64("cost_usd", r.cost_usd)
+                .f64("latency_ms", r.latency.as_secs_f64() * 1000.0);
+            if let Some(t) = r.ttft {
+                line.f64("ttft_ms", t.as_secs_f64() * 1000.0);
+            }
+            line.u64("retries", r.trace.map_or(0, |t| t.retries).into())
+                .u64("failovers", r.trace.map_or(0, |t| t.failovers).into())
+                .u64("resumed", r.trace.map_or(0, |t| t.resumed).into())
+                .str("cache", r.trace.map_or("", |t| t.cache))
+                .str("attempts", &attempts);
+            if let Some(e) = r.error {
+                line.str("error", e);
+            }
+            line.finish("llmgw::request");
+            return;
+        }
+    }
     tracing::info!(
         target: "llmgw::request",
         request_id = r.request_id,

@@ -4,6 +4,7 @@ use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 /// Schema migrations, in order; `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -24,6 +25,116 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    ledger: Arc<Mutex<LedgerQueue>>,
+}
+
+/// Ledger rows waiting for the next commit, each with the caller waiting for it.
+#[derive(Debug, Default)]
+struct LedgerQueue {
+    waiting: Vec<(LedgerEntry, oneshot::Sender<Result<(), String>>)>,
+    /// Whether a writer is draining the queue.
+    writing: bool,
+}
+
+/// The right to drain the ledger queue (and whether the queue was left empty). A writer that
+/// never ran (the runtime shut down) or panicked fails the rows left in the queue, and the
+/// next row starts a new writer.
+struct LedgerWriter(Arc<Mutex<LedgerQueue>>, bool);
+
+impl Drop for LedgerWriter {
+    fn drop(&mut self) {
+        if !self.1 {
+            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            q.writing = false;
+            q.waiting.clear();
+        }
+    }
+}
+
+const LEDGER_UPSERT: &str = "INSERT INTO ledger VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT DO UPDATE SET requests = requests + ?7,
+         tokens_in = tokens_in + ?8, tokens_out = tokens_out + ?9, cost = cost + ?10";
+
+/// Writes queued ledger rows, one transaction per batch, until the queue is empty; rows that
+/// arrive while a batch commits go into the next one. Each caller learns when its row is
+/// committed, as if it had committed alone.
+fn write_ledger(conn: &Mutex<Connection>, mut writer: LedgerWriter) {
+    loop {
+        let batch = {
+            let mut q = writer.0.lock().unwrap_or_else(|e| e.into_inner());
+            if q.waiting.is_empty() {
+                // Under the same lock as the check, so a row queued after it starts a writer.
+                q.writing = false;
+                writer.1 = true;
+                return;
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        if insert_ledger(&mut c, merged(batch.iter().map(|(e, _)| e)).iter()).is_ok() {
+            for (_, done) in batch {
+                let _ = done.send(Ok(()));
+            }
+        } else {
+            // One row's failure must not fail the others: each on its own, as before batching.
+            for (e, done) in batch {
+                let result = insert_ledger(&mut c, std::iter::once(&e));
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+/// The rows of a batch with the same day, tenant, project, user, key and model added up: the
+/// upsert adds them to the stored row all the same, in one statement.
+fn merged<'a>(entries: impl Iterator<Item = &'a LedgerEntry>) -> Vec<LedgerEntry> {
+    let mut out: Vec<LedgerEntry> = Vec::new();
+    for e in entries {
+        let same = out.iter_mut().find(|o| {
+            o.day == e.day
+                && o.tenant == e.tenant
+                && o.project == e.project
+                && o.user == e.user
+                && o.key == e.key
+                && o.model == e.model
+        });
+        match same {
+            Some(o) => {
+                o.requests += e.requests;
+                o.tokens_in += e.tokens_in;
+                o.tokens_out += e.tokens_out;
+                o.cost += e.cost;
+            }
+            None => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+fn insert_ledger<'a>(
+    c: &mut Connection,
+    entries: impl Iterator<Item = &'a LedgerEntry>,
+) -> Result<(), StoreError> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(LEDGER_UPSERT)?;
+        for e in entries {
+            stmt.execute(params![
+                e.day,
+                e.tenant,
+                e.project,
+                e.user,
+                e.key,
+                e.model,
+                e.requests,
+                e.tokens_in,
+                e.tokens_out,
+                e.cost
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn now_secs() -> i64 {
@@ -48,6 +159,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            ledger: Arc::default(),
         })
     }
 
@@ -212,29 +324,28 @@ impl SqliteStore {
         .await
     }
 
+    /// Adds a row to the ledger; returns once it is committed. Rows of concurrent requests
+    /// share a commit (see [`write_ledger`]).
     pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {
-        let e = e.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO ledger VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT DO UPDATE SET requests = requests + ?7,
-                     tokens_in = tokens_in + ?8, tokens_out = tokens_out + ?9, cost = cost + ?10",
-                params![
-                    e.day,
-                    e.tenant,
-                    e.project,
-                    e.user,
-                    e.key,
-                    e.model,
-                    e.requests,
-                    e.tokens_in,
-                    e.tokens_out,
-                    e.cost
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        let (done, committed) = oneshot::channel();
+        let start = {
+            let mut q = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            q.waiting.push((e.clone(), done));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start {
+            let conn = self.conn.clone();
+            let writer = LedgerWriter(self.ledger.clone(), false);
+            drop(tokio::task::spawn_blocking(move || {
+                write_ledger(&conn, writer)
+            }));
+        }
+        match committed.await {
+            Ok(result) => result.map_err(StoreError::Open),
+            Err(_) => Err(StoreError::Open(
+                "state task failed: the ledger writer stopped".into(),
+            )),
+        }
     }
 
     pub(super) async fn ledger(

@@ -234,6 +234,57 @@ async fn sqlite_store_behaves() {
     );
 }
 
+/// Rows recorded concurrently share commits; every one is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_ledger_counts_concurrent_rows_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    let tasks: Vec<_> = (0..200i64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let entry = LedgerEntry {
+                    day: "2026-11-24".into(),
+                    tenant: if i % 4 == 0 { "globex" } else { "acme" }.into(),
+                    project: String::new(),
+                    user: String::new(),
+                    key: "k1".into(),
+                    model: "gpt-4o".into(),
+                    requests: 1,
+                    tokens_in: i,
+                    tokens_out: 1,
+                    cost: 10,
+                };
+                store.record(&entry).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = store.ledger(None, "2026-11-24").await.unwrap();
+    let totals: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.tenant.as_str(),
+                r.requests,
+                r.tokens_in,
+                r.tokens_out,
+                r.cost,
+            )
+        })
+        .collect();
+    let tokens = |keep: fn(i64) -> bool| (0..200).filter(|i| keep(*i)).sum::<i64>();
+    assert_eq!(
+        totals,
+        [
+            ("acme", 150, tokens(|i| i % 4 != 0), 150, 1500),
+            ("globex", 50, tokens(|i| i % 4 == 0), 50, 500),
+        ]
+    );
+}
+
 fn redis_url() -> String {
     std::env::var("LLMGW_TEST_REDIS_URL")
         .expect("LLMGW_TEST_REDIS_URL must name the test Redis (e.g. redis://127.0.0.1:6379/)")
