@@ -153,7 +153,7 @@ pub struct App {
 impl App {
     /// The app serving `runtime`.
     pub fn new(runtime: Runtime, keys: KeyCache, limits: Limits) -> Self {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_ledger_dropped(keys.store().ledger_dropped());
         let cache = crate::cache::ResponseCache::new(
             crate::cache::DEFAULT_MAX_BYTES,
             metrics.cache.clone(),

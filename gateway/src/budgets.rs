@@ -406,17 +406,13 @@ impl Held {
             tokens_out: s.usage.output_tokens as i64,
             cost: actual,
         };
-        let settle = async {
-            if items.is_empty() {
-                Ok(Vec::new())
-            } else {
-                store.settle(&items).await
-            }
+        // The ledger row is written in the background; only the budgets are waited for.
+        store.record(&entry);
+        let settled = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            store.settle(&items).await
         };
-        let (settled, recorded) = tokio::join!(settle, store.record(&entry));
-        if let Err(e) = recorded {
-            tracing::error!(target: "llmgw::budget", error = %e, "cannot record spend in the ledger");
-        }
         match settled {
             Ok(after) => {
                 for (w, spent) in windows.iter().zip(after) {

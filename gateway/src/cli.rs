@@ -229,7 +229,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
     } else {
         ""
     };
-    let watcher = crate::watch::spawn(app.clone(), reloader, args.policy.poll_interval);
+    let state_dir =
+        matches!(app.state, crate::store::Store::Sqlite(_)).then_some(args.state.as_path());
+    let watcher = crate::watch::spawn(app.clone(), reloader, args.policy.poll_interval, state_dir);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "llmgw listening on http://{addr}");
     let _ = writeln!(
@@ -277,6 +279,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
         c.abort();
     }
     app.decision_log.close(Duration::from_secs(5));
+    if !app.state.flush(Duration::from_secs(5)).await {
+        tracing::error!(target: "llmgw::budget", "spend-ledger rows were still unwritten at shutdown");
+    }
     tracing::info!(target: "llmgw::server", "stopped");
     crate::logging::flush();
     0

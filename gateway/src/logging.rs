@@ -55,7 +55,9 @@ const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn sender() -> &'static SyncSender<Msg> {
     SENDER.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel(16 * 1024);
+        // Its slots are allocated and initialised up front (32 bytes each): 4,096 lines is
+        // 128 KiB, and more than a busy gateway writes between two batches.
+        let (tx, rx) = mpsc::sync_channel(4 * 1024);
         std::thread::Builder::new()
             .name("llmgw-log".into())
             .spawn(move || writer_thread(rx))

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub decision_log_dropped: Counter,
     /// Decision-log rotations.
     pub decision_log_rotations: Counter,
+    /// Spend-ledger rows dropped because the ledger writer fell behind.
+    pub ledger_dropped: Counter,
     /// Canary rollouts: weight, state, log E, transitions.
     pub canary: crate::canary_controller::CanaryMetrics,
     /// The response cache: lookups by outcome, stores, evictions, bytes, entries.
@@ -205,6 +207,12 @@ impl Metrics {
 
     /// Registers every metric.
     pub fn new() -> Self {
+        Self::with_ledger_dropped(Counter::default())
+    }
+
+    /// Registers every metric; `ledger_dropped` is the state store's count of dropped
+    /// spend-ledger rows.
+    pub fn with_ledger_dropped(ledger_dropped: Counter) -> Self {
         let mut registry = Registry::with_prefix("llmgw");
         let m = Metrics {
             requests: Family::default(),
@@ -226,6 +234,7 @@ impl Metrics {
             decision_log_written: Counter::default(),
             decision_log_dropped: Counter::default(),
             decision_log_rotations: Counter::default(),
+            ledger_dropped,
             canary: crate::canary_controller::CanaryMetrics::default(),
             cache: crate::cache::CacheMetrics::default(),
             registry: Registry::default(),
@@ -293,6 +302,11 @@ impl Metrics {
             "decision_log_dropped",
             "Decision-log records dropped because the writer fell behind",
             m.decision_log_dropped.clone(),
+        );
+        registry.register(
+            "ledger_dropped",
+            "Spend-ledger rows dropped because the ledger writer fell behind",
+            m.ledger_dropped.clone(),
         );
         registry.register(
             "decision_log_rotations",

@@ -1,5 +1,6 @@
 //! When to look at the policy source again: a git repository is polled at an interval; a
-//! directory is watched with notify (changes under `.git/` and other hidden entries ignored),
+//! directory is watched with notify (changes under `.git/`, other hidden entries and the state
+//! directory, when it lies inside the policy directory, ignored),
 //! debounced so that an editor's burst of writes makes one reload, with a slow poll behind it
 //! in case an event is missed. Each look runs [`Reloader::poll`] on a blocking thread, one at
 //! a time.
@@ -41,12 +42,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Starts following the source of `reloader`: polls a repository every `interval`, watches a
-/// directory (and polls it every `10 × interval`); the bundled policies never change.
-pub fn spawn(app: Arc<App>, reloader: Reloader, interval: Duration) -> Option<JoinHandle<()>> {
+/// directory (and polls it every `10 × interval`); the bundled policies never change. File
+/// events under `state_dir` (the state store's directory, if any) are not policy changes.
+pub fn spawn(
+    app: Arc<App>,
+    reloader: Reloader,
+    interval: Duration,
+    state_dir: Option<&Path>,
+) -> Option<JoinHandle<()>> {
     match reloader.location().clone() {
         PolicyLocation::Embedded => None,
         PolicyLocation::Repo { .. } => Some(tokio::spawn(poll_loop(app, reloader, interval))),
-        PolicyLocation::Dir(dir) => Some(tokio::spawn(watch_loop(app, reloader, dir, interval))),
+        PolicyLocation::Dir(dir) => {
+            let ignored = state_dir.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.into()));
+            Some(tokio::spawn(watch_loop(
+                app, reloader, dir, ignored, interval,
+            )))
+        }
     }
 }
 
@@ -74,12 +86,16 @@ async fn poll_loop(app: Arc<App>, mut reloader: Reloader, interval: Duration) {
     }
 }
 
-/// Whether a file event concerns policy files (not `.git/` or other hidden entries).
-fn relevant(root: &Path, event: &notify::Event) -> bool {
+/// Whether a file event concerns policy files (not `.git/`, other hidden entries or anything
+/// under `ignored`).
+fn relevant(root: &Path, ignored: Option<&Path>, event: &notify::Event) -> bool {
     if matches!(event.kind, notify::EventKind::Access(_)) {
         return false;
     }
     event.paths.iter().any(|p| {
+        if ignored.is_some_and(|i| p.starts_with(i)) {
+            return false;
+        }
         let rel = p.strip_prefix(root).unwrap_or(p);
         !rel.components()
             .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
@@ -90,6 +106,7 @@ async fn watch_loop(
     app: Arc<App>,
     mut reloader: Reloader,
     dir: std::path::PathBuf,
+    ignored: Option<std::path::PathBuf>,
     interval: Duration,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -98,7 +115,7 @@ async fn watch_loop(
         let root = root.clone();
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
-                if relevant(&root, &event) {
+                if relevant(&root, ignored.as_deref(), &event) {
                     let _ = tx.try_send(());
                 }
             }
@@ -175,9 +192,22 @@ mod tests {
             notify::Event::new(notify::EventKind::Modify(notify::event::ModifyKind::Any))
                 .add_path(p.into())
         };
-        assert!(relevant(root, &ev("/p/routing.yaml")));
-        assert!(relevant(root, &ev("/p/sub/x.yaml")));
-        assert!(!relevant(root, &ev("/p/.git/index")));
-        assert!(!relevant(root, &ev("/p/.routing.yaml.swp")));
+        assert!(relevant(root, None, &ev("/p/routing.yaml")));
+        assert!(relevant(root, None, &ev("/p/sub/x.yaml")));
+        assert!(!relevant(root, None, &ev("/p/.git/index")));
+        assert!(!relevant(root, None, &ev("/p/.routing.yaml.swp")));
+    }
+
+    #[test]
+    fn ignores_the_state_directory_inside_the_policy_directory() {
+        let (root, state) = (Path::new("/p"), Some(Path::new("/p/state")));
+        let ev = |p: &str| {
+            notify::Event::new(notify::EventKind::Modify(notify::event::ModifyKind::Any))
+                .add_path(p.into())
+        };
+        assert!(!relevant(root, state, &ev("/p/state/state.sqlite-wal")));
+        assert!(!relevant(root, state, &ev("/p/state")));
+        assert!(relevant(root, state, &ev("/p/routing.yaml")));
+        assert!(relevant(root, state, &ev("/p/statements.yaml")));
     }
 }

@@ -30,9 +30,12 @@ fn start(policies: &Path, state: &str) -> Gateway {
     )
 }
 
-/// Spend from `llmgw spend --json` for a state store.
-pub fn total_spend(state: &[&str]) -> f64 {
-    let out = llmgw(&[&["spend", "--json"], state].concat());
+/// Spend from `llmgw spend --json` for a state store, once it reaches `expected` (ledger rows
+/// are written in the background) or the wait ends.
+pub fn total_spend(state: &[&str], expected: f64) -> f64 {
+    let out = spend_once_written(&[&["spend", "--json"], state].concat(), |o| {
+        total_is(o, expected)
+    });
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.json()["total_usd"].as_f64().expect("total")
 }
@@ -89,7 +92,7 @@ async fn sixty_four_concurrent_requests_never_pass_a_strict_cap() {
     let fit = (cap / per_request).floor() as usize;
     assert_eq!(ok + refused, 64);
     assert!(ok <= fit && ok > 0, "{ok} served, {fit} fit");
-    let spent = total_spend(&["--state", location]);
+    let spent = total_spend(&["--state", location], ok as f64 * per_request);
     assert!(spent <= cap + 1e-12, "spent {spent} > cap {cap}");
     assert!((spent - ok as f64 * per_request).abs() < 1e-9, "{spent}");
 }
@@ -136,7 +139,9 @@ async fn a_restart_keeps_the_period_spend_and_the_refusal_names_the_reset() {
     )
     .await;
     assert_eq!(small.status, 200, "{}", small.body);
-    let report = llmgw(&["spend", "--state", location]);
+    let report = spend_once_written(&["spend", "--state", location], |o| {
+        o.stdout.contains("chat-a")
+    });
     assert_eq!(report.code, 0, "{}", report.stderr);
     assert!(report.stdout.contains("tenant dev:"), "{}", report.stdout);
     assert!(report.stdout.contains("chat-a"));
@@ -175,7 +180,7 @@ async fn a_failed_call_releases_its_hold() {
     )
     .await;
     assert_eq!(after.status, 429, "{}", after.body);
-    let spent = total_spend(&["--state", location]);
+    let spent = total_spend(&["--state", location], mock_cost(100));
     assert!((spent - mock_cost(100)).abs() < 1e-9, "{spent}");
 }
 

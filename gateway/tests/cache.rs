@@ -577,7 +577,9 @@ async fn a_hit_reserves_and_spends_nothing() {
     assert_eq!(other.json()["error"]["code"], "budget_exceeded");
     assert_eq!(mock.stats.attempts("a+ok"), 1);
     // Only the first answer was spent.
-    let spend = llmgw(&["spend", "--json", "--state", &location]);
+    let spend = spend_once_written(&["spend", "--json", "--state", &location], |o| {
+        total_is(o, mock_cost(100))
+    });
     assert_eq!(spend.code, 0, "{}", spend.stderr);
     let total = spend.json()["total_usd"].as_f64().expect("total");
     assert!(

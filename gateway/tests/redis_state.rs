@@ -123,14 +123,17 @@ async fn two_replicas_on_one_redis_enforce_one_budget_together() {
     }
     let fit = (cap / mock_cost(100)).floor() as usize;
     assert!(ok > 0 && ok <= fit, "{ok} served, {fit} fit");
-    let out = llmgw(&[
-        "spend",
-        "--state",
-        &url,
-        "--state-prefix",
-        &prefix,
-        "--json",
-    ]);
+    let out = spend_once_written(
+        &[
+            "spend",
+            "--state",
+            &url,
+            "--state-prefix",
+            &prefix,
+            "--json",
+        ],
+        |o| total_is(o, ok as f64 * mock_cost(100)),
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let spent = out.json()["total_usd"].as_f64().expect("total");
     assert!(spent <= cap + 1e-12, "spent {spent} > cap {cap}");

@@ -276,7 +276,9 @@ async fn budgets_and_spend_never_cross_tenants() {
     assert!(cross.stderr.contains("403"), "{}", cross.stderr);
     // Directly on the store, the report covers every tenant, or the one asked for.
     let location = w.state.path().to_str().expect("utf-8");
-    let local = llmgw(&["spend", "--state", location, "--tenant", "globex"]);
+    let local = spend_once_written(&["spend", "--state", location, "--tenant", "globex"], |o| {
+        o.stdout.contains("tenant globex:")
+    });
     assert!(local.stdout.contains("tenant globex:") && !local.stdout.contains("tenant acme:"));
 }
 

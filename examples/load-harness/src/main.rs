@@ -326,6 +326,9 @@ async fn harness(quick: bool) -> i32 {
     let pass = spawn(pass_cmd, "listening on ");
     let policy = std::env::temp_dir().join(format!("llmgw-load-{}", std::process::id()));
     write_policy(&policy, &mock.addr);
+    // The state store lives beside the policy directory, not in it: its commits are not
+    // policy changes.
+    let state = std::env::temp_dir().join(format!("llmgw-load-{}-state", std::process::id()));
     let mut gw_cmd = Command::new(bin("llmgw"));
     gw_cmd
         .args([
@@ -338,7 +341,7 @@ async fn harness(quick: bool) -> i32 {
         ])
         .arg(&policy)
         .arg("--state")
-        .arg(policy.join("state"));
+        .arg(&state);
     let gw = spawn(gw_cmd, "llmgw listening on ");
     let gw_pid = gw.child.id();
     let targets = [
@@ -451,5 +454,6 @@ async fn harness(quick: bool) -> i32 {
     );
     println!("\n(total run {:.0} s)", started.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&policy);
+    let _ = std::fs::remove_dir_all(&state);
     0
 }

@@ -42,7 +42,7 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use similar::{Index, Slot, Vector};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The default bound of the cache, in bytes.
@@ -155,7 +155,8 @@ impl Expiry<Digest, Arc<Entry>> for PerEntryTtl {
 
 /// The response cache.
 pub struct ResponseCache {
-    inner: Option<Inner>,
+    max_bytes: u64,
+    inner: OnceLock<Inner>,
     metrics: CacheMetrics,
 }
 
@@ -167,23 +168,8 @@ struct Inner {
     max_entry: usize,
 }
 
-impl std::fmt::Debug for ResponseCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCache")
-            .field("enabled", &self.inner.is_some())
-            .finish()
-    }
-}
-
-impl ResponseCache {
-    /// A cache holding at most `max_bytes` (0 turns caching off), counting into `metrics`.
-    pub fn new(max_bytes: u64, metrics: CacheMetrics) -> Self {
-        if max_bytes == 0 {
-            return ResponseCache {
-                inner: None,
-                metrics,
-            };
-        }
+impl Inner {
+    fn new(max_bytes: u64, metrics: &CacheMetrics) -> Inner {
         let index = Arc::new(Index::default());
         let on_removal = {
             let index = index.clone();
@@ -216,15 +202,37 @@ impl ResponseCache {
         let max_entry = usize::try_from(max_bytes / 8)
             .unwrap_or(usize::MAX)
             .clamp(1, u32::MAX as usize);
+        Inner {
+            entries,
+            index,
+            next_id: AtomicU64::new(0),
+            max_entry,
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("enabled", &(self.max_bytes > 0))
+            .finish()
+    }
+}
+
+impl ResponseCache {
+    /// A cache holding at most `max_bytes` (0 turns caching off), counting into `metrics`. Its
+    /// tables are built when the first cacheable request comes.
+    pub fn new(max_bytes: u64, metrics: CacheMetrics) -> Self {
         ResponseCache {
-            inner: Some(Inner {
-                entries,
-                index,
-                next_id: AtomicU64::new(0),
-                max_entry,
-            }),
+            max_bytes,
+            inner: OnceLock::new(),
             metrics,
         }
+    }
+
+    fn inner(&self) -> &Inner {
+        self.inner
+            .get_or_init(|| Inner::new(self.max_bytes, &self.metrics))
     }
 
     /// Looks a request up on the policy's `terms`. `headers` are the client's
@@ -271,13 +279,14 @@ impl ResponseCache {
         identity: &Identity,
         terms: Terms,
     ) -> Lookup {
-        let Some(inner) = &self.inner else {
+        if self.max_bytes == 0 {
             return Lookup::Bypass;
-        };
+        }
         let control = Control::of(headers);
         if terms.ttl_secs == 0 || control.no_cache || !key::cacheable(request) {
             return Lookup::Bypass;
         }
+        let inner = self.inner();
         let tenant = identity.tenant.id.as_str();
         let digest = key::digest(tenant, request);
         if let Some(entry) = inner.entries.get(&digest) {
@@ -310,13 +319,15 @@ impl ResponseCache {
 
     /// Runs pending evictions (expired entries leave the byte count); called periodically.
     pub fn maintain(&self) {
-        if let Some(inner) = &self.inner {
+        if let Some(inner) = self.inner.get() {
             inner.entries.run_pending_tasks();
         }
     }
 
     fn insert(&self, store: Store, decision: &Decision, answer: Answer) {
-        let Some(inner) = &self.inner else { return };
+        let Some(inner) = self.inner.get() else {
+            return;
+        };
         if decision.cache_ttl_secs == 0 || decision.downgrade.is_some() {
             return;
         }

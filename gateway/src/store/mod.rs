@@ -12,6 +12,9 @@ mod sqlite;
 pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
 
+/// Most ledger rows waiting to be written; rows past it are dropped (and counted).
+const LEDGER_QUEUE_MAX: usize = 65_536;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -227,17 +230,39 @@ impl Store {
         dispatch!(self.spent(counters))
     }
 
-    /// Adds a settled request to the ledger.
-    pub async fn record(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
-        dispatch!(self.record(entry))
+    /// Adds a settled request to the ledger, in the background: returns at once. The ledger is
+    /// a cost report (budgets are settled separately), so a row that finds the writer too far
+    /// behind is dropped and counted ([`Store::ledger_dropped`]) rather than making the answer
+    /// wait. [`Store::flush`] waits for the rows queued so far.
+    pub fn record(&self, entry: &LedgerEntry) {
+        match self {
+            Store::Sqlite(s) => s.record(entry),
+            Store::Redis(s) => s.record(entry),
+        }
     }
 
-    /// Ledger rows of a tenant (or all) from a day on.
+    /// Ledger rows dropped because the writer was too far behind.
+    pub fn ledger_dropped(&self) -> prometheus_client::metrics::counter::Counter {
+        match self {
+            Store::Sqlite(s) => s.ledger_dropped(),
+            Store::Redis(s) => s.ledger_dropped(),
+        }
+    }
+
+    /// Waits (at most `limit`) until the ledger rows recorded so far are written; false when
+    /// the limit passed first. For shutdown.
+    pub async fn flush(&self, limit: std::time::Duration) -> bool {
+        dispatch!(self.flush(limit))
+    }
+
+    /// Ledger rows of a tenant (or all) from a day on, including the rows this process has
+    /// recorded so far (it waits a little for them to be written).
     pub async fn ledger(
         &self,
         tenant: Option<&str>,
         since_day: &str,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.flush(std::time::Duration::from_secs(5)).await;
         dispatch!(self.ledger(tenant, since_day))
     }
 

@@ -1,10 +1,14 @@
 //! The Redis backend: shared by replicas; reservations are Lua scripts, so atomic.
 
 use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Checks every hold, then applies all of them; returns `{refusing index, committed}` or
 /// `{-1, 0}`. ARGV[1] is the number of holds, then five values per hold: amount, limit, strict
@@ -61,6 +65,27 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    ledger: Arc<Ledger>,
+}
+
+/// Ledger rows on their way to Redis: how many, who waits for none to be left, and the count
+/// of rows dropped because too many were on their way.
+#[derive(Default)]
+struct Ledger {
+    in_flight: AtomicUsize,
+    idle: Notify,
+    dropped: Counter,
+}
+
+/// Counts a row on its way; the last one to finish wakes the flush.
+struct InFlight(Arc<Ledger>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -89,6 +114,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
+            ledger: Arc::default(),
         })
     }
 
@@ -207,7 +233,15 @@ impl RedisStore {
         Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
-    pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+    /// Sends a row to the ledger in the background (one pipelined transaction) and returns at
+    /// once. A row that finds too many on their way is dropped and counted.
+    pub(super) fn record(&self, e: &LedgerEntry) {
+        if self.ledger.in_flight.fetch_add(1, Ordering::AcqRel) >= super::LEDGER_QUEUE_MAX {
+            drop(InFlight(self.ledger.clone()));
+            self.ledger.dropped.inc();
+            return;
+        }
+        let guard = InFlight(self.ledger.clone());
         let row = self.k(&[
             "ledger", &e.day, &e.tenant, &e.project, &e.user, &e.key, &e.model,
         ]);
@@ -230,8 +264,39 @@ impl RedisStore {
             .hincr(&row, "cost", e.cost)
             .zadd(self.k(&["ledger-index"]), &row, day_number(&e.day));
         let mut c = self.conn.clone();
-        let _: () = pipe.query_async(&mut c).await?;
-        Ok(())
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.ledger.dropped.inc();
+            return;
+        };
+        rt.spawn(async move {
+            let _guard = guard;
+            let sent: Result<(), redis::RedisError> = pipe.query_async(&mut c).await;
+            if let Err(e) = sent {
+                tracing::error!(target: "llmgw::budget", error = %e, "cannot record spend in the ledger");
+            }
+        });
+    }
+
+    /// Ledger rows dropped because too many were on their way.
+    pub(super) fn ledger_dropped(&self) -> Counter {
+        self.ledger.dropped.clone()
+    }
+
+    /// Waits (at most `limit`) until every row sent to the ledger is written; false on timeout.
+    pub(super) async fn flush(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.ledger.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.ledger.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     pub(super) async fn ledger(

@@ -1,10 +1,11 @@
 //! The SQLite backend: one file, WAL, migrations by `user_version`.
 
-use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
+use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError, LEDGER_QUEUE_MAX};
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Schema migrations, in order; `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -25,28 +26,37 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    ledger: Arc<Mutex<LedgerQueue>>,
+    ledger: Arc<Ledger>,
 }
 
-/// Ledger rows waiting for the next commit, each with the caller waiting for it.
+/// Ledger rows waiting for the next commit, and the count of rows dropped because the queue
+/// was full.
+#[derive(Debug, Default)]
+struct Ledger {
+    queue: Mutex<LedgerQueue>,
+    /// Signalled whenever a writer stops (the queue was left empty, or the writer failed).
+    idle: Condvar,
+    dropped: Counter,
+}
+
 #[derive(Debug, Default)]
 struct LedgerQueue {
-    waiting: Vec<(LedgerEntry, oneshot::Sender<Result<(), String>>)>,
+    waiting: Vec<LedgerEntry>,
     /// Whether a writer is draining the queue.
     writing: bool,
 }
 
 /// The right to drain the ledger queue (and whether the queue was left empty). A writer that
-/// never ran (the runtime shut down) or panicked fails the rows left in the queue, and the
-/// next row starts a new writer.
-struct LedgerWriter(Arc<Mutex<LedgerQueue>>, bool);
+/// never ran (the runtime shut down) or panicked hands the rows left in the queue to the next
+/// writer (the next row, or the flush at shutdown).
+struct LedgerWriter(Arc<Ledger>, bool);
 
 impl Drop for LedgerWriter {
     fn drop(&mut self) {
         if !self.1 {
-            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.writing = false;
-            q.waiting.clear();
+            self.0.idle.notify_all();
         }
     }
 }
@@ -55,31 +65,33 @@ const LEDGER_UPSERT: &str = "INSERT INTO ledger VALUES (?1, ?2, ?3, ?4, ?5, ?6, 
      ON CONFLICT DO UPDATE SET requests = requests + ?7,
          tokens_in = tokens_in + ?8, tokens_out = tokens_out + ?9, cost = cost + ?10";
 
+/// How long the ledger writer lets rows gather before each commit: no answer waits for it,
+/// and under load it turns hundreds of commits into one.
+const LEDGER_GATHER: Duration = Duration::from_millis(20);
+
 /// Writes queued ledger rows, one transaction per batch, until the queue is empty; rows that
-/// arrive while a batch commits go into the next one. Each caller learns when its row is
-/// committed, as if it had committed alone.
+/// arrive while a batch gathers or commits go into the next one.
 fn write_ledger(conn: &Mutex<Connection>, mut writer: LedgerWriter) {
     loop {
+        std::thread::sleep(LEDGER_GATHER);
         let batch = {
-            let mut q = writer.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = writer.0.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.waiting.is_empty() {
                 // Under the same lock as the check, so a row queued after it starts a writer.
                 q.writing = false;
                 writer.1 = true;
+                writer.0.idle.notify_all();
                 return;
             }
             std::mem::take(&mut q.waiting)
         };
         let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-        if insert_ledger(&mut c, merged(batch.iter().map(|(e, _)| e)).iter()).is_ok() {
-            for (_, done) in batch {
-                let _ = done.send(Ok(()));
-            }
-        } else {
-            // One row's failure must not fail the others: each on its own, as before batching.
-            for (e, done) in batch {
-                let result = insert_ledger(&mut c, std::iter::once(&e));
-                let _ = done.send(result.map_err(|e| e.to_string()));
+        if insert_ledger(&mut c, merged(batch.iter()).iter()).is_err() {
+            // One row's failure must not lose the others: each on its own.
+            for e in &batch {
+                if let Err(err) = insert_ledger(&mut c, std::iter::once(e)) {
+                    tracing::error!(target: "llmgw::budget", error = %err, "cannot record spend in the ledger");
+                }
             }
         }
     }
@@ -149,6 +161,9 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The database is small (keys, counters, the ledger's daily rows): a 512 KiB page cache
+        // holds its hot pages, where SQLite's default reserves up to 2 MiB.
+        conn.pragma_update(None, "cache_size", -512)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
@@ -324,28 +339,71 @@ impl SqliteStore {
         .await
     }
 
-    /// Adds a row to the ledger; returns once it is committed. Rows of concurrent requests
-    /// share a commit (see [`write_ledger`]).
-    pub(super) async fn record(&self, e: &LedgerEntry) -> Result<(), StoreError> {
-        let (done, committed) = oneshot::channel();
+    /// Queues a row for the ledger and returns at once: a writer on the blocking pool commits
+    /// it in the background, together with the rows of concurrent requests (see
+    /// [`write_ledger`]). A row that finds the queue full is dropped and counted.
+    pub(super) fn record(&self, e: &LedgerEntry) {
         let start = {
-            let mut q = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-            q.waiting.push((e.clone(), done));
+            let mut q = self.ledger.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.waiting.len() >= LEDGER_QUEUE_MAX {
+                drop(q);
+                self.ledger.dropped.inc();
+                return;
+            }
+            q.waiting.push(e.clone());
             !std::mem::replace(&mut q.writing, true)
         };
         if start {
-            let conn = self.conn.clone();
-            let writer = LedgerWriter(self.ledger.clone(), false);
-            drop(tokio::task::spawn_blocking(move || {
-                write_ledger(&conn, writer)
-            }));
+            self.start_writer();
         }
-        match committed.await {
-            Ok(result) => result.map_err(StoreError::Open),
-            Err(_) => Err(StoreError::Open(
-                "state task failed: the ledger writer stopped".into(),
-            )),
+    }
+
+    fn start_writer(&self) {
+        let conn = self.conn.clone();
+        let writer = LedgerWriter(self.ledger.clone(), false);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || write_ledger(&conn, writer))),
+            // No runtime: the row is written now.
+            Err(_) => write_ledger(&conn, writer),
         }
+    }
+
+    /// Ledger rows dropped because the queue was full.
+    pub(super) fn ledger_dropped(&self) -> Counter {
+        self.ledger.dropped.clone()
+    }
+
+    /// Waits (at most `limit`) until every queued ledger row is committed; false on timeout.
+    pub(super) async fn flush(&self, limit: Duration) -> bool {
+        let (conn, ledger) = (self.conn.clone(), self.ledger.clone());
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + limit;
+            let mut q = ledger.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if !q.writing {
+                    if q.waiting.is_empty() {
+                        return true;
+                    }
+                    // Rows left by a writer that never ran: written here.
+                    q.writing = true;
+                    drop(q);
+                    write_ledger(&conn, LedgerWriter(ledger.clone(), false));
+                    q = ledger.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                q = ledger
+                    .idle
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        })
+        .await
+        .unwrap_or(false)
     }
 
     pub(super) async fn ledger(

@@ -181,22 +181,11 @@ async fn ledger_kv_and_replays(store: &Store) {
         tokens_out: 5,
         cost,
     };
-    store
-        .record(&entry("2026-11-01", "acme", 100))
-        .await
-        .unwrap();
-    store
-        .record(&entry("2026-11-02", "acme", 50))
-        .await
-        .unwrap();
-    store
-        .record(&entry("2026-11-02", "acme", 25))
-        .await
-        .unwrap();
-    store
-        .record(&entry("2026-11-02", "globex", 7))
-        .await
-        .unwrap();
+    store.record(&entry("2026-11-01", "acme", 100));
+    store.record(&entry("2026-11-02", "acme", 50));
+    store.record(&entry("2026-11-02", "acme", 25));
+    store.record(&entry("2026-11-02", "globex", 7));
+    assert!(store.flush(std::time::Duration::from_secs(10)).await);
     let rows = store.ledger(Some("acme"), "2026-11-02").await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -234,7 +223,8 @@ async fn sqlite_store_behaves() {
     );
 }
 
-/// Rows recorded concurrently share commits; every one is counted exactly once.
+/// Rows recorded concurrently share commits; every one is counted exactly once, and a flush
+/// waits for all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_ledger_counts_concurrent_rows_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,13 +245,14 @@ async fn sqlite_ledger_counts_concurrent_rows_once() {
                     tokens_out: 1,
                     cost: 10,
                 };
-                store.record(&entry).await.unwrap();
+                store.record(&entry);
             })
         })
         .collect();
     for t in tasks {
         t.await.unwrap();
     }
+    assert!(store.flush(std::time::Duration::from_secs(10)).await);
     let rows = store.ledger(None, "2026-11-24").await.unwrap();
     let totals: Vec<_> = rows
         .iter()

@@ -43,6 +43,28 @@ pub fn llmgw(args: &[&str]) -> Output {
     }
 }
 
+/// Runs `llmgw ARGS` (a spend report) again every 25 ms until `written` holds of its output,
+/// at most 10 s; returns the last output. The gateway writes ledger rows in the background,
+/// so a report read from the store right after the answers may not show them yet.
+pub fn spend_once_written(args: &[&str], written: impl Fn(&Output) -> bool) -> Output {
+    let start = Instant::now();
+    loop {
+        let out = llmgw(args);
+        if written(&out) || start.elapsed() > Duration::from_secs(10) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether a `spend --json` output's total is `usd` (to a nano-dollar).
+pub fn total_is(out: &Output, usd: f64) -> bool {
+    serde_json::from_str::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["total_usd"].as_f64())
+        .is_some_and(|t| (t - usd).abs() < 1e-9)
+}
+
 /// A key as `keys create --json` printed it.
 #[derive(Debug, Clone)]
 pub struct NewKey {
