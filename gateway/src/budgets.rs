@@ -395,7 +395,10 @@ impl Held {
             .map(|(counter, amount)| (counter, amount, actual))
             .collect();
         let entry = LedgerEntry {
-            day: Utc::now().format("%Y-%m-%d").to_string(),
+            day: {
+                let d = Utc::now().date_naive();
+                format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+            },
             tenant: s.identity.tenant.id.clone(),
             project: s.identity.project.id.clone(),
             user: s.identity.user.id.clone(),

@@ -139,12 +139,20 @@ impl JsonLine {
             return None;
         }
         let mut out = Vec::with_capacity(768);
-        // The subscriber's clock format: RFC 3339, UTC, microseconds.
+        // The subscriber's clock format: RFC 3339, UTC, microseconds (written field by field:
+        // `format` would parse its pattern on every line).
+        use chrono::{Datelike, Timelike};
         let now = chrono::Utc::now();
         let _ = write!(
             out,
-            "{{\"timestamp\":\"{}\",\"level\":\"INFO\",\"message\":",
-            now.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            "{{\"timestamp\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\",\"level\":\"INFO\",\"message\":",
+            now.year(),
+            now.month(),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            now.timestamp_subsec_micros().min(999_999)
         );
         json(&mut out, message);
         Some(JsonLine(out))
