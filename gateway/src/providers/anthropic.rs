@@ -1,8 +1,7 @@
 //! Anthropic Messages: translation of OpenAI chat requests (system prompts, images, tools,
 //! tool results, prefill) to `POST /v1/messages`, and of its answers and stream events back.
 
-use crate::providers::http::{self, Client, StreamTranslator};
-use crate::providers::secret::{self, Secret, SecretError};
+use crate::providers::http::{self, Connection, StreamTranslator};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -11,7 +10,7 @@ use crate::upstream::{
 use crate::wire::content_text;
 use ::http::header::{HeaderName, HeaderValue};
 use llmgw_engine::input::Endpoint;
-use llmgw_engine::model::{self, Timeouts};
+use llmgw_engine::model;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,23 +24,14 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// An Anthropic provider.
 pub struct Anthropic {
-    client: Client,
-    base_url: String,
-    key: Option<Result<Secret, SecretError>>,
-    timeouts: Timeouts,
+    conn: Connection,
 }
 
 impl Anthropic {
     /// The adapter of a policy provider of type `anthropic`.
     pub fn new(provider: &model::Provider) -> Self {
         Anthropic {
-            client: http::client(&provider.timeouts),
-            base_url: provider
-                .base_url
-                .clone()
-                .unwrap_or_else(|| ANTHROPIC_BASE_URL.to_owned()),
-            key: provider.api_key.as_deref().map(secret::resolve),
-            timeouts: provider.timeouts,
+            conn: Connection::new(provider, Some(ANTHROPIC_BASE_URL)),
         }
     }
 }
@@ -59,7 +49,7 @@ impl Provider for Anthropic {
                 HeaderName::from_static("anthropic-version"),
                 HeaderValue::from_static(ANTHROPIC_VERSION),
             )];
-            if let Some(key) = &self.key {
+            if let Some(key) = &self.conn.key {
                 let key = http::key_or_error(key)?;
                 if let Some(v) = http::sensitive(key.expose()) {
                     headers.push((HeaderName::from_static("x-api-key"), v));
@@ -67,9 +57,9 @@ impl Provider for Anthropic {
             }
             let body = to_messages(req.body, req.upstream_model, req.prefill, req.stream);
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            let first = Duration::from_millis(self.timeouts.first_token_ms);
-            let url = http::join(&self.base_url, "messages");
-            let resp = http::post(&self.client, &url, headers, body, first).await?;
+            let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
+            let url = http::join(self.conn.base(), "messages");
+            let resp = http::post(&self.conn.client, &url, headers, body, first).await?;
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }
@@ -80,7 +70,7 @@ impl Provider for Anthropic {
                 )));
             }
             let answer =
-                http::read_json(resp, Duration::from_millis(self.timeouts.total_ms)).await?;
+                http::read_json(resp, Duration::from_millis(self.conn.timeouts.total_ms)).await?;
             let (body, usage) = from_message(&answer, req.upstream_model);
             Ok(UpstreamResponse::Full(FullResponse { body, usage }))
         })

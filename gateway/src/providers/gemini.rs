@@ -3,8 +3,7 @@
 //! embeddings to `batchEmbedContents`; answers and stream chunks back to OpenAI's shape.
 
 use crate::providers::anthropic::parse_data_url;
-use crate::providers::http::{self, Client, StreamTranslator};
-use crate::providers::secret::{self, Secret, SecretError};
+use crate::providers::http::{self, Connection, StreamTranslator};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -13,7 +12,7 @@ use crate::upstream::{
 use crate::wire::content_text;
 use ::http::header::HeaderName;
 use llmgw_engine::input::Endpoint;
-use llmgw_engine::model::{self, Timeouts};
+use llmgw_engine::model;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,23 +22,14 @@ pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1b
 
 /// A Gemini provider. The key goes in the `x-goog-api-key` header, never in the URL.
 pub struct Gemini {
-    client: Client,
-    base_url: String,
-    key: Option<Result<Secret, SecretError>>,
-    timeouts: Timeouts,
+    conn: Connection,
 }
 
 impl Gemini {
     /// The adapter of a policy provider of type `gemini`.
     pub fn new(provider: &model::Provider) -> Self {
         Gemini {
-            client: http::client(&provider.timeouts),
-            base_url: provider
-                .base_url
-                .clone()
-                .unwrap_or_else(|| GEMINI_BASE_URL.to_owned()),
-            key: provider.api_key.as_deref().map(secret::resolve),
-            timeouts: provider.timeouts,
+            conn: Connection::new(provider, Some(GEMINI_BASE_URL)),
         }
     }
 }
@@ -48,7 +38,7 @@ impl Provider for Gemini {
     fn send<'a>(&'a self, req: UpstreamRequest<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let mut headers = Vec::new();
-            if let Some(key) = &self.key {
+            if let Some(key) = &self.conn.key {
                 let key = http::key_or_error(key)?;
                 if let Some(v) = http::sensitive(key.expose()) {
                     headers.push((HeaderName::from_static("x-goog-api-key"), v));
@@ -70,9 +60,9 @@ impl Provider for Gemini {
                 ),
             };
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            let first = Duration::from_millis(self.timeouts.first_token_ms);
-            let url = http::join(&self.base_url, &path);
-            let resp = http::post(&self.client, &url, headers, body, first).await?;
+            let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
+            let url = http::join(self.conn.base(), &path);
+            let resp = http::post(&self.conn.client, &url, headers, body, first).await?;
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }
@@ -83,7 +73,7 @@ impl Provider for Gemini {
                 )));
             }
             let answer =
-                http::read_json(resp, Duration::from_millis(self.timeouts.total_ms)).await?;
+                http::read_json(resp, Duration::from_millis(self.conn.timeouts.total_ms)).await?;
             let (body, usage) = match req.endpoint {
                 Endpoint::Embeddings => from_embed(&answer, req.body, req.upstream_model),
                 Endpoint::Chat => from_generate(&answer, req.upstream_model)?,

@@ -1,7 +1,7 @@
 //! The upstream HTTP client shared by the network adapters: pooled connections, HTTPS through
 //! rustls, timeouts, error classification and the task that turns an SSE body into events.
 
-use crate::providers::secret::{Secret, SecretError};
+use crate::providers::secret::{self, Secret, SecretError};
 use crate::sse::{SseEvent, SseParser};
 use crate::upstream::{parse_retry_after, ChunkStream, ErrorClass, StreamEvent, UpstreamError};
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use llmgw_engine::model::Timeouts;
+use llmgw_engine::model::{self, Timeouts};
 use std::time::Duration;
 
 /// A pooled HTTP/1.1 and HTTP/2 client for `http` and `https` upstreams.
@@ -50,6 +50,39 @@ pub fn sensitive(value: &str) -> Option<HeaderValue> {
 pub fn key_or_error(key: &Result<Secret, SecretError>) -> Result<&Secret, UpstreamError> {
     key.as_ref()
         .map_err(|e| UpstreamError::new(ErrorClass::Auth, e.to_string()))
+}
+
+/// What every HTTP provider holds: a pooled client, the base URL, the key and the timeouts.
+pub struct Connection {
+    /// The pooled client.
+    pub client: Client,
+    /// The API's base URL.
+    pub base_url: Option<String>,
+    /// The resolved key reference, if the provider names one.
+    pub key: Option<Result<Secret, SecretError>>,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Connection {
+    /// The connection of a policy provider; `default_base_url` stands in for a missing
+    /// `base_url`.
+    pub fn new(provider: &model::Provider, default_base_url: Option<&str>) -> Self {
+        Connection {
+            client: client(&provider.timeouts),
+            base_url: provider
+                .base_url
+                .clone()
+                .or_else(|| default_base_url.map(str::to_owned)),
+            key: provider.api_key.as_deref().map(secret::resolve),
+            timeouts: provider.timeouts,
+        }
+    }
+
+    /// The base URL (empty when there is none).
+    pub fn base(&self) -> &str {
+        self.base_url.as_deref().unwrap_or_default()
+    }
 }
 
 /// POSTs a JSON body and waits for the answer's headers at most `first_byte`.

@@ -1,7 +1,6 @@
 //! OpenAI and every OpenAI-compatible API (DeepSeek, Qwen, Mistral, OpenRouter, vLLM, Together…).
 
-use crate::providers::http::{self, Client, StreamTranslator};
-use crate::providers::secret::{self, Secret, SecretError};
+use crate::providers::http::{self, Connection, StreamTranslator};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -9,7 +8,7 @@ use crate::upstream::{
 };
 use ::http::header::AUTHORIZATION;
 use llmgw_engine::input::Endpoint;
-use llmgw_engine::model::{self, ProviderType, Timeouts};
+use llmgw_engine::model::{self, ProviderType};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -21,10 +20,7 @@ pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// An OpenAI-protocol provider.
 pub struct OpenAi {
-    client: Client,
-    base_url: Option<String>,
-    key: Option<Result<Secret, SecretError>>,
-    timeouts: Timeouts,
+    conn: Connection,
     compatible: bool,
 }
 
@@ -32,15 +28,8 @@ impl OpenAi {
     /// The adapter of a policy provider of type `openai` or `openai_compatible`.
     pub fn new(provider: &model::Provider) -> Self {
         let compatible = provider.kind == ProviderType::OpenaiCompatible;
-        let base_url = provider
-            .base_url
-            .clone()
-            .or_else(|| (!compatible).then(|| OPENAI_BASE_URL.to_owned()));
         OpenAi {
-            client: http::client(&provider.timeouts),
-            base_url,
-            key: provider.api_key.as_deref().map(secret::resolve),
-            timeouts: provider.timeouts,
+            conn: Connection::new(provider, (!compatible).then_some(OPENAI_BASE_URL)),
             compatible,
         }
     }
@@ -138,7 +127,7 @@ impl Serialize for WithPrefill<'_> {
 impl Provider for OpenAi {
     fn send<'a>(&'a self, req: UpstreamRequest<'a>) -> SendFuture<'a> {
         Box::pin(async move {
-            let base = self.base_url.as_deref().ok_or_else(|| {
+            let base = self.conn.base_url.as_deref().ok_or_else(|| {
                 UpstreamError::new(ErrorClass::Unsupported, "the provider has no base_url")
             })?;
             let path = match req.endpoint {
@@ -146,16 +135,22 @@ impl Provider for OpenAi {
                 Endpoint::Embeddings => "embeddings",
             };
             let mut headers = Vec::new();
-            if let Some(key) = &self.key {
+            if let Some(key) = &self.conn.key {
                 let key = http::key_or_error(key)?;
                 if let Some(v) = http::sensitive(&format!("Bearer {}", key.expose())) {
                     headers.push((AUTHORIZATION, v));
                 }
             }
             let body = self.body(&req);
-            let first = Duration::from_millis(self.timeouts.first_token_ms);
-            let resp =
-                http::post(&self.client, &http::join(base, path), headers, body, first).await?;
+            let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
+            let resp = http::post(
+                &self.conn.client,
+                &http::join(base, path),
+                headers,
+                body,
+                first,
+            )
+            .await?;
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }
@@ -165,7 +160,7 @@ impl Provider for OpenAi {
                     OpenAiStream::default(),
                 )));
             }
-            let total = Duration::from_millis(self.timeouts.total_ms);
+            let total = Duration::from_millis(self.conn.timeouts.total_ms);
             let body = http::read_json(resp, total).await?;
             let usage = usage_of(&body["usage"]);
             if req.stream {
