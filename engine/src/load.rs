@@ -126,6 +126,17 @@ fn parse_file(file: &PolicyFile, diags: &mut Vec<Diagnostic>) -> Option<Parsed> 
             return None;
         }
     };
+    for found in secrets::scan(text) {
+        diags.push(
+            Diagnostic::error(
+                "secret/literal",
+                format!("this looks like {} written into the repository", found.what),
+                Some(at(&name, found.line, found.column)),
+            )
+            .with_len(found.len)
+            .with_help(format!("keep secrets out of git: write a reference such as `env:OPENAI_API_KEY` or `file:/run/secrets/openai`, and rotate the exposed key; a reviewed false positive is silenced with the comment `# {}` on its line", secrets::ALLOW_MARKER)),
+        );
+    }
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
@@ -137,23 +148,6 @@ fn parse_file(file: &PolicyFile, diags: &mut Vec<Diagnostic>) -> Option<Parsed> 
             return None;
         }
     };
-    for node in root.strings() {
-        let text = node.as_str().unwrap_or_default();
-        if let Some(what) = secrets::looks_like_secret(text) {
-            diags.push(
-                Diagnostic::error(
-                    "secret/literal",
-                    format!(
-                        "`{}` looks like {what} written into the repository",
-                        secrets::redact(text)
-                    ),
-                    Some(at(&name, node.line, node.column)),
-                )
-                .with_len(node.len)
-                .with_help("keep secrets out of git: write a reference such as `env:OPENAI_API_KEY` or `file:/run/secrets/openai`, and rotate the exposed key"),
-            );
-        }
-    }
     let json = root.to_json();
     let kind = match crate::schema::validate(&name, &root, &json) {
         Ok(kind) => kind,

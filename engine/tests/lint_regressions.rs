@@ -191,6 +191,22 @@ fn no_diagnostic_repeats_a_secret() {
     }
 }
 
+/// A reviewed false positive is silenced by a marker naming the rule, on its own line only.
+#[test]
+fn a_marker_silences_one_line_of_secret_literal() {
+    let token = "9f8e7d6c5b4a39281706f5e4d3c2b1a0Zq8Xw7Vu6T";
+    let silenced = format!(
+        "{PROVIDERS}  - name: openai\n    type: openai\n    api_key: env:OPENAI_API_KEY\n    # build id {token} # llmgw-lint: allow secret/literal\n"
+    );
+    assert_eq!(show(&errors(&lint(&[("providers.yaml", &silenced)]))), "");
+    let other_line = format!(
+        "{PROVIDERS}  - name: openai\n    type: openai\n    # llmgw-lint: allow secret/literal\n    # build id {token}\n    api_key: env:OPENAI_API_KEY\n"
+    );
+    let outcome = lint(&[("providers.yaml", &other_line)]);
+    let codes: Vec<&str> = errors(&outcome).iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["secret/literal"]);
+}
+
 // --- shadowed rules ---------------------------------------------------------------------------
 
 /// A rule whose `when` failed to compile was treated as unconditional, so every later rule was
