@@ -76,51 +76,47 @@ impl CompiledExpr {
 
     /// Parses and checks `source` written at `site`; a condition must be boolean.
     ///
-    /// Expressions are bounded (length, nesting) so that no input can exhaust the stack; a
-    /// nested one is parsed on a thread with a large stack, since the CEL parser is recursive.
+    /// Expressions are bounded (length, nesting, depth of the syntax tree) so that no input can
+    /// exhaust the stack; they are parsed on a thread with a large stack, since the CEL parser
+    /// is recursive.
     pub fn compile(
         source: &str,
         site: Site,
         location: Location,
     ) -> Result<Self, Vec<CompileError>> {
-        let too_complex = |message: String| {
-            Err(vec![CompileError {
-                code: "cel/too-complex",
-                message,
-                offset: 0,
-                help: Some("split the condition into several rules, or simplify it".into()),
-            }])
-        };
         let chars = source.chars().count();
         if chars > MAX_LEN {
-            return too_complex(format!(
+            return Err(too_complex(format!(
                 "the expression has {chars} characters; the limit is {MAX_LEN}"
-            ));
+            )));
         }
         let nesting = nesting(source);
         if nesting > MAX_NESTING {
-            return too_complex(format!(
+            return Err(too_complex(format!(
                 "the expression nests {nesting} levels deep; the limit is {MAX_NESTING}"
-            ));
+            )));
         }
-        let (mut ast, info) = if nesting > INLINE_NESTING || chars > INLINE_LEN {
-            std::thread::scope(|scope| {
-                std::thread::Builder::new()
-                    .stack_size(PARSER_STACK)
-                    .spawn_scoped(scope, || parse(source))
-                    .map_err(|e| vec![internal(e.to_string())])?
-                    .join()
-                    .map_err(|_| vec![internal("the parser failed".into())])?
-            })?
-        } else {
-            parse(source)?
-        };
-        let depth = ast_depth(&ast);
-        if depth > MAX_DEPTH {
-            return too_complex(format!(
-                "the expression is {depth} operations deep; the limit is {MAX_DEPTH}"
-            ));
-        }
+        // The CEL parser recurses once per level of the text, and the syntax tree it returns
+        // is dropped recursively: both happen on a thread with a large stack, so that no text
+        // the pre-scan misjudges (a quote inside a raw string or a comment) reaches the
+        // caller's stack. Only a tree shallow enough to check and evaluate comes back.
+        let (mut ast, info) = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(PARSER_STACK)
+                .spawn_scoped(scope, || {
+                    let (ast, info) = parse(source)?;
+                    let depth = ast_depth(&ast);
+                    if depth > MAX_DEPTH {
+                        return Err(too_complex(format!(
+                            "the expression is {depth} operations deep; the limit is {MAX_DEPTH}"
+                        )));
+                    }
+                    Ok((ast, info))
+                })
+                .map_err(|e| vec![internal(e.to_string())])?
+                .join()
+                .map_err(|_| vec![internal("the parser failed".into())])?
+        })?;
         // Offsets from the parser count bytes; diagnostics count characters.
         let offsets = |id: u64| {
             info.offset_for(id).map_or(0, |(start, _)| {
@@ -173,12 +169,18 @@ const MAX_LEN: usize = 4_096;
 const MAX_NESTING: usize = 24;
 /// The deepest syntax tree accepted (long chains of operators nest too).
 const MAX_DEPTH: usize = 32;
-/// Up to this nesting and length, parsing runs on the caller's stack.
-const INLINE_NESTING: usize = 4;
-/// See [`INLINE_NESTING`].
-const INLINE_LEN: usize = 512;
-/// Stack for parsing larger expressions: the recursive parser needs a lot in debug builds.
+/// Stack for parsing expressions: the recursive parser needs a lot in debug builds.
 const PARSER_STACK: usize = 256 << 20;
+
+/// The error for an expression beyond the limits.
+fn too_complex(message: String) -> Vec<CompileError> {
+    vec![CompileError {
+        code: "cel/too-complex",
+        message,
+        offset: 0,
+        help: Some("split the condition into several rules, or simplify it".into()),
+    }]
+}
 
 fn internal(message: String) -> CompileError {
     CompileError {
@@ -191,6 +193,14 @@ fn internal(message: String) -> CompileError {
 
 fn parse(source: &str) -> Result<(IdedExpr, cel::common::ast::SourceInfo), Vec<CompileError>> {
     ENV.parser().parse_with_source_info(source).map_err(|errs| {
+        // The parser's own bound on nesting, met by text the pre-scan could not see into.
+        if errs
+            .errors
+            .iter()
+            .any(|e| e.msg.contains("Recursion limit"))
+        {
+            return too_complex("the expression nests too deeply".into());
+        }
         errs.errors
             .iter()
             .map(|e| CompileError {

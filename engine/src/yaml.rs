@@ -135,19 +135,29 @@ impl Node {
 /// Parses one YAML document with positions.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut builder = Builder::default();
-    let mut parser = Parser::new_from_str(text);
-    let scan = parser.load(&mut builder, true);
+    // The parser's own `load` recurses once per nesting level; pulling events one at a time
+    // keeps the stack flat and stops at the first problem, so nesting is bounded before
+    // anything deeper than `MAX_DEPTH` is read.
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok((event, span)) => builder.on_event(event, span),
+            Err(err) => {
+                let mark = err.marker();
+                let (line, column) = (mark.line().max(1), mark.col() + 1);
+                // The scanner's own limit on flow nesting (`[[[…`), met before ours.
+                if err.info() == "recursion limit exceeded" {
+                    builder.too_deep(line, column);
+                } else {
+                    builder.fail("yaml/syntax", err.info().to_owned(), line, column);
+                }
+            }
+        }
+        if builder.error.is_some() {
+            break;
+        }
+    }
     if let Some(err) = builder.error {
         return Err(err);
-    }
-    if let Err(err) = scan {
-        let mark = err.marker();
-        return Err(YamlError {
-            code: "yaml/syntax",
-            message: err.info().to_owned(),
-            line: mark.line().max(1),
-            column: mark.col() + 1,
-        });
     }
     match builder.documents.len() {
         0 => Err(YamlError {
@@ -201,6 +211,21 @@ fn count(node: &Node) -> usize {
     }
 }
 
+/// How many collections deep a node goes (0 for a scalar), measured without recursion.
+fn nesting(node: &Node) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(node, 0)];
+    while let Some((node, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match &node.value {
+            Value::Seq(items) => stack.extend(items.iter().map(|n| (n, depth + 1))),
+            Value::Map(entries) => stack.extend(entries.iter().map(|(_, v)| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 impl Builder {
     fn fail(&mut self, code: &'static str, message: String, line: usize, column: usize) {
         if self.error.is_none() {
@@ -211,6 +236,15 @@ impl Builder {
                 column,
             });
         }
+    }
+
+    fn too_deep(&mut self, line: usize, column: usize) {
+        self.fail(
+            "yaml/too-deep",
+            format!("nesting deeper than {MAX_DEPTH} levels"),
+            line,
+            column,
+        );
     }
 
     fn push_value(&mut self, node: Node, anchor: usize) {
@@ -295,14 +329,8 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     anchor,
                 );
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) if !depth_ok => {
-                let _ = anchor;
-                self.fail(
-                    "yaml/too-deep",
-                    format!("nesting deeper than {MAX_DEPTH} levels"),
-                    line,
-                    column,
-                );
+            Event::SequenceStart(..) | Event::MappingStart(..) if !depth_ok => {
+                self.too_deep(line, column);
             }
             Event::SequenceStart(anchor, _) => {
                 let node = Node {
@@ -345,6 +373,11 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 }
             }
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                // An alias nests what it names where it stands: a chain of them would
+                // otherwise build a tree deeper than any written one.
+                Some(node) if self.stack.len() + nesting(&node) > MAX_DEPTH => {
+                    self.too_deep(line, column);
+                }
                 Some(node) => self.push_value(
                     Node {
                         line,
@@ -454,6 +487,42 @@ mod tests {
             ));
         }
         assert_eq!(parse(&text).unwrap_err().code, "yaml/too-large");
+    }
+
+    fn deep(text: &str) -> (usize, usize) {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.code, "yaml/too-deep", "{err:?}");
+        (err.line, err.column)
+    }
+
+    #[test]
+    fn nesting_is_bounded_in_every_form_before_the_parser_recurses() {
+        let n = 100_000;
+        let block = format!("a:\n  {}x\n", "- ".repeat(n));
+        assert_eq!(deep(&block), (2, 3 + 2 * 127));
+        let flow = format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert_eq!(deep(&flow).0, 1);
+        let maps = format!("a: {}x{}\n", "{a: ".repeat(n), "}".repeat(n));
+        assert_eq!(deep(&maps), (1, 4 + 4 * 127));
+        let indented: String = (0..1_000)
+            .map(|i| format!("{}a:\n", " ".repeat(i)))
+            .collect();
+        assert_eq!(deep(&indented), (129, 129));
+        let at_the_limit = format!("{}x{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&at_the_limit).is_ok());
+    }
+
+    #[test]
+    fn an_alias_cannot_nest_deeper_than_the_limit() {
+        let anchored = format!("{}x{}", "[".repeat(100), "]".repeat(100));
+        let text = format!(
+            "a: &a {anchored}\nb: {}*a{}\n",
+            "[".repeat(50),
+            "]".repeat(50)
+        );
+        assert_eq!(deep(&text), (2, 54));
+        let shallow = format!("a: &a {anchored}\nb: [[*a]]\n");
+        assert!(parse(&shallow).is_ok());
     }
 
     #[test]
