@@ -3,7 +3,7 @@
 use crate::diag::Diagnostic;
 use crate::load::Parsed;
 use crate::model::{self, ProviderType, Strategy};
-use crate::policy::{DowngradeRuleInfo, ModelInfo, Rule};
+use crate::policy::{BudgetRule, DowngradeRuleInfo, ModelInfo, Rule};
 use crate::{index, source};
 
 /// A name as one JSON pointer segment (`/` and `~` escaped).
@@ -65,6 +65,37 @@ pub(crate) fn model(diags: &mut Vec<Diagnostic>, m: &model::Model, doc: &Parsed,
                 ),
             );
         }
+    }
+}
+
+/// Chat models without `max_output_tokens` when a strict budget exists: a request without
+/// `max_tokens` then reserves only the default output, so the budget is no longer a hard cap.
+pub(crate) fn max_output(
+    diags: &mut Vec<Diagnostic>,
+    models: &[ModelInfo],
+    budgets: &[BudgetRule],
+) {
+    let Some(strict) = budgets.iter().find(|b| b.spec.strict) else {
+        return;
+    };
+    for m in models
+        .iter()
+        .filter(|m| m.has(model::Capability::Chat) && m.max_output_tokens.is_none())
+    {
+        diags.push(
+            Diagnostic::warning(
+                "model/no-max-output",
+                format!(
+                    "model `{}` declares no `max_output_tokens`: a request without `max_tokens` \
+                     reserves {} output tokens against the strict budget `{}`, and may cost more",
+                    m.name,
+                    crate::decide::DEFAULT_OUTPUT_TOKENS,
+                    strict.name
+                ),
+                Some(m.location.clone()),
+            )
+            .with_help("write the provider's maximum output tokens for this model"),
+        );
     }
 }
 

@@ -16,8 +16,9 @@ use llmgw_canary::spec::Split;
 use llmgw_canary::split;
 use std::sync::Arc;
 
-/// Output tokens reserved for a request that sets no `max_tokens`.
-pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
+/// Output tokens reserved for a request that sets no `max_tokens`, on a model that declares no
+/// `max_output_tokens`.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
 
 /// Why no decision could be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -34,8 +35,54 @@ pub enum DecideError {
         /// The model routing started from.
         model: String,
         /// Why the candidates were all dropped.
-        reason: String,
+        reason: Unservable,
     },
+}
+
+/// Why no candidate is left to serve a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unservable {
+    /// Every candidate that has the capabilities the request needs has a context window too
+    /// small for its input plus `max_tokens`.
+    #[error(
+        "the request needs {tokens} tokens (input {input_tokens} plus max_tokens) but the largest \
+         context window of its candidates is {largest_window}"
+    )]
+    ContextLength {
+        /// Estimated input plus `max_tokens`, saturated at `u64::MAX`.
+        tokens: u64,
+        /// Estimated input tokens alone.
+        input_tokens: u64,
+        /// The largest context window among the candidates.
+        largest_window: u64,
+    },
+    /// Candidates were dropped for capabilities or by the rule's filter.
+    #[error("every candidate was filtered out (capabilities or filter)")]
+    Filtered,
+    /// Candidates remain but every deployment's circuit is open.
+    #[error("every deployment's circuit is open")]
+    CircuitsOpen,
+}
+
+/// What candidate screening saw, so that an empty list can say why.
+#[derive(Debug, Default)]
+struct Screening {
+    /// The largest context window among candidates dropped for it.
+    too_small: Option<u64>,
+    /// Whether some candidate's context window held the request.
+    fitted: bool,
+}
+
+/// Output tokens a request may produce on a model: its `max_tokens`, at most the model's
+/// `max_output_tokens` (or its context window when it declares none); without `max_tokens`,
+/// the model's `max_output_tokens`, or [`DEFAULT_OUTPUT_TOKENS`] when it declares none.
+pub fn worst_case_output(model: &ModelInfo, max_tokens: Option<u64>) -> u64 {
+    match (max_tokens, model.max_output_tokens) {
+        (Some(asked), Some(most)) => asked.min(most),
+        (Some(asked), None) => asked.min(model.context_window),
+        (None, Some(most)) => most,
+        (None, None) => DEFAULT_OUTPUT_TOKENS,
+    }
 }
 
 const SCOPES: [Scope; 4] = [Scope::Key, Scope::User, Scope::Project, Scope::Tenant];
@@ -58,10 +105,10 @@ impl CompiledPolicy {
         self.decide_traced(ctx, live, state, &mut Trace::off())
     }
 
-    /// Worst-case cost of the request on a model: its input plus `max_tokens` (or
-    /// [`DEFAULT_OUTPUT_TOKENS`]) at the model's prices.
+    /// Worst-case cost of the request on a model: its input plus [`worst_case_output`] at the
+    /// model's prices.
     pub fn worst_case_cost(&self, model: &ModelInfo, ctx: &RequestContext) -> f64 {
-        let out = ctx.request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
+        let out = worst_case_output(model, ctx.request.max_tokens);
         model.price.cost(ctx.request.input_tokens, out)
     }
 
@@ -230,8 +277,9 @@ impl CompiledPolicy {
             .and_then(|r| r.candidates.clone())
             .unwrap_or_else(|| vec![model]);
         let mut ranked = Vec::with_capacity(own.len());
+        let mut screening = Screening::default();
         for (pos, &m) in own.iter().enumerate() {
-            if let Some(c) = self.admit(m, chosen, ctx, live, trace) {
+            if let Some(c) = self.admit(m, chosen, ctx, live, trace, &mut screening) {
                 ranked.push((pos, m, c));
             }
         }
@@ -244,7 +292,11 @@ impl CompiledPolicy {
             let own_ranked: Vec<usize> = ranked.iter().map(|r| r.1).collect();
             for m in own_ranked {
                 for &eq in &self.models[m].equivalents {
-                    if !models.contains(&eq) && self.admit(eq, chosen, ctx, live, trace).is_some() {
+                    if !models.contains(&eq)
+                        && self
+                            .admit(eq, chosen, ctx, live, trace, &mut screening)
+                            .is_some()
+                    {
                         models.push(eq);
                     }
                 }
@@ -330,11 +382,17 @@ impl CompiledPolicy {
         let Some(first) = attempts.first() else {
             return Err(DecideError::NoDeployment {
                 model: model_name.to_string(),
-                reason: if models.is_empty() {
-                    "every candidate was filtered out (capabilities, context window or filter)"
-                        .into()
-                } else {
-                    "every deployment's circuit is open".into()
+                reason: match screening {
+                    _ if !models.is_empty() => Unservable::CircuitsOpen,
+                    Screening {
+                        too_small: Some(largest_window),
+                        fitted: false,
+                    } => Unservable::ContextLength {
+                        tokens: req.input_tokens.saturating_add(req.max_tokens.unwrap_or(0)),
+                        input_tokens: req.input_tokens,
+                        largest_window,
+                    },
+                    _ => Unservable::Filtered,
                 },
             });
         };
@@ -455,6 +513,7 @@ impl CompiledPolicy {
     }
 
     /// Whether a candidate model can serve the request; its view for ordering when it can.
+    /// Records in `screening` whether its context window held the request.
     fn admit(
         &self,
         m: usize,
@@ -462,6 +521,7 @@ impl CompiledPolicy {
         ctx: &RequestContext,
         live: &dyn LiveView,
         trace: &mut Trace,
+        screening: &mut Screening,
     ) -> Option<Ranked> {
         let info = &self.models[m];
         let req = &ctx.request;
@@ -470,7 +530,7 @@ impl CompiledPolicy {
             Endpoint::Chat => Capability::Chat,
             Endpoint::Embeddings => Capability::Embeddings,
         };
-        let tokens = req.input_tokens + req.max_tokens.unwrap_or(0);
+        let tokens = req.input_tokens.saturating_add(req.max_tokens.unwrap_or(0));
         let reason = if !info.has(endpoint_cap) {
             Some(format!(
                 "does not serve the {} endpoint",
@@ -481,6 +541,7 @@ impl CompiledPolicy {
         } else if !need(Capability::Vision, req.vision) {
             Some("does not accept images".to_owned())
         } else if tokens > info.context_window {
+            screening.too_small = screening.too_small.max(Some(info.context_window));
             Some(format!(
                 "context window {} < {tokens} tokens",
                 info.context_window
@@ -495,6 +556,7 @@ impl CompiledPolicy {
             });
             return None;
         }
+        screening.fitted = true;
         let first = info.deployments.first().copied();
         let stats = first
             .and_then(|d| live.stats(d, &self.deployments[d].name))

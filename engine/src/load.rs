@@ -381,6 +381,7 @@ impl<'d> Builder<'d> {
                     class: intern(&model.class),
                     quality: model.quality,
                     context_window: model.context_window,
+                    max_output_tokens: model.max_output_tokens,
                     capabilities: model.capabilities.clone(),
                     price: model.price,
                     deployments: routable,
@@ -486,6 +487,8 @@ impl<'d> Builder<'d> {
                 });
             }
         }
+
+        checks::max_output(self.diags, &models, &budgets);
 
         // Downgrades.
         let mut downgrades = Vec::new();

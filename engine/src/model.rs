@@ -251,6 +251,9 @@ pub struct Model {
     pub quality: f64,
     /// Context window in tokens.
     pub context_window: u64,
+    /// Most output tokens one answer can have; what a request without `max_tokens` reserves.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
     /// What the model can do.
     #[serde(default = "default_capabilities")]
     pub capabilities: Vec<Capability>,

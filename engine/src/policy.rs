@@ -35,6 +35,8 @@ pub struct ModelInfo {
     pub quality: f64,
     /// Context window in tokens.
     pub context_window: u64,
+    /// Most output tokens one answer can have, when the policy declares it.
+    pub max_output_tokens: Option<u64>,
     /// Capabilities.
     pub capabilities: Vec<Capability>,
     /// Prices.

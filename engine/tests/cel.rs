@@ -157,6 +157,7 @@ fn every_declared_leaf_resolves() {
         class: "c".into(),
         quality: 0.5,
         context_window: 1000,
+        max_output_tokens: None,
         capabilities: vec![Capability::Chat],
         price: Price {
             input_per_mtok: 1.0,

@@ -90,6 +90,7 @@ const WARNING_CODES: &[&str] = &[
     "provider/no-key",
     "rule/unused-weights",
     "canary/sticky-split",
+    "model/no-max-output",
 ];
 
 fn corpus() -> PathBuf {

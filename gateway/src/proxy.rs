@@ -228,7 +228,7 @@ pub async fn handle(
     if let Err(e) = authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await {
         return reject(&app, &info, e, "", false, None);
     }
-    let mut request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
+    let request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
@@ -348,7 +348,6 @@ pub async fn handle(
             );
         }
     };
-    reserve::cap_output(&mut request, &held);
     if let Some(g) = &decision.downgrade {
         tracing::info!(
             target: "llmgw::budget",

@@ -1,7 +1,7 @@
 //! Budgets enforced by the real `llmgw` binary on its state store: strict caps under
-//! concurrency, spend that survives a restart, holds released when a call fails, `max_tokens`
-//! capped at the reservation, alerts, the spend report, and the bundled downgrade scenario
-//! (a developer key past 80% of its daily budget moves from GPT-4o to Qwen 2.5).
+//! concurrency, spend that survives a restart, holds released when a call fails, alerts, the
+//! spend report, and the bundled downgrade scenario (a developer key past 80% of its daily
+//! budget moves from GPT-4o to Qwen 2.5).
 
 mod common;
 mod state_support;
@@ -182,54 +182,6 @@ async fn a_failed_call_releases_its_hold() {
     assert_eq!(after.status, 429, "{}", after.body);
     let spent = total_spend(&["--state", location], mock_cost(100));
     assert!((spent - mock_cost(100)).abs() < 1e-9, "{spent}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_tokens_is_capped_at_the_reservation_when_the_client_sets_none() {
-    let mock = mock().await;
-    let budgeted = tempfile::tempdir().expect("tempdir");
-    let free = tempfile::tempdir().expect("tempdir");
-    budget_policy(
-        budgeted.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        &key_cap(10.0),
-    );
-    budget_policy(
-        free.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        "",
-    );
-    let usage = |gw: Gateway| async move {
-        let a = post(
-            &gw.url("/v1/chat/completions"),
-            &chat_for("chat-a", None, None),
-        )
-        .await;
-        assert_eq!(a.status, 200, "{}", a.body);
-        a.json()["usage"]["completion_tokens"]
-            .as_u64()
-            .expect("usage")
-    };
-    let state = tempfile::tempdir().expect("tempdir");
-    let with_budget = usage(start(
-        budgeted.path(),
-        state.path().to_str().expect("utf-8"),
-    ))
-    .await;
-    assert_eq!(
-        with_budget,
-        llmgw_engine::decide::DEFAULT_OUTPUT_TOKENS,
-        "the reservation's output"
-    );
-    let state = tempfile::tempdir().expect("tempdir");
-    let without = usage(start(free.path(), state.path().to_str().expect("utf-8"))).await;
-    assert_eq!(
-        without,
-        llmgw_mock_provider::DEFAULT_TOKENS,
-        "untouched without budgets"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,7 @@ struct ModelStats {
 #[derive(Debug, Default)]
 pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
+    bodies: Mutex<BTreeMap<String, Value>>,
 }
 
 impl Stats {
@@ -215,6 +216,12 @@ impl Stats {
     pub fn attempts(&self, model: &str) -> u64 {
         let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         models.get(model).map(|m| m.attempts).unwrap_or(0)
+    }
+
+    /// The body of the last request for `model`, as received.
+    pub fn last_body(&self, model: &str) -> Option<Value> {
+        let bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.get(model).cloned()
     }
 
     /// Every model's attempt count.
@@ -370,6 +377,7 @@ async fn handle(
             ))
         }
     };
+    let received = request.clone();
     let (dialect, request) = match (path.as_str(), gemini_target(&path)) {
         ("/v1/messages", _) => (Dialect::Anthropic, request),
         (_, Some((model, stream))) => (Dialect::Gemini, from_gemini(&request, &model, stream)),
@@ -377,6 +385,11 @@ async fn handle(
     };
     let model = request["model"].as_str().unwrap_or("").to_owned();
     let (attempt, first_seen) = stats.count(&model);
+    stats
+        .bodies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(model.clone(), received);
     let fault = Fault::parse(header_fault.as_deref().unwrap_or(&model));
     match fault {
         Fault::RateLimit(ra) => return Ok(rate_limited(ra)),

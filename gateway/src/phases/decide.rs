@@ -6,7 +6,7 @@ use crate::canary_controller::{Canaries, DecisionState};
 use crate::decision_log::{Capture, Captured};
 use crate::error::ApiError;
 use crate::wire::ClientRequest;
-use llmgw_engine::decide::DecideError;
+use llmgw_engine::decide::{DecideError, Unservable};
 use llmgw_engine::decision::{BudgetAction, Decision};
 use llmgw_engine::input::{Identity, RequestContext};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -68,6 +68,23 @@ pub fn decide(
 fn map_error(e: &DecideError, model: &str) -> ApiError {
     match e {
         DecideError::UnknownModel { .. } => ApiError::model_not_found(model),
+        DecideError::NoDeployment {
+            reason:
+                Unservable::ContextLength {
+                    input_tokens,
+                    largest_window,
+                    ..
+                },
+            ..
+        } => {
+            // Blame the prompt when it alone is too long, else the output it asks room for.
+            let param = if input_tokens > largest_window {
+                "messages"
+            } else {
+                "max_tokens"
+            };
+            ApiError::bad_request("context_length_exceeded", e.to_string()).with_param(param)
+        }
         DecideError::NoDeployment { .. } => {
             ApiError::unavailable("no_healthy_upstream", e.to_string())
         }

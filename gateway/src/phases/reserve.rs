@@ -1,21 +1,19 @@
 //! Phase 4: hold the worst-case cost against the budgets the decision names.
 //!
-//! The worst case is the request's estimated input plus `max_tokens` (or the engine's default
-//! output) at the prices of the most expensive model the attempt list may reach. Strict budgets
-//! hold it atomically against their limit in the state store, so concurrent requests on every
-//! replica together never pass it; a refused hold answers 429, naming the budget and when it
-//! resets. A hold refused by a budget that downgrades on exceed decides again with the spend the
-//! store reported, which moves the request to the downgrade model. When the client set no
-//! `max_tokens`, the upstream request is capped at the output the hold was sized for.
+//! The worst case is the request's estimated input plus its output (`max_tokens`, at most the
+//! model's `max_output_tokens`; that maximum when the client set none) at the prices of the
+//! most expensive model the attempt list may reach. Strict budgets hold it atomically against
+//! their limit in the state store, so concurrent requests on every replica together never pass
+//! it; a refused hold answers 429, naming the budget and when it resets. A hold refused by a
+//! budget that downgrades on exceed decides again with the spend the store reported, which moves
+//! the request to the downgrade model. The request sent upstream is never changed to fit the
+//! hold.
 
 use crate::budgets::{self, Held, Spend};
 use crate::error::ApiError;
 use crate::store::Store;
-use crate::wire::ClientRequest;
 use llmgw_engine::decision::Decision;
-use llmgw_engine::input::Endpoint;
 use llmgw_engine::model::OnExceed;
-use serde_json::Value;
 
 /// Reserves the decision's worst-case cost; returns the decision that holds (a new one after
 /// a downgrade) and the holds to settle. `redecide` decides again on another view of spend.
@@ -48,21 +46,5 @@ pub async fn reserve(
             continue;
         }
         return Err(w.exceeded(spend.now));
-    }
-}
-
-/// Sets `max_tokens` to the output the hold was sized for when the client set none.
-pub fn cap_output(request: &mut ClientRequest, held: &Held) {
-    if held.amount() == 0
-        || request.facts.max_tokens.is_some()
-        || request.facts.endpoint != Endpoint::Chat
-    {
-        return;
-    }
-    if let Some(obj) = request.body.as_object_mut() {
-        obj.insert(
-            "max_tokens".into(),
-            Value::from(llmgw_engine::decide::DEFAULT_OUTPUT_TOKENS),
-        );
     }
 }
