@@ -128,6 +128,14 @@ pub fn main() -> i32 {
 /// `llmgw serve`.
 pub async fn serve(args: ServeArgs) -> i32 {
     crate::logging::init(&args.log);
+    // The port first: the most common start-up failure, found before any slower step.
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
     let location = args.policy.location();
     if location == PolicyLocation::Embedded && policy_source::embedded_files().is_empty() {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
@@ -179,13 +187,6 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     };
     let keys = KeyCache::new(store);
-    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
-            return 2;
-        }
-    };
     let addr = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
