@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10)]
     pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body (answered 408 past it).
+    #[arg(long, default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
     /// Seconds after which an idle client connection is closed.
     #[arg(long, default_value_t = 90)]
     pub idle_timeout_secs: u64,
@@ -197,6 +200,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
