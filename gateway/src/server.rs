@@ -189,7 +189,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 
 /// 431 for a request head over [`MAX_HEAD_BYTES`].
 fn oversized_head<B>(req: &Request<B>) -> Option<ApiError> {
-    let size = req.uri().to_string().len()
+    let uri = req.uri();
+    let size = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
         + req
             .headers()
             .iter()
