@@ -99,7 +99,13 @@ fn an_unreadable_or_broken_policy_fails_at_once() {
     let missing = dir.path().join("no-such-policies");
     let missing = missing.to_str().expect("utf-8");
     let failed = serve(&["--listen", "127.0.0.1:0", "--policies", missing]);
-    fails_with(&failed, &[missing]);
+    fails_with(&failed, &[missing, "no such file"]);
+    assert_eq!(
+        failed.stderr.matches(missing).count(),
+        1,
+        "{}",
+        failed.stderr
+    );
     let broken = dir.path().join("broken");
     std::fs::create_dir(&broken).expect("mkdir");
     std::fs::write(broken.join("models.yaml"), "apiVersion: [unclosed\n").expect("write");
