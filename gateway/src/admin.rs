@@ -23,7 +23,6 @@ use crate::keys::{self, Authority, KeyError, KeySpec, Lookup};
 use crate::routes::{error, json};
 use crate::store::{self, LedgerEntry};
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -124,12 +123,13 @@ fn query(uri: &http::Uri, name: &str) -> Option<String> {
     })
 }
 
-async fn read_json(body: Incoming) -> Result<Value, ApiError> {
-    let bytes = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| ApiError::too_large(MAX_BODY))?
-        .to_bytes();
+async fn read_json(
+    app: &App,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Value, ApiError> {
+    let bytes =
+        crate::request_body::read(headers, body, MAX_BODY, app.limits.body_read_timeout).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -199,7 +199,8 @@ async fn handle_inner(
             Ok((StatusCode::OK, json!({ "object": "list", "data": data })))
         }
         (&Method::POST, ["admin", "keys"]) => {
-            let spec = KeySpec::from_json(&read_json(body).await?).map_err(key_error)?;
+            let spec = KeySpec::from_json(&read_json(app, &parts.headers, body).await?)
+                .map_err(key_error)?;
             let (secret, record) = keys::create(store, &who, spec).await.map_err(key_error)?;
             tracing::info!(target: "llmgw::admin", key_id = record.id.as_str(), tenant = record.tenant.as_str(), "key created");
             Ok((
@@ -212,7 +213,7 @@ async fn handle_inner(
             Ok((StatusCode::OK, keys::view(&record, now)))
         }
         (&Method::POST, ["admin", "keys", id, "rotate"]) => {
-            let body = read_json(body).await?;
+            let body = read_json(app, &parts.headers, body).await?;
             let grace = match body.get("grace").and_then(Value::as_str) {
                 Some(g) => keys::parse_duration(g).map_err(key_error)?,
                 None => std::time::Duration::ZERO,
@@ -263,7 +264,7 @@ async fn handle_inner(
                 .map_err(key_error)?,
         )),
         (&Method::PUT, ["admin", "tenants", tenant]) => {
-            let body = read_json(body).await?;
+            let body = read_json(app, &parts.headers, body).await?;
             let labels = match body.get("labels") {
                 Some(Value::Object(m)) => m
                     .iter()

@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Time allowed for a client to send its request headers.
     pub header_read_timeout: Duration,
+    /// Time allowed for a client to send a whole request body.
+    pub body_read_timeout: Duration,
     /// An idle connection is closed after this long.
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -34,6 +36,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 << 20,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(30),
         }

@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10)]
     pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body (answered 408 past it).
+    #[arg(long, default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
     /// Seconds after which an idle client connection is closed.
     #[arg(long, default_value_t = 90)]
     pub idle_timeout_secs: u64,
@@ -128,6 +131,14 @@ pub fn main() -> i32 {
 /// `llmgw serve`.
 pub async fn serve(args: ServeArgs) -> i32 {
     crate::logging::init(&args.log);
+    // The port first: the most common start-up failure, found before any slower step.
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
     let location = args.policy.location();
     if location == PolicyLocation::Embedded && policy_source::embedded_files().is_empty() {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
@@ -179,13 +190,6 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     };
     let keys = KeyCache::new(store);
-    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
-            return 2;
-        }
-    };
     let addr = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -196,6 +200,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };

@@ -110,8 +110,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, KeyError> {
         }
     };
     n.checked_mul(secs)
+        .filter(|s| *s <= MAX_DURATION_SECS)
         .map(Duration::from_secs)
-        .ok_or_else(|| KeyError::Invalid(format!("`{text}` is too long")))
+        .ok_or_else(|| {
+            KeyError::Invalid(format!(
+                "`{text}` is too long: a key duration is at most 100 years (36500d)"
+            ))
+        })
+}
+
+/// The longest expiry or grace period a key may be given: 100 years.
+const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
+
+/// A duration in milliseconds, saturating instead of wrapping.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Checks a tenant, project or user id: 1 to 128 characters of letters, digits, `.`, `_`, `-`
@@ -258,9 +271,7 @@ impl KeySpec {
             user: self.user.clone(),
             labels: self.labels.clone(),
             allowed_models: self.models.clone(),
-            expires_at: self
-                .expires_in
-                .map(|d| now_ms.saturating_add(d.as_millis() as i64)),
+            expires_at: self.expires_in.map(|d| now_ms.saturating_add(millis(d))),
             created_at: now_ms,
             revoked_at: None,
             signing: self.signing,
@@ -400,7 +411,7 @@ pub async fn rotate(
             "the key `{id}` is revoked; create a new one"
         )));
     }
-    let until = now.saturating_add(grace.as_millis() as i64);
+    let until = now.saturating_add(millis(grace));
     let mut secrets: Vec<SecretHash> = Vec::new();
     let secret = generate_key();
     secrets.push(SecretHash {
@@ -709,6 +720,12 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("h").is_err());
+        assert_eq!(
+            parse_duration("36500d").unwrap(),
+            Duration::from_secs(MAX_DURATION_SECS)
+        );
+        let e = parse_duration("9999999999999d").unwrap_err().to_string();
+        assert!(e.contains("`9999999999999d` is too long"), "{e}");
         let labels = parse_labels(&["tier=developer".into(), "team=a=b".into()]).unwrap();
         assert_eq!(labels["team"], "a=b");
         assert!(parse_labels(&["nolabel".into()]).is_err());

@@ -28,6 +28,7 @@ pub mod policy_source;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
+pub mod request_body;
 pub mod retry_budget;
 pub mod routes;
 pub mod server;

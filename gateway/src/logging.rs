@@ -21,8 +21,9 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// drains the queue every [`BATCH_INTERVAL`] until it finds it empty, so a busy gateway pays
 /// one `write` per batch and no thread wake-up per line.
 fn writer_thread(rx: Receiver<Msg>) {
-    let stderr = std::io::stderr();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stderr.lock());
+    // Stderr is locked only while a batch is written: a lock held for the thread's life
+    // would block every other writer to stderr (a start-up error line) forever.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let mut acks = Vec::new();
     let handle = |m: Msg, out: &mut std::io::BufWriter<_>, acks: &mut Vec<SyncSender<()>>| match m {
         Msg::Line(line) => {

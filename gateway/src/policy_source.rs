@@ -127,8 +127,8 @@ impl RevisionInfo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
-    /// The directory could not be read.
-    #[error("cannot read {location}: {source}")]
+    /// The directory could not be read (the source error names the path).
+    #[error("{source}")]
     Dir {
         /// The directory.
         location: String,

@@ -11,17 +11,17 @@ use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
 use crate::phases::settle::{format_cost, Bill, Charge};
 use crate::phases::{authenticate, decide, identify, reserve};
+use crate::request_body;
 use crate::upstream::{Delta, ErrorClass, StreamEvent, UpstreamError, Usage};
 use crate::wire::{self, estimate_tokens};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::input::{DecisionInput, Endpoint, Identity};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -171,35 +171,6 @@ fn reject(
     error_response(&err, info, None)
 }
 
-/// The `x-llmgw-meta-*` headers as request metadata.
-fn meta_headers(h: &HeaderMap) -> BTreeMap<String, String> {
-    h.iter()
-        .filter_map(|(k, v)| {
-            let key = k.as_str().strip_prefix("x-llmgw-meta-")?;
-            Some((key.to_owned(), v.to_str().ok()?.to_owned()))
-        })
-        .collect()
-}
-
-/// Reads a request body within the size limit.
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("cannot read the request body: {e}"),
-        )),
-    }
-}
-
 /// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
 pub async fn handle(
     app: Arc<App>,
@@ -221,14 +192,22 @@ pub async fn handle(
         Ok(k) => k,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    let bytes = match read_body(&parts.headers, body, app.limits.max_body_bytes).await {
+    let bytes = match request_body::read(
+        &parts.headers,
+        body,
+        app.limits.max_body_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     if let Err(e) = authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await {
         return reject(&app, &info, e, "", false, None);
     }
-    let request = match wire::parse(endpoint, &bytes, meta_headers(&parts.headers)) {
+    let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
+    let request = match parsed {
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };

@@ -1,24 +1,36 @@
-//! The HTTP server: HTTP/1.1 and h2c on one port, header-read and idle timeouts, and a
-//! graceful shutdown that stops accepting, lets in-flight requests finish and then returns.
+//! The HTTP server: HTTP/1.1 and h2c on one port, header-read and idle timeouts, a limit on
+//! the request head, and a graceful shutdown that stops accepting, lets in-flight requests
+//! finish and then returns.
 
 use crate::app::App;
 use crate::body::GatewayBody;
+use crate::error::ApiError;
 use crate::routes;
+use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Activity of one connection: requests whose response is not finished, and the last change.
+/// Largest request head (request line and header fields) answered normally; a larger one gets
+/// 431 with an OpenAI error body.
+const MAX_HEAD_BYTES: usize = 32 << 10;
+
+/// hyper's read buffer: a request head that does not fit gets hyper's own 431 (empty body).
+const MAX_BUF_BYTES: usize = 256 << 10;
+
+/// Activity of one connection: whether a request ever arrived, requests whose response is
+/// not finished, and the last change.
 #[derive(Default)]
 struct ConnActivity {
+    used: AtomicBool,
     active: AtomicUsize,
     last_ms: AtomicU64,
 }
@@ -57,7 +69,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .timer(TokioTimer::new())
         .header_read_timeout(app.limits.header_read_timeout)
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_BUF_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -84,6 +96,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         let idle_limit = app.limits.idle_timeout;
+        let first_request_limit = app.limits.header_read_timeout;
         tokio::spawn(async move {
             let _conn_guard = conn_guard;
             let activity = Arc::new(ConnActivity::default());
@@ -96,9 +109,20 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     let app = app.clone();
                     let activity = activity.clone();
                     async move {
+                        activity.used.store(true, Ordering::Relaxed);
                         activity.active.fetch_add(1, Ordering::Relaxed);
                         let guard = ActiveRequest(activity);
-                        let resp = routes::route(app, req).await;
+                        let closes = req.version() < http::Version::HTTP_2;
+                        let mut resp = match oversized_head(&req) {
+                            Some(e) => routes::error(&e),
+                            None => routes::route(app, req).await,
+                        };
+                        if closes && ends_connection(resp.status()) {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
                         Ok::<_, Infallible>(
                             resp.map(|b: GatewayBody| b.with_guard(Box::new(guard))),
                         )
@@ -107,9 +131,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
+            let accepted_ms = crate::live::now_ms();
             let mut tick = tokio::time::interval(
                 Duration::from_millis(500)
                     .min(idle_limit)
+                    .min(first_request_limit)
                     .max(Duration::from_millis(1)),
             );
             let mut shutting = false;
@@ -122,6 +148,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                         conn.as_mut().graceful_shutdown();
                     }
                     _ = tick.tick(), if !shutting => {
+                        // A connection that never completed a request head (silent, or still
+                        // before the HTTP version is known) is closed at the header-read
+                        // timeout; nothing is in flight on it.
+                        let waited = crate::live::now_ms().saturating_sub(accepted_ms);
+                        if !activity.used.load(Ordering::Relaxed)
+                            && waited >= first_request_limit.as_millis() as u64
+                        {
+                            break;
+                        }
                         let idle_for = crate::live::now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
                         if activity.active.load(Ordering::Relaxed) == 0 && idle_for >= idle_limit.as_millis() as u64 {
                             shutting = true;
@@ -150,6 +185,35 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         );
     }
     refresher.abort();
+}
+
+/// 431 for a request head over [`MAX_HEAD_BYTES`].
+fn oversized_head<B>(req: &Request<B>) -> Option<ApiError> {
+    let uri = req.uri();
+    let size = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    (size > MAX_HEAD_BYTES).then(|| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "request_header_fields_too_large",
+            format!("the request headers take {size} bytes; at most {MAX_HEAD_BYTES} are accepted"),
+        )
+    })
+}
+
+/// Whether an HTTP/1 connection is closed after this answer: the request may not have been
+/// read to its end (timeout, oversized head), so the connection's framing cannot be trusted.
+fn ends_connection(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    )
 }
 
 struct OpenConn(Arc<AtomicUsize>, Arc<tokio::sync::Notify>);

@@ -1,12 +1,24 @@
 //! The OpenAI request bodies the gateway accepts: parsing, validation and the facts rules read.
 
 use crate::error::ApiError;
+use http::HeaderMap;
 use llmgw_engine::input::{Endpoint, RequestFacts};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Longest `model` name accepted.
 const MAX_MODEL_LEN: usize = 256;
+/// Longest `user` accepted, in bytes (it keys budgets and spend and is logged).
+pub const MAX_USER_BYTES: usize = 256;
+/// Most metadata entries a request may carry (body `metadata` and `x-llmgw-meta-*` together).
+pub const MAX_METADATA_ENTRIES: usize = 16;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY_BYTES: usize = 64;
+/// Longest metadata value, in bytes.
+pub const MAX_METADATA_VALUE_BYTES: usize = 512;
+
+/// The prefix of headers that carry request metadata.
+const META_HEADER_PREFIX: &str = "x-llmgw-meta-";
 
 /// A validated client request.
 #[derive(Debug, Clone)]
@@ -87,6 +99,9 @@ pub fn parse(
     };
     let user = match obj.get("user") {
         None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.len() > MAX_USER_BYTES => {
+            return Err(too_long("user", "`user`", MAX_USER_BYTES, u.len()))
+        }
         Some(Value::String(u)) => Some(u.clone()),
         Some(_) => return Err(ApiError::invalid_field("user", "`user` must be a string")),
     };
@@ -101,6 +116,7 @@ pub fn parse(
                         "`metadata` values must be strings",
                     ));
                 };
+                check_meta_entry("metadata.", k, s)?;
                 metadata.insert(k.clone(), s.clone());
             }
         }
@@ -110,6 +126,16 @@ pub fn parse(
                 "`metadata` must be an object",
             ))
         }
+    }
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(ApiError::invalid_field(
+            "metadata",
+            format!(
+                "a request carries at most {MAX_METADATA_ENTRIES} metadata entries \
+                 (`metadata` and `x-llmgw-meta-*` headers together), not {}",
+                metadata.len()
+            ),
+        ));
     }
     let mut chars = 0usize;
     let mut vision = false;
@@ -238,6 +264,65 @@ pub fn parse(
     })
 }
 
+/// The `x-llmgw-meta-*` headers as request metadata, each within the length limits.
+pub fn meta_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut meta = BTreeMap::new();
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(META_HEADER_PREFIX) else {
+            continue;
+        };
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        check_meta_entry(META_HEADER_PREFIX, key, value)?;
+        meta.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(meta)
+}
+
+/// Checks one metadata entry; `prefix` (`metadata.` or the header prefix) and the key name the
+/// field in the error.
+fn check_meta_entry(prefix: &str, key: &str, value: &str) -> Result<(), ApiError> {
+    if key.len() > MAX_METADATA_KEY_BYTES {
+        let param = format!("{prefix}{}…", head(key, MAX_METADATA_KEY_BYTES));
+        return Err(too_long(
+            &param,
+            "a metadata key",
+            MAX_METADATA_KEY_BYTES,
+            key.len(),
+        ));
+    }
+    if value.len() > MAX_METADATA_VALUE_BYTES {
+        let param = format!("{prefix}{key}");
+        let what = format!("the value of `{param}`");
+        return Err(too_long(
+            &param,
+            &what,
+            MAX_METADATA_VALUE_BYTES,
+            value.len(),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn head(text: &str, max: usize) -> &str {
+    let end = (0..=max.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
+/// 400 for a field longer than its limit.
+fn too_long(param: &str, what: &str, max: usize, len: usize) -> ApiError {
+    ApiError::bad_request(
+        "string_above_max_length",
+        format!("{what} must be at most {max} bytes, not {len}"),
+    )
+    .with_param(param)
+}
+
 fn missing(field: &str) -> ApiError {
     ApiError::bad_request(
         "missing_required_parameter",
@@ -301,6 +386,49 @@ mod tests {
         assert_eq!(r.facts.max_tokens, Some(7));
         assert_eq!(r.facts.metadata["team"], "a");
         assert!(r.facts.input_tokens >= 2);
+    }
+
+    #[test]
+    fn names_the_field_over_its_length_limit() {
+        let long = |n: usize| "x".repeat(n);
+        let body = |extra: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#)
+        };
+        let e = chat(&body(&format!(r#","user":"{}""#, long(MAX_USER_BYTES + 1)))).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("user")));
+        assert!(chat(&body(&format!(r#","user":"{}""#, long(MAX_USER_BYTES)))).is_ok());
+        let e = chat(&body(&format!(
+            r#","metadata":{{"team":"{}"}}"#,
+            long(MAX_METADATA_VALUE_BYTES + 1)
+        )))
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("metadata.team"));
+        let e = chat(&body(&format!(
+            r#","metadata":{{"{}":"a"}}"#,
+            long(MAX_METADATA_KEY_BYTES + 1)
+        )))
+        .unwrap_err();
+        assert!(
+            e.param
+                .as_deref()
+                .is_some_and(|p| p.starts_with("metadata.x")),
+            "{e:?}"
+        );
+        let many: Vec<String> = (0..=MAX_METADATA_ENTRIES)
+            .map(|i| format!(r#""k{i}":"v""#))
+            .collect();
+        let e = chat(&body(&format!(r#","metadata":{{{}}}"#, many.join(",")))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("metadata"));
+        let mut h = HeaderMap::new();
+        h.insert("x-llmgw-meta-team", "a".parse().expect("header"));
+        assert_eq!(meta_headers(&h).expect("short")["team"], "a");
+        h.insert(
+            "x-llmgw-meta-team",
+            long(MAX_METADATA_VALUE_BYTES + 1).parse().expect("header"),
+        );
+        let e = meta_headers(&h).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("x-llmgw-meta-team"));
+        assert_eq!(head("aé", 2), "a");
     }
 
     #[test]
