@@ -69,3 +69,76 @@ impl<P: Provider> Provider for Scrubbing<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{ChunkStream, UpstreamError};
+    use llmgw_engine::input::Endpoint;
+
+    const KEY: &str = "sk-live-0123456789abcdefghijklmnop";
+
+    /// A provider that quotes its key in every error, returned or streamed.
+    struct Quoting;
+
+    impl Provider for Quoting {
+        fn send<'a>(&'a self, request: UpstreamRequest<'a>) -> SendFuture<'a> {
+            Box::pin(async move {
+                let body = serde_json::json!({ "error": {
+                    "message": format!("Incorrect API key provided: {KEY}"),
+                    "code": format!("bad_{}", &KEY[..9]),
+                    "param": &KEY[10..20],
+                }})
+                .to_string();
+                if !request.stream {
+                    return Err(UpstreamError::from_status(422, body.as_bytes(), None));
+                }
+                let (tx, stream) = ChunkStream::channel();
+                let err = UpstreamError::from_status(400, body.as_bytes(), None);
+                tx.try_send(Err(err.after_first_byte())).expect("room");
+                Ok(UpstreamResponse::Stream(stream))
+            })
+        }
+    }
+
+    fn assert_clean(e: &UpstreamError) {
+        let texts = [
+            Some(e.message.as_str()),
+            e.code.as_deref(),
+            e.param.as_deref(),
+        ];
+        for text in texts.into_iter().flatten() {
+            assert!(text.contains("[redacted]"), "{text}");
+            assert!(
+                !text.contains(&KEY[..8]) && !text.contains(&KEY[10..18]),
+                "{text}"
+            );
+        }
+        assert!(!e.to_string().contains(&KEY[12..20]), "{e}");
+    }
+
+    #[tokio::test]
+    async fn errors_returned_or_streamed_by_an_adapter_are_scrubbed() {
+        let provider = Scrubbing::wrap(Quoting, Redactor::for_key(KEY));
+        let body = serde_json::json!({});
+        let request = |stream| UpstreamRequest {
+            endpoint: Endpoint::Chat,
+            body: &body,
+            upstream_model: "m",
+            prefill: None,
+            stream,
+        };
+        let Err(e) = provider.send(request(false)).await else {
+            panic!("an error");
+        };
+        assert_clean(&e);
+        let Ok(UpstreamResponse::Stream(mut s)) = provider.send(request(true)).await else {
+            panic!("a stream");
+        };
+        let Some(Err(e)) = s.next().await else {
+            panic!("an in-band error");
+        };
+        assert!(e.after_first_byte);
+        assert_clean(&e);
+    }
+}
