@@ -1,6 +1,7 @@
 //! What every provider adapter speaks: one request type, one response type (a whole answer or
 //! a stream of normalised chunks) and one error type that knows whether it may be retried.
 
+use crate::providers::redact::Redactor;
 use llmgw_engine::input::Endpoint;
 use serde_json::Value;
 use std::fmt;
@@ -107,7 +108,9 @@ impl fmt::Display for ErrorClass {
 }
 
 /// An upstream failure. Its message never contains a secret: adapters build it from the
-/// status, the provider's error text (except for authentication failures) and our own words.
+/// status, the provider's error text (except for authentication failures) and our own words,
+/// and every error leaving an adapter built by [`crate::providers::build`] has had its text
+/// scrubbed of the provider's key ([`UpstreamError::scrubbed`]).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{class} from upstream{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
 pub struct UpstreamError {
@@ -150,6 +153,16 @@ impl UpstreamError {
     /// Marks the failure as happening after part of the answer arrived.
     pub fn after_first_byte(mut self) -> Self {
         self.after_first_byte = true;
+        self
+    }
+
+    /// The error with the key of `redactor`, and its fragments, removed from every text that
+    /// came from the provider (message, code, param).
+    pub fn scrubbed(mut self, redactor: &Redactor) -> Self {
+        redactor.scrub_in_place(&mut self.message);
+        for text in [&mut self.code, &mut self.param].into_iter().flatten() {
+            redactor.scrub_in_place(text);
+        }
         self
     }
 
@@ -247,10 +260,12 @@ pub enum StreamEvent {
 }
 
 /// A stream of normalised events; fed by a task that reads the provider's answer, which stops
-/// (and drops the upstream connection) when this is dropped.
+/// (and drops the upstream connection) when this is dropped. Errors it yields are scrubbed by
+/// its redactor.
 #[derive(Debug)]
 pub struct ChunkStream {
     rx: mpsc::Receiver<Result<StreamEvent, UpstreamError>>,
+    redactor: Redactor,
 }
 
 impl ChunkStream {
@@ -260,12 +275,25 @@ impl ChunkStream {
         ChunkStream,
     ) {
         let (tx, rx) = mpsc::channel(32);
-        (tx, ChunkStream { rx })
+        (
+            tx,
+            ChunkStream {
+                rx,
+                redactor: Redactor::default(),
+            },
+        )
+    }
+
+    /// The stream with its errors scrubbed of the key of `redactor`.
+    pub fn scrubbed(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The next event; `None` when the feeding task ended without `Done` (a broken stream).
     pub async fn next(&mut self) -> Option<Result<StreamEvent, UpstreamError>> {
-        self.rx.recv().await
+        let event = self.rx.recv().await?;
+        Some(event.map_err(|e| e.scrubbed(&self.redactor)))
     }
 }
 

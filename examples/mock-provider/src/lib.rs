@@ -26,6 +26,9 @@
 //! | `context-length` | 400 `context_length_exceeded` |
 //! | `content-filter` | 400 `content_filter` |
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
+//! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
+//! | `echo-text-STATUS` | STATUS with a `text/plain` body quoting the credentials |
+//! | `echo-stream-STATUS` | a stream cut after 2 tokens by an in-band error event (in the request's protocol, of STATUS's kind) quoting the credentials; a JSON request gets the `echo-STATUS` answer |
 //!
 //! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
 //! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
@@ -102,6 +105,24 @@ pub enum Fault {
     ContentFilter,
     /// 503 for this many milliseconds after the first attempt, then normal.
     Flap(u64),
+    /// An error quoting the credentials the request carried.
+    Echo {
+        /// The HTTP status (or, for a stream, the kind of the in-band error).
+        status: u16,
+        /// How the error is told.
+        form: EchoForm,
+    },
+}
+
+/// How an [`Fault::Echo`] error is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoForm {
+    /// A JSON error body in the request's protocol.
+    Json,
+    /// A `text/plain` body.
+    Text,
+    /// An in-band error event after part of a streamed answer.
+    Stream,
 }
 
 impl Fault {
@@ -148,6 +169,16 @@ impl Fault {
             Fault::Malformed(n)
         } else if let Some(n) = num("flap-") {
             Fault::Flap(n)
+        } else if let Some((form, status)) = [
+            ("echo-text-", EchoForm::Text),
+            ("echo-stream-", EchoForm::Stream),
+            ("echo-", EchoForm::Json),
+        ]
+        .into_iter()
+        .find_map(|(prefix, form)| Some((form, u16::try_from(num(prefix)?).ok()?)))
+        .filter(|(_, status)| (400..600).contains(status))
+        {
+            Fault::Echo { status, form }
         } else {
             Fault::None
         }
@@ -328,6 +359,7 @@ async fn handle(
         .get("x-mock-fault")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let credentials = Credentials::of(&req);
     match (method, path.as_str()) {
         (Method::GET, "/_stats") => {
             return Ok(json_response(
@@ -416,6 +448,9 @@ async fn handle(
                 Some("messages"),
             ))
         }
+        Fault::Echo { status, form } if form != EchoForm::Stream || !streamed(&request) => {
+            return Ok(echo_response(dialect, status, form, &credentials))
+        }
         Fault::ContentFilter => return Ok(error_response(
             StatusCode::BAD_REQUEST,
             "The response was filtered due to the prompt triggering the content management policy.",
@@ -432,8 +467,12 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if request["stream"].as_bool().unwrap_or(false) {
-        Ok(stream(dialect, answer, model, fault, options))
+    if streamed(&request) {
+        let echo = match fault {
+            Fault::Echo { status, .. } => Some(echo_event(dialect, status, &credentials)),
+            _ => None,
+        };
+        Ok(stream(dialect, answer, model, fault, options, echo))
     } else if let Fault::Cut(_) | Fault::Stall(_) = fault {
         // A JSON answer cut or stalled half way: headers, then part of the body.
         let (tx, rx) = mpsc::channel(4);
@@ -458,6 +497,127 @@ async fn handle(
             StatusCode::OK,
             answer.completion(dialect, &model),
         ))
+    }
+}
+
+/// Whether a chat request asks for a stream.
+fn streamed(request: &Value) -> bool {
+    request["stream"].as_bool().unwrap_or(false)
+}
+
+/// The credentials a request carried: `Authorization`, `x-api-key`, `x-goog-api-key` and the
+/// `key` query parameter, as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// Every credential present, by where it came from.
+    pub values: Vec<(&'static str, String)>,
+}
+
+impl Credentials {
+    fn of<B>(req: &Request<B>) -> Credentials {
+        let mut values = Vec::new();
+        for name in ["authorization", "x-api-key", "x-goog-api-key"] {
+            if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+                values.push((name, v.to_owned()));
+            }
+        }
+        let query = req.uri().query().unwrap_or("");
+        if let Some(v) = query.split('&').find_map(|kv| kv.strip_prefix("key=")) {
+            values.push(("key", v.to_owned()));
+        }
+        Credentials { values }
+    }
+
+    /// The key of each credential (without a `Bearer ` scheme).
+    fn keys(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.values
+            .iter()
+            .map(|(name, v)| (*name, v.strip_prefix("Bearer ").unwrap_or(v)))
+    }
+
+    /// A message quoting each credential whole and the way providers quote a bad key (its
+    /// first 12 and last 8 characters).
+    pub fn message(&self) -> String {
+        let mut text = String::from("Invalid request for this key.");
+        for (name, key) in self.keys() {
+            let chars: Vec<char> = key.chars().collect();
+            let head: String = chars.iter().take(12).collect();
+            let tail: String = chars[chars.len().saturating_sub(8)..].iter().collect();
+            text.push_str(&format!(" {name}: {key} (provided: {head}…{tail})."));
+        }
+        text
+    }
+
+    /// A fragment of the first credential (characters 4 to 14), for `code` and `param`.
+    fn fragment(&self) -> String {
+        self.keys()
+            .next()
+            .map(|(_, key)| key.chars().skip(4).take(10).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// An error answer of `status` quoting `credentials`.
+fn echo_response(
+    dialect: Dialect,
+    status: u16,
+    form: EchoForm,
+    credentials: &Credentials,
+) -> Response<MockBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    if form == EchoForm::Text {
+        let text = format!("upstream error: {}", credentials.message());
+        let body = Full::new(Bytes::from(text))
+            .map_err(|e: Infallible| match e {})
+            .boxed();
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert("content-type", "text/plain".parse().expect("static"));
+        return resp;
+    }
+    json_response(status, echo_error(dialect, status.as_u16(), credentials))
+}
+
+/// An error object quoting `credentials`, in the protocol's shape.
+fn echo_error(dialect: Dialect, status: u16, credentials: &Credentials) -> Value {
+    let message = credentials.message();
+    let fragment = credentials.fragment();
+    match dialect {
+        Dialect::OpenAi => json!({ "error": {
+            "message": message,
+            "type": if status == 429 { "requests" } else { "invalid_request_error" },
+            "code": if status == 429 { "rate_limit_exceeded".to_owned() } else { format!("invalid_key_{fragment}") },
+            "param": format!("key:{fragment}"),
+        }}),
+        Dialect::Anthropic => json!({
+            "type": "error",
+            "error": {
+                "type": match status {
+                    429 => "rate_limit_error",
+                    503 | 529 => "overloaded_error",
+                    500..=599 => "api_error",
+                    _ => "invalid_request_error",
+                },
+                "message": message,
+            },
+        }),
+        Dialect::Gemini => json!({ "error": {
+            "code": status,
+            "message": message,
+            "status": if status < 500 { "INVALID_ARGUMENT" } else { "INTERNAL" },
+            "details": [{ "reason": "API_KEY_INVALID", "metadata": { "key": fragment } }],
+        }}),
+    }
+}
+
+/// The in-band error event of a stream, quoting `credentials`.
+fn echo_event(dialect: Dialect, status: u16, credentials: &Credentials) -> Bytes {
+    let error = echo_error(dialect, status, credentials);
+    match dialect {
+        Dialect::OpenAi => Bytes::from(format!("data: {error}\n\n")),
+        Dialect::Anthropic => anthropic_event(error),
+        Dialect::Gemini => gemini_chunk(error),
     }
 }
 
@@ -715,6 +875,7 @@ fn stream(
     model: String,
     fault: Fault,
     options: Options,
+    echo: Option<Bytes>,
 ) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
@@ -735,6 +896,12 @@ fn stream(
                 }
                 Fault::Stall(k) if n == k => {
                     tx.closed().await;
+                    return;
+                }
+                Fault::Echo { .. } if n == 2 => {
+                    if let Some(event) = echo {
+                        let _ = send(event).await;
+                    }
                     return;
                 }
                 Fault::Malformed(k)
@@ -890,6 +1057,35 @@ mod tests {
         assert_eq!(Fault::parse("429-ra-30"), Fault::RateLimit(Some(30)));
         assert_eq!(Fault::parse("cut-3"), Fault::Cut(3));
         assert_eq!(Fault::parse("gpt-4o"), Fault::None);
+        let echo = |status, form| Fault::Echo { status, form };
+        assert_eq!(Fault::parse("e+echo-422"), echo(422, EchoForm::Json));
+        assert_eq!(Fault::parse("echo-text-503"), echo(503, EchoForm::Text));
+        assert_eq!(Fault::parse("echo-stream-429"), echo(429, EchoForm::Stream));
+        assert_eq!(Fault::parse("echo-200"), Fault::None);
+        assert_eq!(Fault::parse("echo-text-"), Fault::None);
+    }
+
+    #[test]
+    fn echoed_credentials_are_quoted_whole_and_in_part() {
+        let req = Request::post("/v1beta/models/m:generateContent?alt=sse&key=query-key-123456")
+            .header("authorization", "Bearer sk-abcdefghijklmnopqrstuvwxyz")
+            .header("x-goog-api-key", "goog-0123456789")
+            .body(())
+            .expect("request");
+        let c = Credentials::of(&req);
+        assert_eq!(c.values.len(), 3);
+        let m = c.message();
+        assert!(
+            m.contains(
+                "authorization: sk-abcdefghijklmnopqrstuvwxyz (provided: sk-abcdefghi…stuvwxyz)"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("x-goog-api-key: goog-0123456789"), "{m}");
+        assert!(m.contains("key: query-key-123456"), "{m}");
+        assert_eq!(c.fragment(), "bcdefghijk");
+        let e = echo_error(Dialect::OpenAi, 400, &c);
+        assert_eq!(e["error"]["param"], "key:bcdefghijk");
     }
 
     #[test]

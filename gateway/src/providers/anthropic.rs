@@ -2,6 +2,7 @@
 //! tool results, prefill) to `POST /v1/messages`, and of its answers and stream events back.
 
 use crate::providers::http::{self, Connection, StreamTranslator};
+use crate::providers::secret::{Secret, SecretError};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -28,10 +29,10 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    /// The adapter of a policy provider of type `anthropic`.
-    pub fn new(provider: &model::Provider) -> Self {
+    /// The adapter of a policy provider of type `anthropic`, with its resolved key.
+    pub fn new(provider: &model::Provider, key: Option<Result<Secret, SecretError>>) -> Self {
         Anthropic {
-            conn: Connection::new(provider, Some(ANTHROPIC_BASE_URL)),
+            conn: Connection::new(provider, key, Some(ANTHROPIC_BASE_URL)),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::providers::anthropic::parse_data_url;
 use crate::providers::http::{self, Connection, StreamTranslator};
+use crate::providers::secret::{Secret, SecretError};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -26,10 +27,10 @@ pub struct Gemini {
 }
 
 impl Gemini {
-    /// The adapter of a policy provider of type `gemini`.
-    pub fn new(provider: &model::Provider) -> Self {
+    /// The adapter of a policy provider of type `gemini`, with its resolved key.
+    pub fn new(provider: &model::Provider, key: Option<Result<Secret, SecretError>>) -> Self {
         Gemini {
-            conn: Connection::new(provider, Some(GEMINI_BASE_URL)),
+            conn: Connection::new(provider, key, Some(GEMINI_BASE_URL)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The upstream HTTP client shared by the network adapters: pooled connections, HTTPS through
 //! rustls, timeouts, error classification and the task that turns an SSE body into events.
 
-use crate::providers::secret::{self, Secret, SecretError};
+use crate::providers::secret::{Secret, SecretError};
 use crate::sse::{SseEvent, SseParser};
 use crate::upstream::{parse_retry_after, ChunkStream, ErrorClass, StreamEvent, UpstreamError};
 use bytes::Bytes;
@@ -65,16 +65,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// The connection of a policy provider; `default_base_url` stands in for a missing
-    /// `base_url`.
-    pub fn new(provider: &model::Provider, default_base_url: Option<&str>) -> Self {
+    /// The connection of a policy provider with its resolved key (`None` when it names
+    /// none); `default_base_url` stands in for a missing `base_url`.
+    pub fn new(
+        provider: &model::Provider,
+        key: Option<Result<Secret, SecretError>>,
+        default_base_url: Option<&str>,
+    ) -> Self {
         Connection {
             client: client(&provider.timeouts),
             base_url: provider
                 .base_url
                 .clone()
                 .or_else(|| default_base_url.map(str::to_owned)),
-            key: provider.api_key.as_deref().map(secret::resolve),
+            key,
             timeouts: provider.timeouts,
         }
     }

@@ -1,6 +1,7 @@
 //! OpenAI and every OpenAI-compatible API (DeepSeek, Qwen, Mistral, OpenRouter, vLLM, Together…).
 
 use crate::providers::http::{self, Connection, StreamTranslator};
+use crate::providers::secret::{Secret, SecretError};
 use crate::sse::SseEvent;
 use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
@@ -25,11 +26,11 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    /// The adapter of a policy provider of type `openai` or `openai_compatible`.
-    pub fn new(provider: &model::Provider) -> Self {
+    /// The adapter of a policy provider of type `openai` or `openai_compatible`, with its resolved key.
+    pub fn new(provider: &model::Provider, key: Option<Result<Secret, SecretError>>) -> Self {
         let compatible = provider.kind == ProviderType::OpenaiCompatible;
         OpenAi {
-            conn: Connection::new(provider, (!compatible).then_some(OPENAI_BASE_URL)),
+            conn: Connection::new(provider, key, (!compatible).then_some(OPENAI_BASE_URL)),
             compatible,
         }
     }
@@ -326,7 +327,7 @@ mod tests {
             "name": "p", "type": "openai_compatible", "base_url": "http://127.0.0.1:1/v1",
         }))
         .expect("provider");
-        let adapter = OpenAi::new(&provider);
+        let adapter = OpenAi::new(&provider, None);
         let body = json!({
             "model": "logical", "stream": false, "metadata": { "a": "b" }, "temperature": 0.5,
             "messages": [{ "role": "user", "content": "hi" }],
