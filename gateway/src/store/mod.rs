@@ -124,7 +124,7 @@ pub struct Hold {
     /// Seconds after which the counter may be dropped (the period's end plus a margin).
     pub ttl_secs: u64,
     /// Other counters whose spent and held amounts count against the limit too (the earlier
-    /// buckets of a rolling window); read, never changed.
+    /// buckets of a rolling window); read (and rid of expired holds), never added to.
     pub window: Vec<String>,
 }
 
