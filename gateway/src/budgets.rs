@@ -11,13 +11,15 @@
 //! Decisions are synchronous, so the spend of every budget that could apply to the request's
 //! principals is read in one store call before deciding ([`prefetch`]). The reservation then
 //! holds the worst-case cost atomically against each strict budget's limit ([`reserve`]);
-//! concurrent requests on any number of replicas never commit more than the limit. The
-//! settlement releases the hold and adds the real cost ([`Held::settle`]); a hold that is never
-//! settled (the client went away) is released when it is dropped.
+//! concurrent requests on any number of replicas never commit more than the limit. Holds are
+//! leased: they expire on their own after the request's longest possible run, so a replica that
+//! crashes with requests in flight strands nothing. The settlement releases the hold and adds
+//! the real cost ([`Held::settle`]); a hold that is never settled (the client went away) is
+//! released when it is dropped.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{self, Hold, LedgerEntry, Store, StoreError};
+use crate::store::{self, Hold, Lease, LedgerEntry, Store, StoreError};
 use crate::upstream::Usage;
 use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, Utc};
 use llmgw_engine::decision::Decision;
@@ -303,6 +305,8 @@ pub async fn prefetch(
 #[derive(Debug, Default)]
 pub struct Held {
     store: Option<Store>,
+    /// The lease the holds were taken under.
+    lease_id: String,
     /// `(counter, amount)` per hold.
     holds: Vec<(String, i64)>,
     /// Per hold: the window it belongs to.
@@ -319,11 +323,13 @@ pub struct Refusal {
 }
 
 /// Holds each of the decision's reservations (the worst case of its attempt list; not strict
-/// for a downgrade budget the request was downgraded for) on its budget, all or none.
+/// for a downgrade budget the request was downgraded for) on its budget, all or none, for at
+/// most `lease`.
 pub async fn reserve(
     store: &Store,
     spend: &Spend,
     decision: &Decision,
+    lease: Duration,
 ) -> Result<Result<Held, Refusal>, StoreError> {
     let mut holds = Vec::new();
     let mut windows = Vec::new();
@@ -348,9 +354,14 @@ pub async fn reserve(
     if holds.is_empty() {
         return Ok(Ok(Held::default()));
     }
-    match store.reserve(&holds).await? {
+    let lease = Lease::new(lease);
+    match store
+        .reserve(&holds, &lease, Utc::now().timestamp_millis())
+        .await?
+    {
         Ok(()) => Ok(Ok(Held {
             store: Some(store.clone()),
+            lease_id: lease.id,
             holds: holds.into_iter().map(|h| (h.counter, h.amount)).collect(),
             windows,
         })),
@@ -390,9 +401,9 @@ impl Held {
         if s.cost_usd > 0.0 {
             metrics.add_spend(&s.identity.tenant.id, &s.identity.project.id, s.cost_usd);
         }
-        let items: Vec<(String, i64, i64)> = holds
+        let items: Vec<(String, i64)> = holds
             .into_iter()
-            .map(|(counter, amount)| (counter, amount, actual))
+            .map(|(counter, _)| (counter, actual))
             .collect();
         let entry = LedgerEntry {
             day: {
@@ -414,7 +425,7 @@ impl Held {
         let settled = if items.is_empty() {
             Ok(Vec::new())
         } else {
-            store.settle(&items).await
+            store.settle(&self.lease_id, &items).await
         };
         match settled {
             Ok(after) => {
@@ -437,10 +448,11 @@ impl Drop for Held {
         if self.holds.is_empty() {
             return;
         }
-        let items: Vec<(String, i64, i64)> = self.holds.drain(..).map(|(c, a)| (c, a, 0)).collect();
+        let items: Vec<(String, i64)> = self.holds.drain(..).map(|(c, _)| (c, 0)).collect();
+        let lease_id = std::mem::take(&mut self.lease_id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.settle(&items).await {
+                if let Err(e) = store.settle(&lease_id, &items).await {
                     tracing::error!(target: "llmgw::budget", error = %e, "cannot release budget holds");
                 }
             });

@@ -312,7 +312,7 @@ pub async fn handle(
     let redecide = |s: &budgets::Spend| {
         decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
     };
-    let reserved = reserve::reserve(&app.state, &spend, decision, redecide).await;
+    let reserved = reserve::reserve(&app.state, &rt.policy, &spend, decision, redecide).await;
     let (decision, held) = match reserved {
         Ok(v) => v,
         Err(e) => {

@@ -9,7 +9,7 @@ mod state_support;
 use common::*;
 use llmgw_engine::model::{Period, Scope};
 use llmgw_gateway::budgets::{counter, period_at};
-use llmgw_gateway::store::{to_nanos, Hold, Store};
+use llmgw_gateway::store::{to_nanos, Hold, Lease, Store};
 use state_support::*;
 use std::path::Path;
 use std::time::Duration;
@@ -244,20 +244,26 @@ async fn seed_spend(location: &str, tenant: &str, budget: &str, key_id: &str, us
     let at = period_at(Period::Daily, None, chrono::Utc::now());
     let name = counter(tenant, budget, Scope::Key, key_id, &at.bucket);
     let amount = to_nanos(usd);
+    let lease = Lease::new(Duration::from_secs(60));
+    let now_ms = chrono::Utc::now().timestamp_millis();
     store
-        .reserve(&[Hold {
-            counter: name.clone(),
-            amount,
-            limit: i64::MAX,
-            strict: false,
-            ttl_secs: at.ttl_secs,
-            window: Vec::new(),
-        }])
+        .reserve(
+            &[Hold {
+                counter: name.clone(),
+                amount,
+                limit: i64::MAX,
+                strict: false,
+                ttl_secs: at.ttl_secs,
+                window: Vec::new(),
+            }],
+            &lease,
+            now_ms,
+        )
         .await
         .expect("reserve")
         .expect("held");
     store
-        .settle(&[(name, amount, amount)])
+        .settle(&lease.id, &[(name, amount)])
         .await
         .expect("settle");
 }

@@ -75,19 +75,6 @@ async fn dump(url: &str, prefix: &str) -> String {
     out
 }
 
-/// Deletes everything a test wrote.
-async fn cleanup(url: &str, prefix: &str) {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connects");
-    let keys: Vec<String> = c.keys(format!("{prefix}*")).await.expect("keys");
-    if !keys.is_empty() {
-        let _: () = c.del(keys).await.expect("del");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
 async fn two_replicas_on_one_redis_enforce_one_budget_together() {
@@ -147,7 +134,7 @@ async fn two_replicas_on_one_redis_enforce_one_budget_together() {
     drop(three);
     let stored = dump(&url, &prefix).await;
     assert!(!stored.contains(KEY), "the dev key is stored in plain text");
-    cleanup(&url, &prefix).await;
+    cleanup_redis(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +160,7 @@ async fn a_revoked_key_fails_within_a_second_on_both_replicas_and_redis_holds_no
     assert!(stored.contains(&key.id));
     assert!(!stored.contains(&key.secret) && !stored.contains(&new));
     identity_revocation(&s, &url).await;
-    cleanup(&url, &prefix).await;
+    cleanup_redis(&url, &prefix).await;
 }
 
 /// The revocation scenario of `identity.rs`, on Redis.

@@ -6,19 +6,43 @@
 //! their limit in the state store, so concurrent requests on every replica together never pass
 //! it; a refused hold answers 429, naming the budget and when it resets. A hold refused by a
 //! budget that downgrades on exceed decides again with the spend the store reported, which moves
-//! the request to the downgrade model. The request sent upstream is never changed to fit the
-//! hold.
+//! the request to the downgrade model. A hold is leased for the longest the request can run
+//! ([`lease`]), so it expires on its own if this replica dies before settling it. The request
+//! sent upstream is never changed to fit the hold.
 
 use crate::budgets::{self, Held, Spend};
 use crate::error::ApiError;
+use crate::phases::attempt::MAX_INPLACE_WAIT;
 use crate::store::Store;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::model::OnExceed;
+use llmgw_engine::CompiledPolicy;
+use std::time::Duration;
+
+/// Added to a lease beyond the request's own timeouts: the settlement's trip to the store.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a decision's holds must last: every attempt of its list running to its provider's
+/// timeout (the whole answer, or the first token of a stream, whichever is longer), one retry
+/// in place of the slowest after the longest wait, and [`LEASE_MARGIN`]. A stream that runs on
+/// past its lease is still settled exactly; only its hold stops counting.
+pub fn lease(policy: &CompiledPolicy, decision: &Decision) -> Duration {
+    let limits: Vec<Duration> = decision
+        .attempts
+        .iter()
+        .filter_map(|a| policy.deployments().get(a.index))
+        .filter_map(|d| policy.providers().get(d.provider))
+        .map(|p| Duration::from_millis(p.timeouts.total_ms.max(p.timeouts.first_token_ms)))
+        .collect();
+    let slowest = limits.iter().max().copied().unwrap_or_default();
+    limits.iter().sum::<Duration>() + slowest + MAX_INPLACE_WAIT + LEASE_MARGIN
+}
 
 /// Reserves the decision's worst-case cost; returns the decision that holds (a new one after
 /// a downgrade) and the holds to settle. `redecide` decides again on another view of spend.
 pub async fn reserve(
     store: &Store,
+    policy: &CompiledPolicy,
     spend: &Spend,
     mut decision: Decision,
     redecide: impl Fn(&Spend) -> Result<Decision, ApiError>,
@@ -26,7 +50,8 @@ pub async fn reserve(
     let mut view: Option<Spend> = None;
     loop {
         let current = view.as_ref().unwrap_or(spend);
-        let refusal = match budgets::reserve(store, current, &decision).await {
+        let lease = lease(policy, &decision);
+        let refusal = match budgets::reserve(store, current, &decision, lease).await {
             Ok(Ok(held)) => return Ok((decision, held)),
             Ok(Err(refusal)) => refusal,
             Err(e) => {

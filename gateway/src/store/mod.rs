@@ -124,8 +124,35 @@ pub struct Hold {
     /// Seconds after which the counter may be dropped (the period's end plus a margin).
     pub ttl_secs: u64,
     /// Other counters whose spent and held amounts count against the limit too (the earlier
-    /// buckets of a rolling window); read, never changed.
+    /// buckets of a rolling window); read (and rid of expired holds), never added to.
     pub window: Vec<String>,
+}
+
+/// A reservation's lease: its holds are released by id at settlement, or expire on their own
+/// when the replica that took them never settles (it crashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Names the reservation's holds, unique per request.
+    pub id: String,
+    /// How long the holds last unless settled first.
+    pub ttl: std::time::Duration,
+}
+
+impl Lease {
+    /// A lease with a fresh random id.
+    pub fn new(ttl: std::time::Duration) -> Lease {
+        Lease {
+            id: format!("{:032x}", rand::random::<u128>()),
+            ttl,
+        }
+    }
+
+    /// The lease length in milliseconds, at least one.
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
 }
 
 /// A reservation refused by a strict budget.
@@ -214,15 +241,29 @@ impl Store {
         dispatch!(self.keys(tenant))
     }
 
-    /// Holds amounts on several budget counters at once: all or none.
-    pub async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
-        dispatch!(self.reserve(holds))
+    /// Holds amounts on several budget counters at once, all or none, under `lease`. Expired
+    /// holds stop counting against the limits. `now_ms` (milliseconds since the epoch) is the
+    /// gateway's clock, used by SQLite; Redis uses its own clock, so replicas whose clocks
+    /// disagree still agree on when a hold expires.
+    pub async fn reserve(
+        &self,
+        holds: &[Hold],
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        dispatch!(self.reserve(holds, lease, now_ms))
     }
 
-    /// Releases holds and adds what was really spent: `(counter, held, actual)`; returns each
-    /// counter's spent amount after its settlement.
-    pub async fn settle(&self, items: &[(String, i64, i64)]) -> Result<Vec<i64>, StoreError> {
-        dispatch!(self.settle(items))
+    /// Releases the holds of lease `lease_id` on each counter and adds what was really spent:
+    /// `(counter, actual)`; returns each counter's spent amount after its settlement. A hold
+    /// that already expired releases nothing (never another hold's amount); its spend is still
+    /// added.
+    pub async fn settle(
+        &self,
+        lease_id: &str,
+        items: &[(String, i64)],
+    ) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.settle(lease_id, items))
     }
 
     /// Spent (settled) nano-dollars on counters.

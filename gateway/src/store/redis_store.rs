@@ -1,6 +1,6 @@
 //! The Redis backend: shared by replicas; reservations are Lua scripts, so atomic.
 
-use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError};
+use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError};
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -10,51 +10,76 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Checks every hold, then applies all of them; returns `{refusing index, committed}` or
-/// `{-1, 0}`. ARGV[1] is the number of holds, then five values per hold: amount, limit, strict
-/// (0/1), ttl and the number of window counters. KEYS are, per hold, its counter followed by
-/// its window counters (read only).
+/// Purges expired holds, checks every hold, then applies all of them; returns `{refusing
+/// index, committed}` or `{-1, 0}`. A counter is a hash (`spent`; `leased`, the sum of its
+/// live holds; `h:<lease id>`, each hold's amount) and a sorted set of its lease ids scored
+/// by expiry in milliseconds of the Redis clock (`TIME`), so every replica sees holds expire
+/// at the same moment. ARGV[1] is the number of holds, ARGV[2] the lease id, ARGV[3] the lease
+/// in milliseconds, then five values per hold: amount, limit, strict (0/1), ttl and the number
+/// of window counters. KEYS are, per counter, its hash and its sorted set: per hold, its
+/// counter followed by its window counters (read only but for the purge).
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local function committed(key)
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local function purge(key, leases)
+          local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+          for _, id in ipairs(expired) do
+            local amount = tonumber(redis.call('HGET', key, 'h:' .. id) or '0')
+            redis.call('HDEL', key, 'h:' .. id)
+            redis.call('HINCRBY', key, 'leased', -amount)
+          end
+          if #expired > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
+        end
+        local function committed(key, leases)
+          purge(key, leases)
           return tonumber(redis.call('HGET', key, 'spent') or '0')
-            + tonumber(redis.call('HGET', key, 'held') or '0')
+            + tonumber(redis.call('HGET', key, 'leased') or '0')
         end
         local holds = tonumber(ARGV[1])
+        local id = ARGV[2]
+        local expires = now + tonumber(ARGV[3])
         local k = 1
         for i = 1, holds do
-          local b = 1 + (i - 1) * 5
+          local b = 3 + (i - 1) * 5
           local nwin = tonumber(ARGV[b + 5])
-          local total = committed(KEYS[k])
-          for j = 1, nwin do total = total + committed(KEYS[k + j]) end
+          local total = committed(KEYS[k], KEYS[k + 1])
+          for j = 1, nwin do total = total + committed(KEYS[k + 2 * j], KEYS[k + 2 * j + 1]) end
           if ARGV[b + 3] == '1' and total + tonumber(ARGV[b + 1]) > tonumber(ARGV[b + 2]) then
             return {i - 1, total}
           end
-          k = k + 1 + nwin
+          k = k + 2 * (1 + nwin)
         end
         k = 1
         for i = 1, holds do
-          local b = 1 + (i - 1) * 5
-          redis.call('HINCRBY', KEYS[k], 'held', ARGV[b + 1])
+          local b = 3 + (i - 1) * 5
+          redis.call('HINCRBY', KEYS[k], 'leased', ARGV[b + 1])
+          redis.call('HINCRBY', KEYS[k], 'h:' .. id, ARGV[b + 1])
+          redis.call('ZADD', KEYS[k + 1], expires, id)
           local ttl = tonumber(ARGV[b + 4])
-          if redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
-          k = k + 1 + tonumber(ARGV[b + 5])
+          for _, key in ipairs({KEYS[k], KEYS[k + 1]}) do
+            if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+          end
+          k = k + 2 * (1 + tonumber(ARGV[b + 5]))
         end
         return {-1, 0}
         ",
     )
 });
 
-/// Releases a hold (never below zero) and adds the actual spend; returns the counter's spent
-/// amount after it. KEYS: one counter; ARGV: held, actual.
+/// Releases a lease's hold on a counter, if it is still there (an expired hold was purged and
+/// releases nothing), and adds the actual spend; returns the counter's spent amount after it.
+/// KEYS: the counter's hash and sorted set; ARGV: lease id, actual.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-        local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
-        local release = math.min(held, tonumber(ARGV[1]))
-        redis.call('HINCRBY', KEYS[1], 'held', -release)
+        if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+          local amount = tonumber(redis.call('HGET', KEYS[1], 'h:' .. ARGV[1]) or '0')
+          redis.call('HINCRBY', KEYS[1], 'leased', -amount)
+        end
+        redis.call('HDEL', KEYS[1], 'h:' .. ARGV[1])
         return redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
         ",
     )
@@ -172,16 +197,27 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub(super) async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
+    /// The counter's hash and its sorted set of leases.
+    fn counter_keys(&self, counter: &str) -> [String; 2] {
+        [self.k(&["ctr", counter]), self.k(&["leases", counter])]
+    }
+
+    pub(super) async fn reserve(
+        &self,
+        holds: &[Hold],
+        lease: &Lease,
+        _now_ms: i64,
+    ) -> Result<Result<(), Refused>, StoreError> {
         if holds.is_empty() {
             return Ok(Ok(()));
         }
         let mut inv = RESERVE.prepare_invoke();
-        inv.arg(holds.len());
+        inv.arg(holds.len()).arg(&lease.id).arg(lease.ttl_ms());
         for h in holds {
-            inv.key(self.k(&["ctr", &h.counter]));
-            for w in &h.window {
-                inv.key(self.k(&["ctr", w]));
+            for c in std::iter::once(&h.counter).chain(&h.window) {
+                for key in self.counter_keys(c) {
+                    inv.key(key);
+                }
             }
             inv.arg(h.amount)
                 .arg(h.limit)
@@ -203,15 +239,18 @@ impl RedisStore {
 
     pub(super) async fn settle(
         &self,
-        items: &[(String, i64, i64)],
+        lease_id: &str,
+        items: &[(String, i64)],
     ) -> Result<Vec<i64>, StoreError> {
         let mut c = self.conn.clone();
         let mut spent = Vec::with_capacity(items.len());
-        for (counter, held, actual) in items {
+        for (counter, actual) in items {
+            let [hash, leases] = self.counter_keys(counter);
             spent.push(
                 SETTLE
-                    .key(self.k(&["ctr", counter]))
-                    .arg(*held)
+                    .key(hash)
+                    .key(leases)
+                    .arg(lease_id)
                     .arg(*actual)
                     .invoke_async(&mut c)
                     .await?,

@@ -1,6 +1,6 @@
 //! The SQLite backend: one file, WAL, migrations by `user_version`.
 
-use super::{Hold, KeyRecord, LedgerEntry, Refused, StoreError, LEDGER_QUEUE_MAX};
+use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError, LEDGER_QUEUE_MAX};
 use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Schema migrations, in order; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, record TEXT NOT NULL);
      CREATE TABLE key_hashes (sha256 TEXT PRIMARY KEY, key_id TEXT NOT NULL);
      CREATE TABLE counters (name TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0,
@@ -20,6 +20,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
          PRIMARY KEY (ns, key));
      CREATE TABLE replay (signature TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);",
+    // Holds become leases, one row each, expiring on their own (milliseconds); the aggregate
+    // `held` of the previous release goes, and with it what crashed processes had stranded.
+    "CREATE TABLE holds (counter TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL, PRIMARY KEY (counter, id));
+     CREATE INDEX holds_expiry ON holds (expires_at);
+     ALTER TABLE counters DROP COLUMN held;",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -257,22 +263,28 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn reserve(&self, holds: &[Hold]) -> Result<Result<(), Refused>, StoreError> {
+    pub(super) async fn reserve(
+        &self,
+        holds: &[Hold],
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<Result<(), Refused>, StoreError> {
         let holds = holds.to_vec();
+        let (id, expires_at) = (lease.id.clone(), now_ms.saturating_add(lease.ttl_ms()));
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_secs();
+            let now = now_ms.div_euclid(1000);
+            tx.execute("DELETE FROM holds WHERE expires_at <= ?1", params![now_ms])?;
             for (index, h) in holds.iter().enumerate() {
                 let mut committed = 0i64;
                 for name in std::iter::once(&h.counter).chain(&h.window) {
-                    committed += tx
-                        .query_row(
-                            "SELECT spent + held FROM counters WHERE name = ?1 AND expires_at >= ?2",
-                            params![name, now],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .optional()?
-                        .unwrap_or(0);
+                    committed += tx.query_row(
+                        "SELECT coalesce((SELECT spent FROM counters
+                             WHERE name = ?1 AND expires_at >= ?2), 0)
+                         + coalesce((SELECT sum(amount) FROM holds WHERE counter = ?1), 0)",
+                        params![name, now],
+                        |r| r.get::<_, i64>(0),
+                    )?;
                 }
                 if h.strict && committed + h.amount > h.limit {
                     return Ok(Err(Refused { index, committed }));
@@ -280,10 +292,14 @@ impl SqliteStore {
             }
             for h in &holds {
                 tx.execute(
-                    "INSERT INTO counters (name, held, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(name) DO UPDATE SET held = held + ?2,
-                         expires_at = max(expires_at, ?3)",
-                    params![h.counter, h.amount, now + h.ttl_secs as i64],
+                    "INSERT INTO counters (name, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET expires_at = max(expires_at, ?2)",
+                    params![h.counter, now + h.ttl_secs as i64],
+                )?;
+                tx.execute(
+                    "INSERT INTO holds (counter, id, amount, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET amount = amount + ?3",
+                    params![h.counter, id, h.amount, expires_at],
                 )?;
             }
             tx.execute("DELETE FROM counters WHERE expires_at < ?1", params![now])?;
@@ -295,18 +311,22 @@ impl SqliteStore {
 
     pub(super) async fn settle(
         &self,
-        items: &[(String, i64, i64)],
+        lease_id: &str,
+        items: &[(String, i64)],
     ) -> Result<Vec<i64>, StoreError> {
-        let items = items.to_vec();
+        let (id, items) = (lease_id.to_owned(), items.to_vec());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut spent = Vec::with_capacity(items.len());
-            for (counter, held, actual) in &items {
+            for (counter, actual) in &items {
+                tx.execute(
+                    "DELETE FROM holds WHERE counter = ?1 AND id = ?2",
+                    params![counter, id],
+                )?;
                 spent.push(
                     tx.query_row(
-                        "UPDATE counters SET held = max(held - ?2, 0), spent = spent + ?3
-                         WHERE name = ?1 RETURNING spent",
-                        params![counter, held, actual],
+                        "UPDATE counters SET spent = spent + ?2 WHERE name = ?1 RETURNING spent",
+                        params![counter, actual],
                         |r| r.get(0),
                     )
                     .optional()?

@@ -36,6 +36,26 @@ fn hold(counter: &str, amount: i64, limit: i64) -> Hold {
     }
 }
 
+/// A lease long enough for any test.
+fn lease() -> Lease {
+    Lease::new(std::time::Duration::from_secs(3600))
+}
+
+/// The gateway's clock, milliseconds.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Reserves under a fresh long lease.
+async fn reserve(store: &Store, holds: &[Hold]) -> Result<Lease, Refused> {
+    let lease = lease();
+    store
+        .reserve(holds, &lease, now_ms())
+        .await
+        .unwrap()
+        .map(|()| lease)
+}
+
 async fn keys_rotate_and_revoke(store: &Store) {
     store.put_key(&key("k1", "acme", "h-old")).await.unwrap();
     store
@@ -102,29 +122,26 @@ async fn strict_reservations_never_pass_the_limit(store: &Store, counter: &str) 
         let store = store.clone();
         let counter = counter.to_owned();
         tasks.push(tokio::spawn(async move {
-            store
-                .reserve(&[hold(&counter, 7, 100)])
-                .await
-                .unwrap()
-                .is_ok()
+            reserve(&store, &[hold(&counter, 7, 100)]).await.ok()
         }));
     }
-    let mut granted = 0;
+    let mut granted = Vec::new();
     for t in tasks {
-        granted += usize::from(t.await.unwrap());
+        granted.extend(t.await.unwrap());
     }
-    assert_eq!(granted, 14);
+    assert_eq!(granted.len(), 14);
     // Settling releases holds and counts what was spent.
-    let settle: Vec<(String, i64, i64)> =
-        (0..granted).map(|_| (counter.to_owned(), 7, 5)).collect();
-    store.settle(&settle).await.unwrap();
+    for lease in &granted {
+        store
+            .settle(&lease.id, &[(counter.to_owned(), 5)])
+            .await
+            .unwrap();
+    }
     assert_eq!(store.spent(&[counter.to_owned()]).await.unwrap(), vec![70]);
     // 70 spent: 30 left; a hold on two counters is all or nothing.
     let other = format!("{counter}-other");
-    let refused = store
-        .reserve(&[hold(&other, 31, 1_000), hold(counter, 31, 100)])
+    let refused = reserve(store, &[hold(&other, 31, 1_000), hold(counter, 31, 100)])
         .await
-        .unwrap()
         .unwrap_err();
     assert_eq!(
         refused,
@@ -137,35 +154,98 @@ async fn strict_reservations_never_pass_the_limit(store: &Store, counter: &str) 
         store.spent(std::slice::from_ref(&other)).await.unwrap(),
         vec![0]
     );
-    assert!(store
-        .reserve(&[hold(&other, 31, 1_000), hold(counter, 30, 100)])
-        .await
-        .unwrap()
-        .is_ok());
+    assert!(
+        reserve(store, &[hold(&other, 31, 1_000), hold(counter, 30, 100)])
+            .await
+            .is_ok()
+    );
     let lenient = Hold {
         strict: false,
         ..hold(counter, 1_000, 100)
     };
-    assert!(store.reserve(&[lenient]).await.unwrap().is_ok());
+    assert!(reserve(store, &[lenient]).await.is_ok());
 }
 
 async fn windows_count_earlier_buckets(store: &Store, prefix: &str) {
     let (b1, b2) = (format!("{prefix}-r1"), format!("{prefix}-r2"));
-    store.reserve(&[hold(&b1, 60, 100)]).await.unwrap().unwrap();
-    let spent = store.settle(&[(b1.clone(), 60, 55)]).await.unwrap();
+    let first = reserve(store, &[hold(&b1, 60, 100)]).await.unwrap();
+    let spent = store.settle(&first.id, &[(b1.clone(), 55)]).await.unwrap();
     assert_eq!(spent, vec![55]);
     // The next bucket's hold counts the earlier bucket's 55 against the limit of 100.
     let windowed = |amount| Hold {
         window: vec![b1.clone()],
         ..hold(&b2, amount, 100)
     };
-    let refused = store.reserve(&[windowed(46)]).await.unwrap().unwrap_err();
+    let refused = reserve(store, &[windowed(46)]).await.unwrap_err();
     assert_eq!(refused.committed, 55);
-    store.reserve(&[windowed(45)]).await.unwrap().unwrap();
+    reserve(store, &[windowed(45)]).await.unwrap();
     assert_eq!(
         store.spent(&[b1.clone(), b2.clone()]).await.unwrap(),
         vec![55, 0]
     );
+}
+
+/// The time a store test passes to the store: fixed and moved by the test (SQLite, whose clock
+/// is the caller's), or the real one (Redis, which reads its own).
+struct Clock(Option<std::sync::atomic::AtomicI64>);
+
+impl Clock {
+    fn now(&self) -> i64 {
+        self.0
+            .as_ref()
+            .map_or_else(now_ms, |t| t.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Moves a fixed clock on; the real one moves by itself.
+    fn pass(&self, d: std::time::Duration) {
+        if let Some(t) = &self.0 {
+            t.fetch_add(d.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A hold expires with its lease, so a reservation never settled (its process died) stops
+/// counting; its settlement coming late still adds the spend and releases nothing, neither
+/// below zero nor another lease's hold, however many times it comes.
+async fn leases_expire_and_late_settlements_stay_exact(store: &Store, counter: &str, clock: Clock) {
+    let short = Lease::new(std::time::Duration::from_millis(300));
+    let take = |amount, lease: &Lease| {
+        let (lease, now) = (lease.clone(), clock.now());
+        async move {
+            store
+                .reserve(&[hold(counter, amount, 100)], &lease, now)
+                .await
+                .unwrap()
+        }
+    };
+    take(80, &short).await.unwrap();
+    let other = lease();
+    let refused = take(30, &other).await.unwrap_err();
+    assert_eq!(refused.committed, 80);
+    clock.pass(short.ttl);
+    let start = std::time::Instant::now();
+    loop {
+        match take(30, &other).await {
+            Ok(()) => break,
+            Err(r) => assert_eq!(r.committed, 80),
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the expired hold still counts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The expired lease settles late: its spend counts, the other lease's 30 stays held.
+    let spent = store.settle(&short.id, &[(counter.to_owned(), 10)]).await;
+    assert_eq!(spent.unwrap(), vec![10]);
+    assert_eq!(take(61, &lease()).await.unwrap_err().committed, 40);
+    let again = store.settle(&short.id, &[(counter.to_owned(), 0)]).await;
+    assert_eq!(again.unwrap(), vec![10]);
+    assert_eq!(take(61, &lease()).await.unwrap_err().committed, 40);
+    // The live lease settles and frees its hold.
+    let spent = store.settle(&other.id, &[(counter.to_owned(), 30)]).await;
+    assert_eq!(spent.unwrap(), vec![40]);
+    take(60, &lease()).await.unwrap();
 }
 
 async fn ledger_kv_and_replays(store: &Store) {
@@ -212,6 +292,8 @@ async fn sqlite_store_behaves() {
     keys_rotate_and_revoke(&store).await;
     strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
     windows_count_earlier_buckets(&store, "b:rolling").await;
+    let clock = Clock(Some(now_ms().into()));
+    leases_expire_and_late_settlements_stay_exact(&store, "b:lease", clock).await;
     ledger_kv_and_replays(&store).await;
     // A reopened store keeps everything (migrations are not re-run).
     drop(store);
@@ -221,6 +303,30 @@ async fn sqlite_store_behaves() {
         store.spent(&["b:key:k1:2026-11-24".into()]).await.unwrap(),
         vec![70]
     );
+}
+
+/// A state file of the previous release (aggregate holds on the counters) opens: its spend is
+/// kept, and what its processes held and never settled no longer counts.
+#[tokio::test]
+async fn sqlite_state_of_the_previous_release_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+        c.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "INSERT INTO counters (name, spent, held, expires_at)
+                 VALUES ('b:old', 20, 75, 9999999999);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    assert_eq!(store.spent(&["b:old".into()]).await.unwrap(), vec![20]);
+    let refused = reserve(&store, &[hold("b:old", 81, 100)])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.committed, 20);
+    reserve(&store, &[hold("b:old", 80, 100)]).await.unwrap();
 }
 
 /// Rows recorded concurrently share commits; every one is counted exactly once, and a flush
@@ -293,5 +399,6 @@ async fn redis_store_behaves() {
     keys_rotate_and_revoke(&store).await;
     strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
     windows_count_earlier_buckets(&store, "b:rolling").await;
+    leases_expire_and_late_settlements_stay_exact(&store, "b:lease", Clock(None)).await;
     ledger_kv_and_replays(&store).await;
 }

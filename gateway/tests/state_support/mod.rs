@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use crate::common::*;
+use redis::AsyncCommands;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -203,4 +204,17 @@ pub fn redis_url() -> String {
 /// A key prefix no other test uses.
 pub fn fresh_prefix() -> String {
     format!("llmgw-e2e-{:016x}:", rand::random::<u64>())
+}
+
+/// Deletes everything a Redis test wrote under `prefix`.
+pub async fn cleanup_redis(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let keys: Vec<String> = c.keys(format!("{prefix}*")).await.expect("keys");
+    if !keys.is_empty() {
+        let _: () = c.del(keys).await.expect("del");
+    }
 }
