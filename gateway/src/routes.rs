@@ -66,6 +66,9 @@ async fn with_key(
     headers: &http::HeaderMap,
     f: impl FnOnce() -> Response<GatewayBody>,
 ) -> Response<GatewayBody> {
+    if let Some(e) = app.store_health.refusal() {
+        return error(&e);
+    }
     match authenticate(headers, &app.keys).await {
         Ok(_) => f(),
         Err(e) => error(&e),
@@ -109,6 +112,14 @@ fn ready(app: &App) -> Response<GatewayBody> {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({ "status": "draining" }),
+        )
+    } else if let Some(reason) = app.store_health.fault() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "status": "state_unavailable",
+                "reason": format!("the state store is unavailable: {reason}"),
+            }),
         )
     } else {
         let rt = app.runtime.load();
@@ -164,6 +175,10 @@ fn status(app: &App) -> Response<GatewayBody> {
         &json!({
             "policy": app.policy_status.to_json(&rt),
             "draining": app.is_draining(),
+            "state_store": match app.store_health.fault() {
+                Some(reason) => json!({ "available": false, "reason": reason }),
+                None => json!({ "available": true }),
+            },
             "retry_budget_available": app.retry_budget.available(),
             "circuits": circuits,
             "deployments": deployments,

@@ -51,6 +51,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             }
         })
     };
+    let prober = app.store_health.spawn(app.state.clone());
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -150,6 +151,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         );
     }
     refresher.abort();
+    prober.abort();
 }
 
 struct OpenConn(Arc<AtomicUsize>, Arc<tokio::sync::Notify>);
