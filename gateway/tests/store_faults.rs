@@ -45,7 +45,8 @@ fn policy(dir: &Path, base_url: &str, budgets: &str) {
     budget_policy(dir, base_url, &[("m", "chat", "m+ok")], budgets);
 }
 
-/// A Redis on a free port, persisting to `dir` so that a restart keeps its data.
+/// A Redis on a free port, persisting every write to `dir` so that a restart keeps its data
+/// (the gateway's key among them).
 struct OwnRedis {
     child: Child,
     port: u16,
@@ -62,7 +63,8 @@ impl OwnRedis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--dir", dir.to_str().expect("utf-8")])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--dir", dir.to_str().expect("utf-8")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
