@@ -66,9 +66,6 @@ async fn with_key(
     headers: &http::HeaderMap,
     f: impl FnOnce() -> Response<GatewayBody>,
 ) -> Response<GatewayBody> {
-    if let Some(e) = app.store_health.refusal() {
-        return error(&e);
-    }
     match authenticate(headers, &app.keys).await {
         Ok(_) => f(),
         Err(e) => error(&e),

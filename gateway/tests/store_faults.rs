@@ -223,6 +223,10 @@ async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
         refused.body
     );
     assert!(refused.body.contains("state.sqlite"), "{}", refused.body);
+    let status = get(&gw.url("/admin/status")).await.json();
+    assert_eq!(status["state_store"]["available"], false, "{status}");
+    let reason = status["state_store"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("state.sqlite was deleted"), "{reason}");
 
     // The operator puts the file back: the gateway serves again by itself.
     std::fs::rename(&aside, &db).expect("restore the database");
