@@ -140,6 +140,8 @@ pub struct App {
     pub limits: Limits,
     /// Durable state: keys, budget spend, the spend ledger, replay protection.
     pub state: crate::store::Store,
+    /// Whether the state store can serve, as last probed (`/readyz`, refusals).
+    pub store_health: crate::store::StoreHealth,
     /// The gateway's admin token, when one is set (`--admin-token`).
     pub admin_token: Option<crate::admin::AdminToken>,
     /// Revisions applied and attempted, for `/admin/status`.
@@ -164,6 +166,7 @@ impl App {
         let app = App {
             runtime: ArcSwap::from_pointee(runtime),
             state: keys.store().clone(),
+            store_health: crate::store::StoreHealth::default(),
             admin_token: None,
             keys,
             metrics,

@@ -187,6 +187,11 @@ pub async fn handle(
         decision_input: None,
         cache: "",
     };
+    // A state store the probe found unavailable refuses at once: no request waits on it, and
+    // none proceeds on a store whose writes would be lost.
+    if let Some(e) = app.store_health.refusal() {
+        return reject(&app, &info, e, "", false, None);
+    }
     // Phase 1: authenticate.
     let key = match authenticate::authenticate(&parts.headers, &app.keys).await {
         Ok(k) => k,
@@ -216,11 +221,7 @@ pub async fn handle(
     let spend = match authenticate::check_model(&key, &request.facts.model) {
         Ok(()) => budgets::prefetch(&app.state, &rt.policy, &identity, chrono::Utc::now())
             .await
-            .map_err(|e| {
-                tracing::error!(target: "llmgw::budget", error = %e, "state store failed reading spend");
-                ApiError::unavailable("state_unavailable", "the gateway cannot read budgets now")
-                    .with_retry_after(Some(Duration::from_secs(1)))
-            }),
+            .map_err(|e| crate::store::health::failed("reading spend", &e)),
         Err(e) => Err(e),
     };
     let spend = match spend {

@@ -110,6 +110,14 @@ fn ready(app: &App) -> Response<GatewayBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({ "status": "draining" }),
         )
+    } else if let Some(reason) = app.store_health.fault() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "status": "state_unavailable",
+                "reason": format!("the state store is unavailable: {reason}"),
+            }),
+        )
     } else {
         let rt = app.runtime.load();
         json(
@@ -164,6 +172,10 @@ fn status(app: &App) -> Response<GatewayBody> {
         &json!({
             "policy": app.policy_status.to_json(&rt),
             "draining": app.is_draining(),
+            "state_store": match app.store_health.fault() {
+                Some(reason) => json!({ "available": false, "reason": reason }),
+                None => json!({ "available": true }),
+            },
             "retry_budget_available": app.retry_budget.available(),
             "circuits": circuits,
             "deployments": deployments,

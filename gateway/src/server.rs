@@ -63,6 +63,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             }
         })
     };
+    let prober = app.store_health.spawn(app.state.clone());
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -185,6 +186,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         );
     }
     refresher.abort();
+    prober.abort();
 }
 
 /// 431 for a request head over [`MAX_HEAD_BYTES`].

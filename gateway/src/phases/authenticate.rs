@@ -46,13 +46,7 @@ pub async fn authenticate(headers: &HeaderMap, keys: &KeyCache) -> Result<Arc<Au
             "the API key was rotated and its grace period has ended",
         )),
         Ok(Lookup::Unknown) => Err(ApiError::unauthorized("the API key is not valid")),
-        Err(e) => {
-            tracing::error!(target: "llmgw::auth", error = %e, "state store failed during key lookup");
-            Err(
-                ApiError::unavailable("state_unavailable", "the gateway cannot check keys now")
-                    .with_retry_after(Some(std::time::Duration::from_secs(1))),
-            )
-        }
+        Err(e) => Err(crate::store::health::failed("during key lookup", &e)),
     }
 }
 
@@ -80,13 +74,7 @@ pub async fn verify_signature(
     {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => {
-            tracing::error!(target: "llmgw::auth", error = %e, "state store failed during the replay check");
-            Err(ApiError::unavailable(
-                "state_unavailable",
-                "the gateway cannot check signatures now",
-            ))
-        }
+        Err(e) => Err(crate::store::health::failed("during the replay check", &e)),
     }
 }
 

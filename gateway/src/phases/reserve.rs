@@ -54,14 +54,7 @@ pub async fn reserve(
         let refusal = match budgets::reserve(store, current, &decision, lease).await {
             Ok(Ok(held)) => return Ok((decision, held)),
             Ok(Err(refusal)) => refusal,
-            Err(e) => {
-                tracing::error!(target: "llmgw::budget", error = %e, "state store failed during a reservation");
-                return Err(ApiError::unavailable(
-                    "state_unavailable",
-                    "the gateway cannot check budgets now",
-                )
-                .with_retry_after(Some(std::time::Duration::from_secs(1))));
-            }
+            Err(e) => return Err(crate::store::health::failed("during a reservation", &e)),
         };
         let w = &refusal.window;
         if view.is_none() && w.on_exceed == OnExceed::Downgrade && decision.downgrade.is_none() {

@@ -6,9 +6,11 @@
 //! Redis), and a replay-cache insertion. Money is counted in integer nano-dollars so that
 //! concurrent additions never drift.
 
+pub mod health;
 mod redis_store;
 mod sqlite;
 
+pub use health::StoreHealth;
 pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
 
@@ -219,6 +221,12 @@ impl Store {
                 .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
             Ok(Store::Sqlite(SqliteStore::open(&dir.join("state.sqlite"))?))
         }
+    }
+
+    /// Whether the store can serve: Redis answers a ping; the SQLite file the gateway has open
+    /// is still the one at its path, and answers a query. For the health probe.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        dispatch!(self.check())
     }
 
     /// Inserts or replaces a key.

@@ -2,7 +2,7 @@
 
 use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError};
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +85,12 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Longest wait for a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Longest wait for Redis to answer a command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// The Redis store; cheap to clone (the connection manager reconnects by itself).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -132,15 +138,29 @@ fn day_number(day: &str) -> i64 {
 }
 
 impl RedisStore {
-    /// Connects; every key this store writes starts with `prefix`.
+    /// Connects; every key this store writes starts with `prefix`. Connecting and every
+    /// command are bounded, so an unreachable Redis fails a request within about a second
+    /// instead of holding it; the connection is re-established by itself on later commands.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
             ledger: Arc::default(),
         })
+    }
+
+    pub(super) async fn check(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
     }
 
     fn k(&self, parts: &[&str]) -> String {

@@ -3,7 +3,7 @@
 use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError, LEDGER_QUEUE_MAX};
 use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,63 @@ pub(super) const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     ledger: Arc<Ledger>,
+    files: Arc<Files>,
+}
+
+/// The database file and its WAL companions as they were when the store opened them: while
+/// the store serves, each path must still name the same file, or what it writes goes to a
+/// file nobody will open again.
+#[derive(Debug)]
+struct Files {
+    /// Path, and device and inode at open (`None` when it did not exist then).
+    files: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+impl Files {
+    /// Device and inode of the database, `-wal` and `-shm` files at `path`.
+    fn at(path: &Path) -> Files {
+        let files = ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let p = PathBuf::from(p);
+                let id = identity(&p).ok();
+                (p, id)
+            })
+            .collect();
+        Files { files }
+    }
+
+    /// An error naming the first file that was deleted or replaced since open.
+    fn check(&self) -> Result<(), StoreError> {
+        for (path, at_open) in &self.files {
+            let Some(at_open) = at_open else { continue };
+            let gone = match identity(path) {
+                Ok(now) if now == *at_open => continue,
+                Ok(_) => "replaced by another file",
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+                Err(e) => {
+                    return Err(StoreError::Open(format!(
+                        "cannot stat {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
+            return Err(StoreError::Open(format!(
+                "{} was {gone} while the gateway was serving; restore it, or restart the gateway to start from the file now there",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Device and inode of a file.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Ledger rows waiting for the next commit, and the count of rows dropped because the queue
@@ -181,7 +238,19 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             ledger: Arc::default(),
+            files: Arc::new(Files::at(path)),
         })
+    }
+
+    pub(super) async fn check(&self) -> Result<(), StoreError> {
+        self.files.check()?;
+        self.with(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on the connection off the async runtime.

@@ -1,0 +1,242 @@
+//! State store faults are refusals: a prompt 503 naming the state store, `/readyz` failing,
+//! and recovery by itself; never a crash, a hang, or writes silently lost.
+//!
+//! The Redis test starts a Redis of its own (`redis-server` on `PATH`) and is ignored unless
+//! run with `--include-ignored`, like the other Redis tests.
+
+mod common;
+mod state_support;
+
+use common::*;
+use state_support::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A client-side bound far above the gateway's own (about one second) and below the ~9.5 s a
+/// request used to hang while Redis was down: a request that takes longer is hanging on the
+/// store.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A chat request with the test key that must be answered within [`PATIENCE`].
+async fn chat_now(gw: &Gateway) -> Answer {
+    tokio::time::timeout(
+        PATIENCE,
+        post(&gw.url("/v1/chat/completions"), &chat("m", false, 5)),
+    )
+    .await
+    .expect("the gateway answers while the state store is down instead of hanging")
+}
+
+/// Whether an answer is the state store's 503 with its `Retry-After`.
+fn is_store_refusal(a: &Answer) -> bool {
+    a.status == 503
+        && a.body.contains("the state store is unavailable")
+        && a.headers.contains_key("retry-after")
+}
+
+async fn ready_status(gw: &Gateway) -> (u16, String) {
+    let a = send("GET", &gw.url("/readyz"), None, &[]).await;
+    (a.status, a.body)
+}
+
+/// A policy with one model `m` on the mock, and these budgets.
+fn policy(dir: &Path, base_url: &str, budgets: &str) {
+    budget_policy(dir, base_url, &[("m", "chat", "m+ok")], budgets);
+}
+
+/// A Redis on a free port, persisting every write to `dir` so that a restart keeps its data
+/// (the gateway's key among them).
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(dir: &Path, port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--dir", dir.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH starts");
+        OwnRedis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn answers(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test]
+#[ignore = "starts its own redis-server; run with --include-ignored"]
+async fn redis_outage_is_a_prompt_503_and_recovers_by_itself() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut redis = OwnRedis::start(data.path(), free_port());
+    until(Duration::from_secs(10), "redis-server answers", || {
+        redis.answers()
+    })
+    .await;
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    policy(dir.path(), &upstream.base_url(), "");
+    let gw = Gateway::start_on(
+        &["--policies", dir.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(&redis.url()),
+    );
+    assert_eq!(chat_now(&gw).await.status, 200);
+
+    redis.kill();
+    until(Duration::from_secs(5), "/readyz fails", || async {
+        let (status, body) = ready_status(&gw).await;
+        status == 503 && body.contains("the state store is unavailable")
+    })
+    .await;
+    let refused = chat_now(&gw).await;
+    assert!(
+        is_store_refusal(&refused),
+        "{} {}",
+        refused.status,
+        refused.body
+    );
+
+    let port = redis.port;
+    let _redis = OwnRedis::start(data.path(), port);
+    until(Duration::from_secs(10), "/readyz recovers", || async {
+        ready_status(&gw).await.0 == 200
+    })
+    .await;
+    let served = chat_now(&gw).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+}
+
+#[tokio::test]
+#[ignore = "starts its own redis-server; run with --include-ignored"]
+async fn a_request_during_an_unnoticed_redis_outage_is_answered_promptly() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut redis = OwnRedis::start(data.path(), free_port());
+    until(Duration::from_secs(10), "redis-server answers", || {
+        redis.answers()
+    })
+    .await;
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A budget, so that every request reads and holds spend in the store.
+    policy(
+        dir.path(),
+        &upstream.base_url(),
+        "  - name: cap\n    scope: key\n    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
+    );
+    let gw = Gateway::start_on(
+        &["--policies", dir.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(&redis.url()),
+    );
+    assert_eq!(chat_now(&gw).await.status, 200);
+    redis.kill();
+    // Straight after the outage, before the probe has seen it: the requests themselves meet
+    // it, the first on the broken connection, the next ones while it reconnects.
+    for _ in 0..3 {
+        let refused = chat_now(&gw).await;
+        assert!(
+            is_store_refusal(&refused),
+            "{} {}",
+            refused.status,
+            refused.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    policy(dir.path(), &upstream.base_url(), "");
+    let state = tempfile::tempdir().expect("tempdir");
+    let location = state.path().to_str().expect("utf-8").to_owned();
+    let mut gw = Gateway::start_on(
+        &["--policies", dir.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(&location),
+    );
+    assert_eq!(chat_now(&gw).await.status, 200);
+    assert_eq!(ready_status(&gw).await.0, 200);
+
+    let db = state.path().join("state.sqlite");
+    let aside = state.path().join("moved-away.sqlite");
+    std::fs::rename(&db, &aside).expect("move the database away");
+    until(Duration::from_secs(5), "/readyz fails", || async {
+        let (status, body) = ready_status(&gw).await;
+        status == 503 && body.contains("state.sqlite was deleted")
+    })
+    .await;
+    let refused = chat_now(&gw).await;
+    assert!(
+        is_store_refusal(&refused),
+        "{} {}",
+        refused.status,
+        refused.body
+    );
+    assert!(refused.body.contains("state.sqlite"), "{}", refused.body);
+    let status = get(&gw.url("/admin/status")).await.json();
+    assert_eq!(status["state_store"]["available"], false, "{status}");
+    let reason = status["state_store"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("state.sqlite was deleted"), "{reason}");
+
+    // The operator puts the file back: the gateway serves again by itself.
+    std::fs::rename(&aside, &db).expect("restore the database");
+    until(Duration::from_secs(5), "/readyz recovers", || async {
+        ready_status(&gw).await.0 == 200
+    })
+    .await;
+    assert_eq!(chat_now(&gw).await.status, 200);
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "the gateway is still running"
+    );
+}
