@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{get, post, KEY};
+use common::{get, git, post, KEY};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -93,28 +93,6 @@ budgets:
     limit_usd: 100
     on_exceed: block
 ";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Policy Author",
-            "-c",
-            "user.email=author@example.com",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Writes `files`, commits them all and returns the commit id.
 fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {

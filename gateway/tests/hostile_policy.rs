@@ -59,27 +59,6 @@ fn write_good(dir: &Path) {
     std::fs::write(dir.join("models.yaml"), MODELS).expect("write");
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Policy Author",
-            "-c",
-            "user.email=author@example.com",
-        ])
-        .args(["-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Commits everything in `dir` and returns the commit id.
 fn commit(dir: &Path, message: &str) -> String {
     git(dir, &["add", "-A"]);

@@ -427,3 +427,26 @@ pub fn read(path: &Path) -> String {
     let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
     s
 }
+
+/// Runs git in `dir` as a fixed author, without commit signing; fails the test when git does,
+/// and returns its trimmed standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Policy Author",
+            "-c",
+            "user.email=author@example.com",
+        ])
+        .args(["-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
