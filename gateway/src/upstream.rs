@@ -328,6 +328,9 @@ pub struct UpstreamRequest<'a> {
     pub prefill: Option<&'a str>,
     /// Whether to stream.
     pub stream: bool,
+    /// The most output the model can write (its `max_output_tokens` in the policy), for APIs
+    /// that require a limit when the client set none.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// The future an adapter returns.

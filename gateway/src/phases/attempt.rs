@@ -370,6 +370,7 @@ async fn call(
         upstream_model: &attempt.upstream_model,
         prefill,
         stream,
+        max_output_tokens: plan.rt.policy.models()[deployment.model].max_output_tokens,
     };
     let first_token = Duration::from_millis(timeouts.first_token_ms);
     let limit = if stream {

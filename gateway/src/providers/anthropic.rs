@@ -20,7 +20,8 @@ use std::time::Duration;
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
 /// The API version sent in `anthropic-version`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// `max_tokens` is required by the Messages API; used when the client sets none.
+/// `max_tokens` is required by the Messages API: used when the client sets none and the policy
+/// declares no `max_output_tokens` for the model.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// An Anthropic provider.
@@ -56,7 +57,7 @@ impl Provider for Anthropic {
                     headers.push((HeaderName::from_static("x-api-key"), v));
                 }
             }
-            let body = to_messages(req.body, req.upstream_model, req.prefill, req.stream);
+            let body = to_messages(&req);
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
             let url = http::join(self.conn.base(), "messages");
@@ -134,7 +135,8 @@ fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
 }
 
 /// The Messages request for an OpenAI chat request.
-pub fn to_messages(body: &Value, model: &str, prefill: Option<&str>, stream: bool) -> Value {
+pub fn to_messages(req: &UpstreamRequest<'_>) -> Value {
+    let (body, model, prefill, stream) = (req.body, req.upstream_model, req.prefill, req.stream);
     let mut system = Vec::new();
     let mut messages = Vec::new();
     for m in body["messages"]
@@ -184,6 +186,7 @@ pub fn to_messages(body: &Value, model: &str, prefill: Option<&str>, stream: boo
     let max_tokens = body["max_completion_tokens"]
         .as_u64()
         .or_else(|| body["max_tokens"].as_u64())
+        .or(req.max_output_tokens)
         .unwrap_or(DEFAULT_MAX_TOKENS);
     let mut out = Map::new();
     out.insert("model".into(), Value::from(model));
@@ -433,9 +436,32 @@ mod tests {
             "tools": [{ "type": "function", "function": { "name": "look", "parameters": { "type": "object" } } }],
             "tool_choice": "required",
         });
-        let out = to_messages(&body, "claude-x", Some("It is a "), true);
+        let out = to_messages(&UpstreamRequest {
+            endpoint: Endpoint::Chat,
+            body: &body,
+            upstream_model: "claude-x",
+            prefill: Some("It is a "),
+            stream: true,
+            max_output_tokens: Some(64_000),
+        });
         assert_eq!(out["system"], "Be brief.");
         assert_eq!(out["model"], "claude-x");
+        assert_eq!(out["max_tokens"], 100, "the client's limit goes first");
+        let mut unlimited = body.clone();
+        unlimited
+            .as_object_mut()
+            .expect("object")
+            .remove("max_tokens");
+        let req = |max_output_tokens| UpstreamRequest {
+            endpoint: Endpoint::Chat,
+            body: &unlimited,
+            upstream_model: "claude-x",
+            prefill: None,
+            stream: false,
+            max_output_tokens,
+        };
+        assert_eq!(to_messages(&req(Some(64_000)))["max_tokens"], 64_000);
+        assert_eq!(to_messages(&req(None))["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(out["stop_sequences"], json!(["END"]));
         assert_eq!(out["tool_choice"], json!({ "type": "any" }));
         assert_eq!(out["tools"][0]["input_schema"], json!({ "type": "object" }));

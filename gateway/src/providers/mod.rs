@@ -127,6 +127,7 @@ mod tests {
             upstream_model: "m",
             prefill: None,
             stream,
+            max_output_tokens: None,
         };
         let Err(e) = provider.send(request(false)).await else {
             panic!("an error");

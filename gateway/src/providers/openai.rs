@@ -338,6 +338,7 @@ mod tests {
             upstream_model: "up",
             prefill: Some("part"),
             stream: true,
+            max_output_tokens: None,
         };
         let out: Value = serde_json::from_slice(&adapter.body(&req)).expect("json");
         assert_eq!(out["model"], "up");

@@ -297,6 +297,7 @@ mod tests {
             upstream_model: "sim",
             prefill: None,
             stream: false,
+            max_output_tokens: None,
         };
         let Ok(UpstreamResponse::Full(a)) = sim.send(req).await else {
             panic!("full answer")
