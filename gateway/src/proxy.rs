@@ -229,7 +229,12 @@ pub async fn handle(
         Ok(b) => b,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    if let Err(e) = authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await {
+    let signed = match &fault {
+        // The replay check of a signed request needs the store.
+        Some(refusal) if key.record.signing => Err(refusal.clone()),
+        _ => authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await,
+    };
+    if let Err(e) = signed {
         return reject(&app, &info, e, "", false, None);
     }
     let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
