@@ -417,6 +417,7 @@ impl CompiledPolicy {
                     // A downgraded request is the answer to its downgrade budget being
                     // exceeded: it goes past that limit on purpose.
                     strict: b.spec.strict && !(downgrade.is_some() && b.downgrades()),
+                    on_store_unavailable: b.spec.on_store_unavailable,
                 }
             })
             .collect();

@@ -1,6 +1,6 @@
 //! What the engine decides for one request.
 
-use crate::model::{Scope, Strategy};
+use crate::model::{OnStoreUnavailable, Scope, Strategy};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -61,6 +61,8 @@ pub struct Reservation {
     /// Whether the reservation must be atomic against the limit (never for a downgrade budget
     /// that this request was downgraded for).
     pub strict: bool,
+    /// What the budget does while the state store is unavailable.
+    pub on_store_unavailable: OnStoreUnavailable,
 }
 
 /// A downgrade that was applied.

@@ -444,6 +444,18 @@ pub enum OnExceed {
     Downgrade,
 }
 
+/// What a budget does to a request while the state store is unavailable (its spend can then
+/// be neither read nor held).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreUnavailable {
+    /// Refuse the request (503): fail closed.
+    #[default]
+    Deny,
+    /// Serve the request without holding or counting its cost against the budget.
+    Allow,
+}
+
 /// One budget: a spend limit per entity of a scope.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Budget {
@@ -469,6 +481,9 @@ pub struct Budget {
     /// Strict: reserve the worst-case cost before the call so spend never passes the limit.
     #[serde(default = "default_true")]
     pub strict: bool,
+    /// While the state store is unavailable: refuse (default) or serve unbudgeted.
+    #[serde(default)]
+    pub on_store_unavailable: OnStoreUnavailable,
 }
 
 fn default_true() -> bool {

@@ -639,6 +639,10 @@ fn budget() -> BoxedStrategy<Y> {
         ("alert_at", list_of(number(), 3)),
         ("on_exceed", string_from(&["block", "downgrade", "warn"])),
         ("strict", boolean()),
+        (
+            "on_store_unavailable",
+            string_from(&["deny", "allow", "open"]),
+        ),
     ])
 }
 

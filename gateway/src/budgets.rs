@@ -255,49 +255,60 @@ pub async fn prefetch(
     identity: &Identity,
     now: DateTime<Utc>,
 ) -> Result<Spend, StoreError> {
-    let tenant = identity.tenant.id.clone();
-    let mut windows = Vec::new();
-    let mut names = Vec::new();
-    for b in policy.budgets() {
-        let spec = &b.spec;
-        let principal = &identity.of(spec.scope).id;
-        if principal.is_empty() {
-            continue;
-        }
-        let at = period_at(spec.period, spec.window_secs, now);
-        let name = |bucket: &str| counter(&tenant, &b.name, spec.scope, principal, bucket);
-        let w = Window {
-            budget: b.name.clone(),
-            scope: spec.scope,
-            principal: principal.clone(),
-            period: spec.period,
-            limit: store::to_nanos(spec.limit_usd),
-            alert_at: spec.alert_at.clone(),
-            on_exceed: spec.on_exceed,
-            strict: spec.strict,
-            counter: name(&at.bucket),
-            earlier: at.earlier.iter().map(|e| name(e)).collect(),
-            spent: 0,
-            earlier_spent: Vec::new(),
-            at,
-        };
-        names.push(w.counter.clone());
-        names.extend(w.earlier.iter().cloned());
-        windows.push(w);
-    }
+    let mut spend = Spend::unread(policy, identity, now);
+    let names: Vec<String> = spend
+        .windows
+        .iter()
+        .flat_map(|w| std::iter::once(&w.counter).chain(&w.earlier).cloned())
+        .collect();
     if !names.is_empty() {
         let mut values = store.spent(&names).await?.into_iter();
-        for w in &mut windows {
+        for w in &mut spend.windows {
             w.spent = values.next().unwrap_or(0);
             w.earlier_spent = (&mut values).take(w.earlier.len()).collect();
         }
     }
-    Ok(Spend {
-        tenant,
-        now,
-        windows,
-        overrides: Vec::new(),
-    })
+    Ok(spend)
+}
+
+impl Spend {
+    /// The windows of every budget of the policy for the request's principals, with nothing
+    /// spent: what a decision reads when the store cannot be asked.
+    pub fn unread(policy: &CompiledPolicy, identity: &Identity, now: DateTime<Utc>) -> Spend {
+        let tenant = identity.tenant.id.clone();
+        let mut windows = Vec::new();
+        for b in policy.budgets() {
+            let spec = &b.spec;
+            let principal = &identity.of(spec.scope).id;
+            if principal.is_empty() {
+                continue;
+            }
+            let at = period_at(spec.period, spec.window_secs, now);
+            let name = |bucket: &str| counter(&tenant, &b.name, spec.scope, principal, bucket);
+            let w = Window {
+                budget: b.name.clone(),
+                scope: spec.scope,
+                principal: principal.clone(),
+                period: spec.period,
+                limit: store::to_nanos(spec.limit_usd),
+                alert_at: spec.alert_at.clone(),
+                on_exceed: spec.on_exceed,
+                strict: spec.strict,
+                counter: name(&at.bucket),
+                earlier: at.earlier.iter().map(|e| name(e)).collect(),
+                spent: 0,
+                earlier_spent: Vec::new(),
+                at,
+            };
+            windows.push(w);
+        }
+        Spend {
+            tenant,
+            now,
+            windows,
+            overrides: Vec::new(),
+        }
+    }
 }
 
 /// Holds taken for one request; settle them with [`Held::settle`]. Dropped unsettled, they are
@@ -311,6 +322,9 @@ pub struct Held {
     holds: Vec<(String, i64)>,
     /// Per hold: the window it belongs to.
     windows: Vec<Window>,
+    /// The budgets a request is served without holds for while the state store is unavailable
+    /// (each said `on_store_unavailable: allow`); empty for a budgeted request.
+    unbudgeted: Vec<Arc<str>>,
 }
 
 /// A reservation that a strict budget refused.
@@ -364,6 +378,7 @@ pub async fn reserve(
             lease_id: lease.id,
             holds: holds.into_iter().map(|h| (h.counter, h.amount)).collect(),
             windows,
+            unbudgeted: Vec::new(),
         })),
         Err(refused) => Ok(Err(Refusal {
             window: windows.swap_remove(refused.index),
@@ -386,6 +401,23 @@ pub struct Settlement<'a> {
 }
 
 impl Held {
+    /// No holds, and no settlement against the store: the request is served unbudgeted under
+    /// these budgets while the state store is unavailable.
+    pub fn unbudgeted(budgets: Vec<Arc<str>>) -> Held {
+        Held {
+            store: None,
+            lease_id: String::new(),
+            holds: Vec::new(),
+            windows: Vec::new(),
+            unbudgeted: budgets,
+        }
+    }
+
+    /// The budgets the request is served unbudgeted under (empty when it holds normally).
+    pub fn unbudgeted_under(&self) -> &[Arc<str>] {
+        &self.unbudgeted
+    }
+
     /// Nano-dollars held per budget.
     pub fn amount(&self) -> i64 {
         self.holds.iter().map(|h| h.1).max().unwrap_or(0)
@@ -400,6 +432,9 @@ impl Held {
         let actual = store::to_nanos(s.cost_usd.max(0.0));
         if s.cost_usd > 0.0 {
             metrics.add_spend(&s.identity.tenant.id, &s.identity.project.id, s.cost_usd);
+        }
+        if !self.unbudgeted.is_empty() {
+            return;
         }
         let items: Vec<(String, i64)> = holds
             .into_iter()

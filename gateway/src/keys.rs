@@ -7,7 +7,9 @@
 //!
 //! Requests look keys up through [`KeyCache`], which keeps each lookup for at most
 //! [`CACHE_TTL`], so that a revocation written by any replica or by `llmgw keys revoke` takes
-//! effect everywhere within that time.
+//! effect everywhere within that time. While the state store is unavailable, keys this replica
+//! verified in the store within [`OUTAGE_TTL`] are still accepted ([`KeyCache::lookup_verified`]);
+//! a revocation made during the outage cannot be seen until the store is back.
 
 use crate::store::{KeyRecord, SecretHash, Store, StoreError};
 use llmgw_engine::input::Principal;
@@ -26,6 +28,9 @@ const SHOWN_PREFIX: usize = 12;
 
 /// How long a key lookup is reused before the store is asked again.
 pub const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// How long a key verified in the store stays usable while the store is unavailable.
+pub const OUTAGE_TTL: Duration = Duration::from_secs(600);
 
 /// Lookups kept at most; the cache is emptied of stale entries (or wholly) past this.
 const CACHE_CAPACITY: usize = 10_000;
@@ -504,6 +509,8 @@ pub struct KeyCache {
     store: Store,
     ttl: Duration,
     entries: Mutex<HashMap<String, Cached>>,
+    /// Keys the store last found valid, by secret hash, for [`OUTAGE_TTL`].
+    verified: moka::sync::Cache<String, Arc<AuthKey>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -519,6 +526,10 @@ impl KeyCache {
             store,
             ttl: CACHE_TTL,
             entries: Mutex::new(HashMap::new()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY as u64)
+                .time_to_live(OUTAGE_TTL)
+                .build(),
         }
     }
 
@@ -547,6 +558,12 @@ impl KeyCache {
                     }
                     None => None,
                 };
+                match &key {
+                    Some(k) if k.record.accepts(&hash, now_ms()) => {
+                        self.verified.insert(hash.clone(), k.clone())
+                    }
+                    _ => self.verified.invalidate(&hash),
+                }
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 if entries.len() >= CACHE_CAPACITY {
                     let ttl = self.ttl;
@@ -565,24 +582,40 @@ impl KeyCache {
                 key
             }
         };
-        let Some(key) = key else {
-            return Ok(Lookup::Unknown);
-        };
-        let now = now_ms();
-        if key.record.accepts(&hash, now) {
-            return Ok(Lookup::Valid(key));
-        }
-        Ok(Lookup::Refused(match status(&key.record, now) {
-            "active" => "rotated",
-            other => other,
-        }))
+        Ok(key.map_or(Lookup::Unknown, |k| judge(k, &hash)))
+    }
+
+    /// Looks a presented secret up among the keys the store found valid within
+    /// [`OUTAGE_TTL`], without asking the store: for use only while it is unavailable. `None`
+    /// when this replica has not verified the secret recently. Expiry is still enforced.
+    pub fn lookup_verified(&self, secret: &str) -> Option<Lookup> {
+        let hash = hash_secret(secret);
+        self.verified.get(&hash).map(|k| judge(k, &hash))
     }
 
     /// Forgets every cached lookup of a key (after this replica changed it).
     pub fn forget(&self, id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, c| c.key.as_ref().is_none_or(|k| k.record.id != id));
+        drop(entries);
+        for (hash, k) in &self.verified {
+            if k.record.id == id {
+                self.verified.invalidate(&*hash);
+            }
+        }
     }
+}
+
+/// Whether a key found by the hash of a presented secret accepts it now.
+fn judge(key: Arc<AuthKey>, hash: &str) -> Lookup {
+    let now = now_ms();
+    if key.record.accepts(hash, now) {
+        return Lookup::Valid(key);
+    }
+    Lookup::Refused(match status(&key.record, now) {
+        "active" => "rotated",
+        other => other,
+    })
 }
 
 /// The state-store namespace of tenant records (`{"labels": {…}}` by tenant id).

@@ -130,6 +130,9 @@ pub struct Metrics {
     pub spend: Family<SpendLabels, Counter<f64, AtomicU64>>,
     /// Budget alert thresholds crossed.
     pub budget_alerts: Family<AlertLabels, Counter>,
+    /// Requests served without budget holds while the state store was unavailable, because
+    /// every budget that applied said `on_store_unavailable: allow`.
+    pub unbudgeted_requests: Counter,
     /// Policy reloads by result.
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Decision-log records written.
@@ -230,6 +233,7 @@ impl Metrics {
             policy: Family::default(),
             spend: Family::default(),
             budget_alerts: Family::default(),
+            unbudgeted_requests: Counter::default(),
             policy_reloads: Family::default(),
             decision_log_written: Counter::default(),
             decision_log_dropped: Counter::default(),
@@ -282,6 +286,11 @@ impl Metrics {
             "in_flight_requests",
             "Requests in flight",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "unbudgeted_requests",
+            "Requests served without budget holds while the state store was unavailable",
+            m.unbudgeted_requests.clone(),
         );
         registry.register(
             "policy_info",

@@ -171,6 +171,25 @@ fn reject(
     error_response(&err, info, None)
 }
 
+/// The spend the decision reads. When the store is known to be unavailable (`fault`), or
+/// fails now (`fault` is set to its 503), nothing is read: every budget counts as unspent, and
+/// phase 4 serves the request unbudgeted or refuses it.
+async fn read_spend(
+    app: &App,
+    policy: &llmgw_engine::CompiledPolicy,
+    identity: &Identity,
+    fault: &mut Option<ApiError>,
+) -> budgets::Spend {
+    let now = chrono::Utc::now();
+    if fault.is_none() {
+        match budgets::prefetch(&app.state, policy, identity, now).await {
+            Ok(spend) => return spend,
+            Err(e) => *fault = Some(crate::store::health::failed("reading spend", &e)),
+        }
+    }
+    budgets::Spend::unread(policy, identity, now)
+}
+
 /// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
 pub async fn handle(
     app: Arc<App>,
@@ -187,13 +206,15 @@ pub async fn handle(
         decision_input: None,
         cache: "",
     };
-    // A state store the probe found unavailable refuses at once: no request waits on it, and
-    // none proceeds on a store whose writes would be lost.
-    if let Some(e) = app.store_health.refusal() {
-        return reject(&app, &info, e, "", false, None);
-    }
+    // A state store the probe found unavailable is not asked: no request waits on it, and
+    // none proceeds on a store whose writes would be lost, unless its budgets all allow it
+    // (phase 4); until then, `fault` is the 503 it gets.
+    let probed = app.store_health.fault();
+    let mut fault = probed
+        .as_deref()
+        .map(|r| crate::store::health::unavailable(&r));
     // Phase 1: authenticate.
-    let key = match authenticate::authenticate(&parts.headers, &app.keys).await {
+    let key = match authenticate::authenticate(&parts.headers, &app.keys, probed.as_deref()).await {
         Ok(k) => k,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
@@ -208,7 +229,12 @@ pub async fn handle(
         Ok(b) => b,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    if let Err(e) = authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await {
+    let signed = match &fault {
+        // The replay check of a signed request needs the store.
+        Some(refusal) if key.record.signing => Err(refusal.clone()),
+        _ => authenticate::verify_signature(&parts.headers, &key, &bytes, &app.keys).await,
+    };
+    if let Err(e) = signed {
         return reject(&app, &info, e, "", false, None);
     }
     let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
@@ -219,9 +245,7 @@ pub async fn handle(
     // Phase 2: identify.
     let identity = identify::identify(&key, request.user.as_deref());
     let spend = match authenticate::check_model(&key, &request.facts.model) {
-        Ok(()) => budgets::prefetch(&app.state, &rt.policy, &identity, chrono::Utc::now())
-            .await
-            .map_err(|e| crate::store::health::failed("reading spend", &e)),
+        Ok(()) => Ok(read_spend(&app, &rt.policy, &identity, &mut fault).await),
         Err(e) => Err(e),
     };
     let spend = match spend {
@@ -313,7 +337,8 @@ pub async fn handle(
     let redecide = |s: &budgets::Spend| {
         decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
     };
-    let reserved = reserve::reserve(&app.state, &rt.policy, &spend, decision, redecide).await;
+    let reserved =
+        reserve::reserve(&app.state, &rt.policy, &spend, decision, fault, redecide).await;
     let (decision, held) = match reserved {
         Ok(v) => v,
         Err(e) => {
@@ -341,6 +366,18 @@ pub async fn handle(
             "downgrade"
         );
     }
+    let unbudgeted = !held.unbudgeted_under().is_empty();
+    if unbudgeted {
+        app.metrics.unbudgeted_requests.inc();
+        tracing::warn!(
+            target: "llmgw::budget",
+            request_id = info.request_id.as_str(),
+            budgets = held.unbudgeted_under().join(",").as_str(),
+            tenant = identity.tenant.id.as_str(),
+            key_id = identity.key.id.as_str(),
+            "the state store is unavailable; serving unbudgeted, as these budgets allow"
+        );
+    }
     app.retry_budget.deposit();
     app.metrics.in_flight.inc();
     let in_flight = InFlightGauge(app.clone());
@@ -352,6 +389,7 @@ pub async fn handle(
     };
     let mut trace = Trace {
         cache: info.cache,
+        unbudgeted,
         ..Trace::default()
     };
     // Phase 5: attempt.

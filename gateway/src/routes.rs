@@ -66,7 +66,7 @@ async fn with_key(
     headers: &http::HeaderMap,
     f: impl FnOnce() -> Response<GatewayBody>,
 ) -> Response<GatewayBody> {
-    match authenticate(headers, &app.keys).await {
+    match authenticate(headers, &app.keys, app.store_health.fault().as_deref()).await {
         Ok(_) => f(),
         Err(e) => error(&e),
     }

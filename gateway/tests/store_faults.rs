@@ -20,12 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A chat request with the test key that must be answered within [`PATIENCE`].
 async fn chat_now(gw: &Gateway) -> Answer {
-    tokio::time::timeout(
-        PATIENCE,
-        post(&gw.url("/v1/chat/completions"), &chat("m", false, 5)),
-    )
-    .await
-    .expect("the gateway answers while the state store is down instead of hanging")
+    chat_with(gw, "m").await
 }
 
 /// Whether an answer is the state store's 503 with its `Retry-After`.
@@ -188,6 +183,96 @@ async fn a_request_during_an_unnoticed_redis_outage_is_answered_promptly() {
             refused.status,
             refused.body
         );
+    }
+}
+
+/// A chat request for `model` that must be answered within [`PATIENCE`].
+async fn chat_with(gw: &Gateway, model: &str) -> Answer {
+    tokio::time::timeout(
+        PATIENCE,
+        post(&gw.url("/v1/chat/completions"), &chat(model, false, 5)),
+    )
+    .await
+    .expect("the gateway answers while the state store is down instead of hanging")
+}
+
+#[tokio::test]
+#[ignore = "starts its own redis-server; run with --include-ignored"]
+async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_refuses() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut redis = OwnRedis::start(data.path(), free_port());
+    until(Duration::from_secs(10), "redis-server answers", || {
+        redis.answers()
+    })
+    .await;
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    budget_policy(
+        dir.path(),
+        &upstream.base_url(),
+        &[
+            ("open", "open", "open+ok"),
+            ("closed", "closed", "closed+ok"),
+        ],
+        concat!(
+            "  - name: open-cap\n    scope: key\n    when: 'request.model == \"open\"'\n",
+            "    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
+            "    on_store_unavailable: allow\n",
+            "  - name: closed-cap\n    scope: key\n    when: 'request.model == \"closed\"'\n",
+            "    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
+        ),
+    );
+    let gw = Gateway::start_on(
+        &["--policies", dir.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(&redis.url()),
+    );
+    // The key is verified in the store once.
+    let first = chat_with(&gw, "closed").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    redis.kill();
+    // Before or after the probe notices, the allowing budget serves.
+    let early = chat_with(&gw, "open").await;
+    assert_eq!(early.status, 200, "{}", early.body);
+    until(Duration::from_secs(5), "/readyz fails", || async {
+        ready_status(&gw).await.0 == 503
+    })
+    .await;
+    let open = chat_with(&gw, "open").await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let closed = chat_with(&gw, "closed").await;
+    assert!(
+        is_store_refusal(&closed),
+        "{} {}",
+        closed.status,
+        closed.body
+    );
+    assert!(closed.body.contains("state_unavailable"), "{}", closed.body);
+    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    let served = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("llmgw_unbudgeted_requests_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(served, Some(2), "{metrics}");
+    until(Duration::from_secs(5), "the logs name it", || async {
+        let marked = gw.request_logs().iter().any(|l| {
+            l["unbudgeted"] == true && l["requested_model"] == "open" && l["status"] == 200
+        });
+        marked && gw.logs().contains("open-cap")
+    })
+    .await;
+
+    let port = redis.port;
+    let _redis = OwnRedis::start(data.path(), port);
+    until(Duration::from_secs(10), "/readyz recovers", || async {
+        ready_status(&gw).await.0 == 200
+    })
+    .await;
+    for model in ["open", "closed"] {
+        let served = chat_with(&gw, model).await;
+        assert_eq!(served.status, 200, "{model}: {}", served.body);
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Trace {
     pub resumed: u32,
     /// What the response cache did before the attempts: `hit`, `near_hit`, `miss`, `bypass`.
     pub cache: &'static str,
+    /// Served without budget holds while the state store was unavailable.
+    pub unbudgeted: bool,
 }
 
 impl Trace {

@@ -1,9 +1,11 @@
 //! Phase 1: who holds the key. `Authorization: Bearer <gateway key>`, checked by its hash
 //! against the keys of the state store (through [`KeyCache`]). Signed keys are checked again
-//! once the body is read ([`verify_signature`]).
+//! once the body is read ([`verify_signature`]). While the state store is unavailable, a key
+//! this replica verified recently is accepted from memory ([`KeyCache::lookup_verified`]).
 
 use crate::error::ApiError;
 use crate::keys::{AuthKey, KeyCache, Lookup};
+use crate::store::health::{failed, unavailable};
 use http::HeaderMap;
 use std::sync::Arc;
 
@@ -27,10 +29,26 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// The key presented with the request, or 401 (403 for an admin key, which serves the admin
-/// API only).
-pub async fn authenticate(headers: &HeaderMap, keys: &KeyCache) -> Result<Arc<AuthKey>, ApiError> {
+/// API only). With `fault` (why the state store is unavailable), or when the store fails, only
+/// keys verified recently are known; any other key gets the state store's 503.
+pub async fn authenticate(
+    headers: &HeaderMap,
+    keys: &KeyCache,
+    fault: Option<&str>,
+) -> Result<Arc<AuthKey>, ApiError> {
     let secret = bearer(headers)?;
-    match keys.lookup(secret).await {
+    let looked = match fault {
+        Some(reason) => Err(unavailable(&reason)),
+        None => keys
+            .lookup(secret)
+            .await
+            .map_err(|e| failed("during key lookup", &e)),
+    };
+    let lookup = match looked {
+        Ok(l) => Ok(l),
+        Err(refusal) => keys.lookup_verified(secret).ok_or(refusal),
+    };
+    match lookup {
         Ok(Lookup::Valid(k)) if k.record.admin => Err(ApiError::new(
             http::StatusCode::FORBIDDEN,
             "permission_error",
@@ -46,7 +64,7 @@ pub async fn authenticate(headers: &HeaderMap, keys: &KeyCache) -> Result<Arc<Au
             "the API key was rotated and its grace period has ended",
         )),
         Ok(Lookup::Unknown) => Err(ApiError::unauthorized("the API key is not valid")),
-        Err(e) => Err(crate::store::health::failed("during key lookup", &e)),
+        Err(refusal) => Err(refusal),
     }
 }
 
@@ -74,7 +92,7 @@ pub async fn verify_signature(
     {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(crate::store::health::failed("during the replay check", &e)),
+        Err(e) => Err(failed("during the replay check", &e)),
     }
 }
 
@@ -114,17 +132,17 @@ mod tests {
         let (secret, record) = create(&store, &Authority::Global, spec).await.expect("key");
         let keys = KeyCache::new(store.clone());
         let mut h = HeaderMap::new();
-        assert_eq!(authenticate(&h, &keys).await.unwrap_err().status, 401);
+        assert_eq!(authenticate(&h, &keys, None).await.unwrap_err().status, 401);
         h.insert(
             "authorization",
             "Bearer llmgw_wrong".parse().expect("header"),
         );
-        assert!(authenticate(&h, &keys).await.is_err());
+        assert!(authenticate(&h, &keys, None).await.is_err());
         h.insert(
             "authorization",
             format!("Bearer {secret}").parse().expect("header"),
         );
-        let k = authenticate(&h, &keys).await.expect("valid");
+        let k = authenticate(&h, &keys, None).await.expect("valid");
         assert_eq!(k.record.id, record.id);
         assert_eq!(k.tenant.id, "acme");
         assert!(check_model(&k, "gpt-4o").is_ok());
@@ -135,7 +153,50 @@ mod tests {
             .await
             .expect("revoke");
         keys.forget(&record.id);
-        let e = authenticate(&h, &keys).await.unwrap_err();
+        let e = authenticate(&h, &keys, None).await.unwrap_err();
         assert!(e.message.contains("revoked"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn while_the_store_is_unavailable_only_recently_verified_keys_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().to_str().expect("utf-8"))
+            .await
+            .expect("store");
+        let spec = || KeySpec {
+            tenant: "acme".into(),
+            ..KeySpec::default()
+        };
+        let (seen, _) = create(&store, &Authority::Global, spec())
+            .await
+            .expect("key");
+        let (unseen, _) = create(&store, &Authority::Global, spec())
+            .await
+            .expect("key");
+        let keys = KeyCache::new(store.clone());
+        let with = |secret: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "authorization",
+                format!("Bearer {secret}").parse().expect("header"),
+            );
+            h
+        };
+        let down = Some("it did not answer");
+        let e = authenticate(&with(&seen), &keys, down).await.unwrap_err();
+        assert_eq!(e.status, 503, "nothing verified yet: {}", e.message);
+        authenticate(&with(&seen), &keys, None)
+            .await
+            .expect("the store verifies it");
+        authenticate(&with(&seen), &keys, down)
+            .await
+            .expect("verified recently, accepted during the outage");
+        let e = authenticate(&with(&unseen), &keys, down).await.unwrap_err();
+        assert_eq!(e.status, 503);
+        assert!(
+            e.message.contains("state store is unavailable"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -162,6 +162,9 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
                 .u64("resumed", r.trace.map_or(0, |t| t.resumed).into())
                 .str("cache", r.trace.map_or("", |t| t.cache))
                 .str("attempts", &attempts);
+            if r.trace.is_some_and(|t| t.unbudgeted) {
+                line.bool("unbudgeted", true);
+            }
             if let Some(e) = r.error {
                 line.str("error", e);
             }
@@ -198,6 +201,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         resumed = r.trace.map_or(0, |t| t.resumed),
         cache = r.trace.map_or("", |t| t.cache),
         attempts = attempts.as_str(),
+        unbudgeted = r.trace.is_some_and(|t| t.unbudgeted).then_some(true),
         error = r.error,
         "request"
     );

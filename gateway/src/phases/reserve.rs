@@ -9,13 +9,18 @@
 //! the request to the downgrade model. A hold is leased for the longest the request can run
 //! ([`lease`]), so it expires on its own if this replica dies before settling it. The request
 //! sent upstream is never changed to fit the hold.
+//!
+//! While the state store is unavailable (the probe says so, or a store call fails), a request
+//! whose budgets all say `on_store_unavailable: allow` is served without holds
+//! ([`Held::unbudgeted`]); one under any `deny` budget, or under no budget at all (the store also
+//! holds the keys and revocations), gets the state store's 503.
 
 use crate::budgets::{self, Held, Spend};
 use crate::error::ApiError;
 use crate::phases::attempt::MAX_INPLACE_WAIT;
 use crate::store::Store;
 use llmgw_engine::decision::Decision;
-use llmgw_engine::model::OnExceed;
+use llmgw_engine::model::{OnExceed, OnStoreUnavailable};
 use llmgw_engine::CompiledPolicy;
 use std::time::Duration;
 
@@ -38,15 +43,35 @@ pub fn lease(policy: &CompiledPolicy, decision: &Decision) -> Duration {
     limits.iter().sum::<Duration>() + slowest + MAX_INPLACE_WAIT + LEASE_MARGIN
 }
 
+/// The decision, served without holds, if every budget it reserves against says
+/// `on_store_unavailable: allow`; otherwise `refusal`, the state store's 503.
+pub fn unbudgeted(decision: Decision, refusal: ApiError) -> Result<(Decision, Held), ApiError> {
+    let r = &decision.reservations;
+    if r.is_empty()
+        || r.iter()
+            .any(|r| r.on_store_unavailable == OnStoreUnavailable::Deny)
+    {
+        return Err(refusal);
+    }
+    let budgets = r.iter().map(|r| r.budget.clone()).collect();
+    Ok((decision, Held::unbudgeted(budgets)))
+}
+
 /// Reserves the decision's worst-case cost; returns the decision that holds (a new one after
 /// a downgrade) and the holds to settle. `redecide` decides again on another view of spend.
+/// With `fault` (the store is known to be unavailable), or when the store fails, the request
+/// is served [`unbudgeted`] or refused.
 pub async fn reserve(
     store: &Store,
     policy: &CompiledPolicy,
     spend: &Spend,
     mut decision: Decision,
+    fault: Option<ApiError>,
     redecide: impl Fn(&Spend) -> Result<Decision, ApiError>,
 ) -> Result<(Decision, Held), ApiError> {
+    if let Some(refusal) = fault {
+        return unbudgeted(decision, refusal);
+    }
     let mut view: Option<Spend> = None;
     loop {
         let current = view.as_ref().unwrap_or(spend);
@@ -54,7 +79,10 @@ pub async fn reserve(
         let refusal = match budgets::reserve(store, current, &decision, lease).await {
             Ok(Ok(held)) => return Ok((decision, held)),
             Ok(Err(refusal)) => refusal,
-            Err(e) => return Err(crate::store::health::failed("during a reservation", &e)),
+            Err(e) => {
+                let refusal = crate::store::health::failed("during a reservation", &e);
+                return unbudgeted(decision, refusal);
+            }
         };
         let w = &refusal.window;
         if view.is_none() && w.on_exceed == OnExceed::Downgrade && decision.downgrade.is_none() {
