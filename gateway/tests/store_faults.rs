@@ -67,6 +67,26 @@ impl OwnRedis {
         OwnRedis { child, port }
     }
 
+    /// Starts one on a free port and waits until it answers.
+    async fn ready(dir: &Path) -> OwnRedis {
+        let redis = OwnRedis::start(dir, free_port());
+        until(Duration::from_secs(10), "redis-server answers", || {
+            redis.answers()
+        })
+        .await;
+        redis
+    }
+
+    /// A gateway on this Redis serving the policies in `policies`.
+    fn gateway(&self, policies: &Path) -> Gateway {
+        Gateway::start_on(
+            &["--policies", policies.to_str().expect("utf-8")],
+            &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+            true,
+            Some(&self.url()),
+        )
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -108,20 +128,11 @@ fn free_port() -> u16 {
 #[ignore = "starts its own redis-server; run with --include-ignored"]
 async fn redis_outage_is_a_prompt_503_and_recovers_by_itself() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut redis = OwnRedis::start(data.path(), free_port());
-    until(Duration::from_secs(10), "redis-server answers", || {
-        redis.answers()
-    })
-    .await;
+    let mut redis = OwnRedis::ready(data.path()).await;
     let upstream = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     policy(dir.path(), &upstream.base_url(), "");
-    let gw = Gateway::start_on(
-        &["--policies", dir.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(&redis.url()),
-    );
+    let gw = redis.gateway(dir.path());
     assert_eq!(chat_now(&gw).await.status, 200);
 
     redis.kill();
@@ -152,11 +163,7 @@ async fn redis_outage_is_a_prompt_503_and_recovers_by_itself() {
 #[ignore = "starts its own redis-server; run with --include-ignored"]
 async fn a_request_during_an_unnoticed_redis_outage_is_answered_promptly() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut redis = OwnRedis::start(data.path(), free_port());
-    until(Duration::from_secs(10), "redis-server answers", || {
-        redis.answers()
-    })
-    .await;
+    let mut redis = OwnRedis::ready(data.path()).await;
     let upstream = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // A budget, so that every request reads and holds spend in the store.
@@ -165,12 +172,7 @@ async fn a_request_during_an_unnoticed_redis_outage_is_answered_promptly() {
         &upstream.base_url(),
         "  - name: cap\n    scope: key\n    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
     );
-    let gw = Gateway::start_on(
-        &["--policies", dir.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(&redis.url()),
-    );
+    let gw = redis.gateway(dir.path());
     assert_eq!(chat_now(&gw).await.status, 200);
     redis.kill();
     // Straight after the outage, before the probe has seen it: the requests themselves meet
@@ -200,11 +202,7 @@ async fn chat_with(gw: &Gateway, model: &str) -> Answer {
 #[ignore = "starts its own redis-server; run with --include-ignored"]
 async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_refuses() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut redis = OwnRedis::start(data.path(), free_port());
-    until(Duration::from_secs(10), "redis-server answers", || {
-        redis.answers()
-    })
-    .await;
+    let mut redis = OwnRedis::ready(data.path()).await;
     let upstream = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     budget_policy(
@@ -222,12 +220,7 @@ async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_
             "    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
         ),
     );
-    let gw = Gateway::start_on(
-        &["--policies", dir.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(&redis.url()),
-    );
+    let gw = redis.gateway(dir.path());
     // The key is verified in the store once.
     let first = chat_with(&gw, "closed").await;
     assert_eq!(first.status, 200, "{}", first.body);
