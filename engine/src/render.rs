@@ -6,6 +6,10 @@ use crate::source::PolicyFile;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource};
 use serde::Serialize;
 
+/// The longest source line a human report quotes; a longer one (a minified or generated file,
+/// a hostile one nested a million levels deep) is named by its position only.
+const MAX_QUOTED_LINE: usize = 400;
+
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -126,7 +130,11 @@ pub fn human(d: &Diagnostic, files: &[PolicyFile]) -> String {
     let source = d.location.as_ref().and_then(|l| {
         let file = files.iter().find(|f| *f.path == *l.file)?;
         let text = String::from_utf8_lossy(&file.bytes).into_owned();
-        Some((l, text))
+        let quoted = text
+            .lines()
+            .nth(l.line.saturating_sub(1))
+            .unwrap_or_default();
+        (quoted.len() <= MAX_QUOTED_LINE).then_some((l, text))
     });
     let report = match source {
         Some((l, text)) => {
@@ -147,4 +155,34 @@ pub fn human(d: &Diagnostic, files: &[PolicyFile]) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{human, MAX_QUOTED_LINE};
+    use crate::diag::{at, Diagnostic};
+    use crate::source::PolicyFile;
+
+    fn report(line: &str) -> String {
+        let file = PolicyFile {
+            path: "deep.yaml".into(),
+            bytes: format!("kind: Cache\nrules: {line}\n").into_bytes(),
+        };
+        let d = Diagnostic::error(
+            "yaml/too-deep",
+            "too deep",
+            Some(at(&"deep.yaml".into(), 2, 8)),
+        );
+        human(&d, &[file])
+    }
+
+    #[test]
+    fn quotes_ordinary_lines_and_names_only_the_position_of_huge_ones() {
+        assert!(report("[[x]]").contains("rules: [[x]]"));
+        let huge = "[".repeat(1_000_000);
+        let out = report(&huge);
+        assert!(out.len() < 2 * MAX_QUOTED_LINE, "{} bytes", out.len());
+        assert!(out.contains("at deep.yaml:2:8"), "{out}");
+        assert!(out.contains("too deep"), "{out}");
+    }
 }
