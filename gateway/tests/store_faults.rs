@@ -318,3 +318,57 @@ async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
         "the gateway is still running"
     );
 }
+
+#[tokio::test]
+async fn a_truncated_shared_memory_file_is_a_refusal_not_a_crash() {
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Under a budget, every request reserves in the database.
+    policy(
+        dir.path(),
+        &upstream.base_url(),
+        "  - name: cap\n    scope: key\n    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
+    );
+    let state = tempfile::tempdir().expect("tempdir");
+    let location = state.path().to_str().expect("utf-8").to_owned();
+    let mut gw = Gateway::start_on(
+        &["--policies", dir.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(&location),
+    );
+    assert_eq!(chat_now(&gw).await.status, 200);
+
+    // What a clean-up job or a careless `: > file` does to the WAL index SQLite has mapped.
+    let shm = state.path().join("state.sqlite-shm");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shm)
+        .expect("open the -shm file")
+        .set_len(0)
+        .expect("truncate it");
+    // The next reservation meets the truncated mapping (or the store's probe does first): it
+    // is refused, the gateway reopens the database, serves again and says what happened.
+    let next = chat_now(&gw).await;
+    assert!(
+        next.status == 200 || is_store_refusal(&next),
+        "{} {}",
+        next.status,
+        next.body
+    );
+    until(
+        Duration::from_secs(5),
+        "the gateway serves again",
+        || async { chat_now(&gw).await.status == 200 && ready_status(&gw).await.0 == 200 },
+    )
+    .await;
+    let log = std::fs::read_to_string(&gw.log).expect("read the log");
+    assert!(
+        log.contains("shared-memory file was truncated"),
+        "the truncation is not reported:\n{log}"
+    );
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "the gateway is still running"
+    );
+}

@@ -8,6 +8,9 @@
 
 pub mod health;
 mod redis_store;
+// A signal handler and `mmap`: the crate's only `unsafe` code.
+#[allow(unsafe_code)]
+mod shm_guard;
 mod sqlite;
 
 pub use health::StoreHealth;

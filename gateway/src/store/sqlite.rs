@@ -1,5 +1,6 @@
 //! The SQLite backend: one file, WAL, migrations by `user_version`.
 
+use super::shm_guard;
 use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError, LEDGER_QUEUE_MAX};
 use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -31,9 +32,74 @@ pub(super) const MIGRATIONS: &[&str] = &[
 /// The SQLite store; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    db: Arc<Mutex<Db>>,
     ledger: Arc<Ledger>,
-    files: Arc<Files>,
+}
+
+/// The open connection, with what it takes to open it again.
+#[derive(Debug)]
+struct Db {
+    conn: Connection,
+    path: PathBuf,
+    files: Files,
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database file at `path`.
+    fn open(path: &Path) -> Result<Db, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The database is small (keys, counters, the ledger's daily rows): a 512 KiB page cache
+        // holds its hot pages, where SQLite's default reserves up to 2 MiB.
+        conn.pragma_update(None, "cache_size", -512)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Db {
+            conn,
+            path: path.to_owned(),
+            files: Files::at(path),
+        })
+    }
+
+    /// Runs `f` on the connection. When the shared-memory file turned out truncated during it
+    /// ([`shm_guard`]), the call fails, whatever it returned, and the connection is reopened,
+    /// so that the next call maps the file afresh.
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (out, faulted) = shm_guard::guarded(|| f(&mut self.conn));
+        if !faulted {
+            return out;
+        }
+        let shm = format!("{}-shm", self.path.display());
+        tracing::error!(target: "llmgw::state", file = %shm, "the SQLite shared-memory file was truncated while in use; reopening the database");
+        let (reopened, _) = shm_guard::guarded(|| {
+            // The old connection closes first: connections of one process share its mapping.
+            drop(std::mem::replace(
+                &mut self.conn,
+                Connection::open_in_memory()?,
+            ));
+            Db::open(&self.path)
+        });
+        let now = match reopened {
+            Ok(db) => {
+                *self = db;
+                "the database was reopened"
+            }
+            Err(_) => "reopening the database failed and is retried at the next call",
+        };
+        Err(StoreError::Open(format!(
+            "{shm} was truncated while the gateway was using it; {now}"
+        )))
+    }
 }
 
 /// The database file and its WAL companions as they were when the store opened them: while
@@ -134,7 +200,7 @@ const LEDGER_GATHER: Duration = Duration::from_millis(20);
 
 /// Writes queued ledger rows, one transaction per batch, until the queue is empty; rows that
 /// arrive while a batch gathers or commits go into the next one.
-fn write_ledger(conn: &Mutex<Connection>, mut writer: LedgerWriter) {
+fn write_ledger(db: &Mutex<Db>, mut writer: LedgerWriter) {
     loop {
         std::thread::sleep(LEDGER_GATHER);
         let batch = {
@@ -148,11 +214,14 @@ fn write_ledger(conn: &Mutex<Connection>, mut writer: LedgerWriter) {
             }
             std::mem::take(&mut q.waiting)
         };
-        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-        if insert_ledger(&mut c, merged(batch.iter()).iter()).is_err() {
+        let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+        if db
+            .run(|c| insert_ledger(c, merged(batch.iter()).iter()))
+            .is_err()
+        {
             // One row's failure must not lose the others: each on its own.
             for e in &batch {
-                if let Err(err) = insert_ledger(&mut c, std::iter::once(e)) {
+                if let Err(err) = db.run(|c| insert_ledger(c, std::iter::once(e))) {
                     tracing::error!(target: "llmgw::budget", error = %err, "cannot record spend in the ledger");
                 }
             }
@@ -221,36 +290,26 @@ fn now_secs() -> i64 {
 impl SqliteStore {
     /// Opens (creating and migrating) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // The database is small (keys, counters, the ledger's daily rows): a 512 KiB page cache
-        // holds its hot pages, where SQLite's default reserves up to 2 MiB.
-        conn.pragma_update(None, "cache_size", -512)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            db: Arc::new(Mutex::new(Db::open(path)?)),
             ledger: Arc::default(),
-            files: Arc::new(Files::at(path)),
         })
     }
 
     pub(super) async fn check(&self) -> Result<(), StoreError> {
-        self.files.check()?;
-        self.with(|c| {
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            db.run(|c| {
+                c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+                Ok(())
             })?;
-            Ok(())
+            db.files.check()
         })
         .await
+        .map_err(|e| StoreError::Open(format!("state task failed: {e}")))?
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -258,13 +317,10 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Open(format!("state task failed: {e}")))?
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|e| e.into_inner()).run(f))
+            .await
+            .map_err(|e| StoreError::Open(format!("state task failed: {e}")))?
     }
 
     pub(super) async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -448,12 +504,12 @@ impl SqliteStore {
     }
 
     fn start_writer(&self) {
-        let conn = self.conn.clone();
+        let db = self.db.clone();
         let writer = LedgerWriter(self.ledger.clone(), false);
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(move || write_ledger(&conn, writer))),
+            Ok(rt) => drop(rt.spawn_blocking(move || write_ledger(&db, writer))),
             // No runtime: the row is written now.
-            Err(_) => write_ledger(&conn, writer),
+            Err(_) => write_ledger(&db, writer),
         }
     }
 
@@ -464,7 +520,7 @@ impl SqliteStore {
 
     /// Waits (at most `limit`) until every queued ledger row is committed; false on timeout.
     pub(super) async fn flush(&self, limit: Duration) -> bool {
-        let (conn, ledger) = (self.conn.clone(), self.ledger.clone());
+        let (db, ledger) = (self.db.clone(), self.ledger.clone());
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + limit;
             let mut q = ledger.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -476,7 +532,7 @@ impl SqliteStore {
                     // Rows left by a writer that never ran: written here.
                     q.writing = true;
                     drop(q);
-                    write_ledger(&conn, LedgerWriter(ledger.clone(), false));
+                    write_ledger(&db, LedgerWriter(ledger.clone(), false));
                     q = ledger.queue.lock().unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
