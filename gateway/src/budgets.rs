@@ -15,7 +15,8 @@
 //! leased: they expire on their own after the request's longest possible run, so a replica that
 //! crashes with requests in flight strands nothing. The settlement releases the hold and adds
 //! the real cost ([`Held::settle`]); a hold that is never settled (the client went away) is
-//! released when it is dropped.
+//! released when it is dropped. A stream, which may run longer than any lease, renews its
+//! holds while it runs ([`Held::keep_alive`]).
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -318,6 +319,10 @@ pub struct Held {
     store: Option<Store>,
     /// The lease the holds were taken under.
     lease_id: String,
+    /// Its length.
+    ttl: Duration,
+    /// The task renewing the lease while a stream runs; stopped when the holds go.
+    renewal: Option<Renewal>,
     /// `(counter, amount)` per hold.
     holds: Vec<(String, i64)>,
     /// Per hold: the window it belongs to.
@@ -376,6 +381,8 @@ pub async fn reserve(
         Ok(()) => Ok(Ok(Held {
             store: Some(store.clone()),
             lease_id: lease.id,
+            ttl: lease.ttl,
+            renewal: None,
             holds: holds.into_iter().map(|h| (h.counter, h.amount)).collect(),
             windows,
             unbudgeted: Vec::new(),
@@ -407,6 +414,8 @@ impl Held {
         Held {
             store: None,
             lease_id: String::new(),
+            ttl: Duration::ZERO,
+            renewal: None,
             holds: Vec::new(),
             windows: Vec::new(),
             unbudgeted: budgets,
@@ -423,9 +432,41 @@ impl Held {
         self.holds.iter().map(|h| h.1).max().unwrap_or(0)
     }
 
+    /// Renews the holds every half lease until they are settled or dropped, so that a request
+    /// running past its lease (a long stream) keeps them: the budget stays strict however long
+    /// the answer takes. A replica that dies stops renewing, and the holds expire as usual.
+    pub fn keep_alive(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if self.holds.is_empty() || self.renewal.is_some() {
+            return;
+        }
+        let counters: Vec<String> = self.holds.iter().map(|(c, _)| c.clone()).collect();
+        let lease = Lease {
+            id: self.lease_id.clone(),
+            ttl: self.ttl,
+        };
+        let every = (self.ttl / 2).max(Duration::from_millis(1));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store
+                    .renew(&counters, &lease, Utc::now().timestamp_millis())
+                    .await
+                {
+                    tracing::warn!(target: "llmgw::budget", error = %e, "cannot renew budget holds; they expire with their lease");
+                }
+            }
+        });
+        self.renewal = Some(Renewal(task.abort_handle()));
+    }
+
     /// Releases the holds, adds the real cost to every budget, records the request in the
     /// spend ledger and raises the alerts whose thresholds the spend crossed.
     pub async fn settle(mut self, store: &Store, metrics: &Metrics, s: Settlement<'_>) {
+        self.renewal = None;
         let holds = std::mem::take(&mut self.holds);
         let windows = std::mem::take(&mut self.windows);
         self.store = None;
@@ -492,6 +533,16 @@ impl Drop for Held {
                 }
             });
         }
+    }
+}
+
+/// A lease renewal task, stopped when dropped.
+#[derive(Debug)]
+struct Renewal(tokio::task::AbortHandle);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -796,9 +796,10 @@ async fn pump(
     info: Info,
     identity: Identity,
     _in_flight: InFlightGauge,
-    held: Held,
+    mut held: Held,
     mut capture: Option<cache::Capture>,
 ) {
+    held.keep_alive();
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -20,6 +20,8 @@ const CAP: f64 = 0.01;
 const MAX_TOKENS: u64 = 2000;
 /// The upstream of the requests in flight: it never answers.
 const HANGING: &str = "s+hang";
+/// A streamed answer of [`MAX_TOKENS`] tokens 10 ms apart: it runs about 20 s, twice [`LEASE`].
+const DRIPPING: &str = "d+drip-10";
 
 /// The lease of a hold in these tests: the mock policy's timeouts (3 s for a whole answer,
 /// one attempt), one retry in place after at most 2 s, and a 2 s margin. Kept short by the
@@ -31,7 +33,11 @@ fn policy(dir: &Path, base_url: &str) {
     budget_policy(
         dir,
         base_url,
-        &[("chat-slow", "slow", HANGING), ("chat-fast", "fast", "f+ok")],
+        &[
+            ("chat-slow", "slow", HANGING),
+            ("chat-fast", "fast", "f+ok"),
+            ("chat-drip", "drip", DRIPPING),
+        ],
         &format!(
             "  - name: key-cap\n    scope: key\n    period: daily\n    limit_usd: {CAP}\n    on_exceed: block\n"
         ),
@@ -128,4 +134,66 @@ async fn a_replica_killed_mid_request_strands_no_budget_on_sqlite() {
     doomed.child.wait().expect("reaped");
     let restarted = replica(policies.path(), &state, &[]);
     refused_then_served_within_the_lease(&restarted).await;
+}
+
+/// Lease ids and expiries (milliseconds) of the holds in a SQLite state directory.
+fn holds(state: &Path) -> Vec<(String, i64)> {
+    let db = rusqlite::Connection::open(state.join("state.sqlite")).expect("open the state");
+    let mut stmt = db
+        .prepare("SELECT id, expires_at FROM holds ORDER BY id")
+        .expect("query holds");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("read holds")
+        .collect::<Result<_, _>>()
+        .expect("holds")
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A stream that runs on past its lease keeps its hold: the gateway renews it while it
+/// streams, so the budget stays strict however long the answer takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_running_past_its_lease_keeps_its_hold() {
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    policy(policies.path(), &mock.base_url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = replica(policies.path(), dir.path().to_str().expect("utf-8"), &[]);
+    let before = mock.stats.attempts(DRIPPING);
+    for _ in 0..2 {
+        let url = gw.url("/v1/chat/completions");
+        let mut body: serde_json::Value =
+            serde_json::from_str(&chat_for("chat-drip", Some(MAX_TOKENS), None)).expect("json");
+        body["stream"] = true.into();
+        tokio::spawn(async move { post(&url, &body.to_string()).await });
+    }
+    until(Duration::from_secs(10), "two streams in flight", || async {
+        mock.stats.attempts(DRIPPING) >= before + 2
+    })
+    .await;
+    let first = holds(dir.path());
+    assert_eq!(first.len(), 2, "{first:?}");
+    until(LEASE_PASSED, "both holds renewed", || async {
+        let now = holds(dir.path());
+        now.len() == 2 && now.iter().zip(&first).all(|(n, f)| n.1 > f.1)
+    })
+    .await;
+    // Past the first term of both leases, the streams still hold their budget.
+    let first_end = first.iter().map(|h| h.1).max().unwrap_or_default();
+    until(LEASE_PASSED, "the first lease term over", || async {
+        unix_ms() > first_end
+    })
+    .await;
+    let third = post(
+        &gw.url("/v1/chat/completions"),
+        &chat_for("chat-fast", Some(MAX_TOKENS), None),
+    )
+    .await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(third.body.contains("`key-cap`"), "{}", third.body);
 }

@@ -21,6 +21,7 @@
 //! | `lat-MS-J` | the first token (or the JSON answer) comes after MS milliseconds ± J percent (0–100), spread evenly over the range by the attempt number |
 //! | `cut-N` | the stream is cut after N tokens |
 //! | `stall-N` | the stream stalls after N tokens |
+//! | `drip-MS` | the streamed tokens come MS milliseconds apart |
 //! | `malformed-N` | one malformed SSE event after N tokens, then the rest |
 //! | `no-done` | a complete stream without the final `data: [DONE]` |
 //! | `context-length` | 400 `context_length_exceeded` |
@@ -95,6 +96,8 @@ pub enum Fault {
     Cut(u64),
     /// Stall the stream after this many tokens.
     Stall(u64),
+    /// Stream the tokens this many milliseconds apart.
+    Drip(u64),
     /// Send one malformed event after this many tokens.
     Malformed(u64),
     /// Complete the stream without `[DONE]`.
@@ -165,6 +168,8 @@ impl Fault {
             Fault::Cut(n)
         } else if let Some(n) = num("stall-") {
             Fault::Stall(n)
+        } else if let Some(ms) = num("drip-") {
+            Fault::Drip(ms)
         } else if let Some(n) = num("malformed-") {
             Fault::Malformed(n)
         } else if let Some(n) = num("flap-") {
@@ -914,8 +919,12 @@ fn stream(
                 }
                 _ => {}
             }
-            if n > 0 && !options.token_interval.is_zero() {
-                tokio::time::sleep(options.token_interval).await;
+            let interval = match fault {
+                Fault::Drip(ms) => Duration::from_millis(ms),
+                _ => options.token_interval,
+            };
+            if n > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
             }
             if send(token(dialect, &model, &Answer::word(i)))
                 .await
@@ -1115,6 +1124,7 @@ mod tests {
         assert_eq!(Fault::parse("lat--25"), Fault::None);
         assert_eq!(Fault::parse("lat-40-25-1"), Fault::None);
         assert_eq!(Fault::parse("slow-ttft-30"), Fault::SlowFirstToken(30));
+        assert_eq!(Fault::parse("m+drip-50"), Fault::Drip(50));
     }
 
     fn failures(fault: Fault, attempts: std::ops::RangeInclusive<u64>) -> Vec<u64> {

@@ -30,7 +30,7 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// How long a decision's holds must last: every attempt of its list running to its provider's
 /// timeout (the whole answer, or the first token of a stream, whichever is longer), one retry
 /// in place of the slowest after the longest wait, and [`LEASE_MARGIN`]. A stream that runs on
-/// past its lease is still settled exactly; only its hold stops counting.
+/// past its lease renews it ([`crate::budgets::Held::keep_alive`]).
 pub fn lease(policy: &CompiledPolicy, decision: &Decision) -> Duration {
     let limits: Vec<Duration> = decision
         .attempts

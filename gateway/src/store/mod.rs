@@ -277,6 +277,18 @@ impl Store {
         dispatch!(self.settle(lease_id, items))
     }
 
+    /// Extends the holds of `lease` on `counters` to expire `lease.ttl` from now, for a
+    /// request that runs on past its first lease (a long stream). A hold that already expired
+    /// is not revived: its amount may have been granted to another request since.
+    pub async fn renew(
+        &self,
+        counters: &[String],
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.renew(counters, lease, now_ms))
+    }
+
     /// Spent (settled) nano-dollars on counters.
     pub async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
         dispatch!(self.spent(counters))

@@ -85,6 +85,22 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Extends a live lease on a counter to expire ARGV[2] milliseconds from now (Redis clock); an
+/// expired one is left to the next purge. KEYS: the counter's sorted set; ARGV: lease id, ttl.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+        if expiry and tonumber(expiry) > now then
+          redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+        end
+        return 0
+        ",
+    )
+});
+
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -277,6 +293,25 @@ impl RedisStore {
             );
         }
         Ok(spent)
+    }
+
+    pub(super) async fn renew(
+        &self,
+        counters: &[String],
+        lease: &Lease,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        for counter in counters {
+            let [_, leases] = self.counter_keys(counter);
+            let _: i64 = RENEW
+                .key(leases)
+                .arg(&lease.id)
+                .arg(lease.ttl_ms())
+                .invoke_async(&mut c)
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {

@@ -464,6 +464,32 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn renew(
+        &self,
+        counters: &[String],
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (counters, id, until) = (
+            counters.to_vec(),
+            lease.id.clone(),
+            now_ms.saturating_add(lease.ttl_ms()),
+        );
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for counter in &counters {
+                tx.execute(
+                    "UPDATE holds SET expires_at = ?3
+                     WHERE counter = ?1 AND id = ?2 AND expires_at > ?4",
+                    params![counter, id, until, now_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
         let counters = counters.to_vec();
         self.with(move |c| {

@@ -248,6 +248,55 @@ async fn leases_expire_and_late_settlements_stay_exact(store: &Store, counter: &
     take(60, &lease()).await.unwrap();
 }
 
+/// A renewed hold outlives its first lease; renewing one that already expired revives nothing.
+async fn renewed_leases_outlive_their_first_term(store: &Store, counter: &str, clock: Clock) {
+    let short = Lease::new(std::time::Duration::from_millis(300));
+    let take = |amount, lease: &Lease| {
+        let (lease, now) = (lease.clone(), clock.now());
+        async move {
+            store
+                .reserve(&[hold(counter, amount, 100)], &lease, now)
+                .await
+                .unwrap()
+        }
+    };
+    take(80, &short).await.unwrap();
+    let longer = Lease {
+        id: short.id.clone(),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    store
+        .renew(&[counter.to_owned()], &longer, clock.now())
+        .await
+        .unwrap();
+    clock.pass(short.ttl * 2);
+    if clock.0.is_none() {
+        // Redis reads its own clock: the first term must really pass.
+        tokio::time::sleep(short.ttl * 2).await;
+    }
+    assert_eq!(take(30, &lease()).await.unwrap_err().committed, 80);
+    store
+        .settle(&short.id, &[(counter.to_owned(), 0)])
+        .await
+        .unwrap();
+
+    let lapsed = Lease::new(std::time::Duration::from_millis(300));
+    take(80, &lapsed).await.unwrap();
+    clock.pass(lapsed.ttl * 2);
+    if clock.0.is_none() {
+        tokio::time::sleep(lapsed.ttl * 2).await;
+    }
+    let late = Lease {
+        id: lapsed.id.clone(),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    store
+        .renew(&[counter.to_owned()], &late, clock.now())
+        .await
+        .unwrap();
+    take(90, &lease()).await.unwrap();
+}
+
 async fn ledger_kv_and_replays(store: &Store) {
     let entry = |day: &str, tenant: &str, cost| LedgerEntry {
         day: day.into(),
@@ -294,6 +343,8 @@ async fn sqlite_store_behaves() {
     windows_count_earlier_buckets(&store, "b:rolling").await;
     let clock = Clock(Some(now_ms().into()));
     leases_expire_and_late_settlements_stay_exact(&store, "b:lease", clock).await;
+    let clock = Clock(Some(now_ms().into()));
+    renewed_leases_outlive_their_first_term(&store, "b:renew", clock).await;
     ledger_kv_and_replays(&store).await;
     // A reopened store keeps everything (migrations are not re-run).
     drop(store);
@@ -400,5 +451,6 @@ async fn redis_store_behaves() {
     strict_reservations_never_pass_the_limit(&store, "b:key:k1:2026-11-24").await;
     windows_count_earlier_buckets(&store, "b:rolling").await;
     leases_expire_and_late_settlements_stay_exact(&store, "b:lease", Clock(None)).await;
+    renewed_leases_outlive_their_first_term(&store, "b:renew", Clock(None)).await;
     ledger_kv_and_replays(&store).await;
 }
