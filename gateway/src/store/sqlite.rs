@@ -5,7 +5,7 @@ use super::{Hold, KeyRecord, Lease, LedgerEntry, Refused, StoreError, LEDGER_QUE
 use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Schema migrations, in order; `user_version` counts those applied.
@@ -27,6 +27,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
          expires_at INTEGER NOT NULL, PRIMARY KEY (counter, id));
      CREATE INDEX holds_expiry ON holds (expires_at);
      ALTER TABLE counters DROP COLUMN held;",
+    // Every reservation purges expired counters: by index, not by a scan of every counter.
+    "CREATE INDEX counters_expiry ON counters (expires_at);",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -34,6 +36,62 @@ pub(super) const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     db: Arc<Mutex<Db>>,
     ledger: Arc<Ledger>,
+    /// Operations waiting for the next group commit ([`write_batches`]).
+    batch: mpsc::Sender<Job>,
+}
+
+/// An operation for the group-commit writer: it runs inside the batch's transaction and returns
+/// what to do once the batch is committed (`None`) or failed (why).
+type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(Option<&str>) + Send> + Send>;
+
+/// The most operations one commit takes.
+const MAX_BATCH: usize = 256;
+
+/// Runs queued operations, each in a savepoint of one shared transaction, and commits them
+/// together: a request waits for the commit of the batch it joined, never for one of its own,
+/// and a busy gateway pays one transaction (and one trip to the writer thread) for many
+/// requests. Operations queued while a batch commits form the next one. Each runs after those
+/// queued before it and sees what they wrote, so strict budgets stay strict; other processes
+/// on the same file are kept out by the transaction's write lock as before. Ends when every
+/// sender is gone.
+fn write_batches(db: &Mutex<Db>, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let batch: Vec<Job> = std::iter::once(first)
+            .chain(queue.try_iter().take(MAX_BATCH - 1))
+            .collect();
+        let mut done = Vec::with_capacity(batch.len());
+        let committed = db.lock().unwrap_or_else(|e| e.into_inner()).run(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for job in batch {
+                done.push(job(&tx));
+            }
+            tx.commit()?;
+            Ok(())
+        });
+        let failure = committed.err().map(|e| {
+            tracing::error!(target: "llmgw::state", error = %e, "a state store commit failed");
+            e.to_string()
+        });
+        for d in done {
+            d(failure.as_deref());
+        }
+    }
+}
+
+/// Runs `f` in a savepoint, so that an operation that fails leaves nothing behind while the
+/// others of its batch commit.
+fn in_savepoint<T>(
+    c: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT op")?;
+    let result = f(c);
+    c.execute_batch(if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    })?;
+    result
 }
 
 /// The open connection, with what it takes to open it again.
@@ -290,9 +348,17 @@ fn now_secs() -> i64 {
 impl SqliteStore {
     /// Opens (creating and migrating) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Arc::new(Mutex::new(Db::open(path)?));
+        let (batch, queue) = mpsc::channel();
+        let writer = db.clone();
+        std::thread::Builder::new()
+            .name("llmgw-state-writer".into())
+            .spawn(move || write_batches(&writer, &queue))
+            .map_err(|e| StoreError::Open(format!("cannot start the state writer: {e}")))?;
         Ok(SqliteStore {
-            db: Arc::new(Mutex::new(Db::open(path)?)),
+            db,
             ledger: Arc::default(),
+            batch,
         })
     }
 
@@ -310,6 +376,30 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Open(format!("state task failed: {e}")))?
+    }
+
+    /// Runs `f` in the next group commit ([`write_batches`]) and returns its result once that
+    /// commit is done.
+    async fn batched<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |c: &Connection| {
+            let result = in_savepoint(c, f);
+            Box::new(move |failure: Option<&str>| {
+                let _ = tx.send(match failure {
+                    None => result,
+                    Some(why) => Err(StoreError::Open(format!("the commit failed: {why}"))),
+                });
+            })
+        });
+        self.batch
+            .send(job)
+            .map_err(|_| StoreError::Open("the state writer has stopped".into()))?;
+        rx.await.map_err(|_| {
+            StoreError::Open("the state writer stopped before committing; see the log".into())
+        })?
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -396,39 +486,39 @@ impl SqliteStore {
     ) -> Result<Result<(), Refused>, StoreError> {
         let holds = holds.to_vec();
         let (id, expires_at) = (lease.id.clone(), now_ms.saturating_add(lease.ttl_ms()));
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.batched(move |c| {
             let now = now_ms.div_euclid(1000);
-            tx.execute("DELETE FROM holds WHERE expires_at <= ?1", params![now_ms])?;
+            c.prepare_cached("DELETE FROM holds WHERE expires_at <= ?1")?
+                .execute(params![now_ms])?;
+            let mut committed_on = c.prepare_cached(
+                "SELECT coalesce((SELECT spent FROM counters
+                     WHERE name = ?1 AND expires_at >= ?2), 0)
+                 + coalesce((SELECT sum(amount) FROM holds WHERE counter = ?1), 0)",
+            )?;
             for (index, h) in holds.iter().enumerate() {
                 let mut committed = 0i64;
                 for name in std::iter::once(&h.counter).chain(&h.window) {
-                    committed += tx.query_row(
-                        "SELECT coalesce((SELECT spent FROM counters
-                             WHERE name = ?1 AND expires_at >= ?2), 0)
-                         + coalesce((SELECT sum(amount) FROM holds WHERE counter = ?1), 0)",
-                        params![name, now],
-                        |r| r.get::<_, i64>(0),
-                    )?;
+                    committed +=
+                        committed_on.query_row(params![name, now], |r| r.get::<_, i64>(0))?;
                 }
                 if h.strict && committed + h.amount > h.limit {
                     return Ok(Err(Refused { index, committed }));
                 }
             }
+            let mut counter = c.prepare_cached(
+                "INSERT INTO counters (name, expires_at) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET expires_at = max(expires_at, ?2)",
+            )?;
+            let mut hold = c.prepare_cached(
+                "INSERT INTO holds (counter, id, amount, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET amount = amount + ?3",
+            )?;
             for h in &holds {
-                tx.execute(
-                    "INSERT INTO counters (name, expires_at) VALUES (?1, ?2)
-                     ON CONFLICT(name) DO UPDATE SET expires_at = max(expires_at, ?2)",
-                    params![h.counter, now + h.ttl_secs as i64],
-                )?;
-                tx.execute(
-                    "INSERT INTO holds (counter, id, amount, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO UPDATE SET amount = amount + ?3",
-                    params![h.counter, id, h.amount, expires_at],
-                )?;
+                counter.execute(params![h.counter, now + h.ttl_secs as i64])?;
+                hold.execute(params![h.counter, id, h.amount, expires_at])?;
             }
-            tx.execute("DELETE FROM counters WHERE expires_at < ?1", params![now])?;
-            tx.commit()?;
+            c.prepare_cached("DELETE FROM counters WHERE expires_at < ?1")?
+                .execute(params![now])?;
             Ok(Ok(()))
         })
         .await
@@ -440,25 +530,22 @@ impl SqliteStore {
         items: &[(String, i64)],
     ) -> Result<Vec<i64>, StoreError> {
         let (id, items) = (lease_id.to_owned(), items.to_vec());
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.batched(move |c| {
+            let mut release =
+                c.prepare_cached("DELETE FROM holds WHERE counter = ?1 AND id = ?2")?;
+            let mut spend = c.prepare_cached(
+                "UPDATE counters SET spent = spent + ?2 WHERE name = ?1 RETURNING spent",
+            )?;
             let mut spent = Vec::with_capacity(items.len());
             for (counter, actual) in &items {
-                tx.execute(
-                    "DELETE FROM holds WHERE counter = ?1 AND id = ?2",
-                    params![counter, id],
-                )?;
+                release.execute(params![counter, id])?;
                 spent.push(
-                    tx.query_row(
-                        "UPDATE counters SET spent = spent + ?2 WHERE name = ?1 RETURNING spent",
-                        params![counter, actual],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0),
+                    spend
+                        .query_row(params![counter, actual], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0),
                 );
             }
-            tx.commit()?;
             Ok(spent)
         })
         .await
@@ -475,16 +562,14 @@ impl SqliteStore {
             lease.id.clone(),
             now_ms.saturating_add(lease.ttl_ms()),
         );
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.batched(move |c| {
+            let mut renew = c.prepare_cached(
+                "UPDATE holds SET expires_at = ?3
+                 WHERE counter = ?1 AND id = ?2 AND expires_at > ?4",
+            )?;
             for counter in &counters {
-                tx.execute(
-                    "UPDATE holds SET expires_at = ?3
-                     WHERE counter = ?1 AND id = ?2 AND expires_at > ?4",
-                    params![counter, id, until, now_ms],
-                )?;
+                renew.execute(params![counter, id, until, now_ms])?;
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -492,7 +577,7 @@ impl SqliteStore {
 
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
         let counters = counters.to_vec();
-        self.with(move |c| {
+        self.batched(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT spent FROM counters WHERE name = ?1 AND expires_at >= ?2",
             )?;
