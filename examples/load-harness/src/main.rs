@@ -2,8 +2,10 @@
 //! upstream directly, in one run on 127.0.0.1, and prints the ratios.
 //!
 //! It starts three processes: the mock upstream (`mock-provider`, answering at once), a bare
-//! hyper pass-through proxy (this binary with `passthrough`), and `llmgw serve` on a policy that
-//! routes one model to the mock. Then, for each target: closed-loop throughput, CPU time per
+//! hyper pass-through proxy (this binary with `passthrough`), and `llmgw serve` on the bundled
+//! policies (budgets, downgrades, the canary, routing rules; cache off) with every provider
+//! pointed at the mock, on a SQLite state store; requests ask for `gpt-4o`, the canaried model
+//! under the per-key budget. Then, for each target: closed-loop throughput, CPU time per
 //! request (from `/proc/<pid>/stat`), p50/p99 latency at fixed rates of 500 and 2,000 req/s
 //! (open loop), streaming throughput, and llmgw's idle and peak RSS. Everything is bounded in
 //! time (about a minute; `--quick` for about fifteen seconds).
@@ -294,20 +296,58 @@ async fn streaming(target: &Target, streams: usize) -> f64 {
     (ok * 200) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The repository's bundled policies.
+const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
+
+/// Writes the bundled policies (budgets, downgrades, canary, routing rules) to `dir` with every
+/// simulated provider turned into an OpenAI-compatible one at `upstream`, and without the
+/// response cache, so that every request takes the whole policy path to the upstream.
 fn write_policy(dir: &Path, upstream: &str) {
     std::fs::create_dir_all(dir).expect("policy dir");
-    std::fs::write(
-        dir.join("providers.yaml"),
-        format!(
-            "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n  - name: mock\n    type: openai_compatible\n    region: local\n    base_url: http://{upstream}/v1\n"
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        dir.join("models.yaml"),
-        "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: bench\n    class: chat\n    quality: 0.8\n    context_window: 128000\n    capabilities: [chat, prefill]\n    price: { input_per_mtok: 1, output_per_mtok: 2 }\n    deployments:\n      - provider: mock\n        upstream_model: \"bench+ok\"\n",
-    )
-    .expect("write");
+    for entry in std::fs::read_dir(BUNDLED).expect("the bundled policies") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".yaml") || name == "cache.yaml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read a bundled policy");
+        let text = if name == "providers.yaml" {
+            at_mock(&text, upstream)
+        } else {
+            text
+        };
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+}
+
+/// `providers.yaml` with each `type: simulated` provider pointed at the mock and its
+/// `simulated:` block dropped.
+fn at_mock(providers: &str, upstream: &str) -> String {
+    let mut out = String::new();
+    let mut skipping: Option<usize> = None;
+    for line in providers.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(block) = skipping {
+            if line.trim().is_empty() || indent > block {
+                continue;
+            }
+            skipping = None;
+        }
+        match line.trim() {
+            "type: simulated" => {
+                let pad = &line[..indent];
+                out.push_str(&format!(
+                    "{pad}type: openai_compatible\n{pad}base_url: http://{upstream}/v1\n"
+                ));
+            }
+            "simulated:" => skipping = Some(indent),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -347,7 +387,7 @@ async fn harness(quick: bool) -> i32 {
     let targets = [
         Target::new("direct", &mock.addr, "bench+ok"),
         Target::new("pass-through", &pass.addr, "bench+ok"),
-        Target::new("llmgw", &gw.addr, "bench"),
+        Target::new("llmgw", &gw.addr, "gpt-4o"),
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(gw_pid, "VmRSS:");
