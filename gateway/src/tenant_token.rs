@@ -80,7 +80,7 @@ impl Claims {
     /// Checks the names (as for keys) and the id.
     fn validate(&self) -> Result<(), TokenError> {
         let name = |what: &str, v: &str| {
-            keys::check_name(what, v).map_err(|e| TokenError::Malformed(format!("its {e}")))
+            keys::check_name(what, v).map_err(|e| TokenError::Malformed(e.to_string()))
         };
         name("tenant", &self.tenant)?;
         if let Some(p) = &self.project {
@@ -98,7 +98,7 @@ impl Claims {
             Ok(())
         } else {
             Err(TokenError::Malformed(
-                "its `jti` must be 16 to 64 letters, digits, `_` or `-`".into(),
+                "`jti` must be 16 to 64 letters, digits, `_` or `-`".into(),
             ))
         }
     }
@@ -142,9 +142,11 @@ pub enum TokenError {
     Replayed,
 }
 
-impl From<TokenError> for ApiError {
-    fn from(e: TokenError) -> ApiError {
-        let (status, kind, code) = match &e {
+impl TokenError {
+    /// The status, OpenAI error type and code a client sees.
+    fn kind(&self) -> (StatusCode, &'static str, &'static str) {
+        let auth = |code| (StatusCode::UNAUTHORIZED, "authentication_error", code);
+        match self {
             TokenError::NotConfigured => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -155,21 +157,21 @@ impl From<TokenError> for ApiError {
                 "permission_error",
                 "tenant_token_not_allowed",
             ),
-            other => (
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                match other {
-                    TokenError::TooLarge => "tenant_token_too_large",
-                    TokenError::Malformed(_) => "tenant_token_malformed",
-                    TokenError::UnknownKey(_) => "tenant_token_unknown_key",
-                    TokenError::Retired(..) => "tenant_token_key_retired",
-                    TokenError::BadSeal => "tenant_token_invalid",
-                    TokenError::Expired => "tenant_token_expired",
-                    TokenError::TooLong => "tenant_token_lifetime",
-                    _ => "tenant_token_replayed",
-                },
-            ),
-        };
+            TokenError::TooLarge => auth("tenant_token_too_large"),
+            TokenError::Malformed(_) => auth("tenant_token_malformed"),
+            TokenError::UnknownKey(_) => auth("tenant_token_unknown_key"),
+            TokenError::Retired(..) => auth("tenant_token_key_retired"),
+            TokenError::BadSeal => auth("tenant_token_invalid"),
+            TokenError::Expired => auth("tenant_token_expired"),
+            TokenError::TooLong => auth("tenant_token_lifetime"),
+            TokenError::Replayed => auth("tenant_token_replayed"),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> ApiError {
+        let (status, kind, code) = e.kind();
         ApiError::new(status, kind, code, e.to_string()).with_param(HEADER)
     }
 }
@@ -290,11 +292,6 @@ impl TokenKey {
         let bytes =
             decode_key(value.expose()).ok_or_else(|| KeyConfigError::BadLength(kid.to_owned()))?;
         TokenKey::new(kid, &bytes, until)
-    }
-
-    /// Its id.
-    pub fn kid(&self) -> &str {
-        &self.kid
     }
 
     /// Whether it is retired at `now_secs`.
@@ -508,6 +505,7 @@ pub async fn resolve(
     if !key.record.tenant_tokens {
         return Err(TokenError::NotAllowed.into());
     }
+    // Bounded before it is read as text, too.
     if value.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge.into());
     }
@@ -582,7 +580,7 @@ pub fn run(cmd: TokenCommand) -> Result<String, String> {
         )
         .map_err(|e| match e {
             TokenError::TooLong => format!("--ttl: at most {} s", MAX_LIFETIME.as_secs()),
-            TokenError::Malformed(why) => why.trim_start_matches("its ").to_owned(),
+            TokenError::Malformed(why) => why,
             other => other.to_string(),
         })?;
     Ok(format!("{token}\n"))

@@ -564,3 +564,50 @@ async fn a_gateway_without_token_keys_names_its_configuration() {
     assert_eq!(a.json()["error"]["code"], "tenant_tokens_not_configured");
     assert!(a.body.contains("--tenant-token-key"), "{}", a.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn replicas_on_one_redis_share_the_replay_cache() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    budget_policy(
+        policies.path(),
+        &mock.base_url(),
+        &[("chat-a", "a", "a+ok")],
+        "",
+    );
+    let target = ["--state", url.as_str(), "--state-prefix", prefix.as_str()];
+    let platform = create_key(&target, &["--tenant", "platform", "--accept-tenant-tokens"]);
+    let env: Vec<(&str, String)> = [("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET.to_owned())]
+        .into_iter()
+        .chain(key_env())
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let replica = || {
+        Gateway::start_on(
+            &[
+                "--policies",
+                policies.path().to_str().expect("utf-8"),
+                "--state-prefix",
+                &prefix,
+                "--tenant-token-key",
+                "k2=env:TT_K2",
+            ],
+            &env,
+            false,
+            Some(&url),
+        )
+    };
+    let (one, two) = (replica(), replica());
+    let body = chat_for("chat-a", Some(5), None);
+    let token = mint(&["--tenant", "acme"]);
+    let first = chat_with(&one, &platform, Some(&token), &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let elsewhere = chat_with(&two, &platform, Some(&token), &body).await;
+    assert_eq!(elsewhere.status, 401, "{}", elsewhere.body);
+    assert_eq!(elsewhere.json()["error"]["code"], "tenant_token_replayed");
+    drop((one, two));
+    cleanup_redis(&url, &prefix).await;
+}
