@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /admin/keys[?tenant=T]` | the keys (never a secret nor a hash) |
-//! | `POST /admin/keys` | create: `{tenant, project, user, labels, models, expires, signing, admin}`; the answer holds the secret, once |
+//! | `POST /admin/keys` | create: `{tenant, project, user, labels, models, expires, signing, admin, tenant_tokens}`; the answer holds the secret, once |
 //! | `GET /admin/keys/{id}` | one key |
 //! | `POST /admin/keys/{id}/rotate` | a new secret; `{grace: "24h"}` keeps the old one valid that long |
 //! | `POST /admin/keys/{id}/revoke` | revoke at once |

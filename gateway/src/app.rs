@@ -152,6 +152,8 @@ pub struct App {
     pub canaries: crate::canary_controller::Canaries,
     /// The response cache (`--cache-max-bytes`).
     pub cache: crate::cache::ResponseCache,
+    /// The keys tenant tokens are opened with (`--tenant-token-key`); none by default.
+    pub tenant_tokens: crate::tenant_token::TenantTokens,
     draining: AtomicBool,
 }
 
@@ -176,6 +178,7 @@ impl App {
             decision_log: crate::decision_log::DecisionLog::disabled(),
             canaries: crate::canary_controller::Canaries::new(),
             cache,
+            tenant_tokens: Default::default(),
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

@@ -38,6 +38,12 @@ pub enum Command {
     },
     /// Print a spend report from the ledger.
     Spend(SpendArgs),
+    /// Mint tenant tokens (`x-llmgw-tenant-token`) for platforms and tests.
+    TenantToken {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::tenant_token::TokenCommand,
+    },
 }
 
 /// Options of `llmgw serve`.
@@ -95,6 +101,10 @@ pub struct ServeArgs {
     /// off. Entries live for the TTL of the policy's `kind: Cache` rules.
     #[arg(long, value_name = "BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
     pub cache_max_bytes: u64,
+    /// A key that opens tenant tokens: `KID=env:NAME` or `KID=file:PATH` (32 bytes, hex or
+    /// base64), optionally `,until=<RFC 3339 time>` when it retires (repeatable).
+    #[arg(long = "tenant-token-key", value_name = "KID=REF[,until=TIME]")]
+    pub tenant_token_keys: Vec<String>,
     /// Log filter (`info`, `warn`, `llmgw=debug`…); logs are JSON lines on stderr.
     #[arg(long, env = "LLMGW_LOG", default_value = "info")]
     pub log: String,
@@ -125,6 +135,13 @@ pub fn main() -> i32 {
         Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
         Command::Tenants { command } => report(runtime.block_on(crate::keys_cmd::tenants(command))),
         Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
+        Command::TenantToken { command } => match crate::tenant_token::run(command) {
+            Ok(out) => report(Ok(out)),
+            Err(e) => {
+                eprintln!("llmgw: {e}");
+                2
+            }
+        },
     }
 }
 
@@ -136,6 +153,14 @@ pub async fn serve(args: ServeArgs) -> i32 {
         Ok(l) => l,
         Err(e) => {
             eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
+    let tenant_tokens = match crate::tenant_token::TenantTokens::from_args(&args.tenant_token_keys)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llmgw: --tenant-token-key: {e}");
             return 2;
         }
     };
@@ -217,6 +242,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
         .filter(|t| !t.is_empty())
         .map(crate::admin::AdminToken::new);
     app.policy_status = policy_status;
+    app.tenant_tokens = tenant_tokens;
     app.cache = crate::cache::ResponseCache::new(args.cache_max_bytes, app.metrics.cache.clone());
     app.decision_log = match args.decision_log.open(&app.metrics) {
         Ok(log) => log,

@@ -181,6 +181,8 @@ pub struct KeySpec {
     pub signing: bool,
     /// A tenant admin key.
     pub admin: bool,
+    /// May present tenant tokens (`crate::tenant_token`); only the gateway's admin creates such.
+    pub tenant_tokens: bool,
 }
 
 impl KeySpec {
@@ -232,6 +234,7 @@ impl KeySpec {
             expires_in: text("expires")?.map(|e| parse_duration(&e)).transpose()?,
             signing: flag("signing")?,
             admin: flag("admin")?,
+            tenant_tokens: flag("tenant_tokens")?,
         })
     }
 
@@ -246,6 +249,7 @@ impl KeySpec {
             "expires": self.expires_in.map(|d| format!("{}s", d.as_secs())),
             "signing": self.signing,
             "admin": self.admin,
+            "tenant_tokens": self.tenant_tokens,
         })
     }
 
@@ -257,6 +261,13 @@ impl KeySpec {
         }
         if let Some(u) = &self.user {
             check_name("user", u)?;
+        }
+        if self.tenant_tokens && (self.user.is_some() || self.admin) {
+            return Err(KeyError::Invalid(
+                "a key that accepts tenant tokens can be neither bound to a user (the token names \
+                 the user) nor an admin key"
+                    .into(),
+            ));
         }
         if self.models.iter().any(|m| m.trim().is_empty()) {
             return Err(KeyError::Invalid("a model name is empty".into()));
@@ -281,6 +292,7 @@ impl KeySpec {
             revoked_at: None,
             signing: self.signing,
             admin: self.admin,
+            tenant_tokens: self.tenant_tokens,
             secrets: vec![SecretHash {
                 sha256: hash_secret(&secret),
                 not_after: None,
@@ -325,6 +337,7 @@ pub fn view(record: &KeyRecord, now_ms: i64) -> Value {
         "models": record.allowed_models,
         "signing": record.signing,
         "admin": record.admin,
+        "tenant_tokens": record.tenant_tokens,
         "status": status(record, now_ms),
         "created_at": rfc3339(record.created_at),
         "expires_at": record.expires_at.map(rfc3339),
@@ -378,6 +391,11 @@ pub async fn create(
             )))
         }
         _ => {}
+    }
+    if spec.tenant_tokens && *who != Authority::Global {
+        return Err(KeyError::Forbidden(
+            "only the gateway's admin token may create keys that accept tenant tokens".into(),
+        ));
     }
     let (secret, record) = spec.issue(now_ms())?;
     store.put_key(&record).await?;
@@ -688,6 +706,7 @@ fn full_access(id: &str, prefix: String, tenant: &str, sha256: String, now: i64)
         revoked_at: None,
         signing: false,
         admin: false,
+        tenant_tokens: false,
         secrets: vec![SecretHash {
             sha256,
             not_after: None,

@@ -72,6 +72,10 @@ pub enum KeysCommand {
         /// admin API; refused on the model endpoints.
         #[arg(long)]
         admin: bool,
+        /// May present `x-llmgw-tenant-token` to act for the tenant a platform's token names
+        /// (see `llmgw tenant-token`).
+        #[arg(long)]
+        accept_tenant_tokens: bool,
         /// Where to act.
         #[command(flatten)]
         target: Target,
@@ -380,6 +384,7 @@ fn describe(v: &Value) -> String {
         ("models", models),
         ("signing", text(&v["signing"])),
         ("admin", text(&v["admin"])),
+        ("tenant tokens", text(&v["tenant_tokens"])),
         ("status", text(&v["status"])),
         ("created", text(&v["created_at"])),
         ("expires", text(&v["expires_at"])),
@@ -445,6 +450,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
             expires,
             signing,
             admin,
+            accept_tenant_tokens,
             target,
         } => {
             let spec = KeySpec {
@@ -456,6 +462,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
                 expires_in: expires.as_deref().map(keys::parse_duration).transpose()?,
                 signing,
                 admin,
+                tenant_tokens: accept_tenant_tokens,
             };
             spec.validate()?;
             let v = match Backend::of(&target).await? {

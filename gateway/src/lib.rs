@@ -36,6 +36,7 @@ pub mod server;
 pub mod signing;
 pub mod sse;
 pub mod store;
+pub mod tenant_token;
 pub mod upstream;
 pub mod watch;
 pub mod wire;

@@ -237,13 +237,21 @@ pub async fn handle(
     if let Err(e) = signed {
         return reject(&app, &info, e, "", false, None);
     }
+    let token = crate::tenant_token::resolve(&app, &parts.headers, &key, fault.as_ref()).await;
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => return reject(&app, &info, e, "", false, None),
+    };
     let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
     let request = match parsed {
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     // Phase 2: identify.
-    let identity = identify::identify(&key, request.user.as_deref());
+    let mut identity = identify::identify(&key, request.user.as_deref());
+    if let Some(t) = &token {
+        t.apply(&mut identity);
+    }
     let spend = match authenticate::check_model(&key, &request.facts.model) {
         Ok(()) => Ok(read_spend(&app, &rt.policy, &identity, &mut fault).await),
         Err(e) => Err(e),

@@ -99,6 +99,9 @@ pub struct KeyRecord {
     /// model endpoints.
     #[serde(default)]
     pub admin: bool,
+    /// May present `x-llmgw-tenant-token` to act for the tenant the token names.
+    #[serde(default)]
+    pub tenant_tokens: bool,
     /// Hashes of its secrets: the current one, and during a rotation the previous one.
     pub secrets: Vec<SecretHash>,
 }

@@ -18,6 +18,7 @@ fn key(id: &str, tenant: &str, hash: &str) -> KeyRecord {
         revoked_at: None,
         signing: false,
         admin: false,
+        tenant_tokens: false,
         secrets: vec![SecretHash {
             sha256: hash.into(),
             not_after: None,
