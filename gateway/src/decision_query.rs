@@ -116,15 +116,17 @@ impl Query {
                         ))
                     })?)
                 }
-                "limit" => q.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        bad(format!(
+                "limit" => {
+                    q.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
                             "`limit` must be a whole number from 1 to {MAX_LIMIT}, not `{value}`"
                         ))
-                    })?,
+                        })?
+                }
                 "cursor" => {
                     q.cursor = Some(Cursor::parse(&value).ok_or_else(|| {
                         bad(format!(
