@@ -10,8 +10,9 @@
 //! writer appends and rotates: every record in the log when the first page was read is
 //! returned exactly once, and records written after it are not (they are on a new first
 //! page). A cursor whose file was deleted by rotation (past `--decision-log-keep`) answers
-//! 410. One request reads at most [`SCAN_LINES`] lines: a page cut short by that holds fewer
-//! than `limit` records and still has a `next` cursor; paging ends when `next` is `null`.
+//! 410. One request reads at most [`SCAN_LINES`] lines and returns at most [`MAX_PAGE_BYTES`]
+//! of records: a page cut short by either holds fewer than `limit` records and still has a
+//! `next` cursor; paging ends when `next` is `null`.
 
 use crate::admin::{authority, key_error};
 use crate::app::App;
@@ -38,6 +39,8 @@ pub const CHUNK: usize = 64 << 10;
 pub const MAX_LINE: usize = 1 << 20;
 /// Lines one request reads at most.
 pub const SCAN_LINES: usize = 200_000;
+/// Bytes of records one page holds at most (past them, the page ends early with a `next`).
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// A position in the decision log: the lines of file `file` before byte `offset` (and every
 /// older file) are still to be read.
@@ -294,6 +297,7 @@ pub fn read(files: &LogFiles, query: &Query) -> Result<Page, ReadError> {
     };
     let mut page = Page::default();
     let mut scanned = 0usize;
+    let mut page_bytes = 0usize;
     for (i, o) in opened.iter().enumerate().skip(first) {
         // Every record of a file last written before `since` was decided before it, and so was
         // every record of the older files.
@@ -325,11 +329,12 @@ pub fn read(files: &LogFiles, query: &Query) -> Result<Page, ReadError> {
                         Ok(v) => page.records.push(v),
                         Err(_) => page.unreadable += 1,
                     }
+                    page_bytes += line.len();
                 }
                 Ok(_) => {}
                 Err(_) => page.unreadable += 1,
             }
-            if scanned >= SCAN_LINES {
+            if scanned >= SCAN_LINES || page_bytes >= MAX_PAGE_BYTES {
                 page.next = Some(Cursor { file: o.id, offset });
                 page.unreadable += lines.skipped;
                 return Ok(page);
@@ -471,6 +476,7 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision_log::rotated_path;
     use std::io::Write as _;
 
     fn lines_of(text: &[u8], end: Option<u64>) -> Vec<(u64, String)> {
@@ -508,6 +514,73 @@ mod tests {
         let got = lines_of(text.as_bytes(), None);
         let texts: Vec<&str> = got.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(texts, vec!["b", long.as_str(), "a"]);
+    }
+
+    fn record(i: usize, tenant: &str) -> String {
+        format!(
+            "{{\"id\":\"r{i}\",\"time\":\"2026-12-01T00:00:{:02}Z\",\"rule\":\"default\",\"requested_model\":\"m\",\"input\":{{\"identity\":{{\"tenant\":{{\"id\":\"{tenant}\"}}}}}}}}\n",
+            i % 60
+        )
+    }
+
+    fn append(path: &std::path::Path, from: usize, to: usize) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
+        for i in from..to {
+            let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+            f.write_all(record(i, tenant).as_bytes()).expect("write");
+        }
+    }
+
+    fn page_ids(page: &Page) -> Vec<String> {
+        page.records
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn paging_continues_across_a_rotation_and_returns_each_record_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LogFiles {
+            path: dir.path().join("d.jsonl"),
+            keep: 3,
+        };
+        append(&rotated_path(&files.path, 1), 0, 5);
+        append(&files.path, 5, 10);
+        let mut query = Query::parse(Some("limit=4"), &Authority::Global).expect("query");
+        let first = read(&files, &query).expect("page");
+        assert_eq!(page_ids(&first), ["r9", "r8", "r7", "r6"]);
+        // The writer rotates and appends before the next page is asked for.
+        std::fs::rename(rotated_path(&files.path, 1), rotated_path(&files.path, 2)).expect("mv");
+        std::fs::rename(&files.path, rotated_path(&files.path, 1)).expect("mv");
+        append(&files.path, 10, 12);
+        let mut seen = page_ids(&first);
+        query.cursor = first.next;
+        while query.cursor.is_some() {
+            let page = read(&files, &query).expect("page");
+            seen.extend(page_ids(&page));
+            query.cursor = page.next;
+        }
+        let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
+        assert_eq!(seen, expected);
+        // One tenant's records only.
+        let acme = Query::parse(None, &Authority::Tenant("acme".into())).expect("query");
+        let page = read(&files, &acme).expect("page");
+        assert_eq!(page.records.len(), 8);
+        assert!(page_ids(&page).iter().all(|id| id != "r0" && id != "r9"));
+        // A cursor into a file that rotation deleted is expired.
+        let oldest = rotated_path(&files.path, 2);
+        let id = file_id(&std::fs::metadata(&oldest).expect("metadata"));
+        std::fs::remove_file(&oldest).expect("rm");
+        query.cursor = Some(Cursor {
+            file: id,
+            offset: 10,
+        });
+        assert!(matches!(read(&files, &query), Err(ReadError::Expired)));
     }
 
     #[test]

@@ -80,7 +80,7 @@ async fn world(decision_log: bool) -> World {
         gw,
         policies,
         _state: state,
-        log_dir: log_dir,
+        log_dir,
         _mock: mock,
         acme,
         acme_admin,
