@@ -244,7 +244,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let canaries = crate::canary_controller::start(app.clone()).await;
     crate::reload::publish_start(&*app);
     let lkg = if app.policy_status.serving_last_known_good() {
-        "; the last known good revision: the head does not load, see /admin/status"
+        "; the last known good revision: the head does not load, see /admin/status on the admin listener"
     } else {
         ""
     };
