@@ -11,16 +11,17 @@
 //! | `GET /admin/tenants/{t}` | a tenant's labels (`tenant.labels` in rules) |
 //! | `PUT /admin/tenants/{t}` | set them: `{labels: {plan: "trial"}}` (admin token only) |
 //!
-//! Every route needs `Authorization: Bearer <token>`: the gateway's admin token
-//! (`--admin-token`, compared in constant time) acts for every tenant; a tenant admin key
-//! (`llmgw keys create --admin`) acts for its own tenant only, and another tenant's keys are
-//! reported as missing to it.
+//! These routes are served on the admin listener ([`crate::admin_routes`]). Every route needs
+//! `Authorization: Bearer <token>`: the gateway's admin token (`--admin-token`, compared in
+//! constant time) acts for every tenant; a tenant admin key (`llmgw keys create --admin`) acts
+//! for its own tenant only, and another tenant's keys are reported as missing to it. No
+//! credential, or an unknown one, is 401; a gateway key that is not an admin key is 403.
 
 use crate::app::App;
 use crate::body::GatewayBody;
 use crate::error::ApiError;
 use crate::keys::{self, Authority, KeyError, KeySpec, Lookup};
-use crate::routes::{error, json};
+use crate::routes::{error, json, method_not_allowed};
 use crate::store::{self, LedgerEntry};
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
@@ -67,7 +68,8 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     crate::phases::authenticate::bearer(headers).ok()
 }
 
-fn forbidden(message: impl Into<String>) -> ApiError {
+/// 403 with `message`.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "permission_error",
@@ -76,13 +78,15 @@ fn forbidden(message: impl Into<String>) -> ApiError {
     )
 }
 
-fn store_error(e: impl std::fmt::Display) -> ApiError {
+/// 503 for a failed state store (the cause is logged, not answered).
+pub fn store_error(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(target: "llmgw::admin", error = %e, "state store failed");
     ApiError::unavailable("state_unavailable", "the state store is unavailable")
 }
 
-/// Who is calling: the admin token, or a tenant admin key.
-async fn authority(app: &App, headers: &http::HeaderMap) -> Result<Authority, ApiError> {
+/// Who is calling: the admin token, or a tenant admin key (401 without a credential or with an
+/// unknown one, 403 for a gateway key that is not an admin key).
+pub async fn authority(app: &App, headers: &http::HeaderMap) -> Result<Authority, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError::unauthorized(
             "the admin API needs `Authorization: Bearer <admin token>`",
@@ -96,11 +100,30 @@ async fn authority(app: &App, headers: &http::HeaderMap) -> Result<Authority, Ap
         Lookup::Valid(_) => Err(forbidden(
             "this gateway key is not an admin key; the admin API needs an admin token",
         )),
+        _ if app.admin_token.is_none() => Err(ApiError::unauthorized(
+            "not a valid admin key, and this gateway has no admin token (`--admin-token`)",
+        )),
         _ => Err(ApiError::unauthorized("the admin token is not valid")),
     }
 }
 
-fn key_error(e: KeyError) -> ApiError {
+/// Admits the gateway's admin token only: as [`authority`], and 403 for a tenant admin key.
+/// `what` names the route for the refusal.
+pub async fn require_admin_token(
+    app: &App,
+    headers: &http::HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
+    match authority(app, headers).await? {
+        Authority::Global => Ok(()),
+        Authority::Tenant(_) => Err(forbidden(format!(
+            "{what} needs the gateway's admin token; a tenant admin key may not use it"
+        ))),
+    }
+}
+
+/// The answer to a failed key operation.
+pub fn key_error(e: KeyError) -> ApiError {
     match e {
         KeyError::NotFound(id) => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -291,12 +314,7 @@ async fn handle_inner(
         }
         (_, ["admin", "keys"] | ["admin", "keys", _] | ["admin", "spend"])
         | (_, ["admin", "tenants", _])
-        | (_, ["admin", "keys", _, "rotate" | "revoke"]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            "method_not_allowed",
-            format!("`{method}` is not allowed on `{path}`"),
-        )),
+        | (_, ["admin", "keys", _, "rotate" | "revoke"]) => Err(method_not_allowed(method, path)),
         _ => Err(ApiError::route_not_found(method, path)),
     }
 }

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port, printed at start-up).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Address of the admin listener: `/metrics` and `/admin/…`, apart from the API (port 0
+    /// picks a free port, printed at start-up).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
     /// Durable state (keys, budget spend, the spend ledger): a directory holding
     /// `state.sqlite`, or `redis://…` to share it between replicas.
     #[arg(long, value_name = "DIR|URL", default_value = ".llmgw-state")]
@@ -65,8 +69,8 @@ pub struct ServeArgs {
     /// Key prefix in Redis (several gateways may share one Redis under different prefixes).
     #[arg(long, value_name = "PREFIX", default_value = "llmgw:")]
     pub state_prefix: String,
-    /// The admin token of `/admin/keys…` and `/admin/spend` (acts for every tenant) and of
-    /// `/admin/canaries…` (pause, resume, rollback).
+    /// The admin token of the admin listener: `/metrics`, `/admin/status`, `/admin/keys…`,
+    /// `/admin/spend` and `/admin/decisions` for every tenant, and `/admin/canaries…`.
     #[arg(
         long,
         value_name = "TOKEN",
@@ -148,11 +152,21 @@ pub fn main() -> i32 {
 /// `llmgw serve`.
 pub async fn serve(args: ServeArgs) -> i32 {
     crate::logging::init(&args.log);
-    // The port first: the most common start-up failure, found before any slower step.
+    // The ports first: the most common start-up failure, found before any slower step.
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("llmgw: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
+    let admin_listener = match tokio::net::TcpListener::bind(&args.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "llmgw: cannot listen on {} for the admin API (--admin-listen): {e}",
+                args.admin_listen
+            );
             return 2;
         }
     };
@@ -215,9 +229,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     };
     let keys = KeyCache::new(store);
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
+    let (addr, admin_addr) = match (listener.local_addr(), admin_listener.local_addr()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("llmgw: cannot read the listening address: {e}");
             return 2;
         }
@@ -256,7 +270,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let canaries = crate::canary_controller::start(app.clone()).await;
     crate::reload::publish_start(&*app);
     let lkg = if app.policy_status.serving_last_known_good() {
-        "; the last known good revision: the head does not load, see /admin/status"
+        "; the last known good revision: the head does not load, see /admin/status on the admin listener"
     } else {
         ""
     };
@@ -265,6 +279,15 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let watcher = crate::watch::spawn(app.clone(), reloader, args.policy.poll_interval, state_dir);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "llmgw listening on http://{addr}");
+    let _ = writeln!(
+        out,
+        "admin API (/metrics, /admin/…) listening on http://{admin_addr}{}",
+        if app.admin_token.is_some() {
+            ""
+        } else {
+            " (no --admin-token: tenant admin keys only)"
+        }
+    );
     let _ = writeln!(
         out,
         "policy revision {revision} from {location} ({n_models} models, {n_providers} providers{lkg})"
@@ -300,8 +323,8 @@ pub async fn serve(args: ServeArgs) -> i32 {
     }
     let _ = out.flush();
     drop(out);
-    tracing::info!(target: "llmgw::server", %addr, revision = revision.as_str(), "serving");
-    crate::server::serve(listener, app.clone(), shutdown_signal()).await;
+    tracing::info!(target: "llmgw::server", %addr, %admin_addr, revision = revision.as_str(), "serving");
+    crate::server::serve(listener, admin_listener, app.clone(), shutdown_signal()).await;
     if let Some(w) = watcher {
         w.abort();
     }

@@ -83,11 +83,29 @@ enum Msg {
     Stop(mpsc::Sender<()>),
 }
 
+/// The files of an open decision log, for reading it back ([`crate::decision_query`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFiles {
+    /// The file written.
+    pub path: PathBuf,
+    /// Rotated files kept (`PATH.1` … `PATH.keep`).
+    pub keep: usize,
+}
+
+impl LogFiles {
+    /// Every file, newest first: `PATH`, `PATH.1`, … `PATH.keep`.
+    pub fn newest_first(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        std::iter::once(self.path.clone())
+            .chain((1..=self.keep).map(|n| rotated_path(&self.path, n)))
+    }
+}
+
 /// The request side of the decision log; disabled unless opened.
 #[derive(Default)]
 pub struct DecisionLog {
     tx: Option<SyncSender<Msg>>,
     dropped: Counter,
+    files: Option<LogFiles>,
 }
 
 impl std::fmt::Debug for DecisionLog {
@@ -107,6 +125,10 @@ impl DecisionLog {
     /// Opens (appends to) the file and starts the writer thread.
     pub fn open(config: LogConfig, metrics: &Metrics) -> Result<Self, OpenError> {
         let path = config.path.clone();
+        let files = LogFiles {
+            path: config.path.clone(),
+            keep: config.keep,
+        };
         let err = |source| OpenError {
             path: path.clone(),
             source,
@@ -132,12 +154,18 @@ impl DecisionLog {
         Ok(DecisionLog {
             tx: Some(tx),
             dropped: metrics.decision_log_dropped.clone(),
+            files: Some(files),
         })
     }
 
     /// Whether records are written.
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// The files written, when the log is enabled.
+    pub fn files(&self) -> Option<&LogFiles> {
+        self.files.as_ref()
     }
 
     /// Queues a record; never waits. A full queue drops it (and counts it).
@@ -473,6 +501,7 @@ mod tests {
         let log = DecisionLog {
             tx: Some(tx),
             dropped: metrics.decision_log_dropped.clone(),
+            files: None,
         };
         log.write(sample(0));
         log.write(sample(1));

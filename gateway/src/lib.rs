@@ -4,12 +4,14 @@
 //!
 //! A request walks the phases of [`phases`]: authenticate → identify → decide → (the response
 //! [`cache`]) → reserve → attempt → settle → record; [`proxy`] strings them together and
-//! [`server`] accepts connections.
+//! [`server`] accepts connections: the API's on one listener ([`routes`]), the operator
+//! API's on the admin listener ([`admin_routes`]).
 // One module may use `unsafe`: `store::shm_guard`, which handles SIGBUS for SQLite.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_routes;
 pub mod app;
 pub mod body;
 pub mod budgets;
@@ -18,6 +20,7 @@ pub mod canary_controller;
 pub mod circuit;
 pub mod cli;
 pub mod decision_log;
+pub mod decision_query;
 pub mod error;
 pub mod keys;
 pub mod keys_cmd;

@@ -1,4 +1,5 @@
-//! Routing of HTTP requests to handlers, and the small handlers: models, health, metrics, admin.
+//! Routing of API requests to handlers, and the small handlers: models, health. The operator
+//! API (`/metrics`, `/admin/…`) is on the admin listener ([`crate::admin_routes`]).
 
 use crate::app::App;
 use crate::body::GatewayBody;
@@ -25,38 +26,18 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             proxy::handle(app, parts, body, Endpoint::Embeddings).await
         }
         (&Method::GET, "/v1/models") => with_key(&app, &parts.headers, || models(&app)).await,
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({ "status": "ok" })),
+        (&Method::GET, "/healthz") => healthz(),
         (&Method::GET, "/readyz") => ready(&app),
-        (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(GatewayBody::full(app.metrics.render()));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
+        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/healthz" | "/readyz") => {
+            error(&method_not_allowed(&parts.method, path))
         }
-        (&Method::GET, "/admin/status") => with_key(&app, &parts.headers, || status(&app)).await,
-        (
-            _,
-            "/v1/chat/completions"
-            | "/v1/embeddings"
-            | "/v1/models"
-            | "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/admin/status",
-        ) => error(&ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+        (_, p) if crate::admin_routes::is_operator_path(p) => error(&ApiError::new(
+            StatusCode::NOT_FOUND,
             "invalid_request_error",
-            "method_not_allowed",
-            format!("`{}` is not allowed on `{path}`", parts.method),
+            "unknown_url",
+            "the operator API (`/metrics`, `/admin/…`) is served on the admin listener \
+             (`llmgw serve --admin-listen`), not on this one",
         )),
-        (_, p) if crate::admin::is_admin_path(p) => crate::admin::handle(&app, parts, body).await,
-        (_, p) if crate::canary_controller::is_admin_path(p) => {
-            crate::canary_controller::admin(&app, parts).await
-        }
         _ => error(&ApiError::route_not_found(&parts.method, path)),
     }
 }
@@ -70,6 +51,21 @@ async fn with_key(
         Ok(_) => f(),
         Err(e) => error(&e),
     }
+}
+
+/// 405 for a method a route does not take.
+pub fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("`{method}` is not allowed on `{path}`"),
+    )
+}
+
+/// `/healthz`: the process answers.
+pub fn healthz() -> Response<GatewayBody> {
+    json(StatusCode::OK, &json!({ "status": "ok" }))
 }
 
 /// A JSON response.
@@ -104,7 +100,8 @@ fn models(app: &App) -> Response<GatewayBody> {
     json(StatusCode::OK, &json!({ "object": "list", "data": data }))
 }
 
-fn ready(app: &App) -> Response<GatewayBody> {
+/// `/readyz`: whether this gateway takes traffic (not draining, state store reachable).
+pub fn ready(app: &App) -> Response<GatewayBody> {
     if app.is_draining() {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -125,61 +122,4 @@ fn ready(app: &App) -> Response<GatewayBody> {
             &json!({ "status": "ready", "policy_revision": rt.policy.revision() }),
         )
     }
-}
-
-fn status(app: &App) -> Response<GatewayBody> {
-    let rt = app.runtime.load();
-    let policy = &rt.policy;
-    let circuits: Vec<Value> = policy
-        .providers()
-        .iter()
-        .zip(&rt.circuits)
-        .map(|(p, c)| {
-            json!({
-                "provider": p.name,
-                "region": p.region,
-                "type": p.kind,
-                "state": c.state().as_str(),
-                "opened_times": c.opened_times(),
-            })
-        })
-        .collect();
-    let deployments: Vec<Value> = policy
-        .deployments()
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let s = rt.live.current(i);
-            json!({
-                "deployment": &*d.name,
-                "model": &*d.model_name,
-                "provider": &*d.provider_name,
-                "region": &*d.region,
-                "live": s.map(|s| json!({
-                    "p50_ms": s.p50_ms,
-                    "p95_ms": s.p95_ms,
-                    "p99_ms": s.p99_ms,
-                    "ttft_ms": s.ttft_ms,
-                    "error_rate": s.error_rate,
-                    "in_flight": s.in_flight,
-                    "circuit": s.circuit.as_str(),
-                })),
-            })
-        })
-        .collect();
-    json(
-        StatusCode::OK,
-        &json!({
-            "policy": app.policy_status.to_json(&rt),
-            "draining": app.is_draining(),
-            "state_store": match app.store_health.fault() {
-                Some(reason) => json!({ "available": false, "reason": reason }),
-                None => json!({ "available": true }),
-            },
-            "retry_budget_available": app.retry_budget.available(),
-            "circuits": circuits,
-            "deployments": deployments,
-            "canaries": app.canaries.status_json(),
-        }),
-    )
 }

@@ -1,6 +1,6 @@
-//! The HTTP server: HTTP/1.1 and h2c on one port, header-read and idle timeouts, a limit on
-//! the request head, and a graceful shutdown that stops accepting, lets in-flight requests
-//! finish and then returns.
+//! The HTTP server: the API listener and the admin listener, each with HTTP/1.1 and h2c on
+//! one port, header-read and idle timeouts, a limit on the request head, and a graceful
+//! shutdown that stops accepting on both, lets in-flight requests finish and then returns.
 
 use crate::app::App;
 use crate::body::GatewayBody;
@@ -47,12 +47,42 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains connections for at most the
-/// app's grace period.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The OpenAI-compatible API and the health checks ([`routes::route`]).
+    Api,
+    /// The operator API: metrics, `/admin/…` and the health checks
+    /// ([`crate::admin_routes::route`]).
+    Admin,
+}
+
+impl Surface {
+    async fn route(self, app: Arc<App>, req: Request<Incoming>) -> http::Response<GatewayBody> {
+        match self {
+            Surface::Api => routes::route(app, req).await,
+            Surface::Admin => crate::admin_routes::route(app, req).await,
+        }
+    }
+}
+
+/// Open connections of every listener, for the drain at shutdown.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// Serves the API on `api` and the operator API on `admin` until `shutdown` resolves, then
+/// stops accepting on both and drains connections for at most the app's grace period.
+pub async fn serve(
+    api: TcpListener,
+    admin: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let open = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(tokio::sync::Notify::new());
+    let conns = Arc::new(Connections::default());
     let refresher = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -77,22 +107,61 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    tokio::pin!(shutdown);
+    {
+        // Dropping the accept loops closes both listeners.
+        let accepting = async {
+            tokio::join!(
+                accept(api, Surface::Api, &app, &builder, &conns, &stop_rx),
+                accept(admin, Surface::Admin, &app, &builder, &conns, &stop_rx),
+            )
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = accepting => {}
+        }
+    }
+    app.start_draining();
+    let _ = stop_tx.send(true);
+    let grace = app.limits.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while conns.open.load(Ordering::SeqCst) > 0 {
+            conns.closed.notified().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            target: "llmgw::server",
+            open = conns.open.load(Ordering::SeqCst),
+            "shutdown grace period ended with connections still open"
+        );
+    }
+    refresher.abort();
+    prober.abort();
+}
+
+/// Accepts connections on `listener` and serves each on its own task with `surface`'s
+/// routes; never returns.
+async fn accept(
+    listener: TcpListener,
+    surface: Surface,
+    app: &Arc<App>,
+    builder: &Arc<Builder<TokioExecutor>>,
+    conns: &Arc<Connections>,
+    stop_rx: &watch::Receiver<bool>,
+) {
     loop {
-        let (stream, _peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(target: "llmgw::server", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                tracing::warn!(target: "llmgw::server", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        open.fetch_add(1, Ordering::SeqCst);
-        let conn_guard = OpenConn(open.clone(), closed.clone());
+        conns.open.fetch_add(1, Ordering::SeqCst);
+        let conn_guard = OpenConn(conns.clone());
         let app = app.clone();
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
@@ -116,7 +185,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                         let closes = req.version() < http::Version::HTTP_2;
                         let mut resp = match oversized_head(&req) {
                             Some(e) => routes::error(&e),
-                            None => routes::route(app, req).await,
+                            None => surface.route(app, req).await,
                         };
                         if closes && ends_connection(resp.status()) {
                             resp.headers_mut().insert(
@@ -168,25 +237,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             }
         });
     }
-    drop(listener);
-    app.start_draining();
-    let _ = stop_tx.send(true);
-    let grace = app.limits.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while open.load(Ordering::SeqCst) > 0 {
-            closed.notified().await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            target: "llmgw::server",
-            open = open.load(Ordering::SeqCst),
-            "shutdown grace period ended with connections still open"
-        );
-    }
-    refresher.abort();
-    prober.abort();
 }
 
 /// 431 for a request head over [`MAX_HEAD_BYTES`].
@@ -218,11 +268,11 @@ fn ends_connection(status: StatusCode) -> bool {
     )
 }
 
-struct OpenConn(Arc<AtomicUsize>, Arc<tokio::sync::Notify>);
+struct OpenConn(Arc<Connections>);
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        self.1.notify_waiters();
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_waiters();
     }
 }

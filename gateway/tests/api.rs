@@ -200,7 +200,7 @@ async fn health_readiness_metrics_and_status() {
         &chat("chat-large", true, 3),
     )
     .await;
-    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    let metrics = gw.metrics().await;
     for name in [
         "llmgw_requests_total",
         "llmgw_request_duration_seconds",
@@ -212,9 +212,9 @@ async fn health_readiness_metrics_and_status() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
-    let unauth = send("GET", &gw.url("/admin/status"), None, &[]).await;
+    let unauth = send("GET", &gw.admin_url("/admin/status"), None, &[]).await;
     assert_eq!(unauth.status, 401);
-    let status = get(&gw.url("/admin/status")).await.json();
+    let status = gw.admin_get("/admin/status").await.json();
     assert!(status["policy"]["applied_revision"]["id"]
         .as_str()
         .is_some_and(|r| !r.is_empty()));
@@ -250,10 +250,9 @@ async fn sigterm_drains_an_in_flight_stream_before_exiting() {
     let url = gw.url("/v1/chat/completions");
     let pending = tokio::spawn(async move { post(&url, &chat("chat-small", true, 300)).await });
     // Wait until the stream is in flight (the gauge says so), then ask the gateway to stop.
-    let metrics_url = gw.url("/metrics");
     let mut seen = false;
     for _ in 0..200 {
-        let m = send("GET", &metrics_url, None, &[]).await.body;
+        let m = gw.metrics().await;
         if m.lines()
             .any(|l| l.starts_with("llmgw_in_flight_requests ") && !l.ends_with(" 0"))
         {

@@ -219,7 +219,7 @@ async fn crossing_an_alert_threshold_logs_once_and_counts_spend_by_tenant() {
     assert_eq!(alerts[0]["budget"], "key-cap");
     assert_eq!(alerts[0]["tenant"], "dev");
     assert_eq!(alerts[0]["threshold"], 0.5);
-    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             r#"llmgw_budget_alerts_total{budget="key-cap",tenant="dev",threshold="0.5"} 1"#

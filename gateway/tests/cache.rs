@@ -186,7 +186,7 @@ async fn an_identical_request_is_answered_from_the_cache_without_an_upstream_cal
     assert_eq!(caches, ["miss", "hit", "hit"], "{logs:?}");
     assert_eq!(logs[1]["provider"], "cache");
     assert_eq!(logs[1]["cost_usd"], 0.0);
-    let metrics = get(&w.gw.url("/metrics")).await.body;
+    let metrics = w.gw.metrics().await;
     assert!(
         metrics.contains("llmgw_cache_lookups_total{outcome=\"hit\"} 2"),
         "{metrics}"
@@ -475,7 +475,7 @@ async fn failed_and_truncated_answers_are_not_cached() {
         assert_eq!(a.header("x-llmgw-cache"), "miss");
         assert_eq!(w.upstream("cut"), n);
     }
-    let metrics = get(&w.gw.url("/metrics")).await.body;
+    let metrics = w.gw.metrics().await;
     assert!(metrics.contains("llmgw_cache_stores_total 0"), "{metrics}");
 }
 
@@ -534,7 +534,7 @@ async fn a_near_duplicate_prompt_hits_and_a_different_one_does_not() {
     );
     let logs = w.gw.wait_request_logs(7);
     assert_eq!(logs[1]["cache"], "near_hit", "{:?}", logs[1]);
-    let metrics = get(&w.gw.url("/metrics")).await.body;
+    let metrics = w.gw.metrics().await;
     assert!(
         metrics.contains("llmgw_cache_lookups_total{outcome=\"near_hit\"} 2"),
         "{metrics}"

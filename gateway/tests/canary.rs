@@ -124,7 +124,7 @@ fn start(policies: &Path, state: Option<&str>) -> Gateway {
 
 /// The `chat-v2` entry of `/admin/status`.
 async fn canary(gw: &Gateway) -> Value {
-    let status = get(&gw.url("/admin/status")).await;
+    let status = gw.admin_get("/admin/status").await;
     assert_eq!(status.status, 200, "{}", status.body);
     let v = status.json();
     v["canaries"]
@@ -259,13 +259,13 @@ fn transition_events(gw: &Gateway) -> Vec<Value> {
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    send("GET", &gw.url("/metrics"), None, &[]).await.body
+    gw.metrics().await
 }
 
 async fn admin(gw: &Gateway, action: &str, token: &str) -> Answer {
     send(
         "POST",
-        &gw.url(&format!("/admin/canaries/chat-v2/{action}")),
+        &gw.admin_url(&format!("/admin/canaries/chat-v2/{action}")),
         None,
         &[("authorization", &format!("Bearer {token}"))],
     )
@@ -638,10 +638,10 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     assert_eq!(state(&a), "progressing");
 
     // Only the admin token commands canaries.
-    assert_eq!(admin(&gw, "pause", KEY).await.status, 401);
+    assert_eq!(admin(&gw, "pause", KEY).await.status, 403);
     let missing = send(
         "POST",
-        &gw.url("/admin/canaries/nope/pause"),
+        &gw.admin_url("/admin/canaries/nope/pause"),
         None,
         &[("authorization", &format!("Bearer {ADMIN}"))],
     )
@@ -671,7 +671,7 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     assert_no_candidate_traffic(&gw, &mock, HEALTHY, &rolled.json()).await;
     let listed = send(
         "GET",
-        &gw.url("/admin/canaries"),
+        &gw.admin_url("/admin/canaries"),
         None,
         &[("authorization", &format!("Bearer {ADMIN}"))],
     )

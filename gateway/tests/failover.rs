@@ -53,7 +53,7 @@ async fn long_retry_after_opens_the_circuit_for_that_long() {
         "the 30 s Retry-After keeps the region closed"
     );
     assert_eq!(mock.stats.attempts("b+ok"), 4);
-    let status = get(&gw.url("/admin/status")).await.json();
+    let status = gw.admin_get("/admin/status").await.json();
     let circuit = status["circuits"]
         .as_array()
         .expect("circuits")
@@ -426,9 +426,9 @@ async fn upstream_keys_never_reach_clients_or_logs() {
         bodies.push_str(&a.body);
         bodies.push_str(&format!("{:?}", a.headers));
     }
-    bodies.push_str(&get(&gw.url("/admin/status")).await.body);
+    bodies.push_str(&gw.admin_get("/admin/status").await.body);
     gw.wait_request_logs(2);
-    bodies.push_str(&get(&gw.url("/metrics")).await.body);
+    bodies.push_str(&gw.metrics().await);
     assert!(!bodies.contains(UPSTREAM_SECRET));
     assert!(!gw.logs().contains(UPSTREAM_SECRET));
     assert!(

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{get, git, post, KEY};
+use common::{admin_addr_in, git, post, send, Answer, ADMIN_TOKEN, KEY};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -129,6 +129,7 @@ fn revert(dir: &Path, id: &str) -> String {
 struct Gw {
     child: Child,
     addr: String,
+    admin_addr: String,
     log: PathBuf,
     banner: Vec<String>,
 }
@@ -138,6 +139,12 @@ impl Gw {
         let mut child = Command::new(env!("CARGO_BIN_EXE_llmgw"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--dev-key", KEY])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                ADMIN_TOKEN,
+            ])
             .arg("--state")
             .arg(state)
             .args(args)
@@ -151,13 +158,17 @@ impl Gw {
         let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut banner = Vec::new();
         let mut addr = None;
-        for _ in 0..3 {
+        let mut admin_addr = None;
+        for _ in 0..4 {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
             if let Some(a) = line.trim().strip_prefix("llmgw listening on http://") {
                 addr = Some(a.to_owned());
+            }
+            if let Some(a) = admin_addr_in(line.trim()) {
+                admin_addr = Some(a);
             }
             banner.push(line.trim_end().to_owned());
             if line.starts_with("policy revision") {
@@ -168,14 +179,15 @@ impl Gw {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
         });
-        match addr {
-            Some(addr) => Ok(Gw {
+        match (addr, admin_addr) {
+            (Some(addr), Some(admin_addr)) => Ok(Gw {
                 child,
                 addr,
+                admin_addr,
                 log: log.to_owned(),
                 banner,
             }),
-            None => {
+            _ => {
                 let status = child.wait().expect("exit status");
                 let err = std::fs::read_to_string(log).unwrap_or_default();
                 Err(format!("exit {status}: {err}"))
@@ -185,6 +197,22 @@ impl Gw {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// GETs `path` on the admin listener with the admin token.
+    async fn admin_get(&self, path: &str) -> Answer {
+        let url = format!("http://{}{path}", self.admin_addr);
+        send(
+            "GET",
+            &url,
+            None,
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.body
     }
 
     fn logs(&self) -> Vec<Value> {
@@ -220,7 +248,7 @@ impl Drop for Gw {
 }
 
 async fn status(gw: &Gw) -> Value {
-    get(&gw.url("/admin/status")).await.json()["policy"].clone()
+    gw.admin_get("/admin/status").await.json()["policy"].clone()
 }
 
 fn chat(model: &str) -> String {
@@ -505,7 +533,7 @@ async fn commits_land_under_load_without_a_failed_request() {
             .all(|s| s.revision == c2 && s.model == "smart"),
         "the previous revision kept serving"
     );
-    let metrics = get(&gw.url("/metrics")).await.body;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains(&format!("llmgw_policy_info{{revision=\"{c2}\"}} 1")));
     assert!(!metrics.contains(&format!("revision=\"{c3}\"")));
     assert!(metric(&metrics, "llmgw_policy_reloads_total{result=\"failed\"}") >= 1.0);
@@ -825,7 +853,7 @@ async fn the_decision_log_rotates_by_size() {
         let a = post(&gw.url("/v1/chat/completions"), &chat("fast")).await;
         assert_eq!(a.status, 200);
     }
-    let metrics = get(&gw.url("/metrics")).await.body;
+    let metrics = gw.metrics().await;
     gw.stop();
     let rotated = |n: usize| PathBuf::from(format!("{}.{n}", decisions.display()));
     let mut lines = 0;

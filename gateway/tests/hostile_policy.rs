@@ -67,7 +67,7 @@ fn commit(dir: &Path, message: &str) -> String {
 }
 
 async fn status(gw: &Gateway) -> Value {
-    get(&gw.url("/admin/status")).await.json()["policy"].clone()
+    gw.admin_get("/admin/status").await.json()["policy"].clone()
 }
 
 /// The revision that serves a chat request, checked to succeed.
@@ -181,6 +181,8 @@ async fn a_hostile_commit_is_rejected_and_survives_a_restart_as_the_head() {
         .args([
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--dev-key",
             KEY,

@@ -221,7 +221,7 @@ async fn a_key_expiry_past_a_century_is_refused_not_wrapped() {
     let auth = format!("Bearer {token}");
     let a = send(
         "POST",
-        &gw.url("/admin/keys"),
+        &gw.admin_url("/admin/keys"),
         Some(r#"{"tenant":"acme","expires":"9999999999999d"}"#),
         &[("authorization", &auth)],
     )

@@ -168,7 +168,7 @@ async fn upstream_keys_echoed_by_the_provider_never_leave_the_gateway() {
             .is_some_and(|e| e.contains("[redacted]"))),
         "the request log's `error` field carries the scrubbed provider message"
     );
-    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("llmgw_"), "metrics are served: {metrics}");
     assert_clean("/metrics", &metrics);
 

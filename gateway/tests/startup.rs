@@ -15,14 +15,17 @@ struct Failed {
     stderr: String,
 }
 
-/// Runs `llmgw serve ARGS` (with a dev key and a temp state directory unless `--state` is
-/// given) and waits for it to exit; fails the test if it is still running after [`BOUND`].
+/// Runs `llmgw serve ARGS` (with a dev key, a temp state directory unless `--state` is
+/// given and an ephemeral admin port unless `--admin-listen` is) and waits for it to exit; fails the test if it is still running after [`BOUND`].
 fn serve(args: &[&str]) -> Failed {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
     cmd.arg("serve").arg("--dev-key").arg("llmgw_test_key");
     if !args.contains(&"--state") {
         cmd.arg("--state").arg(dir.path().join("state"));
+    }
+    if !args.contains(&"--admin-listen") {
+        cmd.arg("--admin-listen").arg("127.0.0.1:0");
     }
     let mut child = cmd
         .args(args)

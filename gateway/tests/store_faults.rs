@@ -243,7 +243,7 @@ async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_
         closed.body
     );
     assert!(closed.body.contains("state_unavailable"), "{}", closed.body);
-    let metrics = send("GET", &gw.url("/metrics"), None, &[]).await.body;
+    let metrics = gw.metrics().await;
     let served = metrics
         .lines()
         .find_map(|l| l.strip_prefix("llmgw_unbudgeted_requests_total "))
@@ -301,7 +301,7 @@ async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
         refused.body
     );
     assert!(refused.body.contains("state.sqlite"), "{}", refused.body);
-    let status = get(&gw.url("/admin/status")).await.json();
+    let status = gw.admin_get("/admin/status").await.json();
     assert_eq!(status["state_store"]["available"], false, "{status}");
     let reason = status["state_store"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("state.sqlite was deleted"), "{reason}");

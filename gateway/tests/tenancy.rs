@@ -70,7 +70,7 @@ async fn admin(gw: &Gateway, token: &str, method: &str, path: &str, body: Option
     let body = body.map(|b| b.to_string());
     send(
         method,
-        &gw.url(path),
+        &gw.admin_url(path),
         body.as_deref(),
         &[("authorization", &format!("Bearer {token}"))],
     )
@@ -91,7 +91,7 @@ async fn the_admin_api_needs_an_admin_token_and_keeps_tenant_admins_in_their_ten
     let w = world().await;
     let gw = &w.gw;
     // No token, a wrong token, a gateway key: refused.
-    let none = send("GET", &gw.url("/admin/keys"), None, &[]).await;
+    let none = send("GET", &gw.admin_url("/admin/keys"), None, &[]).await;
     assert_eq!(none.status, 401, "{}", none.body);
     assert_eq!(none.json()["error"]["type"], "authentication_error");
     assert_eq!(
@@ -251,7 +251,7 @@ async fn budgets_and_spend_never_cross_tenants() {
     let everyone = admin(gw, ADMIN, "GET", "/admin/spend", None).await.json();
     assert_eq!(everyone["data"].as_array().expect("rows").len(), 2);
     // The same through the command line against the admin API.
-    let url = gw.url("");
+    let url = gw.admin_url("");
     let cli = llmgw(&[
         "spend",
         "--admin-url",
@@ -285,7 +285,7 @@ async fn budgets_and_spend_never_cross_tenants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_commands_through_the_admin_api_respect_the_tenant_of_the_token() {
     let w = world().await;
-    let url = w.gw.url("");
+    let url = w.gw.admin_url("");
     let remote = |token: &str, args: &[&str]| {
         let mut all = vec!["keys"];
         all.extend_from_slice(args);

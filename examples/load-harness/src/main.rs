@@ -375,6 +375,8 @@ async fn harness(quick: bool) -> i32 {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--dev-key",
             "bench",
             "--policies",

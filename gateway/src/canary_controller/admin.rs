@@ -7,13 +7,14 @@
 //! | `POST /admin/canaries/{name}/resume` | continue the held step |
 //! | `POST /admin/canaries/{name}/rollback` | send all traffic back to the baseline, for this spec for good |
 //!
-//! A canary moves every tenant's traffic, so these routes take the gateway's admin token
-//! (`--admin-token`, compared in constant time) and no tenant admin key.
+//! A canary moves every tenant's traffic, so these routes, on the admin listener, take the
+//! gateway's admin token (`--admin-token`, compared in constant time) and no tenant admin key
+//! (403), nor any other gateway key (403).
 
 use crate::app::App;
 use crate::body::GatewayBody;
 use crate::error::ApiError;
-use crate::routes::{error, json};
+use crate::routes::{error, json, method_not_allowed};
 use http::{Method, Response, StatusCode};
 use llmgw_canary::Command;
 use serde_json::json;
@@ -23,29 +24,6 @@ use super::CommandFailure;
 /// Whether a path is served here.
 pub fn is_admin_path(path: &str) -> bool {
     path == "/admin/canaries" || path.starts_with("/admin/canaries/")
-}
-
-/// The bearer token of a request, if it carries one.
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    crate::phases::authenticate::bearer(headers).ok()
-}
-
-fn authorize(app: &App, headers: &http::HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = app.admin_token.as_ref() else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "forbidden",
-            "canary commands need the gateway's admin token, and none is set (`--admin-token`)",
-        ));
-    };
-    match bearer(headers) {
-        Some(presented) if token.matches(presented) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
-        None => Err(ApiError::unauthorized(
-            "the canary admin API needs `Authorization: Bearer <admin token>`",
-        )),
-    }
 }
 
 fn command_error(e: &CommandFailure) -> ApiError {
@@ -68,15 +46,6 @@ fn command_error(e: &CommandFailure) -> ApiError {
     }
 }
 
-fn not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
-        "method_not_allowed",
-        format!("`{method}` is not allowed on `{path}`"),
-    )
-}
-
 /// The canary and command of `/admin/canaries/{name}/{action}`. Canary names may hold `/`:
 /// the action is the last segment.
 fn parse_command(path: &str) -> Option<(&str, Command)> {
@@ -92,14 +61,16 @@ fn parse_command(path: &str) -> Option<(&str, Command)> {
 
 /// Answers a canary admin request.
 pub async fn handle(app: &App, parts: http::request::Parts) -> Response<GatewayBody> {
-    if let Err(e) = authorize(app, &parts.headers) {
+    if let Err(e) =
+        crate::admin::require_admin_token(app, &parts.headers, "commanding canaries").await
+    {
         return error(&e);
     }
     let path = parts.uri.path();
     let method = &parts.method;
     if path == "/admin/canaries" {
         if method != Method::GET {
-            return error(&not_allowed(method, path));
+            return error(&method_not_allowed(method, path));
         }
         return json(
             StatusCode::OK,
@@ -108,7 +79,7 @@ pub async fn handle(app: &App, parts: http::request::Parts) -> Response<GatewayB
     }
     let command = parse_command(path);
     if command.is_some() && method != Method::POST {
-        return error(&not_allowed(method, path));
+        return error(&method_not_allowed(method, path));
     }
     let Some((name, command)) = command else {
         return error(&ApiError::route_not_found(method, path));

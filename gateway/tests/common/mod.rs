@@ -16,12 +16,19 @@ use std::time::Duration;
 /// The dev key every test gateway accepts.
 pub const KEY: &str = "llmgw_test_key";
 
+/// The admin token of test gateways started without `--admin-token` among their arguments.
+pub const ADMIN_TOKEN: &str = "llmgw_test_admin_token";
+
 /// A running `llmgw serve`.
 pub struct Gateway {
     /// The child process.
     pub child: Child,
-    /// `host:port`.
+    /// `host:port` of the API.
     pub addr: String,
+    /// `host:port` of the admin listener (`/metrics`, `/admin/…`).
+    pub admin_addr: String,
+    /// The admin token it accepts.
+    pub admin_token: String,
     /// Where its stderr (JSON logs) goes.
     pub log: PathBuf,
     /// Start-up lines printed on stdout.
@@ -30,7 +37,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the binary with `args` (plus a dev key, an ephemeral port and a temp state dir).
+    /// Starts the binary with `args` (plus a dev key, ephemeral ports for the API and the admin
+    /// listener, [`ADMIN_TOKEN`] unless `args` give `--admin-token`, and a temp state dir).
     pub fn start(args: &[&str]) -> Gateway {
         Gateway::start_with(args, &[], true)
     }
@@ -52,6 +60,14 @@ impl Gateway {
         let log = dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("--admin-listen").arg("127.0.0.1:0");
+        let admin_token = match args.iter().position(|a| *a == "--admin-token") {
+            Some(i) => args.get(i + 1).copied().unwrap_or_default().to_owned(),
+            None => {
+                cmd.arg("--admin-token").arg(ADMIN_TOKEN);
+                ADMIN_TOKEN.to_owned()
+            }
+        };
         match state {
             Some(s) => cmd.arg("--state").arg(s),
             None => cmd.arg("--state").arg(dir.path().join("state")),
@@ -74,8 +90,9 @@ impl Gateway {
         let mut reader = BufReader::new(stdout);
         let mut banner = Vec::new();
         let mut addr = None;
+        let mut admin_addr = None;
         // The banner ends with the `try:` line (or the key line when no model exists).
-        for _ in 0..6 {
+        for _ in 0..8 {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
@@ -83,6 +100,9 @@ impl Gateway {
             let line = line.trim_end().to_owned();
             if let Some(a) = line.strip_prefix("llmgw listening on http://") {
                 addr = Some(a.to_owned());
+            }
+            if let Some(a) = admin_addr_in(&line) {
+                admin_addr = Some(a);
             }
             let last = line.starts_with("try:");
             banner.push(line);
@@ -95,7 +115,7 @@ impl Gateway {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
         });
-        let Some(addr) = addr else {
+        let (Some(addr), Some(admin_addr)) = (addr, admin_addr) else {
             let _ = child.kill();
             let err = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("llmgw did not start: {banner:?}\n{err}");
@@ -103,6 +123,8 @@ impl Gateway {
         Gateway {
             child,
             addr,
+            admin_addr,
+            admin_token,
             log,
             banner,
             _dir: dir,
@@ -112,6 +134,35 @@ impl Gateway {
     /// `http://addr` + path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://admin_addr` + path: the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// GETs `path` on the admin listener with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        self.admin_send("GET", path, None).await
+    }
+
+    /// Sends a request to the admin listener with the admin token.
+    pub async fn admin_send(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        let auth = format!("Bearer {}", self.admin_token);
+        send(
+            method,
+            &self.admin_url(path),
+            body,
+            &[("authorization", &auth)],
+        )
+        .await
+    }
+
+    /// The `/metrics` text, read with the admin token.
+    pub async fn metrics(&self) -> String {
+        let a = self.admin_get("/metrics").await;
+        assert_eq!(a.status, 200, "/metrics: {}", a.body);
+        a.body
     }
 
     /// The log written so far.
@@ -160,6 +211,14 @@ impl Gateway {
         }
         None
     }
+}
+
+/// The admin listener's `host:port` when `line` is the banner line that names it.
+pub fn admin_addr_in(line: &str) -> Option<String> {
+    let (_, rest) = line
+        .strip_prefix("admin API")?
+        .split_once("listening on http://")?;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 impl Drop for Gateway {
