@@ -409,7 +409,7 @@ async fn every_failed_check_is_refused_with_its_own_code_and_message() {
 async fn post_key(gw: &Gateway, token: &str, body: Value) -> Answer {
     send(
         "POST",
-        &gw.url("/admin/keys"),
+        &gw.admin_url("/admin/keys"),
         Some(&body.to_string()),
         &[("authorization", &format!("Bearer {token}"))],
     )

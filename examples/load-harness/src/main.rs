@@ -9,6 +9,9 @@
 //! request (from `/proc/<pid>/stat`), p50/p99 latency at fixed rates of 500 and 2,000 req/s
 //! (open loop), streaming throughput, and llmgw's idle and peak RSS. Everything is bounded in
 //! time (about a minute; `--quick` for about fifteen seconds).
+//!
+//! `--callgrind` measures instructions per request instead, under `valgrind --tool=callgrind`,
+//! for the pass-through and llmgw ([`instructions`]).
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
@@ -40,6 +43,9 @@ fn main() {
         let upstream = args.get(3).cloned().expect("upstream address");
         rt.block_on(passthrough(listen, upstream));
         return;
+    }
+    if args.iter().any(|a| a == "--callgrind") {
+        std::process::exit(rt.block_on(instructions()));
     }
     let quick = args.iter().any(|a| a == "--quick");
     std::process::exit(rt.block_on(harness(quick)));
@@ -350,6 +356,117 @@ fn at_mock(providers: &str, upstream: &str) -> String {
     out
 }
 
+/// What `llmgw serve` prints once it listens.
+const GATEWAY_READY: &str = "llmgw listening on ";
+
+/// `cmd` (the gateway binary, or valgrind in front of it) with the arguments of `llmgw serve`
+/// on `policy` and a SQLite state store in `state`.
+fn gateway(mut cmd: Command, policy: &Path, state: &Path) -> Command {
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--dev-key",
+        "bench",
+        "--policies",
+    ])
+    .arg(policy)
+    .arg("--state")
+    .arg(state);
+    cmd
+}
+
+/// Requests of the shorter and the longer callgrind run: the difference of their instruction
+/// counts, divided by the difference of these, is the cost of one request without start-up
+/// and shutdown.
+const CALLGRIND_RUNS: [u64; 2] = [200, 1200];
+
+/// Instructions per request of the pass-through and of llmgw under
+/// `valgrind --tool=callgrind`: a figure that machine noise does not move. Each target runs
+/// twice under callgrind (with [`CALLGRIND_RUNS`] sequential non-streamed requests), stopped
+/// by SIGTERM; the mock upstream runs natively.
+async fn instructions() -> i32 {
+    let mut mock_cmd = Command::new(bin("mock-provider"));
+    mock_cmd.args(["--listen", "127.0.0.1:0", "--token-interval-ms", "0"]);
+    let mock = spawn(mock_cmd, "listening on ");
+    let dir = std::env::temp_dir().join(format!("llmgw-callgrind-{}", std::process::id()));
+    let policy = dir.join("policies");
+    write_policy(&policy, &mock.addr);
+    println!("# Instructions per request under callgrind (sequential, non-streamed chat)\n");
+    println!("| target | instructions/request |");
+    println!("|---|---:|");
+    let mut per_request = Vec::new();
+    for name in ["pass-through", "llmgw"] {
+        let mut totals = Vec::new();
+        for (run, n) in CALLGRIND_RUNS.iter().enumerate() {
+            let out = dir.join(format!("{name}-{run}.callgrind"));
+            let mut cmd = Command::new("valgrind");
+            cmd.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()));
+            let proc = if name == "llmgw" {
+                cmd.arg(bin("llmgw"));
+                spawn(
+                    gateway(cmd, &policy, &dir.join(format!("state-{run}"))),
+                    GATEWAY_READY,
+                )
+            } else {
+                cmd.arg(std::env::current_exe().expect("exe")).args([
+                    "passthrough",
+                    "127.0.0.1:0",
+                    &mock.addr,
+                ]);
+                spawn(cmd, "listening on ")
+            };
+            let target = Target::new(
+                "measured",
+                &proc.addr,
+                if name == "llmgw" {
+                    "gpt-4o"
+                } else {
+                    "bench+ok"
+                },
+            );
+            for _ in 0..*n {
+                if target.call(false).await.is_none() {
+                    eprintln!("{name}: a request failed under callgrind");
+                    return 1;
+                }
+            }
+            totals.push(stop_and_count(proc, &out));
+        }
+        let per = (totals[1] - totals[0]) as f64 / (CALLGRIND_RUNS[1] - CALLGRIND_RUNS[0]) as f64;
+        println!("| {name} | {per:.0} |");
+        per_request.push(per);
+    }
+    println!(
+        "\nllmgw instructions per request / pass-through: **{:.2}×**",
+        per_request[1] / per_request[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    0
+}
+
+/// Stops a process running under callgrind with SIGTERM and returns the instructions it
+/// executed (the `summary:` line of its output file).
+fn stop_and_count(mut proc: Proc, out: &Path) -> u64 {
+    let _ = Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status();
+    let _ = proc.child.wait();
+    let text = std::fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("no callgrind output at {}: {e}", out.display()));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction total in {}", out.display()))
+}
+
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.parent().expect("bin dir").join(name)
@@ -369,22 +486,10 @@ async fn harness(quick: bool) -> i32 {
     // The state store lives beside the policy directory, not in it: its commits are not
     // policy changes.
     let state = std::env::temp_dir().join(format!("llmgw-load-{}-state", std::process::id()));
-    let mut gw_cmd = Command::new(bin("llmgw"));
-    gw_cmd
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--dev-key",
-            "bench",
-            "--policies",
-        ])
-        .arg(&policy)
-        .arg("--state")
-        .arg(&state);
-    let gw = spawn(gw_cmd, "llmgw listening on ");
+    let gw = spawn(
+        gateway(Command::new(bin("llmgw")), &policy, &state),
+        GATEWAY_READY,
+    );
     let gw_pid = gw.child.id();
     let targets = [
         Target::new("direct", &mock.addr, "bench+ok"),
