@@ -1,8 +1,9 @@
-//! The `llmgw` command line: `llmgw serve`, `llmgw keys …` and `llmgw spend`.
+//! The `llmgw` command line: `llmgw serve`, `llmgw keys …`, `llmgw tenants …`, `llmgw spend`
+//! and `llmgw sign`.
 
 use crate::app::{App, Limits};
 use crate::keys::{KeyCache, KeySetup};
-use crate::keys_cmd::{KeysCommand, SpendArgs, TenantsCommand};
+use crate::keys_cmd::{KeysCommand, SignArgs, SpendArgs, TenantsCommand};
 use crate::policy_source::{self, PolicyLocation};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
@@ -38,6 +39,9 @@ pub enum Command {
     },
     /// Print a spend report from the ledger.
     Spend(SpendArgs),
+    /// Print the `x-llmgw-signature` header value of a request body, signed with a key's
+    /// private Ed25519 signing key.
+    Sign(SignArgs),
 }
 
 /// Options of `llmgw serve`.
@@ -125,6 +129,7 @@ pub fn main() -> i32 {
         Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
         Command::Tenants { command } => report(runtime.block_on(crate::keys_cmd::tenants(command))),
         Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
+        Command::Sign(args) => report(crate::keys_cmd::sign(args)),
     }
 }
 

@@ -243,7 +243,14 @@ pub async fn handle(
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     // Phase 2: identify.
-    let identity = identify::identify(&key, request.user.as_deref());
+    let identity = match identify::identify(&key, request.user.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            let tried = identify::key_only(&key);
+            return reject(&app, &info, e, &model, request.facts.stream, Some(&tried));
+        }
+    };
     let spend = match authenticate::check_model(&key, &request.facts.model) {
         Ok(()) => Ok(read_spend(&app, &rt.policy, &identity, &mut fault).await),
         Err(e) => Err(e),
