@@ -181,6 +181,23 @@ async fn a_key_charges_only_the_end_users_it_owns() {
             .json()["assert_users"],
         json!([])
     );
+    // `llmgw keys` through the admin API sends them along.
+    let url = gw.url("");
+    let remote = llmgw(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--assert-users",
+        "ops-*",
+        "--json",
+        "--admin-url",
+        &url,
+        "--admin-token",
+        ADMIN,
+    ]);
+    assert_eq!(remote.code, 0, "{}", remote.stderr);
+    assert_eq!(remote.json()["key"]["assert_users"], json!(["ops-*"]));
     // `llmgw keys show` and `list` show them too; a key bound to a user asserts no other.
     let s = ["--state", w.location()];
     let show = llmgw(&[&["keys", "show", &svc.id][..], &s].concat());
