@@ -15,17 +15,16 @@ use std::sync::Arc;
 /// The identity of a request made with `key` for end user `user` (the request's `user` field;
 /// empty is the same as absent), or 403 when the key may not act for that user.
 pub fn identify(key: &AuthKey, user: Option<&str>) -> Result<Identity, ApiError> {
-    let user = match (&key.user, user.filter(|u| !u.is_empty())) {
-        (Some(bound), None) => bound.clone(),
-        (_, Some(named)) if may_assert(&key.record, named) => match &key.user {
-            Some(bound) => bound.clone(),
-            None => Arc::new(Principal {
-                id: named.to_owned(),
-                labels: Default::default(),
-            }),
-        },
-        (None, None) => Arc::new(Principal::default()),
-        (_, Some(named)) => return Err(not_allowed(key, named)),
+    let named = user.filter(|u| !u.is_empty());
+    if let Some(n) = named.filter(|n| !may_assert(&key.record, n)) {
+        return Err(not_allowed(key, n));
+    }
+    let user = match &key.user {
+        Some(bound) => bound.clone(),
+        None => Arc::new(Principal {
+            id: named.unwrap_or_default().to_owned(),
+            labels: Default::default(),
+        }),
     };
     Ok(Identity {
         user,
