@@ -3,9 +3,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /admin/keys[?tenant=T]` | the keys (never a secret nor a hash) |
-//! | `POST /admin/keys` | create: `{tenant, project, user, labels, models, expires, signing, admin, tenant_tokens}`; the answer holds the secret, once |
+//! | `POST /admin/keys` | create: `{tenant, project, user, assert_users, labels, models, expires, signing, signing_public_key, admin, tenant_tokens}`; the answer holds the secret (and a generated private `signing_key`), once |
 //! | `GET /admin/keys/{id}` | one key |
-//! | `POST /admin/keys/{id}/rotate` | a new secret; `{grace: "24h"}` keeps the old one valid that long |
+//! | `POST /admin/keys/{id}/rotate` | a new secret (and signing keypair, or `{signing_public_key}`); `{grace: "24h"}` keeps the old ones valid that long |
 //! | `POST /admin/keys/{id}/revoke` | revoke at once |
 //! | `GET /admin/spend[?tenant=T&since=YYYY-MM-DD]` | ledger rows and totals |
 //! | `GET /admin/tenants/{t}` | a tenant's labels (`tenant.labels` in rules) |
@@ -224,12 +224,9 @@ async fn handle_inner(
         (&Method::POST, ["admin", "keys"]) => {
             let spec = KeySpec::from_json(&read_json(app, &parts.headers, body).await?)
                 .map_err(key_error)?;
-            let (secret, record) = keys::create(store, &who, spec).await.map_err(key_error)?;
+            let (issued, record) = keys::create(store, &who, spec).await.map_err(key_error)?;
             tracing::info!(target: "llmgw::admin", key_id = record.id.as_str(), tenant = record.tenant.as_str(), "key created");
-            Ok((
-                StatusCode::CREATED,
-                json!({ "key": keys::view(&record, now), "secret": secret }),
-            ))
+            Ok((StatusCode::CREATED, issued.answer(&record, now)))
         }
         (&Method::GET, ["admin", "keys", id]) => {
             let record = keys::show(store, &who, id).await.map_err(key_error)?;
@@ -241,15 +238,22 @@ async fn handle_inner(
                 Some(g) => keys::parse_duration(g).map_err(key_error)?,
                 None => std::time::Duration::ZERO,
             };
-            let (secret, record) = keys::rotate(store, &who, id, grace)
+            let signing_public_key = match body.get("signing_public_key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) => Some(k.as_str()),
+                Some(_) => {
+                    return Err(ApiError::invalid_field(
+                        "signing_public_key",
+                        "`signing_public_key` must be a string",
+                    ))
+                }
+            };
+            let (issued, record) = keys::rotate(store, &who, id, grace, signing_public_key)
                 .await
                 .map_err(key_error)?;
             app.keys.forget(id);
             tracing::info!(target: "llmgw::admin", key_id = *id, grace_secs = grace.as_secs(), "key rotated");
-            Ok((
-                StatusCode::OK,
-                json!({ "key": keys::view(&record, now), "secret": secret }),
-            ))
+            Ok((StatusCode::OK, issued.answer(&record, now)))
         }
         (&Method::POST, ["admin", "keys", id, "revoke"]) => {
             let record = keys::revoke(store, &who, id).await.map_err(key_error)?;

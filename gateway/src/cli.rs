@@ -1,8 +1,9 @@
-//! The `llmgw` command line: `llmgw serve`, `llmgw keys …` and `llmgw spend`.
+//! The `llmgw` command line: `llmgw serve`, `llmgw keys …`, `llmgw tenants …`, `llmgw spend`
+//! and `llmgw sign`.
 
 use crate::app::{App, Limits};
 use crate::keys::{KeyCache, KeySetup};
-use crate::keys_cmd::{KeysCommand, SpendArgs, TenantsCommand};
+use crate::keys_cmd::{KeysCommand, SignArgs, SpendArgs, TenantsCommand};
 use crate::policy_source::{self, PolicyLocation};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
@@ -44,6 +45,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tenant_token::TokenCommand,
     },
+    /// Print the `x-llmgw-signature` header value of a request body, signed with a key's
+    /// private Ed25519 signing key.
+    Sign(SignArgs),
 }
 
 /// Options of `llmgw serve`.
@@ -146,6 +150,7 @@ pub fn main() -> i32 {
                 2
             }
         },
+        Command::Sign(args) => report(crate::keys_cmd::sign(args)),
     }
 }
 

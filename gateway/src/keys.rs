@@ -5,13 +5,19 @@
 //! ([`crate::store::KeyRecord`]); the secret itself is shown once, when it is issued. A rotation
 //! adds a new secret and keeps the old one valid until its grace window ends.
 //!
+//! A key charges only the principals it owns. A key bound to a user (`--user`) acts for that
+//! user alone; any other key acts for no user unless it may assert end users
+//! (`--assert-users`: names, glob patterns, or `*` for all), and then only for those (see
+//! [`may_assert`]). A signing key ([`crate::signing`]) also holds Ed25519 public keys; its
+//! private signing key is shown once when the gateway generates it, and never stored.
+//!
 //! Requests look keys up through [`KeyCache`], which keeps each lookup for at most
 //! [`CACHE_TTL`], so that a revocation written by any replica or by `llmgw keys revoke` takes
 //! effect everywhere within that time. While the state store is unavailable, keys this replica
 //! verified in the store within [`OUTAGE_TTL`] are still accepted ([`KeyCache::lookup_verified`]);
 //! a revocation made during the outage cannot be seen until the store is back.
 
-use crate::store::{KeyRecord, SecretHash, Store, StoreError};
+use crate::store::{KeyRecord, SecretHash, SigningKey, Store, StoreError};
 use llmgw_engine::input::Principal;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
@@ -149,6 +155,44 @@ pub fn check_name(what: &str, name: &str) -> Result<(), KeyError> {
     }
 }
 
+/// Whether a key may act for the end user `user` named by a request: its own bound user, or
+/// one its `assert_users` patterns match.
+pub fn may_assert(record: &KeyRecord, user: &str) -> bool {
+    match &record.user {
+        Some(bound) => bound == user,
+        None => record
+            .assert_users
+            .iter()
+            .any(|p| wildmatch::WildMatch::new(p).matches(user)),
+    }
+}
+
+/// Splits `svc-*, bob` into patterns.
+pub fn parse_patterns(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks a pattern of end users: `*`, or 1 to 128 of the characters of a user id and the
+/// wildcards `*` and `?`.
+fn check_pattern(pattern: &str) -> Result<(), KeyError> {
+    let ok = !pattern.is_empty()
+        && pattern.len() <= 128
+        && pattern
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '*' | '?'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::Invalid(format!(
+            "user pattern `{pattern}` must be 1 to 128 letters, digits, `.`, `_`, `-`, `@` or the wildcards `*` and `?`"
+        )))
+    }
+}
+
 /// Parses `k=v` labels.
 pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, KeyError> {
     items
@@ -169,16 +213,22 @@ pub struct KeySpec {
     pub tenant: String,
     /// Its project.
     pub project: Option<String>,
-    /// Its user: requests then act for this user whatever their `user` field says.
+    /// Its user: requests then act for this user, and may name no other in their `user` field.
     pub user: Option<String>,
+    /// End users a key without a user may name in the `user` field (names, glob patterns, `*`).
+    pub assert_users: Vec<String>,
     /// Labels rules can read.
     pub labels: BTreeMap<String, String>,
     /// Models it may use; empty means all.
     pub models: Vec<String>,
     /// Lifetime from now.
     pub expires_in: Option<Duration>,
-    /// Requests must be signed.
+    /// Requests must be signed: with a keypair the gateway generates, or with the key of
+    /// `signing_public_key`.
     pub signing: bool,
+    /// A client-held Ed25519 public key (base64 or PEM) to verify signatures with; implies
+    /// `signing`.
+    pub signing_public_key: Option<String>,
     /// A tenant admin key.
     pub admin: bool,
     /// May present tenant tokens (`crate::tenant_token`); only the gateway's admin creates such.
@@ -225,14 +275,33 @@ impl KeySpec {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(KeyError::Invalid("`models` must be an array".into())),
         };
+        let assert_users = match v.get("assert_users") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => parse_patterns(s),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|p| {
+                    p.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| KeyError::Invalid("`assert_users` must hold strings".into()))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(KeyError::Invalid(
+                    "`assert_users` must be an array of user names or patterns".into(),
+                ))
+            }
+        };
         Ok(KeySpec {
             tenant: text("tenant")?.unwrap_or_default(),
             project: text("project")?,
             user: text("user")?,
+            assert_users,
             labels,
             models,
             expires_in: text("expires")?.map(|e| parse_duration(&e)).transpose()?,
             signing: flag("signing")?,
+            signing_public_key: text("signing_public_key")?,
             admin: flag("admin")?,
             tenant_tokens: flag("tenant_tokens")?,
         })
@@ -244,10 +313,12 @@ impl KeySpec {
             "tenant": self.tenant,
             "project": self.project,
             "user": self.user,
+            "assert_users": self.assert_users,
             "labels": self.labels,
             "models": self.models,
             "expires": self.expires_in.map(|d| format!("{}s", d.as_secs())),
             "signing": self.signing,
+            "signing_public_key": self.signing_public_key,
             "admin": self.admin,
             "tenant_tokens": self.tenant_tokens,
         })
@@ -261,6 +332,17 @@ impl KeySpec {
         }
         if let Some(u) = &self.user {
             check_name("user", u)?;
+            if !self.assert_users.is_empty() {
+                return Err(KeyError::Invalid(format!(
+                    "a key bound to the user `{u}` acts for that user only; it cannot also assert users"
+                )));
+            }
+        }
+        for p in &self.assert_users {
+            check_pattern(p)?;
+        }
+        if let Some(k) = &self.signing_public_key {
+            crate::signing::parse_public_key(k).map_err(|e| KeyError::Invalid(e.to_string()))?;
         }
         if self.tenant_tokens && (self.user.is_some() || self.admin) {
             return Err(KeyError::Invalid(
@@ -275,22 +357,30 @@ impl KeySpec {
         Ok(())
     }
 
-    /// A new key record and its secret.
-    pub fn issue(&self, now_ms: i64) -> Result<(String, KeyRecord), KeyError> {
+    /// A new key record, and its secret (and private signing key) to show once.
+    pub fn issue(&self, now_ms: i64) -> Result<(Issued, KeyRecord), KeyError> {
         self.validate()?;
         let secret = generate_key();
+        let (signing_key, signing_keys) = if self.signing || self.signing_public_key.is_some() {
+            let (private, public) = new_signing_key(self.signing_public_key.as_deref())?;
+            (private, vec![public])
+        } else {
+            (None, Vec::new())
+        };
         let record = KeyRecord {
             id: new_key_id(),
             prefix: secret[..SHOWN_PREFIX].to_owned(),
             tenant: self.tenant.clone(),
             project: self.project.clone(),
             user: self.user.clone(),
+            assert_users: self.assert_users.clone(),
             labels: self.labels.clone(),
             allowed_models: self.models.clone(),
             expires_at: self.expires_in.map(|d| now_ms.saturating_add(millis(d))),
             created_at: now_ms,
             revoked_at: None,
-            signing: self.signing,
+            signing: !signing_keys.is_empty(),
+            signing_keys,
             admin: self.admin,
             tenant_tokens: self.tenant_tokens,
             secrets: vec![SecretHash {
@@ -298,7 +388,56 @@ impl KeySpec {
                 not_after: None,
             }],
         };
-        Ok((secret, record))
+        Ok((
+            Issued {
+                secret,
+                signing_key,
+            },
+            record,
+        ))
+    }
+}
+
+/// A signing public key to store: the one given (a client-held key), or that of a keypair
+/// generated now, whose private key is returned to be shown once.
+fn new_signing_key(given: Option<&str>) -> Result<(Option<String>, SigningKey), KeyError> {
+    let (private, public) = match given {
+        Some(k) => (
+            None,
+            crate::signing::parse_public_key(k).map_err(|e| KeyError::Invalid(e.to_string()))?,
+        ),
+        None => {
+            let (private, public) = crate::signing::generate();
+            (Some(private), public)
+        }
+    };
+    Ok((
+        private,
+        SigningKey {
+            public_key: public,
+            not_after: None,
+        },
+    ))
+}
+
+/// What issuing or rotating a key shows once: its secret and, when the gateway generated a
+/// signing keypair, the private signing key. Neither is stored.
+pub struct Issued {
+    /// The bearer secret.
+    pub secret: String,
+    /// The private Ed25519 signing key (base64 of its seed).
+    pub signing_key: Option<String>,
+}
+
+impl Issued {
+    /// The answer of `keys create`, `keys rotate` and the admin API: the key, its secret and
+    /// its private signing key, if any.
+    pub fn answer(&self, record: &KeyRecord, now_ms: i64) -> Value {
+        let mut v = json!({ "key": view(record, now_ms), "secret": self.secret });
+        if let Some(k) = &self.signing_key {
+            v["signing_key"] = Value::String(k.clone());
+        }
+        v
     }
 }
 
@@ -333,9 +472,15 @@ pub fn view(record: &KeyRecord, now_ms: i64) -> Value {
         "tenant": record.tenant,
         "project": record.project,
         "user": record.user,
+        "assert_users": record.assert_users,
         "labels": record.labels,
         "models": record.allowed_models,
         "signing": record.signing,
+        "signing_public_key": record
+            .signing_keys
+            .iter()
+            .find(|k| k.not_after.is_none())
+            .map(|k| &k.public_key),
         "admin": record.admin,
         "tenant_tokens": record.tenant_tokens,
         "status": status(record, now_ms),
@@ -381,7 +526,7 @@ pub async fn create(
     store: &Store,
     who: &Authority,
     mut spec: KeySpec,
-) -> Result<(String, KeyRecord), KeyError> {
+) -> Result<(Issued, KeyRecord), KeyError> {
     match who {
         Authority::Tenant(t) if spec.tenant.is_empty() => spec.tenant = t.clone(),
         Authority::Tenant(t) if *t != spec.tenant => {
@@ -397,9 +542,9 @@ pub async fn create(
             "only the gateway's admin token may create keys that accept tenant tokens".into(),
         ));
     }
-    let (secret, record) = spec.issue(now_ms())?;
+    let (issued, record) = spec.issue(now_ms())?;
     store.put_key(&record).await?;
-    Ok((secret, record))
+    Ok((issued, record))
 }
 
 /// The keys the caller may see, of one tenant or all.
@@ -420,13 +565,16 @@ pub async fn show(store: &Store, who: &Authority, id: &str) -> Result<KeyRecord,
     }
 }
 
-/// Issues a new secret; the secrets valid now stay valid for `grace` more.
+/// Issues a new secret and, for a signing key, a new signing keypair (or registers
+/// `signing_public_key`, which makes any key a signing key); the secrets and public signing
+/// keys valid now stay valid for `grace` more.
 pub async fn rotate(
     store: &Store,
     who: &Authority,
     id: &str,
     grace: Duration,
-) -> Result<(String, KeyRecord), KeyError> {
+    signing_public_key: Option<&str>,
+) -> Result<(Issued, KeyRecord), KeyError> {
     let mut record = show(store, who, id).await?;
     let now = now_ms();
     if status(&record, now) == "revoked" {
@@ -434,27 +582,64 @@ pub async fn rotate(
             "the key `{id}` is revoked; create a new one"
         )));
     }
-    let until = now.saturating_add(millis(grace));
-    let mut secrets: Vec<SecretHash> = Vec::new();
     let secret = generate_key();
-    secrets.push(SecretHash {
+    let mut secrets = vec![SecretHash {
         sha256: hash_secret(&secret),
         not_after: None,
-    });
-    if !grace.is_zero() {
-        for s in &record.secrets {
-            if s.not_after.is_none_or(|t| t > now) {
-                secrets.push(SecretHash {
-                    sha256: s.sha256.clone(),
-                    not_after: Some(s.not_after.map_or(until, |t| t.min(until))),
-                });
-            }
-        }
+    }];
+    secrets.extend(in_grace(&record.secrets, |s| &mut s.not_after, now, grace));
+    let mut signing_key = None;
+    if record.signing || signing_public_key.is_some() {
+        let (private, public) = new_signing_key(signing_public_key)?;
+        signing_key = private;
+        let mut keys = vec![public];
+        keys.extend(in_grace(
+            &record.signing_keys,
+            |k| &mut k.not_after,
+            now,
+            grace,
+        ));
+        record.signing_keys = keys;
+        record.signing = true;
     }
     record.secrets = secrets;
     record.prefix = secret[..SHOWN_PREFIX].to_owned();
     store.put_key(&record).await?;
-    Ok((secret, record))
+    Ok((
+        Issued {
+            secret,
+            signing_key,
+        },
+        record,
+    ))
+}
+
+/// The entries valid at `now`, each ending within `grace` (none when `grace` is zero): what a
+/// rotation keeps of a key's secrets and public signing keys.
+fn in_grace<T: Clone>(
+    items: &[T],
+    not_after: fn(&mut T) -> &mut Option<i64>,
+    now: i64,
+    grace: Duration,
+) -> Vec<T> {
+    if grace.is_zero() {
+        return Vec::new();
+    }
+    let until = now.saturating_add(millis(grace));
+    items
+        .iter()
+        .cloned()
+        .filter_map(|mut item| {
+            let end = not_after(&mut item);
+            match *end {
+                Some(t) if t <= now => None,
+                t => {
+                    *end = Some(t.map_or(until, |t| t.min(until)));
+                    Some(item)
+                }
+            }
+        })
+        .collect()
 }
 
 /// Revokes a key at once.
@@ -691,7 +876,11 @@ pub enum KeySetup {
     Stored(usize),
 }
 
-/// A key of `tenant` with full access and one secret, as start-up registers them.
+/// End users a key registered by start-up may assert: every one (it is the operator's own).
+const OPERATOR_ASSERTS: &str = "*";
+
+/// A key of `tenant` with full access and one secret, as start-up registers them: it may use
+/// every model and assert every end user.
 fn full_access(id: &str, prefix: String, tenant: &str, sha256: String, now: i64) -> KeyRecord {
     KeyRecord {
         id: id.to_owned(),
@@ -699,12 +888,14 @@ fn full_access(id: &str, prefix: String, tenant: &str, sha256: String, now: i64)
         tenant: tenant.to_owned(),
         project: None,
         user: None,
+        assert_users: vec![OPERATOR_ASSERTS.to_owned()],
         labels: BTreeMap::new(),
         allowed_models: Vec::new(),
         expires_at: None,
         created_at: now,
         revoked_at: None,
         signing: false,
+        signing_keys: Vec::new(),
         admin: false,
         tenant_tokens: false,
         secrets: vec![SecretHash {
@@ -720,9 +911,10 @@ pub async fn setup(store: &Store, dev_key: Option<&str>) -> Result<KeySetup, Key
     if let Some(secret) = dev_key {
         let hash = hash_secret(secret);
         let existing = store.key(DEV_KEY_ID).await?;
-        let same = existing
-            .as_ref()
-            .is_some_and(|r| r.secrets.iter().any(|s| s.sha256 == hash));
+        // A record of an earlier version (without `assert_users`) is registered again.
+        let same = existing.as_ref().is_some_and(|r| {
+            r.secrets.iter().any(|s| s.sha256 == hash) && r.assert_users == [OPERATOR_ASSERTS]
+        });
         if !same {
             let prefix = secret
                 .chars()
@@ -818,14 +1010,16 @@ mod tests {
             &Authority::Global,
             &record.id,
             Duration::from_secs(3600),
+            None,
         )
         .await
         .unwrap();
+        let (old, new) = (old.secret, new.secret);
         let now = now_ms();
         assert!(rotated.accepts(&hash_secret(&old), now));
         assert!(rotated.accepts(&hash_secret(&new), now));
         assert!(!rotated.accepts(&hash_secret(&old), now + 3_601_000));
-        let (_, again) = rotate(&store, &Authority::Global, &record.id, Duration::ZERO)
+        let (_, again) = rotate(&store, &Authority::Global, &record.id, Duration::ZERO, None)
             .await
             .unwrap();
         assert_eq!(again.secrets.len(), 1, "no grace: only the newest secret");
@@ -866,5 +1060,101 @@ mod tests {
             list(&store, &Authority::Global, None).await.unwrap().len(),
             2
         );
+    }
+
+    #[test]
+    fn a_key_asserts_only_its_own_user_or_the_users_it_may() {
+        // A record stored before `assert_users` existed asserts no user.
+        let old: KeyRecord = serde_json::from_value(json!({
+            "id": "key_old", "prefix": "llmgw_abcdef", "tenant": "acme", "created_at": 1,
+            "secrets": [{ "sha256": "00" }],
+        }))
+        .unwrap();
+        assert!(old.assert_users.is_empty() && old.signing_keys.is_empty());
+        assert!(!may_assert(&old, "alice"));
+        let stored = serde_json::to_value(&old).unwrap();
+        assert!(stored.get("assert_users").is_none());
+        let svc = KeyRecord {
+            assert_users: parse_patterns("svc-*, bob"),
+            ..old.clone()
+        };
+        assert!(may_assert(&svc, "svc-batch") && may_assert(&svc, "bob"));
+        assert!(!may_assert(&svc, "alice") && !may_assert(&svc, "bobby"));
+        let any = KeyRecord {
+            assert_users: vec!["*".into()],
+            ..old.clone()
+        };
+        assert!(may_assert(&any, "anyone at all"));
+        let bound = KeyRecord {
+            user: Some("alice".into()),
+            assert_users: vec!["*".into()],
+            ..old
+        };
+        assert!(may_assert(&bound, "alice") && !may_assert(&bound, "bob"));
+        let both = KeySpec {
+            tenant: "acme".into(),
+            user: Some("alice".into()),
+            assert_users: vec!["bob".into()],
+            ..KeySpec::default()
+        };
+        assert!(matches!(both.validate(), Err(KeyError::Invalid(_))));
+        let bad = KeySpec {
+            tenant: "acme".into(),
+            assert_users: vec!["a b".into()],
+            ..KeySpec::default()
+        };
+        assert!(matches!(bad.validate(), Err(KeyError::Invalid(_))));
+        let from_json = KeySpec::from_json(&json!({ "tenant": "acme", "assert_users": ["svc-*"] }));
+        assert_eq!(from_json.unwrap().assert_users, vec!["svc-*"]);
+    }
+
+    #[tokio::test]
+    async fn rotation_issues_a_signing_keypair_and_keeps_the_old_public_key_for_the_grace() {
+        let (_dir, store) = store().await;
+        let spec = KeySpec {
+            tenant: "acme".into(),
+            signing: true,
+            ..KeySpec::default()
+        };
+        let (issued, record) = create(&store, &Authority::Global, spec).await.unwrap();
+        let private = issued
+            .signing_key
+            .expect("a generated signing key is shown");
+        assert_eq!(record.signing_keys.len(), 1);
+        let stored = serde_json::to_string(&store.key(&record.id).await.unwrap()).unwrap();
+        assert!(!stored.contains(&private), "only the public key is stored");
+        let (rotated, after) = rotate(
+            &store,
+            &Authority::Global,
+            &record.id,
+            Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(rotated.signing_key.is_some_and(|k| k != private));
+        assert_eq!(after.signing_keys.len(), 2);
+        assert_eq!(after.signing_keys[0].not_after, None);
+        assert_eq!(
+            after.signing_keys[1].public_key,
+            record.signing_keys[0].public_key
+        );
+        assert!(after.signing_keys[1].not_after.is_some());
+        let (_, client_held) = crate::signing::generate();
+        let (none, again) = rotate(
+            &store,
+            &Authority::Global,
+            &record.id,
+            Duration::ZERO,
+            Some(&client_held),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            none.signing_key, None,
+            "a client-held key has nothing to show"
+        );
+        assert_eq!(again.signing_keys.len(), 1);
+        assert_eq!(again.signing_keys[0].public_key, client_held);
     }
 }

@@ -1,7 +1,7 @@
 //! `llmgw keys …` and `llmgw spend`: key management and spend reports, against the state
 //! store directly (`--state`) or through a running gateway's admin API (`--admin-url` with
-//! `--admin-token`). Secrets are printed once, by `create` and `rotate`; `list` and `show`
-//! never print one.
+//! `--admin-token`). Secrets and generated private signing keys are printed once, by `create`
+//! and `rotate`; `list` and `show` never print one.
 
 use crate::admin::{check_day, ledger_row, month_start};
 use crate::keys::{self, Authority, KeyError, KeySpec};
@@ -53,9 +53,14 @@ pub enum KeysCommand {
         /// Its project.
         #[arg(long)]
         project: Option<String>,
-        /// Its user (requests then act for this user).
-        #[arg(long)]
+        /// Its user (requests then act for this user, and may name no other in `user`).
+        #[arg(long, conflicts_with = "assert_users")]
         user: Option<String>,
+        /// End users its requests may name in the `user` field: names and glob patterns,
+        /// comma-separated (`'svc-*,bob'`), or `'*'` for every user. Without it (nor
+        /// `--user`) a request naming a user is refused.
+        #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+        assert_users: Vec<String>,
         /// A label rules can read as `key.labels` (repeatable).
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
@@ -65,9 +70,14 @@ pub enum KeysCommand {
         /// Lifetime (`90d`, `12h`…); none means no expiry.
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
-        /// Requests must be signed (`x-llmgw-signature`).
+        /// Requests must be signed (`x-llmgw-signature`, Ed25519): generates a signing keypair
+        /// and prints its private key once (only the public key is stored).
         #[arg(long)]
         signing: bool,
+        /// Requests must be signed with the private key of this Ed25519 public key (base64,
+        /// PEM, or `file:PATH` holding either), which stays with the client.
+        #[arg(long, value_name = "KEY|file:PATH", conflicts_with = "signing")]
+        signing_public_key: Option<String>,
         /// A tenant admin key: manages its tenant's keys and reads its spend through the
         /// admin API; refused on the model endpoints.
         #[arg(long)]
@@ -97,13 +107,19 @@ pub enum KeysCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Issue a new secret; the old one stays valid for the grace window.
+    /// Issue a new secret (and for a signing key a new signing keypair); the old ones stay
+    /// valid for the grace window.
     Rotate {
         /// The key id.
         id: String,
-        /// How long the old secret stays valid (`24h`, `30m`; 0 ends it at once).
+        /// How long the old secret and signing key stay valid (`24h`, `30m`; 0 ends them at
+        /// once).
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         grace: String,
+        /// Register this client-held Ed25519 public key (base64, PEM, or `file:PATH`) instead
+        /// of generating a signing keypair.
+        #[arg(long, value_name = "KEY|file:PATH")]
+        signing_public_key: Option<String>,
         /// Where to act.
         #[command(flatten)]
         target: Target,
@@ -213,6 +229,44 @@ pub struct SpendArgs {
     /// Where to act.
     #[command(flatten)]
     pub target: Target,
+}
+
+/// Options of `llmgw sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The private signing key: base64 of its seed (as `keys create --signing` prints it), a
+    /// PEM `PRIVATE KEY`, or `file:PATH` holding either.
+    #[arg(
+        long,
+        value_name = "KEY|file:PATH",
+        env = "LLMGW_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub key: String,
+    /// The request body to sign, exactly as it will be sent (`-` reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub body: String,
+    /// The signature's time, Unix seconds; now by default.
+    #[arg(long, value_name = "SECONDS")]
+    pub time: Option<i64>,
+}
+
+/// Runs `llmgw sign`; returns the header value to print.
+pub fn sign(args: SignArgs) -> Result<String, CmdError> {
+    let key = crate::signing::parse_private_key(&key_text(&args.key)?)
+        .map_err(|e| CmdError::Usage(e.to_string()))?;
+    let body = if args.body == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(|e| {
+            CmdError::Usage(format!("cannot read the body from standard input: {e}"))
+        })?;
+        b
+    } else {
+        std::fs::read(&args.body)
+            .map_err(|e| CmdError::Usage(format!("cannot read the body file {}: {e}", args.body)))?
+    };
+    let t = args.time.unwrap_or_else(|| keys::now_ms().div_euclid(1000));
+    Ok(format!("{}\n", crate::signing::sign(&key, t, &body)))
 }
 
 /// A failure of a key or spend command.
@@ -355,6 +409,22 @@ fn text(v: &Value) -> String {
     }
 }
 
+fn patterns_text(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(","),
+        _ => "-".to_owned(),
+    }
+}
+
+/// A key given as itself or as `file:PATH` (whose contents are read).
+fn key_text(arg: &str) -> Result<String, CmdError> {
+    match arg.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| CmdError::Usage(format!("cannot read the key file {path}: {e}"))),
+        None => Ok(arg.to_owned()),
+    }
+}
+
 fn labels_text(v: &Value) -> String {
     match v.as_object() {
         Some(m) if !m.is_empty() => m
@@ -380,9 +450,11 @@ fn describe(v: &Value) -> String {
         ("tenant", text(&v["tenant"])),
         ("project", text(&v["project"])),
         ("user", text(&v["user"])),
+        ("assert users", patterns_text(&v["assert_users"])),
         ("labels", labels_text(&v["labels"])),
         ("models", models),
         ("signing", text(&v["signing"])),
+        ("signing public key", text(&v["signing_public_key"])),
         ("admin", text(&v["admin"])),
         ("tenant tokens", text(&v["tenant_tokens"])),
         ("status", text(&v["status"])),
@@ -418,7 +490,7 @@ fn table(rows: &[Vec<String>]) -> String {
 
 fn key_table(keys: &[Value]) -> String {
     let mut rows = vec![[
-        "ID", "TENANT", "PROJECT", "USER", "PREFIX", "STATUS", "LABELS", "EXPIRES",
+        "ID", "TENANT", "PROJECT", "USER", "ASSERTS", "PREFIX", "STATUS", "LABELS", "EXPIRES",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -428,6 +500,7 @@ fn key_table(keys: &[Value]) -> String {
             text(&k["tenant"]),
             text(&k["project"]),
             text(&k["user"]),
+            patterns_text(&k["assert_users"]),
             text(&k["prefix"]),
             text(&k["status"]),
             labels_text(&k["labels"]),
@@ -445,10 +518,12 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
             tenant,
             project,
             user,
+            assert_users,
             labels,
             models,
             expires,
             signing,
+            signing_public_key,
             admin,
             accept_tenant_tokens,
             target,
@@ -457,18 +532,23 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
                 tenant,
                 project,
                 user,
+                assert_users: assert_users
+                    .iter()
+                    .flat_map(|p| keys::parse_patterns(p))
+                    .collect(),
                 labels: keys::parse_labels(&labels)?,
                 models,
                 expires_in: expires.as_deref().map(keys::parse_duration).transpose()?,
                 signing,
+                signing_public_key: signing_public_key.as_deref().map(key_text).transpose()?,
                 admin,
                 tenant_tokens: accept_tenant_tokens,
             };
             spec.validate()?;
             let v = match Backend::of(&target).await? {
                 Backend::Local(store) => {
-                    let (secret, record) = keys::create(&store, &Authority::Global, spec).await?;
-                    json!({ "key": keys::view(&record, now), "secret": secret })
+                    let (issued, record) = keys::create(&store, &Authority::Global, spec).await?;
+                    issued.answer(&record, now)
                 }
                 Backend::Remote { url, token } => {
                     call(&url, &token, "POST", "/admin/keys", Some(spec.to_json())).await?
@@ -506,13 +586,20 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
             };
             (target, Shown::Key(v))
         }
-        KeysCommand::Rotate { id, grace, target } => {
+        KeysCommand::Rotate {
+            id,
+            grace,
+            signing_public_key,
+            target,
+        } => {
             let grace_d = keys::parse_duration(&grace)?;
+            let public = signing_public_key.as_deref().map(key_text).transpose()?;
             let v = match Backend::of(&target).await? {
                 Backend::Local(store) => {
-                    let (secret, record) =
-                        keys::rotate(&store, &Authority::Global, &id, grace_d).await?;
-                    json!({ "key": keys::view(&record, now), "secret": secret })
+                    let (issued, record) =
+                        keys::rotate(&store, &Authority::Global, &id, grace_d, public.as_deref())
+                            .await?;
+                    issued.answer(&record, now)
                 }
                 Backend::Remote { url, token } => {
                     call(
@@ -520,7 +607,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<String, CmdError> {
                         &token,
                         "POST",
                         &format!("/admin/keys/{id}/rotate"),
-                        Some(json!({ "grace": grace })),
+                        Some(json!({ "grace": grace, "signing_public_key": public })),
                     )
                     .await?
                 }
@@ -562,11 +649,18 @@ impl Shown {
                 format!("{v:#}\n")
             }
             Shown::Secret(v, what) => {
-                format!(
+                let mut out = format!(
                     "{}\nkey {what}; its secret is shown this once (only its SHA-256 is stored):\n{}\n",
                     describe(&v["key"]),
                     text(&v["secret"])
-                )
+                );
+                if let Some(k) = v["signing_key"].as_str() {
+                    let _ = write!(
+                        out,
+                        "its Ed25519 signing key (private) is shown this once (only its public key is stored):\n{k}\n"
+                    );
+                }
+                out
             }
             Shown::List(v) => key_table(v.as_array().map_or(&[], Vec::as_slice)),
             Shown::Key(v) => describe(&v),

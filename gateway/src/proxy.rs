@@ -248,7 +248,14 @@ pub async fn handle(
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     // Phase 2: identify.
-    let mut identity = identify::identify(&key, request.user.as_deref());
+    let mut identity = match identify::identify(&key, request.user.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            let tried = identify::key_only(&key);
+            return reject(&app, &info, e, &model, request.facts.stream, Some(&tried));
+        }
+    };
     if let Some(t) = &token {
         t.apply(&mut identity);
     }

@@ -8,7 +8,6 @@ mod common;
 mod state_support;
 
 use common::*;
-use redis::AsyncCommands;
 use state_support::*;
 
 fn key_cap(limit: f64) -> String {
@@ -29,50 +28,6 @@ fn replica(policies: &std::path::Path, url: &str, prefix: &str) -> Gateway {
         true,
         Some(url),
     )
-}
-
-/// Every key under `prefix` and every value it holds, as text.
-async fn dump(url: &str, prefix: &str) -> String {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connects");
-    let keys: Vec<String> = c.keys(format!("{prefix}*")).await.expect("keys");
-    assert!(!keys.is_empty(), "nothing under {prefix}");
-    let mut out = String::new();
-    for k in keys {
-        out.push_str(&k);
-        out.push('\n');
-        let kind: String = redis::cmd("TYPE")
-            .arg(&k)
-            .query_async(&mut c)
-            .await
-            .expect("type");
-        let text = match kind.as_str() {
-            "string" => c.get::<_, String>(&k).await.unwrap_or_default(),
-            "hash" => format!(
-                "{:?}",
-                c.hgetall::<_, Vec<(String, String)>>(&k)
-                    .await
-                    .unwrap_or_default()
-            ),
-            "set" => format!(
-                "{:?}",
-                c.smembers::<_, Vec<String>>(&k).await.unwrap_or_default()
-            ),
-            "zset" => format!(
-                "{:?}",
-                c.zrange::<_, Vec<String>>(&k, 0, -1)
-                    .await
-                    .unwrap_or_default()
-            ),
-            other => format!("<{other}>"),
-        };
-        out.push_str(&text);
-        out.push('\n');
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +87,7 @@ async fn two_replicas_on_one_redis_enforce_one_budget_together() {
     assert_eq!(refused.status, 429, "{}", refused.body);
     drop(two);
     drop(three);
-    let stored = dump(&url, &prefix).await;
+    let stored = redis_dump(&url, &prefix).await;
     assert!(!stored.contains(KEY), "the dev key is stored in plain text");
     cleanup_redis(&url, &prefix).await;
 }
@@ -156,7 +111,7 @@ async fn a_revoked_key_fails_within_a_second_on_both_replicas_and_redis_holds_no
         .as_str()
         .expect("secret")
         .to_owned();
-    let stored = dump(&url, &prefix).await;
+    let stored = redis_dump(&url, &prefix).await;
     assert!(stored.contains(&key.id));
     assert!(!stored.contains(&key.secret) && !stored.contains(&new));
     identity_revocation(&s, &url).await;

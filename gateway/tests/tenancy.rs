@@ -39,9 +39,19 @@ async fn world() -> World {
     );
     let location = state.path().to_str().expect("utf-8").to_owned();
     let s = ["--state", location.as_str()];
-    let acme = create_key(&s, &["--tenant", "acme", "--project", "search"]);
+    let acme = create_key(
+        &s,
+        &[
+            "--tenant",
+            "acme",
+            "--project",
+            "search",
+            "--assert-users",
+            "alice",
+        ],
+    );
     let acme_admin = create_key(&s, &["--tenant", "acme", "--admin"]);
-    let globex = create_key(&s, &["--tenant", "globex"]);
+    let globex = create_key(&s, &["--tenant", "globex", "--assert-users", "*"]);
     let globex_admin = create_key(&s, &["--tenant", "globex", "--admin"]);
     let gw = Gateway::start_on(
         &[

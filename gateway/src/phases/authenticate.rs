@@ -69,7 +69,7 @@ pub async fn authenticate(
 }
 
 /// Checks the request signature of a key that requires one (`x-llmgw-signature`), with the
-/// secret of the same request's `Authorization` header.
+/// key's stored Ed25519 public keys ([`crate::signing`]).
 pub async fn verify_signature(
     headers: &HeaderMap,
     key: &AuthKey,
@@ -79,12 +79,11 @@ pub async fn verify_signature(
     if !key.record.signing {
         return Ok(());
     }
-    let secret = bearer(headers)?;
     match crate::signing::verify(
         keys.store(),
         &key.record.id,
         headers,
-        secret,
+        &key.record.signing_keys,
         body,
         crate::keys::now_ms(),
     )
@@ -129,7 +128,8 @@ mod tests {
             models: vec!["gpt-4o".into()],
             ..KeySpec::default()
         };
-        let (secret, record) = create(&store, &Authority::Global, spec).await.expect("key");
+        let (issued, record) = create(&store, &Authority::Global, spec).await.expect("key");
+        let secret = issued.secret;
         let keys = KeyCache::new(store.clone());
         let mut h = HeaderMap::new();
         assert_eq!(authenticate(&h, &keys, None).await.unwrap_err().status, 401);
@@ -167,12 +167,16 @@ mod tests {
             tenant: "acme".into(),
             ..KeySpec::default()
         };
-        let (seen, _) = create(&store, &Authority::Global, spec())
+        let seen = create(&store, &Authority::Global, spec())
             .await
-            .expect("key");
-        let (unseen, _) = create(&store, &Authority::Global, spec())
+            .expect("key")
+            .0
+            .secret;
+        let unseen = create(&store, &Authority::Global, spec())
             .await
-            .expect("key");
+            .expect("key")
+            .0
+            .secret;
         let keys = KeyCache::new(store.clone());
         let with = |secret: &str| {
             let mut h = HeaderMap::new();

@@ -63,6 +63,17 @@ pub struct SecretHash {
     pub not_after: Option<i64>,
 }
 
+/// A public key that verifies a key's request signatures (see `crate::signing`), valid until
+/// `not_after` (milliseconds) when set. Only public keys are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// The Ed25519 public key, base64 of its 32 bytes.
+    pub public_key: String,
+    /// End of its grace window after a rotation.
+    #[serde(default)]
+    pub not_after: Option<i64>,
+}
+
 /// A gateway key as stored: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -78,6 +89,11 @@ pub struct KeyRecord {
     /// Its user, if any.
     #[serde(default)]
     pub user: Option<String>,
+    /// The end users a key without a user may name in a request's `user` field: names and
+    /// glob patterns (`*`, `?`); `*` alone is every user. Empty (the default, also of records
+    /// stored before this field existed): none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assert_users: Vec<String>,
     /// Labels rules can read (`key.labels`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -95,6 +111,10 @@ pub struct KeyRecord {
     /// Requests must carry `x-llmgw-signature`.
     #[serde(default)]
     pub signing: bool,
+    /// The public keys that verify its signatures: the current one, and during a rotation the
+    /// previous one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKey>,
     /// A tenant admin key: accepted by the admin API for its own tenant only, refused on the
     /// model endpoints.
     #[serde(default)]

@@ -73,6 +73,8 @@ pub struct NewKey {
     pub id: String,
     /// Its secret.
     pub secret: String,
+    /// Its private signing key, when `--signing` had one generated.
+    pub signing_key: Option<String>,
 }
 
 impl NewKey {
@@ -93,6 +95,7 @@ pub fn create_key(state: &[&str], extra: &[&str]) -> NewKey {
     NewKey {
         id: v["key"]["id"].as_str().expect("id").to_owned(),
         secret: v["secret"].as_str().expect("secret").to_owned(),
+        signing_key: v["signing_key"].as_str().map(str::to_owned),
     }
 }
 
@@ -217,4 +220,48 @@ pub async fn cleanup_redis(url: &str, prefix: &str) {
     if !keys.is_empty() {
         let _: () = c.del(keys).await.expect("del");
     }
+}
+
+/// Every key under `prefix` and every value it holds, as text.
+pub async fn redis_dump(url: &str, prefix: &str) -> String {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let keys: Vec<String> = c.keys(format!("{prefix}*")).await.expect("keys");
+    assert!(!keys.is_empty(), "nothing under {prefix}");
+    let mut out = String::new();
+    for k in keys {
+        out.push_str(&k);
+        out.push('\n');
+        let kind: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .expect("type");
+        let text = match kind.as_str() {
+            "string" => c.get::<_, String>(&k).await.unwrap_or_default(),
+            "hash" => format!(
+                "{:?}",
+                c.hgetall::<_, Vec<(String, String)>>(&k)
+                    .await
+                    .unwrap_or_default()
+            ),
+            "set" => format!(
+                "{:?}",
+                c.smembers::<_, Vec<String>>(&k).await.unwrap_or_default()
+            ),
+            "zset" => format!(
+                "{:?}",
+                c.zrange::<_, Vec<String>>(&k, 0, -1)
+                    .await
+                    .unwrap_or_default()
+            ),
+            other => format!("<{other}>"),
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    out
 }
