@@ -8,7 +8,7 @@
 //! A directory's revision is a hash of its policy files' paths and contents.
 
 use llmgw_engine::diag::Diagnostic;
-use llmgw_engine::source::{content_revision, is_policy_file, DirSource, FileSource, PolicyFile};
+use llmgw_engine::source::{content_revision, is_policy_file, policy_files, PolicyFile};
 use llmgw_engine::CompiledPolicy;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ pub enum SourceError {
         /// The directory.
         location: String,
         /// Why.
-        source: llmgw_engine::source::SourceError,
+        source: llmgw_git::DirError,
     },
     /// The git repository could not be opened, fetched or read.
     #[error("{location}: {source}")]
@@ -213,13 +213,12 @@ impl SourceReader {
                 Ok(RevisionInfo::content(id, &self.location))
             }
             PolicyLocation::Dir(dir) => {
-                let files =
-                    DirSource::new(dir.clone())
-                        .files()
-                        .map_err(|source| SourceError::Dir {
-                            location: dir.display().to_string(),
-                            source,
-                        })?;
+                let files = llmgw_git::files_in_dir(dir, is_policy_file)
+                    .map(policy_files)
+                    .map_err(|source| SourceError::Dir {
+                        location: dir.display().to_string(),
+                        source,
+                    })?;
                 let id = content_revision(&files);
                 self.last_read = Some((id.clone(), files));
                 Ok(RevisionInfo::content(id, &self.location))
