@@ -14,6 +14,8 @@
 //! built on it ([`testing`], [`diff`], [`record`]). YAML parsing, schema validation, the CEL
 //! environment and the checks are private.
 #![forbid(unsafe_code)]
+// A type reachable from the public API must be nameable from it too.
+#![warn(unnameable_types)]
 
 mod celenv;
 mod checks;
@@ -43,6 +45,7 @@ mod tests;
 pub use decide::DecideError;
 pub use decision::Decision;
 pub use diag::Diagnostic;
+pub use expr::EvalError;
 pub use load::{load_files, LoadOutcome};
 pub use policy::CompiledPolicy;
 pub use source::PolicyFile;
