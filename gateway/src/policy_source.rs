@@ -249,13 +249,10 @@ impl SourceReader {
     /// its last [`SourceReader::head`] read.
     pub fn files(&mut self, revision: &RevisionInfo) -> Result<Vec<PolicyFile>, SourceError> {
         if let Some(repo) = &self.repo {
-            let files = repo
+            return repo
                 .files_at(&revision.id, is_policy_file)
-                .map_err(|e| self.git_error(e))?;
-            return Ok(files
-                .into_iter()
-                .map(|(path, bytes)| PolicyFile { path, bytes })
-                .collect());
+                .map(policy_files)
+                .map_err(|e| self.git_error(e));
         }
         match self.last_read.take() {
             Some((id, files)) if id == revision.id => Ok(files),
@@ -269,16 +266,11 @@ impl SourceReader {
 
 /// The bundled policy files as the loader takes them.
 pub fn embedded_policy_files() -> Vec<PolicyFile> {
-    let mut files: Vec<PolicyFile> = embedded_files()
-        .iter()
-        .filter(|(p, _)| is_policy_file(p))
-        .map(|(p, b)| PolicyFile {
-            path: (*p).to_owned(),
-            bytes: b.to_vec(),
-        })
-        .collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
+    policy_files(
+        embedded_files()
+            .iter()
+            .map(|(path, bytes)| ((*path).to_owned(), bytes.to_vec())),
+    )
 }
 
 /// A revision that does not compile: every finding, errors and warnings.
