@@ -5,7 +5,7 @@
 use criterion::Criterion;
 use llmgw_engine::input::{DecisionInput, Identity, Principal, RequestContext, RequestFacts};
 use llmgw_engine::load::load_files;
-use llmgw_engine::source::{DirSource, FileSource, PolicyFile};
+use llmgw_engine::source::{is_policy_file, policy_files, PolicyFile};
 use llmgw_engine::CompiledPolicy;
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn bundled() -> CompiledPolicy {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-    let files = DirSource::new(dir)
-        .files()
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let files = llmgw_git::files_in_dir(&dir, is_policy_file)
+        .map(policy_files)
         .expect("bundled policies are readable");
     load_files(&files, Some("bench"))
         .policy

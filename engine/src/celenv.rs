@@ -158,6 +158,7 @@ impl Environment {
     }
 
     /// Every leaf path the environment declares with its type (`request.model`, …).
+    #[cfg(test)]
     pub fn leaves(&self) -> Vec<(String, Ty)> {
         fn walk(env: &Environment, path: &str, ty: &Ty, out: &mut Vec<(String, Ty)>) {
             match ty {

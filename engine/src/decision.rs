@@ -141,7 +141,7 @@ pub struct Decision {
     /// Near-duplicate threshold of the first attempt's model's cache rule, if it sets one.
     pub cache_semantic_threshold: Option<f64>,
     /// Conditions that failed to evaluate (taken as not matching; budgets as applying).
-    pub eval_errors: Vec<crate::expr::EvalError>,
+    pub eval_errors: Vec<crate::EvalError>,
 }
 
 impl Decision {

@@ -11,7 +11,7 @@ use crate::policy::{
     BudgetRule, CanaryInfo, CompiledPolicy, DeploymentInfo, DowngradeRuleInfo, Location, ModelInfo,
     Rule,
 };
-use crate::source::{content_revision, FileSource, PolicyFile};
+use crate::source::{content_revision, PolicyFile};
 use crate::yaml::{self, Node};
 use crate::{checks, index, secrets};
 use std::collections::HashMap;
@@ -61,20 +61,8 @@ impl Parsed {
     }
 }
 
-/// Loads a policy from a source. `revision` names it (a commit id); a content hash otherwise.
-pub fn load(source: &dyn FileSource, revision: Option<&str>) -> LoadOutcome {
-    match source.files() {
-        Ok(files) => load_files(&files, revision),
-        Err(e) => LoadOutcome {
-            policy: None,
-            tests: Vec::new(),
-            diagnostics: vec![Diagnostic::error("source/read", e.to_string(), None)],
-            revision: revision.unwrap_or("unknown").to_owned(),
-        },
-    }
-}
-
-/// Loads a policy from files already read.
+/// Loads a policy from files already read. `revision` names it (a commit id); a hash of the
+/// files otherwise.
 pub fn load_files(files: &[PolicyFile], revision: Option<&str>) -> LoadOutcome {
     let revision = revision.map_or_else(|| content_revision(files), str::to_owned);
     let mut diags = Vec::new();

@@ -83,11 +83,11 @@ pub struct Rule {
     /// Unique name.
     pub name: Arc<str>,
     /// Condition; `None` means always.
-    pub when: Option<CompiledExpr>,
+    pub(crate) when: Option<CompiledExpr>,
     /// Candidate model indices; `None` means the requested model.
     pub candidates: Option<Vec<usize>>,
     /// Candidate filter over `m`.
-    pub filter: Option<CompiledExpr>,
+    pub(crate) filter: Option<CompiledExpr>,
     /// Strategy.
     pub strategy: Strategy,
     /// Latency strategy: metric.
@@ -110,7 +110,7 @@ pub struct BudgetRule {
     /// Its name, shared.
     pub name: Arc<str>,
     /// Condition; `None` means all requests.
-    pub when: Option<CompiledExpr>,
+    pub(crate) when: Option<CompiledExpr>,
     /// Where it was declared.
     pub location: Location,
 }
@@ -128,7 +128,7 @@ pub struct DowngradeRuleInfo {
     /// Unique name.
     pub name: Arc<str>,
     /// Condition; `None` means whenever a downgrade budget is exceeded.
-    pub when: Option<CompiledExpr>,
+    pub(crate) when: Option<CompiledExpr>,
     /// Model indices it moves away from.
     pub from: Vec<usize>,
     /// Model index it moves to.

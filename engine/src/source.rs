@@ -1,9 +1,8 @@
-//! Where policy files come from: an abstract source of (path, bytes).
+//! Policy files as the loader takes them: (path, bytes) pairs already read.
 //!
-//! A directory today, a git tree at a commit in the gateway: both hand the loader the same
-//! list of files, so the loader never touches a file system itself.
-
-use std::path::{Path, PathBuf};
+//! Whoever reads them (a directory walk or a git tree in the gateway and in `llmgw-policy`,
+//! the bundled files compiled into the gateway) hands the loader the same list, so the engine
+//! never touches a file system itself.
 
 /// One file of a policy repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,110 +13,22 @@ pub struct PolicyFile {
     pub bytes: Vec<u8>,
 }
 
-/// A failure to read a policy source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The directory or a file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// What could not be read.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Any other source's failure, already described.
-    #[error("{0}")]
-    Other(String),
-}
-
-/// A source of policy files.
-pub trait FileSource {
-    /// Every policy file (`*.yaml`, `*.yml`), sorted by path.
-    fn files(&self) -> Result<Vec<PolicyFile>, SourceError>;
-}
-
 /// Whether a path names a policy file.
 pub fn is_policy_file(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 
-/// A policy repository in a local directory (hidden entries such as `.git/` are skipped).
-#[derive(Debug, Clone)]
-pub struct DirSource {
-    root: PathBuf,
-}
-
-impl DirSource {
-    /// A source reading the directory `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirSource { root: root.into() }
-    }
-}
-
-impl FileSource for DirSource {
-    fn files(&self) -> Result<Vec<PolicyFile>, SourceError> {
-        let mut out = Vec::new();
-        walk(&self.root, &self.root, &mut out)?;
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
-    }
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PolicyFile>) -> Result<(), SourceError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SourceError::Io { path, source }
-    };
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let kind = entry.file_type().map_err(io(&path))?;
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            if is_policy_file(&rel) {
-                let bytes = std::fs::read(&path).map_err(io(&path))?;
-                out.push(PolicyFile { path: rel, bytes });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A policy repository held in memory (embedded policies, git trees, tests).
-#[derive(Debug, Clone, Default)]
-pub struct MemSource {
-    files: Vec<PolicyFile>,
-}
-
-impl MemSource {
-    /// A source of these files.
-    pub fn new(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
-        let mut files: Vec<PolicyFile> = files
-            .into_iter()
-            .filter(|(path, _)| is_policy_file(path))
-            .map(|(path, bytes)| PolicyFile { path, bytes })
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        MemSource { files }
-    }
-}
-
-impl FileSource for MemSource {
-    fn files(&self) -> Result<Vec<PolicyFile>, SourceError> {
-        Ok(self.files.clone())
-    }
+/// The policy files (`*.yaml`, `*.yml`) among (path, bytes) pairs, sorted by path: what
+/// [`crate::load::load_files`] takes, whether the pairs come from a directory, a git tree or
+/// memory.
+pub fn policy_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Vec<PolicyFile> {
+    let mut files: Vec<PolicyFile> = files
+        .into_iter()
+        .filter(|(path, _)| is_policy_file(path))
+        .map(|(path, bytes)| PolicyFile { path, bytes })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
 }
 
 /// A revision id for sources without one (a directory): a hash of paths and contents.

@@ -113,7 +113,7 @@ impl Trace {
 
     /// Evaluates a condition. One that fails to evaluate (a missing map key, say) counts as
     /// `fallback`, and the failure is recorded so that the gateway can log and count it.
-    pub fn holds(
+    pub(crate) fn holds(
         &mut self,
         expr: &CompiledExpr,
         vars: &dyn VariableResolver,

@@ -115,21 +115,6 @@ impl Node {
             ),
         }
     }
-
-    /// Every string scalar in the tree, keys excluded, with its node.
-    pub fn strings(&self) -> Vec<&Node> {
-        let mut out = Vec::new();
-        let mut stack = vec![self];
-        while let Some(node) = stack.pop() {
-            match &node.value {
-                Value::Str(_) => out.push(node),
-                Value::Seq(items) => stack.extend(items.iter().rev()),
-                Value::Map(entries) => stack.extend(entries.iter().rev().map(|(_, v)| v)),
-                _ => {}
-            }
-        }
-        out
-    }
 }
 
 /// Parses one YAML document with positions.

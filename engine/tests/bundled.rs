@@ -1,14 +1,12 @@
 //! The bundled policy repository lints clean and passes its own tests, scenario by scenario.
 
-use llmgw_engine::load::load;
-use llmgw_engine::source::DirSource;
-use llmgw_engine::testing;
+use llmgw_engine::{load_files, testing};
 
-const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+mod common;
 
 #[test]
 fn bundled_policies_lint_clean_and_pass_every_case() {
-    let outcome = load(&DirSource::new(POLICIES), None);
+    let outcome = load_files(&common::bundled_files(), None);
     assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
     let policy = outcome.policy.as_ref().expect("compiles");
     let results = testing::run(policy, &outcome.tests);

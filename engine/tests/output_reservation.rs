@@ -3,13 +3,13 @@
 
 use llmgw_engine::decide::{worst_case_output, DecideError, Unservable, DEFAULT_OUTPUT_TOKENS};
 use llmgw_engine::input::DecisionInput;
-use llmgw_engine::load::load;
-use llmgw_engine::source::{DirSource, MemSource};
-use llmgw_engine::CompiledPolicy;
+use llmgw_engine::source::policy_files;
+use llmgw_engine::{load_files, CompiledPolicy};
+
+mod common;
 
 fn bundled() -> CompiledPolicy {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-    load(&DirSource::new(dir), None)
+    load_files(&common::bundled_files(), None)
         .policy
         .expect("bundled policies compile")
 }
@@ -153,7 +153,7 @@ fn warnings(max_output: &str, strict: bool) -> Vec<String> {
         ("models.yaml".to_owned(), models(max_output).into_bytes()),
         ("budgets.yaml".to_owned(), budget(strict).into_bytes()),
     ];
-    let outcome = load(&MemSource::new(files), None);
+    let outcome = load_files(&policy_files(files), None);
     assert!(outcome.policy.is_some(), "{:?}", outcome.diagnostics);
     outcome
         .diagnostics

@@ -1,13 +1,12 @@
 //! What the gateway must hold against budgets before calling upstream.
 
 use llmgw_engine::input::DecisionInput;
-use llmgw_engine::load::load;
-use llmgw_engine::source::DirSource;
-use llmgw_engine::CompiledPolicy;
+use llmgw_engine::{load_files, CompiledPolicy};
+
+mod common;
 
 fn bundled() -> CompiledPolicy {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-    load(&DirSource::new(dir), None)
+    load_files(&common::bundled_files(), None)
         .policy
         .expect("bundled policies compile")
 }

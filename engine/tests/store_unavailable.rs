@@ -2,9 +2,9 @@
 //! value it does not know.
 
 use llmgw_engine::input::DecisionInput;
-use llmgw_engine::load::{load, LoadOutcome};
+use llmgw_engine::load::{load_files, LoadOutcome};
 use llmgw_engine::model::OnStoreUnavailable;
-use llmgw_engine::source::MemSource;
+use llmgw_engine::source::policy_files;
 
 const PROVIDERS: &str =
     "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n  - name: sim\n    type: simulated\n";
@@ -22,7 +22,7 @@ fn policy(setting: &str) -> LoadOutcome {
         ("models.yaml".to_owned(), MODELS.as_bytes().to_vec()),
         ("budgets.yaml".to_owned(), budgets.into_bytes()),
     ];
-    load(&MemSource::new(files), None)
+    load_files(&policy_files(files), None)
 }
 
 #[test]

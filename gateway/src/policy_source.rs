@@ -8,7 +8,7 @@
 //! A directory's revision is a hash of its policy files' paths and contents.
 
 use llmgw_engine::diag::Diagnostic;
-use llmgw_engine::source::{content_revision, is_policy_file, DirSource, FileSource, PolicyFile};
+use llmgw_engine::source::{content_revision, is_policy_file, policy_files, PolicyFile};
 use llmgw_engine::CompiledPolicy;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ pub enum SourceError {
         /// The directory.
         location: String,
         /// Why.
-        source: llmgw_engine::source::SourceError,
+        source: llmgw_git::DirError,
     },
     /// The git repository could not be opened, fetched or read.
     #[error("{location}: {source}")]
@@ -213,13 +213,12 @@ impl SourceReader {
                 Ok(RevisionInfo::content(id, &self.location))
             }
             PolicyLocation::Dir(dir) => {
-                let files =
-                    DirSource::new(dir.clone())
-                        .files()
-                        .map_err(|source| SourceError::Dir {
-                            location: dir.display().to_string(),
-                            source,
-                        })?;
+                let files = llmgw_git::files_in_dir(dir, is_policy_file)
+                    .map(policy_files)
+                    .map_err(|source| SourceError::Dir {
+                        location: dir.display().to_string(),
+                        source,
+                    })?;
                 let id = content_revision(&files);
                 self.last_read = Some((id.clone(), files));
                 Ok(RevisionInfo::content(id, &self.location))
@@ -250,13 +249,10 @@ impl SourceReader {
     /// its last [`SourceReader::head`] read.
     pub fn files(&mut self, revision: &RevisionInfo) -> Result<Vec<PolicyFile>, SourceError> {
         if let Some(repo) = &self.repo {
-            let files = repo
+            return repo
                 .files_at(&revision.id, is_policy_file)
-                .map_err(|e| self.git_error(e))?;
-            return Ok(files
-                .into_iter()
-                .map(|(path, bytes)| PolicyFile { path, bytes })
-                .collect());
+                .map(policy_files)
+                .map_err(|e| self.git_error(e));
         }
         match self.last_read.take() {
             Some((id, files)) if id == revision.id => Ok(files),
@@ -270,16 +266,11 @@ impl SourceReader {
 
 /// The bundled policy files as the loader takes them.
 pub fn embedded_policy_files() -> Vec<PolicyFile> {
-    let mut files: Vec<PolicyFile> = embedded_files()
-        .iter()
-        .filter(|(p, _)| is_policy_file(p))
-        .map(|(p, b)| PolicyFile {
-            path: (*p).to_owned(),
-            bytes: b.to_vec(),
-        })
-        .collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
+    policy_files(
+        embedded_files()
+            .iter()
+            .map(|(path, bytes)| ((*path).to_owned(), bytes.to_vec())),
+    )
 }
 
 /// A revision that does not compile: every finding, errors and warnings.

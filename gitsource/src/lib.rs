@@ -1,10 +1,15 @@
-//! Policy repositories in git.
+//! Policy repositories on disk: in git, or in a plain directory.
 //!
 //! Refs are resolved with libgit2 (never by reading ref files), and a commit's tree is read
 //! straight from the object database: no checkout, no work tree, so a revision is exactly what
 //! was committed. A remote (a `file://` URL, or HTTPS where the build has it) is mirrored into a
-//! local bare repository and fetched on demand.
+//! local bare repository and fetched on demand. A plain directory ([`files_in_dir`]) yields the
+//! same (path, bytes) list, for `llmgw serve --policies` and `llmgw-policy lint`.
 #![forbid(unsafe_code)]
+
+mod dir;
+
+pub use dir::{files_in_dir, DirError};
 
 use git2::{ObjectType, Repository, TreeWalkMode, TreeWalkResult};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! The commands of `ci/llmgw-policy.yml` and `ci/pre-commit`, run as CI would run them on a
 //! sample policy repository with a pull-request branch.
 
-use llmgw_engine::yaml::{self, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,16 +10,11 @@ use common::{copy_dir, git};
 const BIN: &str = env!("CARGO_BIN_EXE_llmgw-policy");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// The `run:` lines of the workflow that call llmgw-policy.
+/// The `run:` lines of the workflow that call llmgw-policy (each a plain one-line scalar).
 fn workflow_commands() -> Vec<String> {
     let text = std::fs::read_to_string(Path::new(ROOT).join("ci/llmgw-policy.yml")).unwrap();
-    let doc = yaml::parse(&text).expect("the workflow is valid YAML");
-    let Some(Value::Seq(steps)) = doc.pointer("/jobs/policy/steps").map(|n| &n.value) else {
-        panic!("the workflow has jobs.policy.steps");
-    };
-    steps
-        .iter()
-        .filter_map(|s| s.pointer("/run").and_then(|r| r.as_str()))
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("run: "))
         .filter(|r| r.starts_with("llmgw-policy "))
         .map(|r| r.replace("${{ github.base_ref }}", "main"))
         .collect()
@@ -94,6 +88,19 @@ fn the_workflow_lints_tests_and_diffs_a_pull_request() {
     assert!(
         comment.contains("(**+$"),
         "the same traffic costs more: {comment}"
+    );
+}
+
+#[test]
+fn the_workflow_installs_the_package_that_holds_the_binary() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("ci/llmgw-policy.yml")).unwrap();
+    let install = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("run: cargo install "))
+        .expect("the workflow installs llmgw-policy");
+    assert!(
+        install.ends_with(&format!(" {}", env!("CARGO_PKG_NAME"))),
+        "{install}"
     );
 }
 

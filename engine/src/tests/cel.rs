@@ -1,12 +1,12 @@
 //! The CEL checker and evaluator against the declared environment.
 
+use crate::celenv::{Site, ENVIRONMENT};
+use crate::expr::CompiledExpr;
+use crate::input::{DeploymentStats, Identity, Principal, RequestFacts};
+use crate::model::{Capability, Price};
+use crate::policy::{Location, ModelInfo};
+use crate::views::{BudgetVars, Candidate, Facts, Spend};
 use cel::context::VariableResolver;
-use llmgw_engine::celenv::{Site, ENVIRONMENT};
-use llmgw_engine::expr::CompiledExpr;
-use llmgw_engine::input::{DeploymentStats, Identity, Principal, RequestFacts};
-use llmgw_engine::model::{Capability, Price};
-use llmgw_engine::policy::{Location, ModelInfo};
-use llmgw_engine::views::{BudgetVars, Candidate, Facts, Spend};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

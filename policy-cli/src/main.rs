@@ -2,13 +2,15 @@
 //!
 //! Exit codes: 0 clean, 1 findings or failures, 2 usage or I/O error.
 
+mod render;
+
 use clap::{Parser, Subcommand};
 use llmgw_engine::input::DecisionInput;
 use llmgw_engine::load::{load_files, LoadOutcome};
-use llmgw_engine::render::{self, Format};
-use llmgw_engine::source::{DirSource, FileSource, PolicyFile};
+use llmgw_engine::source::{is_policy_file, policy_files, PolicyFile};
 use llmgw_engine::trace::Trace;
 use llmgw_engine::{diag::Severity, testing};
+use render::Format;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -184,8 +186,8 @@ fn read(dir: &Path) -> Result<Vec<PolicyFile>, UsageError> {
     if !dir.is_dir() {
         return Err(UsageError(format!("{} is not a directory", dir.display())));
     }
-    DirSource::new(dir)
-        .files()
+    llmgw_git::files_in_dir(dir, is_policy_file)
+        .map(policy_files)
         .map_err(|e| UsageError(e.to_string()))
 }
 
@@ -317,12 +319,10 @@ fn load_rev(
     rev: &str,
 ) -> Result<(Vec<PolicyFile>, LoadOutcome), UsageError> {
     let commit = repo.resolve(rev).map_err(|e| UsageError(e.to_string()))?;
-    let files: Vec<PolicyFile> = repo
-        .files_at(&commit.id, llmgw_engine::source::is_policy_file)
-        .map_err(|e| UsageError(e.to_string()))?
-        .into_iter()
-        .map(|(path, bytes)| PolicyFile { path, bytes })
-        .collect();
+    let files = repo
+        .files_at(&commit.id, is_policy_file)
+        .map(policy_files)
+        .map_err(|e| UsageError(e.to_string()))?;
     let outcome = load_files(&files, Some(&commit.id));
     Ok((files, outcome))
 }

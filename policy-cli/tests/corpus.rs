@@ -19,8 +19,8 @@
 //! The same cases go through the `llmgw-policy` binary, which must agree with the library.
 
 use llmgw_engine::diag::{Diagnostic, Severity};
-use llmgw_engine::load::{load, load_files, LoadOutcome};
-use llmgw_engine::source::MemSource;
+use llmgw_engine::load::{load_files, LoadOutcome};
+use llmgw_engine::source::policy_files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,7 @@ const MIN_CASES: usize = 30;
 /// Not listed, because no input reaches them (an earlier check always reports the mistake
 /// first): `schema/kind` (the document schema lists the same kinds), `yaml/unknown-alias` (the
 /// YAML parser rejects the alias itself), and `cel/internal` (the compiler's own failures).
-/// `source/read` and `source/empty` are about the source rather than its files and are tested
-/// below.
+/// `source/empty` is about the repository rather than its files and is tested below.
 const ERROR_CODES: &[&str] = &[
     "yaml/syntax",
     "yaml/duplicate-key",
@@ -221,12 +220,9 @@ struct Case {
 }
 
 impl Case {
-    fn source(&self) -> MemSource {
-        MemSource::new(self.files.iter().map(|(p, b)| (p.clone(), b.clone())))
-    }
-
     fn load(&self) -> LoadOutcome {
-        load(&self.source(), None)
+        let files = policy_files(self.files.iter().map(|(p, b)| (p.clone(), b.clone())));
+        load_files(&files, None)
     }
 
     /// Writes the repository to a fresh directory, for the binary.
@@ -366,10 +362,7 @@ fn assert_all(kind: &str, severity: Severity) {
 #[test]
 fn the_base_repository_is_valid_and_clean() {
     let files = base_files();
-    let outcome = load(
-        &MemSource::new(files.iter().map(|(p, b)| (p.clone(), b.clone()))),
-        None,
-    );
+    let outcome = load_files(&policy_files(files), None);
     assert!(
         outcome.diagnostics.is_empty(),
         "the base must have no finding at all:\n{}",
@@ -420,25 +413,14 @@ fn each_warning_case_reports_exactly_its_warning() {
 }
 
 #[test]
-fn loading_through_files_and_through_a_source_agree() {
-    for case in cases("cases") {
-        let files = llmgw_engine::source::FileSource::files(&case.source()).expect("in memory");
-        let direct = load_files(&files, None);
-        let sourced = case.load();
-        assert_eq!(direct.diagnostics, sourced.diagnostics, "{}", case.name);
-        assert_eq!(direct.revision, sourced.revision, "{}", case.name);
-    }
-}
-
-#[test]
 fn a_repository_without_policy_files_is_an_error() {
-    let outcome = load(&MemSource::new(Vec::new()), None);
+    let outcome = load_files(&policy_files(Vec::new()), None);
     assert!(outcome.policy.is_none());
     let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
     assert_eq!(codes, ["source/empty"]);
     // Files that are not YAML are not policy files.
-    let outcome = load(
-        &MemSource::new([("README.md".to_owned(), b"# policies\n".to_vec())]),
+    let outcome = load_files(
+        &policy_files([("README.md".to_owned(), b"# policies\n".to_vec())]),
         None,
     );
     assert_eq!(outcome.diagnostics[0].code, "source/empty");

@@ -12,14 +12,14 @@
 //! generates such shapes on purpose. Evaluation is only exercised with shallow expressions, as
 //! evaluating deep ones still needs a large stack in debug builds (`lint_regressions.rs`).
 
-use llmgw_engine::celenv::Site;
-use llmgw_engine::expr::CompiledExpr;
-use llmgw_engine::input::{DeploymentStats, Identity, Principal, RequestFacts};
-use llmgw_engine::load::{load_files, LoadOutcome};
-use llmgw_engine::policy::Location;
-use llmgw_engine::source::{FileSource, MemSource, PolicyFile};
-use llmgw_engine::views::{BudgetVars, Candidate, Facts, Spend};
-use llmgw_engine::{testing, CompiledPolicy};
+use crate::celenv::Site;
+use crate::expr::CompiledExpr;
+use crate::input::{DeploymentStats, Identity, Principal, RequestFacts};
+use crate::load::{load_files, LoadOutcome};
+use crate::policy::Location;
+use crate::source::{is_policy_file, policy_files, PolicyFile};
+use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use crate::{testing, CompiledPolicy};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use std::collections::BTreeMap;
@@ -45,8 +45,8 @@ fn config() -> Config {
 /// The valid base repository of the lint corpus.
 static BASE: LazyLock<Vec<PolicyFile>> = LazyLock::new(|| {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/base");
-    let files = llmgw_engine::source::DirSource::new(root)
-        .files()
+    let files = llmgw_git::files_in_dir(&root, is_policy_file)
+        .map(policy_files)
         .expect("read the corpus base");
     assert!(!files.is_empty());
     files
@@ -65,7 +65,7 @@ fn over_base(files: Vec<(String, Vec<u8>)>) -> Vec<PolicyFile> {
         .map(|f| (f.path.clone(), f.bytes.clone()))
         .collect();
     all.extend(files);
-    MemSource::new(all).files().expect("in memory")
+    policy_files(all)
 }
 
 /// Loads the files; when the policy compiles, runs its tests through `decide`.
@@ -191,7 +191,7 @@ proptest! {
     ) {
         let file = ("fuzz.yaml".to_owned(), bytes);
         let files = if alone {
-            MemSource::new([file]).files().expect("in memory")
+            policy_files([file])
         } else {
             over_base(vec![file])
         };
