@@ -158,7 +158,7 @@ pub async fn tenant_status(app: &App, tenant: &str) -> Result<Value, ApiError> {
         rt.policy
             .budgets()
             .iter()
-            .any(|b| &*b.name == name && b.when.is_none())
+            .any(|b| &*b.name == name && b.spec.when.is_none())
     };
     let budgets: Vec<Value> = spend
         .windows
