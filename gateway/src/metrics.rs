@@ -125,7 +125,7 @@ pub struct Metrics {
     pub circuit: Family<ProviderLabels, Gauge>,
     /// Same-provider retries.
     pub retries: Family<ModelLabels, Counter>,
-    /// Moves to another attempt of the list.
+    /// Moves to a later attempt of the list that made an upstream call.
     pub failovers: Family<ModelLabels, Counter>,
     /// Streams resumed on another model after a break.
     pub resumed_streams: Family<ModelLabels, Counter>,
@@ -284,7 +284,7 @@ impl Metrics {
         registry.register("retries", "Same-provider retries", m.retries.clone());
         registry.register(
             "failovers",
-            "Moves to the next attempt",
+            "Moves to a later attempt that made an upstream call",
             m.failovers.clone(),
         );
         registry.register(
