@@ -34,6 +34,8 @@ pub enum DecideError {
     NoDeployment {
         /// The model routing started from.
         model: String,
+        /// The rule that matched (or the default rule) and found no deployment.
+        rule: Arc<str>,
         /// Why the candidates were all dropped.
         reason: Unservable,
     },
@@ -382,6 +384,7 @@ impl CompiledPolicy {
         let Some(first) = attempts.first() else {
             return Err(DecideError::NoDeployment {
                 model: model_name.to_string(),
+                rule: rule_name,
                 reason: match screening {
                     _ if !models.is_empty() => Unservable::CircuitsOpen,
                     Screening {

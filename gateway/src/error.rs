@@ -2,6 +2,7 @@
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An error answered to a client.
@@ -20,6 +21,10 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds the client should wait before retrying (sets `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The policy rule whose decision refused the request (no deployment could serve it): set
+    /// as `x-llmgw-rule` and logged with the policy revision. (One pointer wide: errors are
+    /// returned by value on every path and stay small.)
+    pub rule: Option<Arc<String>>,
 }
 
 impl ApiError {
@@ -37,12 +42,19 @@ impl ApiError {
             code: Some(code.to_owned()),
             param: None,
             retry_after: None,
+            rule: None,
         }
     }
 
     /// Names the request field at fault.
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
+        self
+    }
+
+    /// Names the policy rule whose decision refused the request.
+    pub fn with_rule(mut self, rule: &str) -> Self {
+        self.rule = Some(Arc::new(rule.to_owned()));
         self
     }
 

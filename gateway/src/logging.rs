@@ -181,6 +181,13 @@ impl JsonLine {
         self
     }
 
+    /// A field holding `value` as JSON (an array or object, not a string of JSON).
+    pub fn json<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: &T) -> &mut Self {
+        self.key(name);
+        json(&mut self.0, value);
+        self
+    }
+
     /// A floating-point field, formatted as the subscriber formats it.
     pub fn f64(&mut self, name: &str, value: f64) -> &mut Self {
         self.key(name);

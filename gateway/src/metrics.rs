@@ -48,6 +48,13 @@ pub struct ErrorLabels {
     pub class: &'static str,
 }
 
+/// Labels of an upstream provider.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Provider.
+    pub provider: String,
+}
+
 /// Labels of a provider region.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -112,11 +119,13 @@ pub struct Metrics {
     pub cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     /// Upstream failures by class.
     pub upstream_errors: Family<ErrorLabels, Counter>,
+    /// Stream events a provider sent that could not be parsed (skipped).
+    pub upstream_malformed_events: Family<UpstreamLabels, Counter>,
     /// Circuit state per provider region (0 closed, 1 half-open, 2 open).
     pub circuit: Family<ProviderLabels, Gauge>,
     /// Same-provider retries.
     pub retries: Family<ModelLabels, Counter>,
-    /// Moves to another attempt of the list.
+    /// Moves to a later attempt of the list that made an upstream call.
     pub failovers: Family<ModelLabels, Counter>,
     /// Streams resumed on another model after a break.
     pub resumed_streams: Family<ModelLabels, Counter>,
@@ -224,6 +233,7 @@ impl Metrics {
             tokens: Family::default(),
             cost: Family::default(),
             upstream_errors: Family::default(),
+            upstream_malformed_events: Family::default(),
             circuit: Family::default(),
             retries: Family::default(),
             failovers: Family::default(),
@@ -262,6 +272,11 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         registry.register(
+            "upstream_malformed_events",
+            "Stream events a provider sent that could not be parsed and were skipped",
+            m.upstream_malformed_events.clone(),
+        );
+        registry.register(
             "circuit_state",
             "Circuit state: 0 closed, 1 half-open, 2 open",
             m.circuit.clone(),
@@ -269,7 +284,7 @@ impl Metrics {
         registry.register("retries", "Same-provider retries", m.retries.clone());
         registry.register(
             "failovers",
-            "Moves to the next attempt",
+            "Moves to a later attempt that made an upstream call",
             m.failovers.clone(),
         );
         registry.register(

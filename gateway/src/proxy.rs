@@ -98,6 +98,9 @@ fn error_response(
     if let Some(ra) = err.retry_after {
         set(h, "retry-after", &ra.as_secs().max(1).to_string());
     }
+    if let Some(rule) = &err.rule {
+        set(h, headers::RULE, rule);
+    }
     if let Some(d) = decision {
         set(h, headers::RULE, &d.rule);
         set(h, headers::MODEL, &d.model);
@@ -157,6 +160,13 @@ fn reject(
             requested_model: model,
             served: None,
             decision: None,
+            // A refusal of the decision (no deployment) names its rule, of the revision in force.
+            rule: err.rule.as_deref().map_or("", String::as_str),
+            policy_revision: if err.rule.is_some() {
+                &info.revision
+            } else {
+                ""
+            },
             identity,
             usage: Usage::default(),
             cost_usd: 0.0,
@@ -401,6 +411,7 @@ pub async fn handle(
         rt,
         decision,
         request,
+        request_id: info.request_id.clone(),
     };
     let mut trace = Trace {
         cache: info.cache,
@@ -638,6 +649,8 @@ fn serve_cached(
             // Metrics and the log name the cache as the provider: nothing upstream served it.
             served: Some((hit.model(), "cache")),
             decision: Some(&served),
+            rule: &served.rule,
+            policy_revision: &served.revision,
             identity: Some(identity),
             usage: Usage::default(),
             cost_usd: 0.0,
@@ -703,6 +716,8 @@ fn finish(
             requested_model: &plan.request.facts.model,
             served,
             decision: Some(&plan.decision),
+            rule: &plan.decision.rule,
+            policy_revision: &plan.decision.revision,
             identity: Some(identity),
             usage: bill.usage(),
             cost_usd,
@@ -824,7 +839,8 @@ async fn pump(
         model: plan.attempt(live.idx).model.clone(),
         role_sent: false,
     };
-    let first_ttft = live.ttft;
+    // Time to first token as the client saw it: from its request, across failed attempts.
+    let first_ttft = (live.started + live.ttft).saturating_duration_since(info.started);
     let mut text = String::new();
     let mut attempt_chars = 0usize;
     let mut reported: Option<Usage> = None;
@@ -883,6 +899,10 @@ async fn pump(
                 reported = Some(u);
                 continue;
             }
+            Some(Ok(StreamEvent::Malformed(why))) => {
+                attempt::note_malformed(&plan, live.idx, &why, &mut trace);
+                continue;
+            }
             Some(Ok(StreamEvent::Done)) => break "ok",
             Some(Err(e)) => e,
             None => UpstreamError::new(
@@ -901,6 +921,11 @@ async fn pump(
             &failure,
             crate::circuit::Admission::Allowed,
         );
+        // The call answered its first token but did not finish: it is not logged as `ok`.
+        let call = &mut trace.calls[live.call];
+        call.outcome = failure.class.as_str();
+        call.ms = live.started.elapsed().as_millis() as u64;
+        call.broke = true;
         charge(&mut bill, live.idx, reported.take(), attempt_chars);
         if !tool_calls {
             if let Ok(Success::Stream(next)) =
@@ -938,6 +963,7 @@ async fn pump(
         let _ = tx.send(SseOut::error(&message)).await;
         break "truncated";
     };
+    trace.calls[live.call].ms = live.started.elapsed().as_millis() as u64;
     if outcome == "ok" {
         if let Some(r) = plan.rt.live.deployment(plan.attempt(live.idx).index) {
             r.record(live.started.elapsed(), Some(live.ttft), true);
@@ -953,7 +979,8 @@ async fn pump(
             );
         }
         if plan.request.include_usage {
-            let _ = tx.send(out.usage(bill.usage())).await;
+            // The answer the client received; the bill (cost, budgets) counts every attempt.
+            let _ = tx.send(out.usage(bill.delivered())).await;
         }
         let cost = bill.cost_usd(&plan.rt.policy);
         let _ = tx

@@ -257,6 +257,9 @@ pub enum StreamEvent {
     Usage(Usage),
     /// The provider said the answer is complete.
     Done,
+    /// An event the provider sent that could not be parsed (why): it is skipped, counted and
+    /// logged, and the stream goes on. One bad event does not make a healthy stream broken.
+    Malformed(String),
 }
 
 /// A stream of normalised events; fed by a task that reads the provider's answer, which stops

@@ -126,12 +126,36 @@ async fn an_outage_everywhere_does_not_multiply_upstream_traffic() {
             a.body
         );
         assert_eq!(a.json()["error"]["type"], "server_error");
+        if a.json()["error"]["code"] == "no_healthy_upstream" {
+            assert_eq!(a.header("x-llmgw-rule"), "default", "{}", a.body);
+        }
     }
     let total = mock.stats.attempts("p+503") + mock.stats.attempts("b+503");
     assert!(
         total <= requests / 2,
         "{total} upstream attempts for {requests} requests"
     );
+    // Refused with every circuit open: the rule and revision of the refusing decision are
+    // named; no error line carries a negative zero cost.
+    let logs = gw.wait_request_logs(requests as usize);
+    let refused = logs
+        .iter()
+        .find(|l| {
+            l["status"] == 503
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("circuit is open"))
+        })
+        .expect("a request refused with every circuit open");
+    assert_eq!(refused["rule"], "default", "{refused}");
+    assert!(
+        !refused["policy_revision"].as_str().unwrap_or("").is_empty(),
+        "{refused}"
+    );
+    for log in &logs {
+        let cost = log["cost_usd"].as_f64().expect("cost_usd");
+        assert!(cost == 0.0 && cost.is_sign_positive(), "{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +200,13 @@ async fn a_slow_first_token_fails_over_before_the_first_byte() {
     assert_eq!(a.streamed_text(), expected_text(6));
     assert!(a.done());
     assert_eq!(mock.stats.attempts("p+slow-ttft-3000"), 1);
+    // The client waited the primary's first-token timeout (1 s) before its first token.
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    let ttft = log["ttft_ms"].as_f64().expect("ttft_ms");
+    assert!(ttft >= 1000.0, "ttft measured from the request: {log}");
+    assert_eq!(log["failovers"], 1);
+    assert_eq!(log["attempts"][0]["outcome"], "timeout", "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "ok", "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +228,57 @@ async fn a_stream_cut_after_output_resumes_on_a_prefill_model() {
     let log = gw.wait_request_logs(1).pop().expect("request log");
     assert_eq!(log["resumed"], 1);
     assert_eq!(log["outcome"], "ok");
+    let broken = &log["attempts"][0];
+    assert_ne!(broken["outcome"], "ok", "the cut call is not ok: {log}");
+    assert_eq!(broken["broke"], true, "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "ok", "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_stream_reports_the_answer_received_and_bills_both_attempts() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| primary_and_backup(d, &mock.base_url(), "cut-3"));
+    let body = serde_json::json!({
+        "model": "primary", "stream": true, "max_tokens": 8,
+        "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": "Say something." }],
+    });
+    let a = post(&gw.url("/v1/chat/completions"), &body.to_string()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(8));
+    assert_eq!(mock.stats.attempts("b+ok"), 1);
+    let usage = a
+        .events()
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    // 3 tokens from the primary, the 5 the backup wrote after them: 8, once.
+    assert_eq!(usage["completion_tokens"], 8, "{usage}");
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert_eq!(usage["total_tokens"], prompt + 8);
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    let billed_in = log["input_tokens"].as_u64().expect("input_tokens");
+    let billed_out = log["output_tokens"].as_u64().expect("output_tokens");
+    // The backup was sent the prompt and the partial answer: both attempts' input is paid.
+    assert!(billed_in > prompt, "billed {billed_in}, reported {prompt}");
+    assert_eq!(billed_out, 8);
+    let cost = log["cost_usd"].as_f64().expect("cost_usd");
+    let priced = (billed_in as f64 * 1.0 + billed_out as f64 * 2.0) / 1e6;
+    assert!((cost - priced).abs() < 1e-12, "{cost} vs {priced}");
+    assert!(
+        a.body
+            .contains(&format!(": x-llmgw-cost-usd={}", cost_text(cost))),
+        "{}",
+        a.body
+    );
+}
+
+/// A cost as the gateway writes it in `x-llmgw-cost-usd`.
+fn cost_text(usd: f64) -> String {
+    let s = format!("{usd:.8}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,15 +337,70 @@ async fn a_stalled_stream_resumes_after_the_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_event_breaks_the_stream_which_then_resumes() {
+async fn a_malformed_event_is_skipped_and_the_stream_goes_on() {
     let mock = mock().await;
-    let (gw, _dir) = gateway_for(|d| primary_and_backup(d, &mock.base_url(), "malformed-3"));
-    let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 7)).await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.streamed_text(), expected_text(7));
-    assert!(a.done() && !a.stream_error());
-    assert_eq!(mock.stats.attempts("p+malformed-3"), 1);
-    assert_eq!(mock.stats.attempts("b+ok"), 1);
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy(
+            d,
+            &mock.base_url(),
+            &[
+                TestModel {
+                    name: "primary",
+                    quality: 0.9,
+                    context: 100_000,
+                    prefill: true,
+                    provider: "mock-a",
+                    upstream: "p+malformed-3",
+                },
+                TestModel {
+                    name: "early",
+                    quality: 0.8,
+                    context: 100_000,
+                    prefill: true,
+                    provider: "mock-a",
+                    upstream: "e+malformed-0",
+                },
+                TestModel {
+                    name: "backup",
+                    quality: 0.5,
+                    context: 100_000,
+                    prefill: true,
+                    provider: "mock-b",
+                    upstream: "b+ok",
+                },
+            ],
+        )
+    });
+    // Mid-answer, and before the first token (while the attempt waits for it).
+    for (model, upstream) in [("primary", "p+malformed-3"), ("early", "e+malformed-0")] {
+        let a = post(&gw.url("/v1/chat/completions"), &chat(model, true, 7)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.streamed_text(), expected_text(7));
+        assert_eq!(a.streamed_models(), vec![model], "served by one model");
+        assert!(a.done() && !a.stream_error());
+        assert_eq!(mock.stats.attempts(upstream), 1);
+    }
+    assert_eq!(mock.stats.attempts("b+ok"), 0, "no extra upstream call");
+    let logs = gw.wait_request_logs(2);
+    for log in &logs {
+        assert_eq!(log["outcome"], "ok", "{log}");
+        assert_eq!(log["malformed_events"], 1, "{log}");
+        assert_eq!(
+            (log["resumed"].clone(), log["failovers"].clone()),
+            (0.into(), 0.into())
+        );
+        assert_eq!(log["attempts"].as_array().map(Vec::len), Some(1), "{log}");
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("llmgw_upstream_malformed_events_total{provider=\"mock-a\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        gw.logs()
+            .contains("skipped a stream event that could not be parsed"),
+        "a warning names the skip"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,6 +504,73 @@ async fn context_length_is_returned_when_no_larger_model_exists() {
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.json()["error"]["code"], "context_length_exceeded");
     assert_eq!(mock.stats.attempts("s+ok"), 0);
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(
+        log["failovers"], 0,
+        "a skip without an upstream call: {log}"
+    );
+    assert_eq!(
+        log["attempts"][1]["outcome"], "skipped_context_window",
+        "{log}"
+    );
+    assert_eq!(log["cost_usd"], 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_length_tries_a_model_of_an_equal_window_but_never_the_refusing_model() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy(
+            d,
+            &mock.base_url(),
+            &[
+                TestModel {
+                    name: "primary",
+                    quality: 0.9,
+                    context: 8_000,
+                    prefill: true,
+                    provider: "mock-a",
+                    upstream: "p+context-length",
+                },
+                TestModel {
+                    name: "twin",
+                    quality: 0.5,
+                    context: 8_000,
+                    prefill: true,
+                    provider: "mock-b",
+                    upstream: "t+ok",
+                },
+            ],
+        );
+        // The refusing model has a second deployment: it is not asked again.
+        let models = read(&d.join("models.yaml")).replace(
+            "        upstream_model: \"p+context-length\"\n",
+            "        upstream_model: \"p+context-length\"\n      - provider: mock-b\n        upstream_model: \"p2+ok\"\n",
+        );
+        std::fs::write(d.join("models.yaml"), models).expect("write policy");
+    });
+    for stream in [false, true] {
+        let a = post(&gw.url("/v1/chat/completions"), &chat("primary", stream, 4)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-llmgw-model"), "twin");
+    }
+    assert_eq!(mock.stats.attempts("p+context-length"), 2);
+    assert_eq!(mock.stats.attempts("p2+ok"), 0, "the model that refused");
+    assert_eq!(mock.stats.attempts("t+ok"), 2);
+    for log in gw.wait_request_logs(2) {
+        assert_eq!(log["failovers"], 1, "{log}");
+        let outcomes: Vec<&str> = log["attempts"]
+            .as_array()
+            .expect("attempts is an array")
+            .iter()
+            .filter_map(|c| c["outcome"].as_str())
+            .collect();
+        assert_eq!(
+            outcomes,
+            ["context_length", "skipped_context_window", "ok"],
+            "{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

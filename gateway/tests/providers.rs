@@ -99,3 +99,27 @@ async fn anthropic_overload_fails_over() {
     assert_eq!(a.streamed_models(), vec!["alt"]);
     assert_eq!(mock.stats.attempts("native+503"), 1);
 }
+
+async fn malformed_event_is_skipped_on(kind: &str) {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| policy(d, kind, &mock.base_url(), "native+malformed-2"));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("m", true, 6)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(6));
+    assert_eq!(a.streamed_models(), vec!["m"]);
+    assert!(a.done() && !a.stream_error());
+    assert_eq!(mock.stats.attempts("native+malformed-2"), 1);
+    assert_eq!(mock.stats.attempts("alt+ok"), 0, "no extra upstream call");
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["malformed_events"], 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_anthropic_event_is_skipped() {
+    malformed_event_is_skipped_on("anthropic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_gemini_event_is_skipped() {
+    malformed_event_is_skipped_on("gemini").await;
+}

@@ -23,8 +23,6 @@ use std::time::Duration;
 
 /// The outcomes of a call that are the request's fault, not the deployment's.
 const REQUEST_FAULTS: [&str; 3] = ["bad_request", "content_filter", "context_length"];
-/// The outcomes of an attempt that made no call.
-const NOT_CALLED: [&str; 2] = ["skipped_open_circuit", "no_retry_budget"];
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -44,11 +42,11 @@ pub fn observation(d: &Decision, r: &RequestRecord<'_>, now_ms: u64) -> Option<O
         if call.outcome == "ok" && first_ok_here.is_none() {
             first_ok_here = Some(here);
         }
-        if !here || NOT_CALLED.contains(&call.outcome) {
+        if !here || !call.called() {
             continue;
         }
         called = true;
-        failed |= call.outcome != "ok" && !REQUEST_FAULTS.contains(&call.outcome);
+        failed |= call.broke || (call.outcome != "ok" && !REQUEST_FAULTS.contains(&call.outcome));
     }
     if !called {
         return None;
@@ -123,6 +121,7 @@ mod tests {
             deployment: deployment.into(),
             outcome,
             ms: 5,
+            broke: false,
         }
     }
 
@@ -140,6 +139,8 @@ mod tests {
             requested_model: "m",
             served: None,
             decision: Some(d),
+            rule: &d.rule,
+            policy_revision: &d.revision,
             identity: None,
             usage: Usage::default(),
             cost_usd: 0.0,

@@ -4,15 +4,19 @@
 //! after the first (a retry or a move to the next deployment) is paid from the retry budget.
 //! The same provider is tried again only for a single 429 with a short `Retry-After` (after
 //! waiting it) or a single 500; any other failure moves on. A content filter or another 4xx
-//! about the request is returned as is; `context_length_exceeded` moves on only to models with
-//! a larger context window. For streams, an attempt succeeds when its first visible event
-//! arrives within the first-token timeout, so failures before the first byte stay invisible.
+//! about the request is returned as is. After `context_length_exceeded` the next candidate is
+//! tried unless its declared window is smaller than that of a model that refused the input
+//! (then it is known too small), and never the model that refused: an equal window may fit, as
+//! providers count tokens differently. For streams, an attempt succeeds when its first visible
+//! event arrives within the first-token timeout, so failures before the first byte stay
+//! invisible. An event the provider sent that cannot be parsed is skipped and counted
+//! ([`note_malformed`]); it does not fail the attempt.
 
 use crate::app::{App, Runtime};
 use crate::circuit::Admission;
 use crate::error::ApiError;
 use crate::live::InFlight;
-use crate::metrics::{ErrorLabels, ModelLabels};
+use crate::metrics::{ErrorLabels, ModelLabels, UpstreamLabels};
 use crate::upstream::{
     ChunkStream, ErrorClass, FullResponse, StreamEvent, UpstreamError, UpstreamRequest,
     UpstreamResponse,
@@ -40,6 +44,8 @@ pub struct Plan {
     pub decision: Decision,
     /// The client's request.
     pub request: ClientRequest,
+    /// The request id, for the log lines of the attempts.
+    pub request_id: String,
 }
 
 impl Plan {
@@ -67,10 +73,22 @@ impl Plan {
 pub struct CallLog {
     /// The deployment.
     pub deployment: Arc<str>,
-    /// `ok`, `skipped_open_circuit`, `no_retry_budget` or an error class.
+    /// `ok`, an error class (a stream that broke after its first token names the class of the
+    /// break), or, when no call was made: `skipped_open_circuit`, `skipped_context_window` (a
+    /// model that refused the input, or a window known too small for it) or `no_retry_budget`.
     pub outcome: &'static str,
-    /// Milliseconds spent.
+    /// Milliseconds spent (a stream: until it ended or broke).
     pub ms: u64,
+    /// The call's stream broke after part of the answer reached the client.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub broke: bool,
+}
+
+impl CallLog {
+    /// Whether an upstream call was made.
+    pub fn called(&self) -> bool {
+        !self.outcome.starts_with("skipped") && self.outcome != "no_retry_budget"
+    }
 }
 
 /// What happened across the attempts of one request.
@@ -80,10 +98,12 @@ pub struct Trace {
     pub calls: Vec<CallLog>,
     /// Same-provider retries.
     pub retries: u32,
-    /// Moves to a later attempt.
+    /// Moves to a later attempt that made an upstream call.
     pub failovers: u32,
     /// Streams resumed on another model after a break.
     pub resumed: u32,
+    /// Stream events skipped because they could not be parsed.
+    pub malformed_events: u32,
     /// What the response cache did before the attempts: `hit`, `near_hit`, `miss`, `bypass`.
     pub cache: &'static str,
     /// Served without budget holds while the state store was unavailable.
@@ -93,10 +113,7 @@ pub struct Trace {
 impl Trace {
     /// Upstream calls actually made.
     pub fn upstream_calls(&self) -> usize {
-        self.calls
-            .iter()
-            .filter(|c| !c.outcome.starts_with("skipped") && c.outcome != "no_retry_budget")
-            .count()
+        self.calls.iter().filter(|c| c.called()).count()
     }
 }
 
@@ -108,6 +125,8 @@ pub struct LiveStream {
     pub stream: ChunkStream,
     /// Events received up to and including the first visible one.
     pub buffered: Vec<StreamEvent>,
+    /// Its entry in [`Trace::calls`].
+    pub call: usize,
     /// When the attempt started.
     pub started: Instant,
     /// Time to the first visible event.
@@ -206,15 +225,30 @@ pub async fn run(
     let mut idx = from;
     let mut first_call = prefill.is_none();
     let mut retried_same = false;
-    let mut min_context: Option<u64> = None;
+    // Models that refused the input as too long, and the largest window among them: a smaller
+    // declared window is known too small for this input.
+    let mut refused: Vec<usize> = Vec::new();
+    let mut refused_window: Option<u64> = None;
+    // The attempt that failed last, until the next upstream call makes it a failover.
+    let mut failed: Option<usize> = None;
     let mut last_error: Option<UpstreamError> = None;
     while idx < plan.decision.attempts.len() {
         let attempt = plan.attempt(idx);
         let deployment = &policy.deployments()[attempt.index];
         let model = &policy.models()[deployment.model];
-        if min_context.is_some_and(|w| model.context_window <= w)
-            || (prefill.is_some() && !model.has(Capability::Prefill))
+        if prefill.is_some() && !model.has(Capability::Prefill) {
+            idx += 1;
+            continue;
+        }
+        if refused.contains(&deployment.model)
+            || refused_window.is_some_and(|w| model.context_window < w)
         {
+            trace.calls.push(CallLog {
+                deployment: attempt.deployment.clone(),
+                outcome: "skipped_context_window",
+                ms: 0,
+                broke: false,
+            });
             idx += 1;
             continue;
         }
@@ -225,6 +259,7 @@ pub async fn run(
                 deployment: attempt.deployment.clone(),
                 outcome: "skipped_open_circuit",
                 ms: 0,
+                broke: false,
             });
             idx += 1;
             continue;
@@ -235,6 +270,7 @@ pub async fn run(
                 deployment: attempt.deployment.clone(),
                 outcome: "no_retry_budget",
                 ms: 0,
+                broke: false,
             });
             break;
         }
@@ -242,9 +278,16 @@ pub async fn run(
         let Some(recorder) = plan.rt.live.deployment(attempt.index) else {
             break;
         };
+        if let Some(from) = failed.take() {
+            trace.failovers += 1;
+            app.metrics
+                .failovers
+                .get_or_create(&plan.labels(from))
+                .inc();
+        }
         let in_flight = recorder.start();
         let started = Instant::now();
-        let result = call(plan, idx, prefill, stream).await;
+        let result = call(plan, idx, prefill, stream, trace).await;
         let elapsed = started.elapsed();
         match result {
             Ok(Called::Full(response)) => {
@@ -254,6 +297,7 @@ pub async fn run(
                     deployment: attempt.deployment.clone(),
                     outcome: "ok",
                     ms: elapsed.as_millis() as u64,
+                    broke: false,
                 });
                 return Ok(Success::Full { idx, response });
             }
@@ -263,11 +307,13 @@ pub async fn run(
                     deployment: attempt.deployment.clone(),
                     outcome: "ok",
                     ms: elapsed.as_millis() as u64,
+                    broke: false,
                 });
                 return Ok(Success::Stream(LiveStream {
                     idx,
                     stream,
                     buffered,
+                    call: trace.calls.len() - 1,
                     started,
                     ttft: elapsed,
                     in_flight,
@@ -279,13 +325,17 @@ pub async fn run(
                     deployment: attempt.deployment.clone(),
                     outcome: e.class.as_str(),
                     ms: elapsed.as_millis() as u64,
+                    broke: false,
                 });
                 note_failure(plan, idx, &e, admission);
                 match e.class {
                     ErrorClass::ContentFilter | ErrorClass::BadRequest => {
                         return Err(Failure { error: Some(e) })
                     }
-                    ErrorClass::ContextLength => min_context = Some(model.context_window),
+                    ErrorClass::ContextLength => {
+                        refused.push(deployment.model);
+                        refused_window = refused_window.max(Some(model.context_window));
+                    }
                     _ => {}
                 }
                 let short_wait = e.retry_after.filter(|d| *d <= MAX_INPLACE_WAIT);
@@ -312,14 +362,8 @@ pub async fn run(
                     }
                 }
                 last_error = Some(e);
+                failed = Some(idx);
                 idx += 1;
-                if idx < plan.decision.attempts.len() {
-                    trace.failovers += 1;
-                    app.metrics
-                        .failovers
-                        .get_or_create(&plan.labels(idx - 1))
-                        .inc();
-                }
             }
         }
     }
@@ -350,6 +394,27 @@ pub fn note_failure(plan: &Plan, idx: usize, e: &UpstreamError, admission: Admis
         .inc();
 }
 
+/// Counts and logs a stream event of attempt `idx` that could not be parsed (`why`); the
+/// stream goes on without it.
+pub fn note_malformed(plan: &Plan, idx: usize, why: &str, trace: &mut Trace) {
+    let attempt = plan.attempt(idx);
+    trace.malformed_events += 1;
+    plan.app
+        .metrics
+        .upstream_malformed_events
+        .get_or_create(&UpstreamLabels {
+            provider: attempt.provider.to_string(),
+        })
+        .inc();
+    tracing::warn!(
+        target: "llmgw::failover",
+        request_id = plan.request_id.as_str(),
+        deployment = &*attempt.deployment,
+        error = why,
+        "skipped a stream event that could not be parsed"
+    );
+}
+
 enum Called {
     Full(FullResponse),
     Stream(ChunkStream, Vec<StreamEvent>),
@@ -361,6 +426,7 @@ async fn call(
     idx: usize,
     prefill: Option<&str>,
     stream: bool,
+    trace: &mut Trace,
 ) -> Result<Called, UpstreamError> {
     let attempt = plan.attempt(idx);
     let deployment = &plan.rt.policy.deployments()[attempt.index];
@@ -408,11 +474,14 @@ async fn call(
                         e.after_first_byte = false;
                         return Err(e);
                     }
+                    Ok(Some(Ok(StreamEvent::Malformed(why)))) => {
+                        note_malformed(plan, idx, &why, trace);
+                    }
                     Ok(Some(Ok(ev))) => {
                         let visible = match &ev {
                             StreamEvent::Delta(d) => d.is_visible(),
                             StreamEvent::Done => true,
-                            StreamEvent::Usage(_) => false,
+                            StreamEvent::Usage(_) | StreamEvent::Malformed(_) => false,
                         };
                         buffered.push(ev);
                         if visible {

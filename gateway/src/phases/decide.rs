@@ -69,6 +69,7 @@ fn map_error(e: &DecideError, model: &str) -> ApiError {
     match e {
         DecideError::UnknownModel { .. } => ApiError::model_not_found(model),
         DecideError::NoDeployment {
+            rule,
             reason:
                 Unservable::ContextLength {
                     input_tokens,
@@ -83,10 +84,12 @@ fn map_error(e: &DecideError, model: &str) -> ApiError {
             } else {
                 "max_tokens"
             };
-            ApiError::bad_request("context_length_exceeded", e.to_string()).with_param(param)
+            ApiError::bad_request("context_length_exceeded", e.to_string())
+                .with_param(param)
+                .with_rule(rule)
         }
-        DecideError::NoDeployment { .. } => {
-            ApiError::unavailable("no_healthy_upstream", e.to_string())
+        DecideError::NoDeployment { rule, .. } => {
+            ApiError::unavailable("no_healthy_upstream", e.to_string()).with_rule(rule)
         }
         #[allow(unreachable_patterns)]
         _ => ApiError::internal(format!("the policy could not decide: {e}")),

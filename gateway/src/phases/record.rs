@@ -28,6 +28,10 @@ pub struct RequestRecord<'a> {
     pub served: Option<(&'a str, &'a str)>,
     /// The decision, when one was made.
     pub decision: Option<&'a Decision>,
+    /// The rule that decided, or refused for want of a deployment (empty when no rule did).
+    pub rule: &'a str,
+    /// The policy revision of that decision or refusal (empty when none was made).
+    pub policy_revision: &'a str,
     /// Who sent it.
     pub identity: Option<&'a Identity>,
     /// Tokens.
@@ -110,10 +114,6 @@ fn metrics_slow_path(app: &App, r: &RequestRecord<'_>, model: &str, provider: &s
 fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
     let id = |f: fn(&Identity) -> &str| r.identity.map(f).unwrap_or("");
     let d = r.decision;
-    let attempts = r
-        .trace
-        .map(|t| serde_json::to_string(&t.calls).unwrap_or_default())
-        .unwrap_or_default();
     if tracing::enabled!(target: "llmgw::request", tracing::Level::INFO) {
         if let Some(mut line) = JsonLine::start("request") {
             // The fields of the `tracing` event below, in its order; absent options are left
@@ -126,8 +126,8 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
                 .str("requested_model", r.requested_model)
                 .str("model", model)
                 .str("provider", provider)
-                .str("rule", d.map(|d| &*d.rule).unwrap_or(""))
-                .str("policy_revision", d.map(|d| &*d.revision).unwrap_or(""))
+                .str("rule", r.rule)
+                .str("policy_revision", r.policy_revision)
                 .str(
                     "downgraded_from",
                     d.and_then(|d| d.downgrade.as_ref())
@@ -160,8 +160,12 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
             line.u64("retries", r.trace.map_or(0, |t| t.retries).into())
                 .u64("failovers", r.trace.map_or(0, |t| t.failovers).into())
                 .u64("resumed", r.trace.map_or(0, |t| t.resumed).into())
+                .u64(
+                    "malformed_events",
+                    r.trace.map_or(0, |t| t.malformed_events).into(),
+                )
                 .str("cache", r.trace.map_or("", |t| t.cache))
-                .str("attempts", &attempts);
+                .json("attempts", r.trace.map_or(&[][..], |t| &t.calls[..]));
             if r.trace.is_some_and(|t| t.unbudgeted) {
                 line.bool("unbudgeted", true);
             }
@@ -172,6 +176,11 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
             return;
         }
     }
+    // Logged as text, the attempts are one JSON string.
+    let attempts = r
+        .trace
+        .map(|t| serde_json::to_string(&t.calls).unwrap_or_default())
+        .unwrap_or_default();
     tracing::info!(
         target: "llmgw::request",
         request_id = r.request_id,
@@ -182,8 +191,8 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         requested_model = r.requested_model,
         model = model,
         provider = provider,
-        rule = d.map(|d| &*d.rule).unwrap_or(""),
-        policy_revision = d.map(|d| &*d.revision).unwrap_or(""),
+        rule = r.rule,
+        policy_revision = r.policy_revision,
         downgraded_from = d.and_then(|d| d.downgrade.as_ref()).map(|g| &*g.from).unwrap_or(""),
         canary = d.and_then(|d| d.canary.as_ref()).map(|c| &*c.canary).unwrap_or(""),
         canary_arm = d.and_then(|d| d.canary.as_ref()).map(|c| c.arm.as_str()).unwrap_or(""),
@@ -199,6 +208,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         retries = r.trace.map_or(0, |t| t.retries),
         failovers = r.trace.map_or(0, |t| t.failovers),
         resumed = r.trace.map_or(0, |t| t.resumed),
+        malformed_events = r.trace.map_or(0, |t| t.malformed_events),
         cache = r.trace.map_or("", |t| t.cache),
         attempts = attempts.as_str(),
         unbudgeted = r.trace.is_some_and(|t| t.unbudgeted).then_some(true),

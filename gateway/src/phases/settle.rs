@@ -29,7 +29,18 @@ impl Bill {
         u
     }
 
-    /// Total cost in USD.
+    /// The usage of the answer the client received: the prompt once (as the first attempt
+    /// counted it) and the completion tokens of every attempt. A resumed attempt writes only
+    /// the rest of the answer; the partial answer it was given is input the gateway paid for
+    /// ([`Bill::usage`]), not output the client got twice.
+    pub fn delivered(&self) -> Usage {
+        Usage {
+            input_tokens: self.charges.first().map_or(0, |c| c.usage.input_tokens),
+            output_tokens: self.charges.iter().map(|c| c.usage.output_tokens).sum(),
+        }
+    }
+
+    /// Total cost in USD (`0.0`, never `-0.0`, when nothing was charged).
     pub fn cost_usd(&self, policy: &CompiledPolicy) -> f64 {
         self.charges
             .iter()
@@ -39,7 +50,8 @@ impl Bill {
                     .get(c.model)
                     .map(|m| m.price.cost(c.usage.input_tokens, c.usage.output_tokens))
             })
-            .sum()
+            // Not `sum()`: the sum of no `f64` is `-0.0`.
+            .fold(0.0, |total, cost| total + cost)
     }
 }
 
@@ -56,7 +68,38 @@ pub fn format_cost(usd: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_cost;
+    use super::{format_cost, Bill, Charge};
+    use crate::upstream::Usage;
+
+    #[test]
+    fn a_resumed_answer_is_delivered_once_and_billed_twice() {
+        let charge = |input_tokens, output_tokens| Charge {
+            model: 0,
+            usage: Usage {
+                input_tokens,
+                output_tokens,
+            },
+            estimated: false,
+        };
+        let bill = Bill {
+            charges: vec![charge(4, 3), charge(6, 5)],
+        };
+        assert_eq!(
+            bill.delivered(),
+            Usage {
+                input_tokens: 4,
+                output_tokens: 8
+            }
+        );
+        assert_eq!(
+            bill.usage(),
+            Usage {
+                input_tokens: 10,
+                output_tokens: 8
+            }
+        );
+        assert_eq!(Bill::default().delivered(), Usage::default());
+    }
 
     #[test]
     fn formats_costs() {

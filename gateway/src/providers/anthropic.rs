@@ -319,9 +319,10 @@ impl StreamTranslator for AnthropicStream {
         if event.data.trim().is_empty() {
             return Ok(vec![]);
         }
-        let v: Value = serde_json::from_str(&event.data).map_err(|e| {
-            UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
-        })?;
+        let v: Value = match serde_json::from_str(&event.data) {
+            Ok(v) => v,
+            Err(e) => return Ok(vec![http::malformed(&e)]),
+        };
         let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
         let delta = |d: Delta| Ok(vec![StreamEvent::Delta(d)]);
         match kind {

@@ -393,9 +393,10 @@ impl StreamTranslator for GeminiStream {
         if event.data.trim().is_empty() {
             return Ok(vec![]);
         }
-        let v: Value = serde_json::from_str(&event.data).map_err(|e| {
-            UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
-        })?;
+        let v: Value = match serde_json::from_str(&event.data) {
+            Ok(v) => v,
+            Err(e) => return Ok(vec![http::malformed(&e)]),
+        };
         if let Some(err) = v.get("error") {
             let status = err["code"].as_u64().unwrap_or(500) as u16;
             let bytes = serde_json::to_vec(&v).unwrap_or_default();

@@ -210,6 +210,12 @@ pub async fn read_json(
     })
 }
 
+/// The event that stands for an SSE event whose data is not the JSON the provider's protocol
+/// says: the stream skips it and goes on (see [`StreamEvent::Malformed`]).
+pub fn malformed(e: &serde_json::Error) -> StreamEvent {
+    StreamEvent::Malformed(format!("malformed stream event: {e}"))
+}
+
 /// Maps one provider's SSE events to normalised events.
 pub trait StreamTranslator: Send + 'static {
     /// Events for one SSE event (empty to skip it).

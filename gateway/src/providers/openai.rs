@@ -260,9 +260,10 @@ impl StreamTranslator for OpenAiStream {
         if data.is_empty() {
             return Ok(vec![]);
         }
-        let chunk: ChunkIn<'_> = serde_json::from_str(data).map_err(|e| {
-            UpstreamError::new(ErrorClass::Protocol, format!("malformed stream event: {e}"))
-        })?;
+        let chunk: ChunkIn<'_> = match serde_json::from_str(data) {
+            Ok(c) => c,
+            Err(e) => return Ok(vec![http::malformed(&e)]),
+        };
         if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
             let status = match err["code"].as_str().or(err["type"].as_str()) {
                 Some("rate_limit_exceeded") => 429,
@@ -375,9 +376,12 @@ mod tests {
             .expect("ok");
         assert_eq!(t.end().expect("complete"), vec![StreamEvent::Done]);
         assert_eq!(t.event(ev("[DONE]")).expect("ok"), vec![StreamEvent::Done]);
-        assert_eq!(
-            t.event(ev("{oops")).unwrap_err().class,
-            ErrorClass::Protocol
+        let skipped = t
+            .event(ev("{oops"))
+            .expect("a malformed event is not an error");
+        assert!(
+            matches!(skipped.as_slice(), [StreamEvent::Malformed(why)] if why.contains("malformed")),
+            "{skipped:?}"
         );
     }
 }

@@ -330,6 +330,7 @@ mod tests {
                 StreamEvent::Delta(d) => rest.push_str(d.content.as_deref().unwrap_or("")),
                 StreamEvent::Done => break,
                 StreamEvent::Usage(u) => assert_eq!(u.output_tokens, 4),
+                StreamEvent::Malformed(why) => panic!("{why}"),
             }
         }
         assert_eq!(rest, tail);
