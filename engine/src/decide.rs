@@ -7,7 +7,9 @@
 use crate::decision::{
     Arm, Attempt, BudgetAction, CanaryAssignment, Decision, Downgrade, Reservation,
 };
-use crate::input::{CircuitState, Endpoint, LiveView, RequestContext, StateView};
+use crate::input::{
+    CircuitState, Endpoint, Identity, LiveView, RequestContext, RequestFacts, StateView,
+};
 use crate::model::{Capability, Failover, LatencyMetric, OnExceed, Scope, Strategy};
 use crate::policy::{CompiledPolicy, ModelInfo, Rule};
 use crate::trace::{Step, Trace};
@@ -105,6 +107,40 @@ impl CompiledPolicy {
         state: &dyn StateView,
     ) -> Result<Decision, DecideError> {
         self.decide_traced(ctx, live, state, &mut Trace::off())
+    }
+
+    /// Whether budget `b` (an index into [`CompiledPolicy::budgets`]) may apply to a request
+    /// decided at `now_ms`: it has no condition, or its condition reads spend (`budget.*`,
+    /// known only once spend is read), holds, or cannot be evaluated. A decision for the same
+    /// request and time applies no budget for which this is false, so the gateway need not
+    /// read that budget's spend.
+    pub fn budget_may_apply(
+        &self,
+        b: usize,
+        request: &RequestFacts,
+        identity: &Identity,
+        now_ms: i64,
+    ) -> bool {
+        let Some(budget) = self.budgets.get(b) else {
+            return false;
+        };
+        let Some(when) = &budget.when else {
+            return true;
+        };
+        if when.reads("budget") {
+            return true;
+        }
+        let vars = BudgetVars::default();
+        let facts = Facts {
+            request,
+            model: &request.model,
+            identity,
+            budget: &vars,
+            now: chrono::DateTime::from_timestamp_millis(now_ms)
+                .unwrap_or_default()
+                .fixed_offset(),
+        };
+        Trace::off().holds(when, &facts, true)
     }
 
     /// Worst-case cost of the request on a model: its input plus [`worst_case_output`] at the

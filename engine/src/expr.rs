@@ -74,6 +74,11 @@ impl CompiledExpr {
         &self.ast
     }
 
+    /// Whether the expression reads the variable `root` or anything under it.
+    pub(crate) fn reads(&self, root: &str) -> bool {
+        ast_reads(&self.ast, root)
+    }
+
     /// Parses and checks `source` written at `site`; a condition must be boolean.
     ///
     /// Expressions are bounded (length, nesting, depth of the syntax tree) so that no input can
@@ -242,50 +247,64 @@ fn nesting(source: &str) -> usize {
     deepest
 }
 
+/// The direct children of a syntax tree node.
+fn children(e: &cel::common::ast::Expr) -> Vec<&IdedExpr> {
+    use cel::common::ast::{EntryExpr, Expr};
+    match e {
+        Expr::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).collect(),
+        Expr::Select(s) => vec![&s.operand],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                _ => Vec::new(),
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.expr {
+                EntryExpr::StructField(f) => Some(&f.value),
+                _ => None,
+            })
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
 /// The depth of a syntax tree, measured without recursion.
 fn ast_depth(root: &IdedExpr) -> usize {
-    use cel::common::ast::{EntryExpr, Expr};
     let mut deepest = 0;
     let mut stack = vec![(root, 1usize)];
     while let Some((e, d)) = stack.pop() {
         deepest = deepest.max(d);
-        match &e.expr {
-            Expr::Call(c) => {
-                stack.extend(c.target.iter().map(|t| (&**t, d + 1)));
-                stack.extend(c.args.iter().map(|a| (a, d + 1)));
-            }
-            Expr::Select(s) => stack.push((&s.operand, d + 1)),
-            Expr::List(l) => stack.extend(l.elements.iter().map(|x| (x, d + 1))),
-            Expr::Map(m) => {
-                for entry in &m.entries {
-                    if let EntryExpr::MapEntry(me) = &entry.expr {
-                        stack.push((&me.key, d + 1));
-                        stack.push((&me.value, d + 1));
-                    }
-                }
-            }
-            Expr::Struct(s) => {
-                for entry in &s.entries {
-                    if let EntryExpr::StructField(f) = &entry.expr {
-                        stack.push((&f.value, d + 1));
-                    }
-                }
-            }
-            Expr::Comprehension(c) => {
-                for x in [
-                    &c.iter_range,
-                    &c.accu_init,
-                    &c.loop_cond,
-                    &c.loop_step,
-                    &c.result,
-                ] {
-                    stack.push((x, d + 1));
-                }
-            }
-            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
-        }
+        stack.extend(children(&e.expr).into_iter().map(|c| (c, d + 1)));
     }
     deepest
+}
+
+/// Whether a syntax tree names the variable `root` or a path under it (`budget` for
+/// `budget.key.fraction`), walked without recursion.
+fn ast_reads(root_expr: &IdedExpr, root: &str) -> bool {
+    let mut stack = vec![root_expr];
+    while let Some(e) = stack.pop() {
+        if let cel::common::ast::Expr::Ident(name) = &e.expr {
+            if name == root || name.strip_prefix(root).is_some_and(|r| r.starts_with('.')) {
+                return true;
+            }
+        }
+        stack.extend(children(&e.expr));
+    }
+    false
 }
 
 /// Character offset of a parser position (line and column, both 1-based) in `source`.

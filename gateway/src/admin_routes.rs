@@ -151,7 +151,7 @@ pub async fn tenant_status(app: &App, tenant: &str) -> Result<Value, ApiError> {
         }),
         ..Identity::default()
     };
-    let spend = crate::budgets::prefetch(store, &rt.policy, &identity, chrono::Utc::now())
+    let spend = crate::budgets::prefetch(store, &rt.policy, &identity, chrono::Utc::now(), None)
         .await
         .map_err(store_error)?;
     let unconditional = |name: &str| {

@@ -24,7 +24,7 @@ use crate::store::{self, Hold, Lease, LedgerEntry, Store, StoreError};
 use crate::upstream::Usage;
 use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, Utc};
 use llmgw_engine::decision::Decision;
-use llmgw_engine::input::{Identity, StateView};
+use llmgw_engine::input::{Identity, RequestFacts, StateView};
 use llmgw_engine::model::{OnExceed, Period, Scope};
 use llmgw_engine::CompiledPolicy;
 use std::sync::Arc;
@@ -248,15 +248,18 @@ impl StateView for Spend {
     }
 }
 
-/// Reads the spend of every budget of the policy for the request's principals: one store call,
-/// none when the policy has no budgets.
+/// Reads the spend of the policy's budgets for the request's principals: one store call, none
+/// when no budget may apply. With `request`, only the budgets that may apply to it at `now`
+/// ([`CompiledPolicy::budget_may_apply`]: a budget whose condition is false for this request
+/// costs no read); without, all of them.
 pub async fn prefetch(
     store: &Store,
     policy: &CompiledPolicy,
     identity: &Identity,
     now: DateTime<Utc>,
+    request: Option<&RequestFacts>,
 ) -> Result<Spend, StoreError> {
-    let mut spend = Spend::unread(policy, identity, now);
+    let mut spend = Spend::unread(policy, identity, now, request);
     let names: Vec<String> = spend
         .windows
         .iter()
@@ -273,15 +276,25 @@ pub async fn prefetch(
 }
 
 impl Spend {
-    /// The windows of every budget of the policy for the request's principals, with nothing
-    /// spent: what a decision reads when the store cannot be asked.
-    pub fn unread(policy: &CompiledPolicy, identity: &Identity, now: DateTime<Utc>) -> Spend {
+    /// The windows of the policy's budgets for the request's principals (those that may apply
+    /// to `request` at `now`, or all), with nothing spent: what a decision reads when the store
+    /// cannot be asked. Decisions on it must be made at `now` ([`Spend::now`]).
+    pub fn unread(
+        policy: &CompiledPolicy,
+        identity: &Identity,
+        now: DateTime<Utc>,
+        request: Option<&RequestFacts>,
+    ) -> Spend {
         let tenant = identity.tenant.id.clone();
         let mut windows = Vec::new();
-        for b in policy.budgets() {
+        for (i, b) in policy.budgets().iter().enumerate() {
             let spec = &b.spec;
             let principal = &identity.of(spec.scope).id;
-            if principal.is_empty() {
+            if principal.is_empty()
+                || request.is_some_and(|r| {
+                    !policy.budget_may_apply(i, r, identity, now.timestamp_millis())
+                })
+            {
                 continue;
             }
             let at = period_at(spec.period, spec.window_secs, now);

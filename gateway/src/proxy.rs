@@ -188,16 +188,17 @@ async fn read_spend(
     app: &App,
     policy: &llmgw_engine::CompiledPolicy,
     identity: &Identity,
+    request: &llmgw_engine::input::RequestFacts,
     fault: &mut Option<ApiError>,
 ) -> budgets::Spend {
     let now = chrono::Utc::now();
     if fault.is_none() {
-        match budgets::prefetch(&app.state, policy, identity, now).await {
+        match budgets::prefetch(&app.state, policy, identity, now, Some(request)).await {
             Ok(spend) => return spend,
             Err(e) => *fault = Some(crate::store::health::failed("reading spend", &e)),
         }
     }
-    budgets::Spend::unread(policy, identity, now)
+    budgets::Spend::unread(policy, identity, now, Some(request))
 }
 
 /// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
@@ -270,7 +271,7 @@ pub async fn handle(
         t.apply(&mut identity);
     }
     let spend = match authenticate::check_model(&key, &request.facts.model) {
-        Ok(()) => Ok(read_spend(&app, &rt.policy, &identity, &mut fault).await),
+        Ok(()) => Ok(read_spend(&app, &rt.policy, &identity, &request.facts, &mut fault).await),
         Err(e) => Err(e),
     };
     let spend = match spend {

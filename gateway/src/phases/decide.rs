@@ -9,7 +9,6 @@ use crate::wire::ClientRequest;
 use llmgw_engine::decide::{DecideError, Unservable};
 use llmgw_engine::decision::{BudgetAction, Decision};
 use llmgw_engine::input::{Identity, RequestContext};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The decision for a request, or the error the client sees. It reads spend from `spend` and
 /// canary weights from `canaries`. With `captured` (the decision log is on), also the input
@@ -25,9 +24,9 @@ pub fn decide(
     let ctx = RequestContext {
         request: req.facts.clone(),
         identity,
-        now_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        // The time the spend was read at: the budgets whose spend was read are those that may
+        // apply at that time.
+        now_ms: spend.now.timestamp_millis(),
         random: rand::random::<f64>(),
         canary_random: rand::random::<f64>(),
     };
