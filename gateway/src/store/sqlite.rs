@@ -84,13 +84,12 @@ fn in_savepoint<T>(
     c: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    c.execute_batch("SAVEPOINT op")?;
+    c.prepare_cached("SAVEPOINT op")?.execute([])?;
     let result = f(c);
-    c.execute_batch(if result.is_ok() {
-        "RELEASE op"
-    } else {
-        "ROLLBACK TO op; RELEASE op"
-    })?;
+    if result.is_err() {
+        c.prepare_cached("ROLLBACK TO op")?.execute([])?;
+    }
+    c.prepare_cached("RELEASE op")?.execute([])?;
     result
 }
 
@@ -112,6 +111,8 @@ impl Db {
         // holds its hot pages, where SQLite's default reserves up to 2 MiB.
         conn.pragma_update(None, "cache_size", -512)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of the budget path stays prepared (rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(64);
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -737,5 +738,40 @@ impl SqliteStore {
             Ok(inserted == 1)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    /// An operation that fails in a batch leaves nothing behind; the others of its batch
+    /// commit.
+    #[tokio::test]
+    async fn a_failed_operation_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+        let put = |key: &'static str, fail: bool| {
+            let store = store.clone();
+            async move {
+                store
+                    .batched(move |c| {
+                        c.execute(
+                            "INSERT INTO kv (ns, key, value) VALUES ('t', ?1, 'v')",
+                            params![key],
+                        )?;
+                        if fail {
+                            return Err(StoreError::Open("refused".into()));
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        let (a, b, c) = tokio::join!(put("a", false), put("b", true), put("c", false));
+        assert!(a.is_ok() && b.is_err() && c.is_ok());
+        for (key, kept) in [("a", true), ("b", false), ("c", true)] {
+            assert_eq!(store.get("t", key).await.unwrap().is_some(), kept, "{key}");
+        }
     }
 }
