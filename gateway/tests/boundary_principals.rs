@@ -25,14 +25,12 @@ const ADMIN: &str = "adm-token-for-boundaries-5c2e";
 /// 3.5 answers of 100 tokens.
 struct World {
     gw: Gateway,
-    state: tempfile::TempDir,
-    _policies: tempfile::TempDir,
-    _mock: llmgw_mock_provider::MockHandle,
+    setup: OneModel,
 }
 
 impl World {
     fn location(&self) -> &str {
-        self.state.path().to_str().expect("utf-8")
+        self.setup.state()
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -49,36 +47,19 @@ impl World {
 
 /// Starts the world; `keys` runs before the gateway starts (keys made on its state).
 async fn world(keys: impl FnOnce(&Path)) -> World {
-    let mock = mock().await;
-    let policies = tempfile::tempdir().expect("tempdir");
-    let state = tempfile::tempdir().expect("tempdir");
-    budget_policy(
-        policies.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        &format!(
-            "  - name: user-daily\n    scope: user\n    period: daily\n    limit_usd: {}\n    on_exceed: block\n",
-            mock_cost(100) * 3.5
-        ),
-    );
-    keys(state.path());
+    let setup = OneModel::new(&format!(
+        "  - name: user-daily\n    scope: user\n    period: daily\n    limit_usd: {}\n    on_exceed: block\n",
+        mock_cost(100) * 3.5
+    ))
+    .await;
+    keys(setup.state.path());
     let gw = Gateway::start_on(
-        &[
-            "--policies",
-            policies.path().to_str().expect("utf-8"),
-            "--admin-token",
-            ADMIN,
-        ],
+        &["--policies", setup.policies(), "--admin-token", ADMIN],
         &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
         false,
-        Some(state.path().to_str().expect("utf-8")),
+        Some(setup.state()),
     );
-    World {
-        gw,
-        state,
-        _policies: policies,
-        _mock: mock,
-    }
+    World { gw, setup }
 }
 
 /// Asserts a 403 `user_not_allowed` whose message names the `user` field and says `why`.
@@ -282,16 +263,9 @@ async fn user_budgets_are_kept_per_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_key_may_assert_any_user() {
-    let mock = mock().await;
-    let policies = tempfile::tempdir().expect("tempdir");
-    budget_policy(
-        policies.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        "",
-    );
+    let setup = OneModel::new("").await;
     let gw = Gateway::start_on(
-        &["--policies", policies.path().to_str().expect("utf-8")],
+        &["--policies", setup.policies()],
         &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
         true,
         None,
@@ -531,7 +505,7 @@ async fn a_captured_signed_request_cannot_sign_another() {
     let a = signed(gw, &plain.bearer(), Some(&captured), &body).await;
     assert_eq!(a.status, 200, "{}", a.body);
     // No private signing key is stored or logged.
-    let stored = sqlite_bytes(w.state.path());
+    let stored = sqlite_bytes(w.setup.state.path());
     let logs = gw.logs();
     for secret in [&private, &api_private, &client_private] {
         assert!(!stored.contains(secret.as_str()), "a private key is stored");
@@ -616,7 +590,7 @@ async fn after_a_rotation_the_old_signing_key_works_until_its_grace_ends() {
         signed(&w.gw, &bearer, Some(&by_newest), &body).await.status,
         200
     );
-    let stored = sqlite_bytes(w.state.path());
+    let stored = sqlite_bytes(w.setup.state.path());
     for private in [&old, &new, &newest] {
         assert!(!stored.contains(private.as_str()));
     }

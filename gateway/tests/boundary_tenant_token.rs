@@ -98,9 +98,7 @@ fn mint(extra: &[&str]) -> String {
 
 struct World {
     gw: Gateway,
-    state: tempfile::TempDir,
-    _policies: tempfile::TempDir,
-    _mock: llmgw_mock_provider::MockHandle,
+    setup: OneModel,
     /// Tenant `platform`, accepts tenant tokens.
     platform: NewKey,
     /// Tenant `platform`, does not.
@@ -111,24 +109,13 @@ struct World {
 /// labelled `plan=trial`, which routes to rule `trial-tenant` and has a daily tenant budget of
 /// 1.5 requests of 100 tokens.
 async fn world() -> World {
-    let mock = mock().await;
-    let policies = tempfile::tempdir().expect("tempdir");
-    let state = tempfile::tempdir().expect("tempdir");
-    budget_policy(
-        policies.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        &format!(
-            "  - name: trial-daily\n    scope: tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n    period: daily\n    limit_usd: {}\n    on_exceed: block\n",
-            mock_cost(100) * 1.5
-        ),
-    );
-    std::fs::write(
-        policies.path().join("routing.yaml"),
-        "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: trial-tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n  - name: everyone-else\n",
-    )
-    .expect("routing");
-    let location = state.path().to_str().expect("utf-8").to_owned();
+    let setup = OneModel::new(&format!(
+        "  - name: trial-daily\n    scope: tenant\n    when: {TRIAL_TENANT}\n    period: daily\n    limit_usd: {}\n    on_exceed: block\n",
+        mock_cost(100) * 1.5
+    ))
+    .await;
+    trial_routing(setup.policies.path());
+    let location = setup.state().to_owned();
     let s = ["--state", location.as_str()];
     let labelled = llmgw(&["tenants", "label", "initech", "plan=trial", s[0], s[1]]);
     assert_eq!(labelled.code, 0, "{}", labelled.stderr);
@@ -152,7 +139,7 @@ async fn world() -> World {
     let gw = Gateway::start_on(
         &[
             "--policies",
-            policies.path().to_str().expect("utf-8"),
+            setup.policies(),
             "--admin-token",
             ADMIN,
             "--tenant-token-key",
@@ -168,9 +155,7 @@ async fn world() -> World {
     );
     World {
         gw,
-        state,
-        _policies: policies,
-        _mock: mock,
+        setup,
         platform,
         plain,
     }
@@ -264,7 +249,7 @@ async fn a_token_acts_for_its_tenant_in_routing_budgets_logs_and_the_ledger() {
         "platform"
     );
     // The ledger bills the token's tenant, project and user, through the presenting key.
-    let location = w.state.path().to_str().expect("utf-8");
+    let location = w.setup.state();
     let spend = spend_once_written(
         &[
             "spend", "--state", location, "--tenant", "initech", "--json",
@@ -438,7 +423,7 @@ async fn only_the_gateway_admin_creates_keys_that_accept_tenant_tokens() {
     assert_eq!(made.status, 201, "{}", made.body);
     assert_eq!(made.json()["key"]["tenant_tokens"], true);
     // A tenant admin may not: such a key acts for any tenant a token names.
-    let location = w.state.path().to_str().expect("utf-8");
+    let location = w.setup.state();
     let tenant_admin = create_key(&["--state", location], &["--tenant", "platform", "--admin"]);
     let body = json!({"tenant": "platform", "tenant_tokens": true});
     let refused = post_key(&w.gw, &tenant_admin.secret, body).await;

@@ -186,17 +186,9 @@ async fn a_failed_call_releases_its_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crossing_an_alert_threshold_logs_once_and_counts_spend_by_tenant() {
-    let mock = mock().await;
-    let policies = tempfile::tempdir().expect("tempdir");
-    let state = tempfile::tempdir().expect("tempdir");
     // Half of the cap is crossed by the third request of 100 output tokens.
-    budget_policy(
-        policies.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        &key_cap(mock_cost(100) * 5.0),
-    );
-    let gw = start(policies.path(), state.path().to_str().expect("utf-8"));
+    let setup = OneModel::new(&key_cap(mock_cost(100) * 5.0)).await;
+    let gw = start(setup.policies.path(), setup.state());
     for _ in 0..4 {
         let a = post(
             &gw.url("/v1/chat/completions"),

@@ -269,20 +269,43 @@ async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_
     }
 }
 
-#[tokio::test]
-async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
+/// A gateway with the dev key on a SQLite state store of its own, with model `m` under
+/// `budgets`, that has answered one request.
+struct OnSqlite {
+    gw: Gateway,
+    state: tempfile::TempDir,
+    _policies: tempfile::TempDir,
+    _upstream: llmgw_mock_provider::MockHandle,
+}
+
+async fn on_sqlite(budgets: &str) -> OnSqlite {
     let upstream = mock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    policy(dir.path(), &upstream.base_url(), "");
+    let policies = tempfile::tempdir().expect("tempdir");
+    policy(policies.path(), &upstream.base_url(), budgets);
     let state = tempfile::tempdir().expect("tempdir");
-    let location = state.path().to_str().expect("utf-8").to_owned();
-    let mut gw = Gateway::start_on(
-        &["--policies", dir.path().to_str().expect("utf-8")],
+    let gw = Gateway::start_on(
+        &["--policies", policies.path().to_str().expect("utf-8")],
         &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
         true,
-        Some(&location),
+        Some(state.path().to_str().expect("utf-8")),
     );
     assert_eq!(chat_now(&gw).await.status, 200);
+    OnSqlite {
+        gw,
+        state,
+        _policies: policies,
+        _upstream: upstream,
+    }
+}
+
+#[tokio::test]
+async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
+    let OnSqlite {
+        mut gw,
+        state,
+        _policies,
+        _upstream,
+    } = on_sqlite("").await;
     assert_eq!(ready_status(&gw).await.0, 200);
 
     let db = state.path().join("state.sqlite");
@@ -321,23 +344,16 @@ async fn deleted_sqlite_files_fail_readiness_and_refuse_requests() {
 
 #[tokio::test]
 async fn a_truncated_shared_memory_file_is_a_refusal_not_a_crash() {
-    let upstream = mock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // Under a budget, every request reserves in the database.
-    policy(
-        dir.path(),
-        &upstream.base_url(),
+    let OnSqlite {
+        mut gw,
+        state,
+        _policies,
+        _upstream,
+    } = on_sqlite(
         "  - name: cap\n    scope: key\n    period: daily\n    limit_usd: 100\n    on_exceed: block\n",
-    );
-    let state = tempfile::tempdir().expect("tempdir");
-    let location = state.path().to_str().expect("utf-8").to_owned();
-    let mut gw = Gateway::start_on(
-        &["--policies", dir.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(&location),
-    );
-    assert_eq!(chat_now(&gw).await.status, 200);
+    )
+    .await;
 
     // What a clean-up job or a careless `: > file` does to the WAL index SQLite has mapped.
     let shm = state.path().join("state.sqlite-shm");

@@ -373,24 +373,13 @@ async fn keys_commands_through_the_admin_api_respect_the_tenant_of_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_labels_reach_the_policy_and_a_rolling_budget_applies_to_trial_tenants_only() {
-    let mock = mock().await;
-    let policies = tempfile::tempdir().expect("tempdir");
-    let state = tempfile::tempdir().expect("tempdir");
-    budget_policy(
-        policies.path(),
-        &mock.base_url(),
-        &[("chat-a", "a", "a+ok")],
-        &format!(
-            "  - name: trial-rolling\n    scope: tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n    period: rolling\n    window_secs: 3600\n    limit_usd: {}\n    on_exceed: block\n",
-            mock_cost(100) * 2.5
-        ),
-    );
-    std::fs::write(
-        policies.path().join("routing.yaml"),
-        "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: trial-tenant\n    when: '\"plan\" in tenant.labels && tenant.labels[\"plan\"] == \"trial\"'\n  - name: everyone-else\n",
-    )
-    .expect("routing");
-    let location = state.path().to_str().expect("utf-8").to_owned();
+    let setup = OneModel::new(&format!(
+        "  - name: trial-rolling\n    scope: tenant\n    when: {TRIAL_TENANT}\n    period: rolling\n    window_secs: 3600\n    limit_usd: {}\n    on_exceed: block\n",
+        mock_cost(100) * 2.5
+    ))
+    .await;
+    trial_routing(setup.policies.path());
+    let location = setup.state().to_owned();
     let s = ["--state", location.as_str()];
     let labelled = llmgw(&[
         "tenants",
@@ -405,12 +394,7 @@ async fn tenant_labels_reach_the_policy_and_a_rolling_budget_applies_to_trial_te
     let trial_admin = create_key(&s, &["--tenant", "initech", "--admin"]);
     let paying = create_key(&s, &["--tenant", "acme"]);
     let gw = Gateway::start_on(
-        &[
-            "--policies",
-            policies.path().to_str().expect("utf-8"),
-            "--admin-token",
-            ADMIN,
-        ],
+        &["--policies", setup.policies(), "--admin-token", ADMIN],
         &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
         false,
         Some(&location),

@@ -207,28 +207,33 @@ impl Clock {
     }
 }
 
+/// Reserves `amount` against a limit of 100 on `counter` under `lease`, at the clock's time.
+async fn take(
+    store: &Store,
+    counter: &str,
+    clock: &Clock,
+    amount: i64,
+    lease: &Lease,
+) -> Result<(), Refused> {
+    store
+        .reserve(&[hold(counter, amount, 100)], lease, clock.now())
+        .await
+        .unwrap()
+}
+
 /// A hold expires with its lease, so a reservation never settled (its process died) stops
 /// counting; its settlement coming late still adds the spend and releases nothing, neither
 /// below zero nor another lease's hold, however many times it comes.
 async fn leases_expire_and_late_settlements_stay_exact(store: &Store, counter: &str, clock: Clock) {
     let short = Lease::new(std::time::Duration::from_millis(300));
-    let take = |amount, lease: &Lease| {
-        let (lease, now) = (lease.clone(), clock.now());
-        async move {
-            store
-                .reserve(&[hold(counter, amount, 100)], &lease, now)
-                .await
-                .unwrap()
-        }
-    };
-    take(80, &short).await.unwrap();
+    take(store, counter, &clock, 80, &short).await.unwrap();
     let other = lease();
-    let refused = take(30, &other).await.unwrap_err();
+    let refused = take(store, counter, &clock, 30, &other).await.unwrap_err();
     assert_eq!(refused.committed, 80);
     clock.pass(short.ttl);
     let start = std::time::Instant::now();
     loop {
-        match take(30, &other).await {
+        match take(store, counter, &clock, 30, &other).await {
             Ok(()) => break,
             Err(r) => assert_eq!(r.committed, 80),
         }
@@ -241,29 +246,32 @@ async fn leases_expire_and_late_settlements_stay_exact(store: &Store, counter: &
     // The expired lease settles late: its spend counts, the other lease's 30 stays held.
     let spent = store.settle(&short.id, &[(counter.to_owned(), 10)]).await;
     assert_eq!(spent.unwrap(), vec![10]);
-    assert_eq!(take(61, &lease()).await.unwrap_err().committed, 40);
+    assert_eq!(
+        take(store, counter, &clock, 61, &lease())
+            .await
+            .unwrap_err()
+            .committed,
+        40
+    );
     let again = store.settle(&short.id, &[(counter.to_owned(), 0)]).await;
     assert_eq!(again.unwrap(), vec![10]);
-    assert_eq!(take(61, &lease()).await.unwrap_err().committed, 40);
+    assert_eq!(
+        take(store, counter, &clock, 61, &lease())
+            .await
+            .unwrap_err()
+            .committed,
+        40
+    );
     // The live lease settles and frees its hold.
     let spent = store.settle(&other.id, &[(counter.to_owned(), 30)]).await;
     assert_eq!(spent.unwrap(), vec![40]);
-    take(60, &lease()).await.unwrap();
+    take(store, counter, &clock, 60, &lease()).await.unwrap();
 }
 
 /// A renewed hold outlives its first lease; renewing one that already expired revives nothing.
 async fn renewed_leases_outlive_their_first_term(store: &Store, counter: &str, clock: Clock) {
     let short = Lease::new(std::time::Duration::from_millis(300));
-    let take = |amount, lease: &Lease| {
-        let (lease, now) = (lease.clone(), clock.now());
-        async move {
-            store
-                .reserve(&[hold(counter, amount, 100)], &lease, now)
-                .await
-                .unwrap()
-        }
-    };
-    take(80, &short).await.unwrap();
+    take(store, counter, &clock, 80, &short).await.unwrap();
     let longer = Lease {
         id: short.id.clone(),
         ttl: std::time::Duration::from_secs(60),
@@ -277,14 +285,20 @@ async fn renewed_leases_outlive_their_first_term(store: &Store, counter: &str, c
         // Redis reads its own clock: the first term must really pass.
         tokio::time::sleep(short.ttl * 2).await;
     }
-    assert_eq!(take(30, &lease()).await.unwrap_err().committed, 80);
+    assert_eq!(
+        take(store, counter, &clock, 30, &lease())
+            .await
+            .unwrap_err()
+            .committed,
+        80
+    );
     store
         .settle(&short.id, &[(counter.to_owned(), 0)])
         .await
         .unwrap();
 
     let lapsed = Lease::new(std::time::Duration::from_millis(300));
-    take(80, &lapsed).await.unwrap();
+    take(store, counter, &clock, 80, &lapsed).await.unwrap();
     clock.pass(lapsed.ttl * 2);
     if clock.0.is_none() {
         tokio::time::sleep(lapsed.ttl * 2).await;
@@ -297,7 +311,7 @@ async fn renewed_leases_outlive_their_first_term(store: &Store, counter: &str, c
         .renew(&[counter.to_owned()], &late, clock.now())
         .await
         .unwrap();
-    take(90, &lease()).await.unwrap();
+    take(store, counter, &clock, 90, &lease()).await.unwrap();
 }
 
 async fn ledger_kv_and_replays(store: &Store) {

@@ -265,3 +265,59 @@ pub async fn redis_dump(url: &str, prefix: &str) -> String {
     }
     out
 }
+
+/// A mock upstream and, beside an empty state directory, a policy directory with one model
+/// `chat-a` on the mock (upstream `a+ok`) under `budgets` (YAML list items).
+pub struct OneModel {
+    /// The upstream.
+    pub mock: llmgw_mock_provider::MockHandle,
+    /// The policy directory.
+    pub policies: tempfile::TempDir,
+    /// The state directory.
+    pub state: tempfile::TempDir,
+}
+
+impl OneModel {
+    /// Starts the mock and writes the policy.
+    pub async fn new(budgets: &str) -> OneModel {
+        let mock = mock().await;
+        let policies = tempfile::tempdir().expect("tempdir");
+        let state = tempfile::tempdir().expect("tempdir");
+        budget_policy(
+            policies.path(),
+            &mock.base_url(),
+            &[("chat-a", "a", "a+ok")],
+            budgets,
+        );
+        OneModel {
+            mock,
+            policies,
+            state,
+        }
+    }
+
+    /// The policy directory, as a command-line argument.
+    pub fn policies(&self) -> &str {
+        self.policies.path().to_str().expect("utf-8")
+    }
+
+    /// The state directory, as a command-line argument.
+    pub fn state(&self) -> &str {
+        self.state.path().to_str().expect("utf-8")
+    }
+}
+
+/// The CEL condition of tenants labelled `plan=trial`, quoted for YAML.
+pub const TRIAL_TENANT: &str = r#"'"plan" in tenant.labels && tenant.labels["plan"] == "trial"'"#;
+
+/// Replaces the routing of `policies` with rule `trial-tenant` (tenants labelled `plan=trial`)
+/// followed by `everyone-else`.
+pub fn trial_routing(policies: &Path) {
+    std::fs::write(
+        policies.join("routing.yaml"),
+        format!(
+            "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: trial-tenant\n    when: {TRIAL_TENANT}\n  - name: everyone-else\n"
+        ),
+    )
+    .expect("routing");
+}
