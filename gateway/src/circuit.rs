@@ -2,18 +2,22 @@
 //! provider region, both with the provider's `circuit` settings.
 //!
 //! A deployment's breaker counts that deployment's own health failures: a 429 or 503 from one
-//! model is that model's problem. A region's breaker opens only on region-wide evidence:
-//! connection-level failures (connect refused, reset, TLS failure) of any of its deployments
-//! count for it, and it trips when at least [`REGION_SPREAD`] of its deployments have an open
-//! breaker at once and they are at least half of the region's deployments that had traffic
-//! within the window. Routing sees a deployment as open when its own breaker or its region's is.
+//! model is that model's problem, and so is a `Retry-After` longer than the in-place wait. A
+//! region's breaker opens only on region-wide evidence: connection-level failures (connect
+//! refused or timed out, reset, TLS failure) of any of its deployments count for it (a stream
+//! that breaks after its first token does not), and it trips when at least [`REGION_SPREAD`]
+//! of its deployments have an open breaker at once and they are at least half of the region's
+//! deployments that had traffic within the window. Any answer from the region (even an error
+//! about one model) counts as a success for the region. Routing sees a deployment as open when
+//! its own breaker or its region's is.
 //!
-//! Each breaker works the same way. Closed: requests flow; failures are counted in a sliding window of one-second buckets.
-//! The circuit opens when the window holds at least `min_requests` with an error ratio of at
-//! least `error_ratio`, or after `consecutive_failures` failures in a row, or when the provider
-//! sends a `Retry-After` longer than the gateway waits in place. Open: no request until the
-//! cool-down (the longer of `cooldown_secs` and `Retry-After`) has passed. Half-open: one
-//! probe at a time; its success closes the circuit, its failure opens it again.
+//! Each breaker works the same way. Closed: requests flow; failures are counted in a sliding
+//! window of one-second buckets. The circuit opens when the window holds at least
+//! `min_requests` with an error ratio of at least `error_ratio`, or after
+//! `consecutive_failures` failures in a row, or when the provider sends a `Retry-After` longer
+//! than the gateway waits in place. Open: no request until the cool-down (the longer of
+//! `cooldown_secs` and `Retry-After`) has passed. Half-open: one probe at a time; its success
+//! closes the circuit, its failure opens it again.
 
 use crate::upstream::UpstreamError;
 use llmgw_engine::input::CircuitState;
@@ -390,30 +394,26 @@ impl Breakers {
     }
 
     /// Records a failed call of deployment `index` admitted with `ticket`. A health failure
-    /// counts for the deployment; a connection-level one also for its region, while any
-    /// other answer shows the region reachable (and closes it after a region probe). A failure
-    /// about the request itself only ends a probe, as a success.
+    /// counts for the deployment; a failure about the request itself only ends a deployment
+    /// probe, as a success. A connection-level failure (before any answer) counts for the
+    /// region; any other shows the region reachable, a success for it.
     pub fn record_failure(&self, index: usize, e: &UpstreamError, ticket: Ticket) {
         let Some((r, d)) = self.pair(index) else {
             return;
         };
-        if !e.class.is_health_failure() {
-            if ticket.deployment == Admission::Probe {
-                d.record_success();
-            }
-            if ticket.region == Admission::Probe {
-                r.record_success();
-            }
-            return;
-        }
-        let opened = d.record_failure(e.retry_after);
-        if e.class.is_connection_failure() {
+        // A stream that broke after part of the answer came had a working connection: the
+        // break is the deployment's.
+        if e.class.is_connection_failure() && !e.after_first_byte {
             r.record_failure(None);
-        } else if ticket.region == Admission::Probe {
+        } else {
             r.record_success();
         }
-        if opened {
-            self.check_spread(index, e.retry_after);
+        if e.class.is_health_failure() {
+            if d.record_failure(e.retry_after) {
+                self.check_spread(index, e.retry_after);
+            }
+        } else if ticket.deployment == Admission::Probe {
+            d.record_success();
         }
     }
 

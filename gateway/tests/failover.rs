@@ -167,6 +167,39 @@ async fn an_unavailable_model_opens_its_own_breaker_not_its_regions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failing_models_of_three_open_their_region() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy_with_circuit(
+            d,
+            &mock.base_url(),
+            TIGHT_CIRCUIT,
+            &[
+                on_region_a("primary", 0.9, "p+503"),
+                on_region_a("backup", 0.8, "b+503"),
+                on_region_a("spare", 0.1, "s+ok"),
+            ],
+        )
+    });
+    let mut region = serde_json::Value::Null;
+    for _ in 0..6 {
+        post(&gw.url("/v1/chat/completions"), &chat("primary", false, 4)).await;
+        region = region_breaker(&gw.admin_get("/admin/status").await.json(), "mock-a");
+        if region["state"] == "open" {
+            break;
+        }
+    }
+    assert_eq!(region["state"], "open", "{region}");
+    assert_eq!(deployment_breaker(&region, "primary")["state"], "open");
+    assert_eq!(deployment_breaker(&region, "backup")["state"], "open");
+    assert_eq!(deployment_breaker(&region, "spare")["state"], "closed");
+    let spare_calls = mock.stats.attempts("s+ok");
+    let a = post(&gw.url("/v1/chat/completions"), &chat("spare", false, 4)).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(mock.stats.attempts("s+ok"), spare_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_failures_of_two_deployments_open_their_region() {
     let mock = mock().await;
     let (gw, _dir) = gateway_for(|d| {
