@@ -1,7 +1,7 @@
 //! The gateway's shared state: the policy in force with its adapters, circuits and live stats
 //! (swapped as one value), the keys, the metrics and the retry budget.
 
-use crate::circuit::{Breakers, Circuit};
+use crate::circuit::{severity, Breakers, Circuit};
 use crate::keys::KeyCache;
 use crate::live::{DeploymentLive, LiveStats};
 use crate::metrics::{DeploymentLabels, Metrics, PolicyLabels, ProviderLabels, ServedHandles};
@@ -10,7 +10,6 @@ use crate::providers;
 use crate::retry_budget::RetryBudget;
 use crate::upstream::Provider;
 use arc_swap::ArcSwap;
-use llmgw_engine::input::CircuitState;
 use llmgw_engine::CompiledPolicy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -98,9 +97,11 @@ impl Runtime {
             .iter()
             .map(|d| {
                 kept(d.provider)
-                    .and_then(|(prev, _)| {
+                    .and_then(|(prev, p)| {
                         let old = prev.policy.deployments();
-                        let i = old.iter().position(|q| q.name == d.name)?;
+                        let i = old
+                            .iter()
+                            .position(|q| q.name == d.name && q.provider == p)?;
                         prev.breakers.deployment(i).cloned()
                     })
                     .unwrap_or_else(|| {
@@ -220,11 +221,6 @@ impl App {
         let rt = self.runtime.load();
         rt.live.refresh();
         self.cache.maintain();
-        let gauge = |s: CircuitState| match s {
-            CircuitState::Closed => 0,
-            CircuitState::HalfOpen => 1,
-            CircuitState::Open => 2,
-        };
         for (i, p) in rt.policy.providers().iter().enumerate() {
             if let Some(c) = rt.breakers.region(i) {
                 self.metrics
@@ -233,7 +229,7 @@ impl App {
                         provider: p.name.clone(),
                         region: p.region.clone(),
                     })
-                    .set(gauge(c.state()));
+                    .set(severity(c.state()));
             }
         }
         for (i, d) in rt.policy.deployments().iter().enumerate() {
@@ -241,7 +237,7 @@ impl App {
                 self.metrics
                     .deployment_circuit
                     .get_or_create(&DeploymentLabels::of(d))
-                    .set(gauge(c.state()));
+                    .set(severity(c.state()));
             }
         }
     }

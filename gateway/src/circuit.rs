@@ -302,14 +302,18 @@ pub struct Breakers {
     region_of: Vec<usize>,
 }
 
-/// The worse of two states (open, then half-open, then closed).
-fn worse(a: CircuitState, b: CircuitState) -> CircuitState {
-    let rank = |s| match s {
+/// How bad a state is: 0 closed, 1 half-open, 2 open (the value of the state gauges).
+pub fn severity(s: CircuitState) -> i64 {
+    match s {
         CircuitState::Closed => 0,
         CircuitState::HalfOpen => 1,
         CircuitState::Open => 2,
-    };
-    if rank(b) > rank(a) {
+    }
+}
+
+/// The worse of two states.
+fn worse(a: CircuitState, b: CircuitState) -> CircuitState {
+    if severity(b) > severity(a) {
         b
     } else {
         a
