@@ -101,7 +101,7 @@ impl Identity {
     }
 }
 
-/// Circuit breaker state of a deployment's provider region.
+/// Circuit breaker state of a deployment: the worse of its own breaker and its provider region's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {

@@ -74,23 +74,35 @@ async fn status(app: &App, headers: &http::HeaderMap) -> Result<Response<Gateway
     Ok(json(StatusCode::OK, &body))
 }
 
-/// Everything: the policy (with its source and diagnostics), circuits, every deployment's
-/// live stats and the canaries.
+/// Everything: the policy (with its source and diagnostics), the breakers (each region's with
+/// its deployments' under it), every deployment's live stats and the canaries.
 fn global_status(app: &App) -> Value {
     let rt = app.runtime.load();
     let policy = &rt.policy;
+    let breaker = |c: &crate::circuit::Circuit| json!({ "state": c.state().as_str(), "opened_times": c.opened_times() });
     let circuits: Vec<Value> = policy
         .providers()
         .iter()
-        .zip(&rt.circuits)
-        .map(|(p, c)| {
-            json!({
-                "provider": p.name,
-                "region": p.region,
-                "type": p.kind,
-                "state": c.state().as_str(),
-                "opened_times": c.opened_times(),
-            })
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let mut region = breaker(rt.breakers.region(i)?);
+            let deployments: Vec<Value> = policy
+                .deployments()
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.provider == i)
+                .filter_map(|(j, d)| {
+                    let mut v = breaker(rt.breakers.deployment(j)?);
+                    v["deployment"] = json!(&*d.name);
+                    v["model"] = json!(&*d.model_name);
+                    Some(v)
+                })
+                .collect();
+            region["provider"] = json!(p.name);
+            region["region"] = json!(p.region);
+            region["type"] = json!(p.kind);
+            region["deployments"] = json!(deployments);
+            Some(region)
         })
         .collect();
     let deployments: Vec<Value> = policy

@@ -1,16 +1,15 @@
 //! The gateway's shared state: the policy in force with its adapters, circuits and live stats
 //! (swapped as one value), the keys, the metrics and the retry budget.
 
-use crate::circuit::Circuit;
+use crate::circuit::{severity, Breakers, Circuit};
 use crate::keys::KeyCache;
 use crate::live::{DeploymentLive, LiveStats};
-use crate::metrics::{Metrics, PolicyLabels, ProviderLabels, ServedHandles};
+use crate::metrics::{DeploymentLabels, Metrics, PolicyLabels, ProviderLabels, ServedHandles};
 use crate::policy_source::PolicyLocation;
 use crate::providers;
 use crate::retry_budget::RetryBudget;
 use crate::upstream::Provider;
 use arc_swap::ArcSwap;
-use llmgw_engine::input::CircuitState;
 use llmgw_engine::CompiledPolicy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -51,8 +50,8 @@ pub struct Runtime {
     pub location: PolicyLocation,
     /// One adapter per provider, by provider index.
     pub providers: Vec<Arc<dyn Provider>>,
-    /// One circuit per provider region, by provider index.
-    pub circuits: Vec<Arc<Circuit>>,
+    /// The breakers: one per provider region (by provider index), one per deployment.
+    pub breakers: Arc<Breakers>,
     /// Live stats by deployment index.
     pub live: LiveStats,
     served: Vec<OnceLock<ServedHandles>>,
@@ -65,8 +64,9 @@ impl Runtime {
     }
 
     /// Builds adapters, circuits and live stats for a policy that replaces `previous`: the
-    /// circuits of providers still there with the same circuit settings, and the live stats of
-    /// deployments still there, are carried over by name; the rest start afresh.
+    /// breakers of providers still there with the same circuit settings (and of their
+    /// deployments still there), and the live stats of deployments still there, are carried
+    /// over by name; the rest start afresh.
     pub fn carrying_over(
         policy: CompiledPolicy,
         location: PolicyLocation,
@@ -74,21 +74,43 @@ impl Runtime {
     ) -> Self {
         let providers: Vec<Arc<dyn Provider>> =
             policy.providers().iter().map(providers::build).collect();
-        let circuits: Vec<Arc<Circuit>> = policy
-            .providers()
-            .iter()
+        // The provider of the previous revision with the same name and circuit settings.
+        let kept = |p: usize| {
+            let p = &policy.providers()[p];
+            let prev = previous?;
+            let i = prev
+                .policy
+                .providers()
+                .iter()
+                .position(|q| q.name == p.name && q.circuit == p.circuit)?;
+            Some((prev, i))
+        };
+        let regions: Vec<Arc<Circuit>> = (0..policy.providers().len())
             .map(|p| {
-                previous
-                    .and_then(|prev| {
-                        let old = prev.policy.providers();
-                        let i = old
-                            .iter()
-                            .position(|q| q.name == p.name && q.circuit == p.circuit)?;
-                        prev.circuits.get(i).cloned()
-                    })
-                    .unwrap_or_else(|| Arc::new(Circuit::new(p.circuit)))
+                kept(p)
+                    .and_then(|(prev, i)| prev.breakers.region(i).cloned())
+                    .unwrap_or_else(|| Arc::new(Circuit::new(policy.providers()[p].circuit)))
             })
             .collect();
+        let deployment_circuits: Vec<Arc<Circuit>> = policy
+            .deployments()
+            .iter()
+            .map(|d| {
+                kept(d.provider)
+                    .and_then(|(prev, p)| {
+                        let old = prev.policy.deployments();
+                        let i = old
+                            .iter()
+                            .position(|q| q.name == d.name && q.provider == p)?;
+                        prev.breakers.deployment(i).cloned()
+                    })
+                    .unwrap_or_else(|| {
+                        Arc::new(Circuit::new(policy.providers()[d.provider].circuit))
+                    })
+            })
+            .collect();
+        let region_of = policy.deployments().iter().map(|d| d.provider).collect();
+        let breakers = Arc::new(Breakers::new(regions, deployment_circuits, region_of));
         let n = policy.deployments().len();
         let recorders = policy
             .deployments()
@@ -103,17 +125,12 @@ impl Runtime {
                     .unwrap_or_else(|| Arc::new(DeploymentLive::default()))
             })
             .collect();
-        let by_deployment = policy
-            .deployments()
-            .iter()
-            .map(|d| circuits[d.provider].clone())
-            .collect();
         Runtime {
             policy: Arc::new(policy),
             location,
             providers,
-            circuits,
-            live: LiveStats::new(recorders, by_deployment),
+            live: LiveStats::new(recorders, breakers.clone()),
+            breakers,
             served: (0..n).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -204,19 +221,24 @@ impl App {
         let rt = self.runtime.load();
         rt.live.refresh();
         self.cache.maintain();
-        for (p, c) in rt.policy.providers().iter().zip(&rt.circuits) {
-            let v = match c.state() {
-                CircuitState::Closed => 0,
-                CircuitState::HalfOpen => 1,
-                CircuitState::Open => 2,
-            };
-            self.metrics
-                .circuit
-                .get_or_create(&ProviderLabels {
-                    provider: p.name.clone(),
-                    region: p.region.clone(),
-                })
-                .set(v);
+        for (i, p) in rt.policy.providers().iter().enumerate() {
+            if let Some(c) = rt.breakers.region(i) {
+                self.metrics
+                    .circuit
+                    .get_or_create(&ProviderLabels {
+                        provider: p.name.clone(),
+                        region: p.region.clone(),
+                    })
+                    .set(severity(c.state()));
+            }
+        }
+        for (i, d) in rt.policy.deployments().iter().enumerate() {
+            if let Some(c) = rt.breakers.deployment(i) {
+                self.metrics
+                    .deployment_circuit
+                    .get_or_create(&DeploymentLabels::of(d))
+                    .set(severity(c.state()));
+            }
         }
     }
 }

@@ -1,17 +1,30 @@
-//! A circuit breaker per provider region.
+//! Circuit breakers at two levels: one per deployment (model × provider region) and one per
+//! provider region, both with the provider's `circuit` settings.
 //!
-//! Closed: requests flow; failures are counted in a sliding window of one-second buckets.
-//! The circuit opens when the window holds at least `min_requests` with an error ratio of at
-//! least `error_ratio`, or after `consecutive_failures` failures in a row, or when the provider
-//! sends a `Retry-After` longer than the gateway waits in place. Open: no request until the
-//! cool-down (the longer of `cooldown_secs` and `Retry-After`) has passed. Half-open: one
-//! probe at a time; its success closes the circuit, its failure opens it again.
+//! A deployment's breaker counts that deployment's own health failures: a 429 or 503 from one
+//! model is that model's problem, and so is a `Retry-After` longer than the in-place wait. A
+//! region's breaker opens only on region-wide evidence: connection-level failures (connect
+//! refused or timed out, reset, TLS failure) of any of its deployments count for it (a stream
+//! that breaks after its first token does not), and it trips when at least [`REGION_SPREAD`]
+//! of its deployments have an open breaker at once and they are at least half of the region's
+//! deployments that had traffic within the window. Any answer from the region (even an error
+//! about one model) counts as a success for the region. Routing sees a deployment as open when
+//! its own breaker or its region's is.
+//!
+//! Each breaker works the same way. Closed: requests flow; failures are counted in a sliding
+//! window of one-second buckets. The circuit opens when the window holds at least
+//! `min_requests` with an error ratio of at least `error_ratio`, or after
+//! `consecutive_failures` failures in a row, or when the provider sends a `Retry-After` longer
+//! than the gateway waits in place. Open: no request until the cool-down (the longer of
+//! `cooldown_secs` and `Retry-After`) has passed. Half-open: one probe at a time; its success
+//! closes the circuit, its failure opens it again.
 
+use crate::upstream::UpstreamError;
 use llmgw_engine::input::CircuitState;
 use llmgw_engine::model::CircuitSettings;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a half-open probe may stay unanswered before another is let through.
@@ -35,11 +48,13 @@ struct Inner {
     consecutive: u64,
     open_until: Option<Instant>,
     probe_started: Option<Instant>,
-    /// Cool-down asked for by the provider for the next opening.
+    /// Times the breaker has opened.
     opened_times: u64,
+    /// When the last outcome was recorded.
+    last_outcome: Option<Instant>,
 }
 
-/// The breaker of one provider region.
+/// One breaker (of a deployment or of a provider region).
 #[derive(Debug)]
 pub struct Circuit {
     settings: CircuitSettings,
@@ -64,6 +79,7 @@ impl Circuit {
                 open_until: None,
                 probe_started: None,
                 opened_times: 0,
+                last_outcome: None,
             }),
             epoch: Instant::now(),
         }
@@ -123,21 +139,45 @@ impl Circuit {
         }
         let mut inner = self.lock();
         let now = Instant::now();
+        let admission = self.check(&inner, now);
+        if admission == Admission::Probe {
+            inner.probe_started = Some(now);
+            self.state.store(HALF_OPEN, Ordering::Relaxed);
+        }
+        admission
+    }
+
+    /// Whether [`Circuit::admit`] would reject a request now (taking no probe slot).
+    pub fn rejects(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != CLOSED
+            && self.check(&self.lock(), Instant::now()) == Admission::Rejected
+    }
+
+    /// Frees the probe slot taken by an admission that was not used.
+    pub fn release_probe(&self) {
+        self.lock().probe_started = None;
+    }
+
+    fn check(&self, inner: &Inner, now: Instant) -> Admission {
         match self.state.load(Ordering::Relaxed) {
             CLOSED => Admission::Allowed,
             OPEN if inner.open_until.is_some_and(|t| now < t) => Admission::Rejected,
-            _ => {
-                if inner
-                    .probe_started
-                    .is_some_and(|t| now.duration_since(t) < PROBE_TIMEOUT)
-                {
-                    return Admission::Rejected;
-                }
-                inner.probe_started = Some(now);
-                self.state.store(HALF_OPEN, Ordering::Relaxed);
-                Admission::Probe
+            _ if inner
+                .probe_started
+                .is_some_and(|t| now.duration_since(t) < PROBE_TIMEOUT) =>
+            {
+                Admission::Rejected
             }
+            _ => Admission::Probe,
         }
+    }
+
+    /// Whether the breaker recorded an outcome within its window.
+    fn had_traffic(&self) -> bool {
+        let window = Duration::from_secs(self.settings.window_secs.max(1));
+        self.lock()
+            .last_outcome
+            .is_some_and(|t| t.elapsed() < window)
     }
 
     fn second(&self) -> u64 {
@@ -145,6 +185,7 @@ impl Circuit {
     }
 
     fn push(&self, inner: &mut Inner, ok: bool) {
+        inner.last_outcome = Some(Instant::now());
         let now = self.second();
         let horizon = now.saturating_sub(self.settings.window_secs.max(1));
         while inner.window.front().is_some_and(|&(s, _, _)| s < horizon) {
@@ -217,9 +258,210 @@ impl Circuit {
     }
 }
 
+/// How many of a region's deployments must have an open breaker at once for the region's
+/// breaker to trip (with at least half of the deployments that had traffic in the window).
+pub const REGION_SPREAD: usize = 2;
+
+/// How one call was admitted at each level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The region's admission.
+    pub region: Admission,
+    /// The deployment's admission.
+    pub deployment: Admission,
+}
+
+impl Ticket {
+    /// A call admitted at both levels without being a probe (a stream already under way).
+    pub const ALLOWED: Ticket = Ticket {
+        region: Admission::Allowed,
+        deployment: Admission::Allowed,
+    };
+    const REJECTED: Ticket = Ticket {
+        region: Admission::Rejected,
+        deployment: Admission::Rejected,
+    };
+
+    /// Whether the call may not be made.
+    pub fn rejected(self) -> bool {
+        self.region == Admission::Rejected || self.deployment == Admission::Rejected
+    }
+
+    /// Whether the call is a half-open probe at either level.
+    pub fn probe(self) -> bool {
+        self.region == Admission::Probe || self.deployment == Admission::Probe
+    }
+}
+
+/// The breakers of a policy revision: one per provider region, one per deployment.
+#[derive(Debug)]
+pub struct Breakers {
+    regions: Vec<Arc<Circuit>>,
+    deployments: Vec<Arc<Circuit>>,
+    /// The region (provider index) of each deployment.
+    region_of: Vec<usize>,
+}
+
+/// How bad a state is: 0 closed, 1 half-open, 2 open (the value of the state gauges).
+pub fn severity(s: CircuitState) -> i64 {
+    match s {
+        CircuitState::Closed => 0,
+        CircuitState::HalfOpen => 1,
+        CircuitState::Open => 2,
+    }
+}
+
+/// The worse of two states.
+fn worse(a: CircuitState, b: CircuitState) -> CircuitState {
+    if severity(b) > severity(a) {
+        b
+    } else {
+        a
+    }
+}
+
+impl Breakers {
+    /// Breakers of regions by provider index and of deployments by deployment index;
+    /// `region_of` gives each deployment's provider index.
+    pub fn new(
+        regions: Vec<Arc<Circuit>>,
+        deployments: Vec<Arc<Circuit>>,
+        region_of: Vec<usize>,
+    ) -> Self {
+        Breakers {
+            regions,
+            deployments,
+            region_of,
+        }
+    }
+
+    /// The breaker of region (provider index) `provider`.
+    pub fn region(&self, provider: usize) -> Option<&Arc<Circuit>> {
+        self.regions.get(provider)
+    }
+
+    /// The breaker of deployment `index` (its own level only).
+    pub fn deployment(&self, index: usize) -> Option<&Arc<Circuit>> {
+        self.deployments.get(index)
+    }
+
+    fn pair(&self, index: usize) -> Option<(&Circuit, &Circuit)> {
+        let d = self.deployments.get(index)?;
+        let r = self.regions.get(*self.region_of.get(index)?)?;
+        Some((r, d))
+    }
+
+    /// The state of deployment `index` as routing sees it: the worse of its breaker's and its
+    /// region's (see [`Circuit::routing_state`]).
+    pub fn routing_state(&self, index: usize) -> CircuitState {
+        self.pair(index).map_or(CircuitState::Closed, |(r, d)| {
+            worse(r.routing_state(), d.routing_state())
+        })
+    }
+
+    /// The state of deployment `index` as rules and status pages see it: the worse of its
+    /// breaker's and its region's.
+    pub fn state(&self, index: usize) -> CircuitState {
+        self.pair(index)
+            .map_or(CircuitState::Closed, |(r, d)| worse(r.state(), d.state()))
+    }
+
+    /// Asks to call deployment `index`: both levels must let the call through; a probe slot
+    /// taken at one level is given back when the other rejects.
+    pub fn admit(&self, index: usize) -> Ticket {
+        let Some((r, d)) = self.pair(index) else {
+            return Ticket::REJECTED;
+        };
+        if r.rejects() || d.rejects() {
+            return Ticket::REJECTED;
+        }
+        let region = r.admit();
+        if region == Admission::Rejected {
+            return Ticket::REJECTED;
+        }
+        let deployment = d.admit();
+        if deployment == Admission::Rejected {
+            if region == Admission::Probe {
+                r.release_probe();
+            }
+            return Ticket::REJECTED;
+        }
+        Ticket { region, deployment }
+    }
+
+    /// Records a successful call of deployment `index`: both levels saw a healthy answer.
+    pub fn record_success(&self, index: usize) {
+        if let Some((r, d)) = self.pair(index) {
+            d.record_success();
+            r.record_success();
+        }
+    }
+
+    /// Records a failed call of deployment `index` admitted with `ticket`. A health failure
+    /// counts for the deployment; a failure about the request itself only ends a deployment
+    /// probe, as a success. A connection-level failure (before any answer) counts for the
+    /// region; any other shows the region reachable, a success for it.
+    pub fn record_failure(&self, index: usize, e: &UpstreamError, ticket: Ticket) {
+        let Some((r, d)) = self.pair(index) else {
+            return;
+        };
+        // A stream that broke after part of the answer came had a working connection: the
+        // break is the deployment's.
+        if e.class.is_connection_failure() && !e.after_first_byte {
+            r.record_failure(None);
+        } else {
+            r.record_success();
+        }
+        if e.class.is_health_failure() {
+            if d.record_failure(e.retry_after) {
+                self.check_spread(index, e.retry_after);
+            }
+        } else if ticket.deployment == Admission::Probe {
+            d.record_success();
+        }
+    }
+
+    /// Opens the breaker of deployment `index` for at least `cooldown` (a provider's long
+    /// `Retry-After`); its region's too when that makes enough of its deployments open.
+    pub fn trip_for(&self, index: usize, cooldown: Duration) {
+        if let Some(d) = self.deployments.get(index) {
+            d.trip_for(cooldown);
+            self.check_spread(index, Some(cooldown));
+        }
+    }
+
+    /// Trips the region of deployment `index` when at least [`REGION_SPREAD`] of its
+    /// deployments have an open breaker and they are at least half of those with traffic.
+    fn check_spread(&self, index: usize, retry_after: Option<Duration>) {
+        let Some(&region) = self.region_of.get(index) else {
+            return;
+        };
+        let (mut open, mut active) = (0usize, 0usize);
+        for (d, _) in self
+            .deployments
+            .iter()
+            .zip(&self.region_of)
+            .filter(|(_, &p)| p == region)
+        {
+            if d.state() == CircuitState::Open {
+                open += 1;
+                active += 1;
+            } else if d.had_traffic() {
+                active += 1;
+            }
+        }
+        if open >= REGION_SPREAD && open * 2 >= active {
+            if let Some(r) = self.regions.get(region) {
+                r.trip_for(retry_after.unwrap_or_default());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ErrorClass;
 
     fn settings() -> CircuitSettings {
         CircuitSettings {
@@ -281,5 +523,78 @@ mod tests {
         let c = Circuit::new(settings());
         c.trip_for(Duration::from_secs(30));
         assert_eq!(c.admit(), Admission::Rejected);
+    }
+
+    fn two_deployments_in_one_region() -> Breakers {
+        let s = CircuitSettings {
+            cooldown_secs: 60,
+            ..settings()
+        };
+        let c = || Arc::new(Circuit::new(s));
+        Breakers::new(vec![c()], vec![c(), c(), c()], vec![0, 0, 0])
+    }
+
+    fn fail(b: &Breakers, index: usize, class: ErrorClass, times: usize) {
+        for _ in 0..times {
+            let ticket = b.admit(index);
+            b.record_failure(index, &UpstreamError::new(class, "test"), ticket);
+        }
+    }
+
+    #[test]
+    fn one_models_errors_open_only_its_deployment() {
+        let b = two_deployments_in_one_region();
+        b.record_success(1);
+        fail(&b, 0, ErrorClass::RateLimited, 3);
+        assert!(b.admit(0).rejected());
+        assert_eq!(b.routing_state(0), CircuitState::Open);
+        assert_eq!(b.admit(1), Ticket::ALLOWED);
+        assert_eq!(b.routing_state(1), CircuitState::Closed);
+        assert_eq!(b.region(0).expect("region").state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn connection_failures_open_the_region_for_every_deployment() {
+        let b = two_deployments_in_one_region();
+        fail(&b, 0, ErrorClass::Connect, 2);
+        fail(&b, 1, ErrorClass::Network, 1);
+        assert_eq!(b.region(0).expect("region").state(), CircuitState::Open);
+        assert!(
+            b.admit(2).rejected(),
+            "no evidence of its own, but its region is open"
+        );
+        assert_eq!(b.routing_state(2), CircuitState::Open);
+    }
+
+    #[test]
+    fn several_open_deployments_open_the_region() {
+        let b = two_deployments_in_one_region();
+        fail(&b, 0, ErrorClass::Unavailable, 3);
+        assert_eq!(b.region(0).expect("region").state(), CircuitState::Closed);
+        b.trip_for(1, Duration::from_secs(30));
+        assert_eq!(b.region(0).expect("region").state(), CircuitState::Open);
+        assert!(b.admit(2).rejected());
+    }
+
+    #[test]
+    fn a_region_probe_is_not_spent_on_an_open_deployment() {
+        let s = settings();
+        let region = Arc::new(Circuit::new(s));
+        let b = Breakers::new(
+            vec![region.clone()],
+            vec![Arc::new(Circuit::new(CircuitSettings {
+                cooldown_secs: 60,
+                ..s
+            }))],
+            vec![0],
+        );
+        fail(&b, 0, ErrorClass::Connect, 3);
+        // The region's zero cool-down has passed; the deployment's 60 s has not.
+        assert!(b.admit(0).rejected());
+        assert_eq!(
+            region.admit(),
+            Admission::Probe,
+            "the region's slot is free"
+        );
     }
 }

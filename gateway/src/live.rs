@@ -6,7 +6,7 @@
 //! read from the slots still inside the window; a background refresh turns them into a
 //! snapshot so that decisions read one pointer instead of summing histograms.
 
-use crate::circuit::Circuit;
+use crate::circuit::Breakers;
 use arc_swap::ArcSwap;
 use llmgw_engine::input::{DeploymentStats, LiveView};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -184,18 +184,18 @@ fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<f64> {
 /// Live stats of every deployment of a policy revision, with a periodically refreshed snapshot.
 pub struct LiveStats {
     deployments: Vec<Arc<DeploymentLive>>,
-    /// Circuit of each deployment's provider.
-    circuits: Vec<Arc<Circuit>>,
+    /// The breakers (deployment and region level).
+    breakers: Arc<Breakers>,
     snapshot: ArcSwap<Vec<Option<DeploymentStats>>>,
 }
 
 impl LiveStats {
-    /// Stats for deployments whose recorders and provider circuits are given in order.
-    pub fn new(deployments: Vec<Arc<DeploymentLive>>, circuits: Vec<Arc<Circuit>>) -> Self {
+    /// Stats for deployments whose recorders are given in order, with their breakers.
+    pub fn new(deployments: Vec<Arc<DeploymentLive>>, breakers: Arc<Breakers>) -> Self {
         let n = deployments.len();
         LiveStats {
             deployments,
-            circuits,
+            breakers,
             snapshot: ArcSwap::from_pointee(vec![None; n]),
         }
     }
@@ -214,11 +214,7 @@ impl LiveStats {
 
     /// The stats of deployment `index` as of the last refresh, with live in-flight and circuit.
     pub fn get(&self, index: usize) -> Option<DeploymentStats> {
-        let circuit = self
-            .circuits
-            .get(index)
-            .map(|c| c.routing_state())
-            .unwrap_or_default();
+        let circuit = self.breakers.routing_state(index);
         let in_flight = self.deployments.get(index).map_or(0, |d| d.in_flight());
         let base = self.snapshot.load().get(index).copied().flatten();
         match base {
@@ -240,11 +236,7 @@ impl LiveStats {
 impl LiveStats {
     /// The stats of deployment `index` computed now (for status pages, not the hot path).
     pub fn current(&self, index: usize) -> Option<DeploymentStats> {
-        let circuit = self
-            .circuits
-            .get(index)
-            .map(|c| c.state())
-            .unwrap_or_default();
+        let circuit = self.breakers.state(index);
         let d = self.deployments.get(index)?;
         let in_flight = d.in_flight();
         match d.compute() {

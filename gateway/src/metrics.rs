@@ -64,6 +64,31 @@ pub struct ProviderLabels {
     pub region: String,
 }
 
+/// Labels of a deployment's breaker.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    /// Deployment.
+    pub deployment: String,
+    /// Logical model.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+    /// Region.
+    pub region: String,
+}
+
+impl DeploymentLabels {
+    /// The labels of deployment `d`.
+    pub fn of(d: &llmgw_engine::policy::DeploymentInfo) -> Self {
+        DeploymentLabels {
+            deployment: d.name.to_string(),
+            model: d.model_name.to_string(),
+            provider: d.provider_name.to_string(),
+            region: d.region.to_string(),
+        }
+    }
+}
+
 /// Labels of spend attribution.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SpendLabels {
@@ -123,6 +148,8 @@ pub struct Metrics {
     pub upstream_malformed_events: Family<UpstreamLabels, Counter>,
     /// Circuit state per provider region (0 closed, 1 half-open, 2 open).
     pub circuit: Family<ProviderLabels, Gauge>,
+    /// Circuit state of each deployment's own breaker (0 closed, 1 half-open, 2 open).
+    pub deployment_circuit: Family<DeploymentLabels, Gauge>,
     /// Same-provider retries.
     pub retries: Family<ModelLabels, Counter>,
     /// Moves to a later attempt of the list that made an upstream call.
@@ -235,6 +262,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_malformed_events: Family::default(),
             circuit: Family::default(),
+            deployment_circuit: Family::default(),
             retries: Family::default(),
             failovers: Family::default(),
             resumed_streams: Family::default(),
@@ -278,8 +306,13 @@ impl Metrics {
         );
         registry.register(
             "circuit_state",
-            "Circuit state: 0 closed, 1 half-open, 2 open",
+            "Circuit state of a provider region's breaker: 0 closed, 1 half-open, 2 open",
             m.circuit.clone(),
+        );
+        registry.register(
+            "deployment_circuit_state",
+            "Circuit state of a deployment's own breaker: 0 closed, 1 half-open, 2 open",
+            m.deployment_circuit.clone(),
         );
         registry.register("retries", "Same-provider retries", m.retries.clone());
         registry.register(

@@ -916,12 +916,7 @@ async fn pump(
             // The answer was complete; only the end of the stream went wrong.
             break "ok";
         }
-        attempt::note_failure(
-            &plan,
-            live.idx,
-            &failure,
-            crate::circuit::Admission::Allowed,
-        );
+        attempt::note_failure(&plan, live.idx, &failure, crate::circuit::Ticket::ALLOWED);
         // The call answered its first token but did not finish: it is not logged as `ok`.
         let call = &mut trace.calls[live.call];
         call.outcome = failure.class.as_str();

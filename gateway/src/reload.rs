@@ -15,7 +15,7 @@
 
 use crate::app::{App, Runtime};
 use crate::metrics::Metrics;
-use crate::metrics::{PolicyLabels, ProviderLabels, ReloadLabels};
+use crate::metrics::{DeploymentLabels, PolicyLabels, ProviderLabels, ReloadLabels};
 use crate::policy_source::{self, PolicyLocation, RevisionInfo, SourceError, SourceReader};
 use arc_swap::ArcSwap;
 use llmgw_engine::diag::Diagnostic;
@@ -666,6 +666,12 @@ impl Reloader {
                 region: p.region.clone(),
             })
             .collect();
+        let runtime_deployments: Vec<DeploymentLabels> = runtime
+            .policy
+            .deployments()
+            .iter()
+            .map(DeploymentLabels::of)
+            .collect();
         app.runtime.store(Arc::new(runtime));
         let m = &app.metrics;
         m.policy.remove(&PolicyLabels {
@@ -678,6 +684,13 @@ impl Reloader {
             .set(1);
         for labels in &gone {
             m.circuit.remove(labels);
+        }
+        let kept: HashSet<DeploymentLabels> = runtime_deployments.into_iter().collect();
+        for d in previous.policy.deployments() {
+            let labels = DeploymentLabels::of(d);
+            if !kept.contains(&labels) {
+                m.deployment_circuit.remove(&labels);
+            }
         }
         count(app, ReloadResult::Applied);
         let now = chrono::Utc::now();

@@ -101,6 +101,14 @@ impl ErrorClass {
     }
 }
 
+impl ErrorClass {
+    /// Whether the failure is at the connection level (refused, reset, TLS), evidence against
+    /// the whole provider region rather than one of its models.
+    pub fn is_connection_failure(self) -> bool {
+        matches!(self, ErrorClass::Connect | ErrorClass::Network)
+    }
+}
+
 impl fmt::Display for ErrorClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

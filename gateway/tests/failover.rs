@@ -54,13 +54,205 @@ async fn long_retry_after_opens_the_circuit_for_that_long() {
     );
     assert_eq!(mock.stats.attempts("b+ok"), 4);
     let status = gw.admin_get("/admin/status").await.json();
-    let circuit = status["circuits"]
+    let region = region_breaker(&status, "mock-a");
+    assert_eq!(
+        region["state"], "closed",
+        "one deployment's pause: {region}"
+    );
+    assert_eq!(deployment_breaker(&region, "primary")["state"], "open");
+}
+
+/// The breaker of provider `provider`'s region in an `/admin/status` answer.
+fn region_breaker(status: &serde_json::Value, provider: &str) -> serde_json::Value {
+    status["circuits"]
         .as_array()
         .expect("circuits")
         .iter()
-        .find(|c| c["provider"] == "mock-a")
-        .cloned();
-    assert_eq!(circuit.expect("mock-a circuit")["state"], "open");
+        .find(|c| c["provider"] == provider)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {provider} circuit in {status}"))
+}
+
+/// The breaker of `model`'s deployment under a region's breaker.
+fn deployment_breaker(region: &serde_json::Value, model: &str) -> serde_json::Value {
+    region["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["model"] == model)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {model} deployment in {region}"))
+}
+
+/// Breakers that open after 2 failures (or half of at least 2 calls) for 30 s.
+const TIGHT_CIRCUIT: &str =
+    "{ window_secs: 10, min_requests: 2, error_ratio: 0.5, consecutive_failures: 2, cooldown_secs: 30 }";
+
+/// A chat model on `mock-a` (one region) answering with `upstream`.
+fn on_region_a<'a>(name: &'a str, quality: f64, upstream: &'a str) -> TestModel<'a> {
+    TestModel {
+        name,
+        quality,
+        context: 100_000,
+        prefill: true,
+        provider: "mock-a",
+        upstream,
+    }
+}
+
+/// Polls `/metrics` until it holds `line`, failing after 5 s.
+async fn wait_metric(gw: &Gateway, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = gw.metrics().await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_failing_model_leaves_its_region_to_the_equivalent(fault: &str) {
+    let mock = mock().await;
+    let primary = format!("p+{fault}");
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy_with_circuit(
+            d,
+            &mock.base_url(),
+            TIGHT_CIRCUIT,
+            &[
+                on_region_a("primary", 0.9, &primary),
+                on_region_a("backup", 0.5, "b+ok"),
+            ],
+        )
+    });
+    for i in 0..12 {
+        let a = post(&gw.url("/v1/chat/completions"), &chat("primary", false, 4)).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+        assert_eq!(a.header("x-llmgw-model"), "backup");
+    }
+    assert_eq!(
+        mock.stats.attempts(&primary),
+        2,
+        "two failures open the primary's breaker for 30 s"
+    );
+    assert_eq!(mock.stats.attempts("b+ok"), 12);
+    let status = gw.admin_get("/admin/status").await.json();
+    let region = region_breaker(&status, "mock-a");
+    assert_eq!(region["state"], "closed", "{region}");
+    assert_eq!(region["opened_times"], 0, "{region}");
+    assert_eq!(deployment_breaker(&region, "primary")["state"], "open");
+    assert_eq!(deployment_breaker(&region, "backup")["state"], "closed");
+    wait_metric(
+        &gw,
+        "llmgw_deployment_circuit_state{deployment=\"primary@mock-a\",model=\"primary\",provider=\"mock-a\",region=\"region-a\"} 2",
+    )
+    .await;
+    wait_metric(
+        &gw,
+        "llmgw_circuit_state{provider=\"mock-a\",region=\"region-a\"} 0",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_model_opens_its_own_breaker_not_its_regions() {
+    a_failing_model_leaves_its_region_to_the_equivalent("429").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_model_opens_its_own_breaker_not_its_regions() {
+    a_failing_model_leaves_its_region_to_the_equivalent("503").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failing_models_of_three_open_their_region() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy_with_circuit(
+            d,
+            &mock.base_url(),
+            TIGHT_CIRCUIT,
+            &[
+                on_region_a("primary", 0.9, "p+503"),
+                on_region_a("backup", 0.8, "b+503"),
+                on_region_a("spare", 0.1, "s+ok"),
+            ],
+        )
+    });
+    let mut region = serde_json::Value::Null;
+    for _ in 0..6 {
+        post(&gw.url("/v1/chat/completions"), &chat("primary", false, 4)).await;
+        region = region_breaker(&gw.admin_get("/admin/status").await.json(), "mock-a");
+        if region["state"] == "open" {
+            break;
+        }
+    }
+    assert_eq!(region["state"], "open", "{region}");
+    assert_eq!(deployment_breaker(&region, "primary")["state"], "open");
+    assert_eq!(deployment_breaker(&region, "backup")["state"], "open");
+    assert_eq!(deployment_breaker(&region, "spare")["state"], "closed");
+    let spare_calls = mock.stats.attempts("s+ok");
+    let a = post(&gw.url("/v1/chat/completions"), &chat("spare", false, 4)).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(mock.stats.attempts("s+ok"), spare_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_of_two_deployments_open_their_region() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy_with_circuit(
+            d,
+            &mock.base_url(),
+            TIGHT_CIRCUIT,
+            &[
+                on_region_a("primary", 0.9, "p+reset"),
+                on_region_a("backup", 0.8, "b+reset"),
+                on_region_a("spare", 0.1, "s+ok"),
+            ],
+        )
+    });
+    // Each request meets resets on both models before it may reach the spare; the region opens
+    // within a few requests.
+    let mut opened = false;
+    for _ in 0..6 {
+        post(&gw.url("/v1/chat/completions"), &chat("primary", false, 4)).await;
+        let status = gw.admin_get("/admin/status").await.json();
+        if region_breaker(&status, "mock-a")["state"] == "open" {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the region never opened");
+    assert!(mock.stats.attempts("p+reset") >= 1);
+    assert!(mock.stats.attempts("b+reset") >= 1);
+    // The spare has no failure of its own, but its region is open: it is not called.
+    let spare_calls = mock.stats.attempts("s+ok");
+    let a = post(&gw.url("/v1/chat/completions"), &chat("spare", false, 4)).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(mock.stats.attempts("s+ok"), spare_calls);
+    let status = gw.admin_get("/admin/status").await.json();
+    let region = region_breaker(&status, "mock-a");
+    assert_eq!(
+        deployment_breaker(&region, "spare")["state"],
+        "closed",
+        "{region}"
+    );
+    let spare = status["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["model"] == "spare")
+        .cloned()
+        .expect("spare deployment");
+    assert_eq!(spare["live"]["circuit"], "open", "{spare}");
+    wait_metric(
+        &gw,
+        "llmgw_circuit_state{provider=\"mock-a\",region=\"region-a\"} 2",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Phase 5: execute the decision's attempt list with failover.
 //!
-//! Attempts are tried in order. A provider whose circuit is open is skipped. Every attempt
+//! Attempts are tried in order. A deployment whose breaker (or whose region's) is open is
+//! skipped. Every attempt
 //! after the first (a retry or a move to the next deployment) is paid from the retry budget.
 //! The same provider is tried again only for a single 429 with a short `Retry-After` (after
 //! waiting it) or a single 500; any other failure moves on. A content filter or another 4xx
@@ -13,7 +14,7 @@
 //! ([`note_malformed`]); it does not fail the attempt.
 
 use crate::app::{App, Runtime};
-use crate::circuit::Admission;
+use crate::circuit::Ticket;
 use crate::error::ApiError;
 use crate::live::InFlight;
 use crate::metrics::{ErrorLabels, ModelLabels, UpstreamLabels};
@@ -252,9 +253,9 @@ pub async fn run(
             idx += 1;
             continue;
         }
-        let circuit = &plan.rt.circuits[deployment.provider];
-        let admission = circuit.admit();
-        if admission == Admission::Rejected {
+        let breakers = &plan.rt.breakers;
+        let ticket = breakers.admit(attempt.index);
+        if ticket.rejected() {
             trace.calls.push(CallLog {
                 deployment: attempt.deployment.clone(),
                 outcome: "skipped_open_circuit",
@@ -291,7 +292,7 @@ pub async fn run(
         let elapsed = started.elapsed();
         match result {
             Ok(Called::Full(response)) => {
-                circuit.record_success();
+                breakers.record_success(attempt.index);
                 recorder.record(elapsed, None, true);
                 trace.calls.push(CallLog {
                     deployment: attempt.deployment.clone(),
@@ -302,7 +303,7 @@ pub async fn run(
                 return Ok(Success::Full { idx, response });
             }
             Ok(Called::Stream(stream, buffered)) => {
-                circuit.record_success();
+                breakers.record_success(attempt.index);
                 trace.calls.push(CallLog {
                     deployment: attempt.deployment.clone(),
                     outcome: "ok",
@@ -327,7 +328,7 @@ pub async fn run(
                     ms: elapsed.as_millis() as u64,
                     broke: false,
                 });
-                note_failure(plan, idx, &e, admission);
+                note_failure(plan, idx, &e, ticket);
                 match e.class {
                     ErrorClass::ContentFilter | ErrorClass::BadRequest => {
                         return Err(Failure { error: Some(e) })
@@ -340,7 +341,7 @@ pub async fn run(
                 }
                 let short_wait = e.retry_after.filter(|d| *d <= MAX_INPLACE_WAIT);
                 let same_again = !retried_same
-                    && admission != Admission::Probe
+                    && !ticket.probe()
                     && match e.class {
                         ErrorClass::RateLimited => short_wait.is_some(),
                         ErrorClass::Server => e.status == Some(500),
@@ -355,10 +356,11 @@ pub async fn run(
                     continue;
                 }
                 // A provider that asks for a long pause (429 or 503 with `Retry-After`) gets it:
-                // its region is skipped for that long.
+                // the deployment is skipped for that long (its region too once enough of the
+                // region's deployments are open).
                 if e.class.is_health_failure() {
                     if let Some(long) = e.retry_after.filter(|d| *d > MAX_INPLACE_WAIT) {
-                        circuit.trip_for(long);
+                        breakers.trip_for(attempt.index, long);
                     }
                 }
                 last_error = Some(e);
@@ -370,19 +372,14 @@ pub async fn run(
     Err(Failure { error: last_error })
 }
 
-/// Records a failed call in the circuit, live stats and metrics.
-pub fn note_failure(plan: &Plan, idx: usize, e: &UpstreamError, admission: Admission) {
+/// Records a failed call (admitted with `ticket`) in the breakers, live stats and metrics.
+pub fn note_failure(plan: &Plan, idx: usize, e: &UpstreamError, ticket: Ticket) {
     let attempt = plan.attempt(idx);
-    let deployment = &plan.rt.policy.deployments()[attempt.index];
-    let circuit = &plan.rt.circuits[deployment.provider];
+    plan.rt.breakers.record_failure(attempt.index, e, ticket);
     if e.class.is_health_failure() {
-        circuit.record_failure(e.retry_after);
         if let Some(r) = plan.rt.live.deployment(attempt.index) {
             r.record(Duration::ZERO, None, false);
         }
-    } else if admission == Admission::Probe {
-        // The provider answered: it is up, whatever it thought of the request.
-        circuit.record_success();
     }
     plan.app
         .metrics

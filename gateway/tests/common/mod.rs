@@ -403,12 +403,27 @@ pub struct TestModel<'a> {
     pub upstream: &'a str,
 }
 
+/// The circuit settings [`mock_policy`] gives both providers: open after 3 consecutive
+/// failures, for 1 s.
+pub const MOCK_CIRCUIT: &str =
+    "{ window_secs: 10, min_requests: 10, error_ratio: 0.5, consecutive_failures: 3, cooldown_secs: 1 }";
+
 /// Writes a policy for the mock at `base_url`: providers `mock-a` and `mock-b` (two regions)
-/// with tight timeouts and a circuit that opens after 3 consecutive failures for 1 s.
+/// with tight timeouts and the [`MOCK_CIRCUIT`] settings.
 pub fn mock_policy(dir: &Path, base_url: &str, models: &[TestModel<'_>]) {
+    mock_policy_with_circuit(dir, base_url, MOCK_CIRCUIT, models)
+}
+
+/// [`mock_policy`] with the given `circuit` settings (a YAML flow mapping) on both providers.
+pub fn mock_policy_with_circuit(
+    dir: &Path,
+    base_url: &str,
+    circuit: &str,
+    models: &[TestModel<'_>],
+) {
     let provider = |name: &str, region: &str| {
         format!(
-            "  - name: {name}\n    type: openai_compatible\n    region: {region}\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n    timeouts: {{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }}\n    circuit: {{ window_secs: 10, min_requests: 10, error_ratio: 0.5, consecutive_failures: 3, cooldown_secs: 1 }}\n"
+            "  - name: {name}\n    type: openai_compatible\n    region: {region}\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n    timeouts: {{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }}\n    circuit: {circuit}\n"
         )
     };
     let providers = format!(
