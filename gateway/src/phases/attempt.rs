@@ -111,13 +111,6 @@ pub struct Trace {
     pub unbudgeted: bool,
 }
 
-impl Trace {
-    /// Upstream calls actually made.
-    pub fn upstream_calls(&self) -> usize {
-        self.calls.iter().filter(|c| c.called()).count()
-    }
-}
-
 /// A stream whose first visible event has arrived.
 pub struct LiveStream {
     /// Index of the attempt serving it.
