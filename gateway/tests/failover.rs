@@ -939,3 +939,65 @@ async fn health_probes_close_a_breaker_without_client_traffic_reaching_the_prima
         "probes write no request log line"
     );
 }
+
+/// Polls `/metrics` until the samples starting with `prefix` sum to at least 1, failing
+/// after 10 s.
+async fn wait_probes(gw: &Gateway, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gw.metrics().await;
+        if metric_sum(&text, prefix) >= 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{prefix}` sample in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_follow_policy_reloads() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |probe: Option<&str>, upstream: &str| {
+        mock_policy_with_probes(
+            dir.path(),
+            &mock.base_url(),
+            MOCK_CIRCUIT,
+            probe,
+            &[on_region_a("primary", 0.9, upstream)],
+        )
+    };
+    write(None, "p+ok");
+    let gw = Gateway::start_on(
+        &[
+            "--policies",
+            dir.path().to_str().expect("utf-8 path"),
+            "--poll-interval",
+            "100ms",
+        ],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        None,
+    );
+    // Probes turned on by a reload reach the idle deployment under the new revision's
+    // upstream name; the first revision, without probes, sent nothing.
+    write(Some("{ interval_secs: 1, timeout_ms: 500 }"), "p2+ok");
+    wait_probes(
+        &gw,
+        "llmgw_health_probes_total{deployment=\"primary@mock-a\",outcome=\"ok\"}",
+    )
+    .await;
+    assert!(
+        mock.stats.attempts("p2+ok") >= 1,
+        "the current revision is probed"
+    );
+    assert_eq!(
+        mock.stats.attempts("p+ok"),
+        0,
+        "no probes without `health_probe`"
+    );
+    assert!(
+        gw.request_logs().is_empty(),
+        "probes write no request log line"
+    );
+}
