@@ -43,6 +43,22 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
         )),
         _ => {}
     }
+    if let Some(probe) = p.health_probe {
+        if probe.timeout_ms > probe.interval_secs.saturating_mul(1000) {
+            diags.push(
+                Diagnostic::warning(
+                    "provider/probe-timeout",
+                    format!(
+                        "provider `{}`: a health probe may take {} ms, longer than its {} s \
+                         interval; probes then come less often than the interval says",
+                        p.name, probe.timeout_ms, probe.interval_secs
+                    ),
+                    Some(doc.loc(&format!("{base}/health_probe/timeout_ms"))),
+                )
+                .with_help("set `timeout_ms` below `interval_secs` (in milliseconds)"),
+            );
+        }
+    }
 }
 
 /// Prices of a model.

@@ -84,6 +84,28 @@ pub struct Provider {
     /// Behaviour of a simulated provider.
     #[serde(default)]
     pub simulated: Option<SimulatedProfile>,
+    /// Active health probes of the provider's deployments; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_probe: Option<HealthProbe>,
+}
+
+/// Active health probes: a one-token chat completion sent to a deployment whose breaker is
+/// not closed or whose live stats are stale, instead of letting real traffic be the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct HealthProbe {
+    /// Time between two probes of one deployment.
+    #[serde(default = "default_probe_interval_secs")]
+    pub interval_secs: u64,
+    /// How long a probe may take before it counts as failed.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_probe_interval_secs() -> u64 {
+    10
+}
+fn default_probe_timeout_ms() -> u64 {
+    2_000
 }
 
 fn default_region() -> String {

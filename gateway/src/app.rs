@@ -110,7 +110,13 @@ impl Runtime {
             })
             .collect();
         let region_of = policy.deployments().iter().map(|d| d.provider).collect();
-        let breakers = Arc::new(Breakers::new(regions, deployment_circuits, region_of));
+        let probed = policy
+            .deployments()
+            .iter()
+            .map(|d| policy.providers()[d.provider].health_probe.is_some())
+            .collect();
+        let breakers =
+            Arc::new(Breakers::new(regions, deployment_circuits, region_of).with_probes(probed));
         let n = policy.deployments().len();
         let recorders = policy
             .deployments()

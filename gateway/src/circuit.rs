@@ -172,6 +172,11 @@ impl Circuit {
         }
     }
 
+    /// Whether the breaker is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == CLOSED
+    }
+
     /// Whether the breaker recorded an outcome within its window.
     fn had_traffic(&self) -> bool {
         let window = Duration::from_secs(self.settings.window_secs.max(1));
@@ -300,6 +305,9 @@ pub struct Breakers {
     deployments: Vec<Arc<Circuit>>,
     /// The region (provider index) of each deployment.
     region_of: Vec<usize>,
+    /// Deployments whose provider sends active health probes: their breakers close only on a
+    /// probe's success, never on real traffic.
+    probed: Vec<bool>,
 }
 
 /// How bad a state is: 0 closed, 1 half-open, 2 open (the value of the state gauges).
@@ -332,6 +340,41 @@ impl Breakers {
             regions,
             deployments,
             region_of,
+            probed: Vec::new(),
+        }
+    }
+
+    /// These breakers with active health probes for the deployments marked in `probed`.
+    pub fn with_probes(mut self, probed: Vec<bool>) -> Self {
+        self.probed = probed;
+        self
+    }
+
+    /// Whether the breaker of deployment `index` is only closed by an active health probe and
+    /// is not closed now (real traffic skips it).
+    fn awaits_probe(&self, index: usize) -> bool {
+        self.probed.get(index).copied().unwrap_or(false)
+            && self.deployments.get(index).is_some_and(|d| !d.is_closed())
+    }
+
+    /// Whether deployment `index`'s own breaker is not closed.
+    pub fn deployment_open(&self, index: usize) -> bool {
+        self.deployments.get(index).is_some_and(|d| !d.is_closed())
+    }
+
+    /// Records the outcome of an active health probe of deployment `index`: a success closes
+    /// its breaker; a failure counts like a failed half-open probe (the breaker stays open).
+    pub fn record_probe(&self, index: usize, outcome: Result<(), &UpstreamError>) {
+        match outcome {
+            Ok(()) => self.record_success(index),
+            Err(e) => self.record_failure(
+                index,
+                e,
+                Ticket {
+                    region: Admission::Allowed,
+                    deployment: Admission::Probe,
+                },
+            ),
         }
     }
 
@@ -354,6 +397,9 @@ impl Breakers {
     /// The state of deployment `index` as routing sees it: the worse of its breaker's and its
     /// region's (see [`Circuit::routing_state`]).
     pub fn routing_state(&self, index: usize) -> CircuitState {
+        if self.awaits_probe(index) {
+            return CircuitState::Open;
+        }
         self.pair(index).map_or(CircuitState::Closed, |(r, d)| {
             worse(r.routing_state(), d.routing_state())
         })
@@ -372,7 +418,7 @@ impl Breakers {
         let Some((r, d)) = self.pair(index) else {
             return Ticket::REJECTED;
         };
-        if r.rejects() || d.rejects() {
+        if self.awaits_probe(index) || r.rejects() || d.rejects() {
             return Ticket::REJECTED;
         }
         let region = r.admit();
@@ -596,5 +642,20 @@ mod tests {
             Admission::Probe,
             "the region's slot is free"
         );
+    }
+
+    #[test]
+    fn with_probes_only_a_probe_closes_a_deployment_breaker() {
+        let c = || Arc::new(Circuit::new(settings()));
+        let b = Breakers::new(vec![c()], vec![c()], vec![0]).with_probes(vec![true]);
+        fail(&b, 0, ErrorClass::Unavailable, 3);
+        // Zero cool-down: without probes this request would be the half-open probe.
+        assert!(b.admit(0).rejected());
+        assert_eq!(b.routing_state(0), CircuitState::Open);
+        b.record_probe(0, Err(&UpstreamError::new(ErrorClass::Unavailable, "test")));
+        assert!(b.deployment_open(0), "a failed probe keeps it open");
+        b.record_probe(0, Ok(()));
+        assert!(!b.deployment_open(0));
+        assert_eq!(b.admit(0), Ticket::ALLOWED);
     }
 }

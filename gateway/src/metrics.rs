@@ -48,6 +48,15 @@ pub struct ErrorLabels {
     pub class: &'static str,
 }
 
+/// Labels of an active health probe.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// Deployment probed.
+    pub deployment: String,
+    /// `ok`, or the class of the failure.
+    pub outcome: &'static str,
+}
+
 /// Labels of an upstream provider.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -150,6 +159,8 @@ pub struct Metrics {
     pub circuit: Family<ProviderLabels, Gauge>,
     /// Circuit state of each deployment's own breaker (0 closed, 1 half-open, 2 open).
     pub deployment_circuit: Family<DeploymentLabels, Gauge>,
+    /// Active health probes sent, by deployment and outcome.
+    pub health_probes: Family<ProbeLabels, Counter>,
     /// Same-provider retries.
     pub retries: Family<ModelLabels, Counter>,
     /// Moves to a later attempt of the list that made an upstream call.
@@ -263,6 +274,7 @@ impl Metrics {
             upstream_malformed_events: Family::default(),
             circuit: Family::default(),
             deployment_circuit: Family::default(),
+            health_probes: Family::default(),
             retries: Family::default(),
             failovers: Family::default(),
             resumed_streams: Family::default(),
@@ -313,6 +325,11 @@ impl Metrics {
             "deployment_circuit_state",
             "Circuit state of a deployment's own breaker: 0 closed, 1 half-open, 2 open",
             m.deployment_circuit.clone(),
+        );
+        registry.register(
+            "health_probes",
+            "Active health probes sent to deployments, by outcome",
+            m.health_probes.clone(),
         );
         registry.register("retries", "Same-provider retries", m.retries.clone());
         registry.register(

@@ -810,6 +810,10 @@ async fn a_flapping_primary_is_used_again_after_it_recovers() {
         "{primary_attempts} attempts, {primary_served} served"
     );
     assert!(during_outage >= 3);
+    assert!(
+        !gw.metrics().await.contains("llmgw_health_probes_total{"),
+        "no probes without `health_probe`"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -830,5 +834,170 @@ async fn upstream_keys_never_reach_clients_or_logs() {
     assert!(
         !gw.logs().contains(KEY),
         "the gateway key is not logged either"
+    );
+}
+
+/// The sum of the `/metrics` samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The state of `model`'s own breaker on `mock-a`, from `/admin/status`.
+async fn primary_breaker_state(gw: &Gateway, model: &str) -> String {
+    let status = gw.admin_get("/admin/status").await.json();
+    deployment_breaker(&region_breaker(&status, "mock-a"), model)["state"]
+        .as_str()
+        .expect("state")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_close_a_breaker_without_client_traffic_reaching_the_primary() {
+    let mock = mock().await;
+    let primary = "p+flap-1500";
+    // A zero cool-down: without probes, the next client request would be the half-open probe.
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy_with_probes(
+            d,
+            &mock.base_url(),
+            "{ window_secs: 10, min_requests: 10, error_ratio: 0.5, consecutive_failures: 2, cooldown_secs: 0 }",
+            Some("{ interval_secs: 1, timeout_ms: 500 }"),
+            &[
+                on_region_a("primary", 0.9, primary),
+                on_region_a("backup", 0.5, "b+ok"),
+            ],
+        )
+    });
+    let mut served = Vec::new();
+    let ask = async |served: &mut Vec<String>| {
+        let a = post(&gw.url("/v1/chat/completions"), &chat("primary", false, 2)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        served.push(a.header("x-llmgw-model").to_owned());
+    };
+    // The primary fails until its breaker opens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while primary_breaker_state(&gw, "primary").await == "closed" {
+        assert!(
+            Instant::now() < deadline,
+            "the primary's breaker never opened"
+        );
+        ask(&mut served).await;
+    }
+    // Client traffic goes to the backup until a probe closes the breaker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary_breaker_state(&gw, "primary").await != "closed" {
+        assert!(Instant::now() < deadline, "no probe closed the breaker");
+        ask(&mut served).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served.iter().any(|m| m == "backup"), "{served:?}");
+    // Client traffic returns to the primary at once.
+    for _ in 0..3 {
+        ask(&mut served).await;
+        assert_eq!(served.last().map(String::as_str), Some("primary"));
+    }
+    // Every attempt the mock saw on the primary is a client call (a failure counted in
+    // the upstream errors, or an answer) or a probe. Probes count once answered, so poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = gw.metrics().await;
+        let client_failures = metric_sum(
+            &text,
+            "llmgw_upstream_errors_total{provider=\"mock-a\",class=\"unavailable\"}",
+        );
+        let probes = metric_sum(
+            &text,
+            "llmgw_health_probes_total{deployment=\"primary@mock-a\"",
+        );
+        let probes_ok = metric_sum(
+            &text,
+            "llmgw_health_probes_total{deployment=\"primary@mock-a\",outcome=\"ok\"}",
+        );
+        let served_primary = served.iter().filter(|m| *m == "primary").count() as u64;
+        let attempts = mock.stats.attempts(primary);
+        if attempts == client_failures + served_primary + probes {
+            assert!(probes_ok >= 1, "{text}");
+            assert!(probes > probes_ok, "a failed probe kept it open: {text}");
+            assert!(
+                client_failures <= 2,
+                "no client request was the half-open probe: {client_failures} failures"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{attempts} attempts, {client_failures} client failures, {served_primary} served, {probes} probes\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.wait_request_logs(served.len()).len(),
+        served.len(),
+        "probes write no request log line"
+    );
+}
+
+/// Polls `/metrics` until the samples starting with `prefix` sum to at least 1, failing
+/// after 10 s.
+async fn wait_probes(gw: &Gateway, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gw.metrics().await;
+        if metric_sum(&text, prefix) >= 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{prefix}` sample in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_follow_policy_reloads() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |probe: Option<&str>, upstream: &str| {
+        mock_policy_with_probes(
+            dir.path(),
+            &mock.base_url(),
+            MOCK_CIRCUIT,
+            probe,
+            &[on_region_a("primary", 0.9, upstream)],
+        )
+    };
+    write(None, "p+ok");
+    let gw = Gateway::start_on(
+        &[
+            "--policies",
+            dir.path().to_str().expect("utf-8 path"),
+            "--poll-interval",
+            "100ms",
+        ],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        None,
+    );
+    // Probes turned on by a reload reach the idle deployment under the new revision's
+    // upstream name; the first revision, without probes, sent nothing.
+    write(Some("{ interval_secs: 1, timeout_ms: 500 }"), "p2+ok");
+    wait_probes(
+        &gw,
+        "llmgw_health_probes_total{deployment=\"primary@mock-a\",outcome=\"ok\"}",
+    )
+    .await;
+    assert!(
+        mock.stats.attempts("p2+ok") >= 1,
+        "the current revision is probed"
+    );
+    assert_eq!(
+        mock.stats.attempts("p+ok"),
+        0,
+        "no probes without `health_probe`"
+    );
+    assert!(
+        gw.request_logs().is_empty(),
+        "probes write no request log line"
     );
 }

@@ -87,6 +87,7 @@ const ERROR_CODES: &[&str] = &[
 /// Every warning code; the warnings corpus must exercise each of them.
 const WARNING_CODES: &[&str] = &[
     "provider/no-key",
+    "provider/probe-timeout",
     "rule/unused-weights",
     "canary/sticky-split",
     "model/no-max-output",

@@ -421,9 +421,24 @@ pub fn mock_policy_with_circuit(
     circuit: &str,
     models: &[TestModel<'_>],
 ) {
+    mock_policy_with_probes(dir, base_url, circuit, None, models)
+}
+
+/// [`mock_policy_with_circuit`] with active health probes (`health_probe`, a YAML flow
+/// mapping) on both providers when given.
+pub fn mock_policy_with_probes(
+    dir: &Path,
+    base_url: &str,
+    circuit: &str,
+    health_probe: Option<&str>,
+    models: &[TestModel<'_>],
+) {
+    let probe = health_probe
+        .map(|p| format!("    health_probe: {p}\n"))
+        .unwrap_or_default();
     let provider = |name: &str, region: &str| {
         format!(
-            "  - name: {name}\n    type: openai_compatible\n    region: {region}\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n    timeouts: {{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }}\n    circuit: {circuit}\n"
+            "  - name: {name}\n    type: openai_compatible\n    region: {region}\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n    timeouts: {{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }}\n    circuit: {circuit}\n{probe}"
         )
     };
     let providers = format!(
