@@ -95,7 +95,26 @@ fn models(app: &App) -> Response<GatewayBody> {
         .policy
         .models()
         .iter()
-        .map(|m| json!({ "id": &*m.name, "object": "model", "created": 0, "owned_by": "llmgw" }))
+        .map(|m| {
+            json!({
+                "id": &*m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmgw",
+                // An extension object: OpenAI clients parse the list as usual.
+                "llmgw": {
+                    "class": &*m.class,
+                    "quality": m.quality,
+                    "context_window": m.context_window,
+                    "max_output_tokens": m.max_output_tokens,
+                    "capabilities": m.capabilities,
+                    "price_per_mtok": {
+                        "input": m.price.input_per_mtok,
+                        "output": m.price.output_per_mtok,
+                    },
+                },
+            })
+        })
         .collect();
     json(StatusCode::OK, &json!({ "object": "list", "data": data }))
 }

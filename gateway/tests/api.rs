@@ -139,6 +139,20 @@ async fn embeddings_and_models() {
         .filter_map(|x| x["id"].as_str())
         .collect();
     assert_eq!(ids, vec!["chat-large", "chat-small", "embed"]);
+    // The registry's view of each model, in an extension object.
+    let large = &m["data"][0]["llmgw"];
+    assert!(
+        large["context_window"].as_u64().is_some_and(|w| w > 0),
+        "{large}"
+    );
+    assert!(
+        large["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "chat")),
+        "{large}"
+    );
+    assert!(large["price_per_mtok"]["input"].is_number(), "{large}");
+    assert!(large["price_per_mtok"]["output"].is_number(), "{large}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
