@@ -96,6 +96,25 @@ fn a_port_in_use_fails_at_once() {
     );
 }
 
+/// The admin listener is bound at start-up like the API's; its default is 127.0.0.1:9090.
+#[test]
+fn an_admin_port_in_use_fails_at_once_and_the_default_is_local() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let failed = serve(&["--listen", "127.0.0.1:0", "--admin-listen", &addr]);
+    fails_with(
+        &failed,
+        &[&format!("llmgw: cannot listen on {addr}"), "--admin-listen"],
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_llmgw"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--admin-listen"), "{help}");
+    assert!(help.contains("127.0.0.1:9090"), "{help}");
+}
+
 #[test]
 fn an_unreadable_or_broken_policy_fails_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
