@@ -11,8 +11,10 @@ use crate::retry_budget::RetryBudget;
 use crate::upstream::Provider;
 use arc_swap::ArcSwap;
 use llmgw_engine::CompiledPolicy;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Limits applied to clients.
@@ -55,6 +57,7 @@ pub struct Runtime {
     /// Live stats by deployment index.
     pub live: LiveStats,
     served: Vec<OnceLock<ServedHandles>>,
+    served_ok: RwLock<HashMap<(usize, Arc<str>), Counter>>,
 }
 
 impl Runtime {
@@ -138,14 +141,40 @@ impl Runtime {
             live: LiveStats::new(recorders, breakers.clone()),
             breakers,
             served: (0..n).map(|_| OnceLock::new()).collect(),
+            served_ok: RwLock::default(),
         }
     }
 
-    /// The metrics of successful requests served by deployment `index`.
-    pub fn served_metrics(&self, index: usize, metrics: &Metrics) -> Option<&ServedHandles> {
+    /// The metrics of successful requests served by deployment `index` under `rule`: the
+    /// deployment's handles and its `requests{status=200}` counter for that rule.
+    pub fn served_metrics(
+        &self,
+        index: usize,
+        rule: &Arc<str>,
+        metrics: &Metrics,
+    ) -> Option<(&ServedHandles, Counter)> {
         let d = self.policy.deployments().get(index)?;
-        let cell = self.served.get(index)?;
-        Some(cell.get_or_init(|| metrics.served(&d.model_name, &d.provider_name)))
+        let handles = self
+            .served
+            .get(index)?
+            .get_or_init(|| metrics.served(&d.model_name, &d.provider_name));
+        let key = (index, rule.clone());
+        // A poisoned lock still holds a consistent map: each use is one call on it.
+        let known = self
+            .served_ok
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let ok = known.unwrap_or_else(|| {
+            self.served_ok
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_insert_with(|| metrics.ok_requests(&d.model_name, &d.provider_name, rule))
+                .clone()
+        });
+        Some((handles, ok))
     }
 }
 

@@ -17,6 +17,8 @@ pub struct RequestLabels {
     pub model: String,
     /// Provider that served it (empty when none did).
     pub provider: String,
+    /// The routing rule that decided, or the budget that refused (empty when no rule did).
+    pub rule: String,
 }
 
 /// Labels of a model on a provider.
@@ -206,8 +208,6 @@ impl Default for Metrics {
 /// path touches atomics only.
 #[derive(Debug, Clone)]
 pub struct ServedHandles {
-    /// `requests{status=200}`.
-    pub ok: Counter,
     /// Latency.
     pub latency: Histogram,
     /// Time to first token.
@@ -234,25 +234,30 @@ impl Metrics {
             provider: provider.to_owned(),
             kind,
         };
-        let request = RequestLabels {
-            status: 200,
-            model: model.to_owned(),
-            provider: provider.to_owned(),
-        };
-        let ok = self.requests.get_or_create(&request).clone();
         let latency = self.latency.get_or_create(&labels).clone();
         let ttft = self.ttft.get_or_create(&labels).clone();
         let tokens_in = self.tokens.get_or_create(&tokens("input")).clone();
         let tokens_out = self.tokens.get_or_create(&tokens("output")).clone();
         let cost = self.cost.get_or_create(&labels).clone();
         ServedHandles {
-            ok,
             latency,
             ttft,
             tokens_in,
             tokens_out,
             cost,
         }
+    }
+
+    /// `requests{status=200}` of `model` on `provider` decided by `rule`.
+    pub fn ok_requests(&self, model: &str, provider: &str, rule: &str) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                status: 200,
+                model: model.to_owned(),
+                provider: provider.to_owned(),
+                rule: rule.to_owned(),
+            })
+            .clone()
     }
 
     /// Registers every metric.

@@ -688,9 +688,10 @@ fn finish(
     outcome: &str,
     error: Option<&str>,
 ) {
-    let handles = served
-        .map(|i| plan.attempt(i).index)
-        .and_then(|d| plan.rt.served_metrics(d, &plan.app.metrics));
+    let handles = served.map(|i| plan.attempt(i).index).and_then(|d| {
+        plan.rt
+            .served_metrics(d, &plan.decision.rule, &plan.app.metrics)
+    });
     let served = served
         .map(|i| plan.attempt(i))
         .map(|a| (&*a.model, &*a.provider));

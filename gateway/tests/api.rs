@@ -201,6 +201,82 @@ async fn client_errors_have_openai_shape_and_status() {
     }
 }
 
+/// The Grafana dashboard in `examples/grafana/` queries only metrics the gateway exports, and
+/// every chart has a unit and a legend for each series.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/grafana/llmgw-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let gw = simulated_gateway(&[]);
+    let metrics = gw.metrics().await;
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let exported = |name: &str| {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        families.contains(&family) || families.contains(&name)
+    };
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut queried = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().expect("title");
+        assert!(
+            panel["fieldConfig"]["defaults"]["unit"].is_string(),
+            "{title}: no unit"
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            assert!(
+                target["legendFormat"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty()),
+                "{title}: no legend for {expr}"
+            );
+            for (at, _) in expr.match_indices("llmgw_") {
+                let m: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                assert!(exported(&m), "{title}: {m} is not exported");
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 20, "only {queried} metric references");
+}
+
+#[tokio::test]
+async fn the_request_counter_names_the_rule_that_decided() {
+    let gw = simulated_gateway(&[]);
+    post(
+        &gw.url("/v1/chat/completions"),
+        &chat("chat-large", false, 3),
+    )
+    .await;
+    let line = gw.wait_request_logs(1).remove(0);
+    let rule = line["rule"].as_str().expect("rule").to_owned();
+    assert!(!rule.is_empty(), "{line}");
+    let metrics = gw.metrics().await;
+    let counted = metrics.lines().find(|l| {
+        l.starts_with("llmgw_requests_total{")
+            && l.contains("status=\"200\"")
+            && l.contains(&format!("rule=\"{rule}\""))
+    });
+    assert!(
+        counted.is_some_and(|l| l.ends_with(" 1")),
+        "no llmgw_requests_total for rule {rule} in\n{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_status() {
     let gw = simulated_gateway(&[]);

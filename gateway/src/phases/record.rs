@@ -9,6 +9,7 @@ use crate::phases::attempt::Trace;
 use crate::upstream::Usage;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::input::Identity;
+use prometheus_client::metrics::counter::Counter;
 use std::time::Duration;
 
 /// Everything known about a finished request.
@@ -48,16 +49,17 @@ pub struct RequestRecord<'a> {
     pub outcome: &'a str,
     /// The error message, if any.
     pub error: Option<&'a str>,
-    /// Pre-resolved metrics of the serving deployment (successful requests).
-    pub handles: Option<&'a crate::metrics::ServedHandles>,
+    /// Pre-resolved metrics of the serving deployment (successful requests) and its
+    /// `requests{status=200}` counter for the deciding rule.
+    pub handles: Option<(&'a crate::metrics::ServedHandles, Counter)>,
 }
 
 /// Updates metrics and writes the request's log line.
 pub fn record(app: &App, r: &RequestRecord<'_>) {
     let (model, provider) = r.served.unwrap_or((r.requested_model, ""));
-    match r.handles {
-        Some(h) if r.status == 200 => {
-            h.ok.inc();
+    match &r.handles {
+        Some((h, ok)) if r.status == 200 => {
+            ok.inc();
             h.latency.observe(r.latency.as_secs_f64());
             if let Some(t) = r.ttft {
                 h.ttft.observe(t.as_secs_f64());
@@ -81,6 +83,7 @@ fn metrics_slow_path(app: &App, r: &RequestRecord<'_>, model: &str, provider: &s
             status: r.status,
             model: model.to_owned(),
             provider: provider.to_owned(),
+            rule: r.rule.to_owned(),
         })
         .inc();
     let labels = ModelLabels {
