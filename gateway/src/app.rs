@@ -206,6 +206,8 @@ pub struct App {
     pub cache: crate::cache::ResponseCache,
     /// The keys tenant tokens are opened with (`--tenant-token-key`); none by default.
     pub tenant_tokens: crate::tenant_token::TenantTokens,
+    /// The trace exporter (`--otlp-endpoint`); none by default.
+    pub otel: Option<crate::otel::Exporter>,
     draining: AtomicBool,
 }
 
@@ -231,6 +233,7 @@ impl App {
             canaries: crate::canary_controller::Canaries::new(),
             cache,
             tenant_tokens: Default::default(),
+            otel: None,
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

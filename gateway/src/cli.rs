@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// The decision log.
     #[command(flatten)]
     pub decision_log: crate::decision_log::DecisionLogArgs,
+    /// OpenTelemetry traces.
+    #[command(flatten)]
+    pub otel: crate::otel::OtelArgs,
     /// Address to listen on (port 0 picks a free port, printed at start-up).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -270,6 +273,13 @@ pub async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
+    app.otel = match args.otel.start(tokio::runtime::Handle::current()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            return 2;
+        }
+    };
     let app = Arc::new(app);
     // Canaries resume from the state store (or start) before the first request is served.
     let canaries = crate::canary_controller::start(app.clone()).await;
@@ -338,6 +348,14 @@ pub async fn serve(args: ServeArgs) -> i32 {
         c.abort();
     }
     app.decision_log.close(Duration::from_secs(5));
+    let exporting = app.clone();
+    // The exporter's last batch is sent from its own thread on this runtime.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(otel) = &exporting.otel {
+            otel.shutdown();
+        }
+    })
+    .await;
     if !app.state.flush(Duration::from_secs(5)).await {
         tracing::error!(target: "llmgw::budget", "spend-ledger rows were still unwritten at shutdown");
     }

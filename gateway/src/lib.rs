@@ -28,6 +28,7 @@ pub mod keys_cmd;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod phases;
 pub mod policy_source;
 pub mod providers;

@@ -7,6 +7,7 @@ use crate::budgets::{self, Held, Settlement};
 use crate::cache;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
+use crate::otel::{Timeline, TraceIds};
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
 use crate::phases::settle::{format_cost, Bill, Charge};
@@ -64,6 +65,17 @@ struct Info {
     decision_input: Option<DecisionInput>,
     /// The `x-llmgw-cache` value, once the cache was looked up.
     cache: &'static str,
+    /// The instants of the request's trace, when traces are exported.
+    timeline: Option<Box<Timeline>>,
+}
+
+impl Info {
+    /// Notes the end of a phase in the request's trace.
+    fn phase(&mut self, phase: &'static str) {
+        if let Some(t) = &mut self.timeline {
+            t.phase(phase);
+        }
+    }
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -176,6 +188,7 @@ fn reject(
             outcome: "error",
             error: Some(&err.message),
             handles: None,
+            timeline: info.timeline.as_deref(),
         },
     );
     error_response(&err, info, None)
@@ -209,13 +222,18 @@ pub async fn handle(
     endpoint: Endpoint,
 ) -> Response<GatewayBody> {
     let rt = app.runtime.load_full();
+    let started = Instant::now();
     let mut info = Info {
         request_id: new_request_id(),
-        started: Instant::now(),
+        started,
         endpoint,
         revision: rt.policy.revision().into(),
         decision_input: None,
         cache: "",
+        timeline: app
+            .otel
+            .as_ref()
+            .map(|_| Box::new(Timeline::new(TraceIds::of(&parts.headers), started))),
     };
     // A state store the probe found unavailable is not asked: no request waits on it, and
     // none proceeds on a store whose writes would be lost, unless its budgets all allow it
@@ -258,6 +276,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
+    info.phase("authenticate");
     // Phase 2: identify.
     let mut identity = match identify::identify(&key, request.user.as_deref()) {
         Ok(i) => i,
@@ -288,6 +307,7 @@ pub async fn handle(
             );
         }
     };
+    info.phase("identify");
     // Phase 3: decide.
     let mut captured = app.decision_log.enabled().then(Captured::default);
     let decided = decide::decide(
@@ -347,11 +367,13 @@ pub async fn handle(
         }
     };
     info.decision_input = captured.and_then(|c| c.input);
+    info.phase("decide");
     // The response cache: after the decision (its TTL and revision), before any reservation
     // or upstream call. A hit is answered from memory without reserving or spending.
     let terms = cache::Terms::of(&decision);
     let cached = app.cache.lookup(&parts.headers, &request, &identity, terms);
     info.cache = cached.header();
+    info.phase("cache");
     let cache_store = match cached {
         cache::Lookup::Hit(hit) => {
             return serve_cached(&app, &info, &request, &identity, &decision, &hit)
@@ -392,6 +414,7 @@ pub async fn handle(
             "downgrade"
         );
     }
+    info.phase("reserve");
     let unbudgeted = !held.unbudgeted_under().is_empty();
     if unbudgeted {
         app.metrics.unbudgeted_requests.inc();
@@ -417,10 +440,13 @@ pub async fn handle(
     let mut trace = Trace {
         cache: info.cache,
         unbudgeted,
+        spans: info.timeline.as_ref().map(|t| t.calls()),
         ..Trace::default()
     };
     // Phase 5: attempt.
-    match attempt::run(&plan, 0, None, &mut trace).await {
+    let attempted = attempt::run(&plan, 0, None, &mut trace).await;
+    info.phase("attempt");
+    match attempted {
         Err(failure) => {
             let err = failure.api_error();
             let settlement = Settlement {
@@ -661,6 +687,7 @@ fn serve_cached(
             outcome: "ok",
             error: None,
             handles: None,
+            timeline: info.timeline.as_deref(),
         },
     );
     resp
@@ -729,6 +756,7 @@ fn finish(
             outcome,
             error,
             handles,
+            timeline: info.timeline.as_deref(),
         },
     );
 }

@@ -342,6 +342,8 @@ pub struct UpstreamRequest<'a> {
     /// The most output the model can write (its `max_output_tokens` in the policy), for APIs
     /// that require a limit when the client set none.
     pub max_output_tokens: Option<u64>,
+    /// The W3C `traceparent` to send, when traces are exported.
+    pub traceparent: Option<&'a str>,
 }
 
 /// The future an adapter returns.

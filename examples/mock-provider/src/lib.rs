@@ -236,6 +236,7 @@ struct ModelStats {
 pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
     bodies: Mutex<BTreeMap<String, Value>>,
+    traceparents: Mutex<BTreeMap<String, String>>,
 }
 
 impl Stats {
@@ -258,6 +259,12 @@ impl Stats {
     pub fn last_body(&self, model: &str) -> Option<Value> {
         let bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
         bodies.get(model).cloned()
+    }
+
+    /// The `traceparent` header of the last request for `model` that carried one.
+    pub fn last_traceparent(&self, model: &str) -> Option<String> {
+        let seen = self.traceparents.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(model).cloned()
     }
 
     /// Every model's attempt count.
@@ -365,6 +372,11 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let credentials = Credentials::of(&req);
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     match (method, path.as_str()) {
         (Method::GET, "/_stats") => {
             return Ok(json_response(
@@ -427,6 +439,13 @@ async fn handle(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(model.clone(), received);
+    if let Some(t) = traceparent {
+        stats
+            .traceparents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(model.clone(), t);
+    }
     let fault = Fault::parse(header_fault.as_deref().unwrap_or(&model));
     match fault {
         Fault::RateLimit(ra) => return Ok(rate_limited(ra)),

@@ -150,6 +150,7 @@ mod tests {
             outcome,
             error: None,
             handles: None,
+            timeline: None,
         }
     }
 

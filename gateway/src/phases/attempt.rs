@@ -109,6 +109,9 @@ pub struct Trace {
     pub cache: &'static str,
     /// Served without budget holds while the state store was unavailable.
     pub unbudgeted: bool,
+    /// The spans of the upstream calls, when traces are exported.
+    #[serde(skip)]
+    pub spans: Option<crate::otel::CallSpans>,
 }
 
 /// A stream whose first visible event has arrived.
@@ -422,6 +425,7 @@ async fn call(
     let deployment = &plan.rt.policy.deployments()[attempt.index];
     let timeouts = plan.rt.policy.providers()[deployment.provider].timeouts;
     let provider = &plan.rt.providers[deployment.provider];
+    let traceparent = trace.spans.as_mut().map(crate::otel::CallSpans::call);
     let request = UpstreamRequest {
         endpoint: plan.request.facts.endpoint,
         body: &plan.request.body,
@@ -429,6 +433,7 @@ async fn call(
         prefill,
         stream,
         max_output_tokens: plan.rt.policy.models()[deployment.model].max_output_tokens,
+        traceparent: traceparent.as_deref(),
     };
     let first_token = Duration::from_millis(timeouts.first_token_ms);
     let limit = if stream {

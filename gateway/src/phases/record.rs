@@ -52,6 +52,8 @@ pub struct RequestRecord<'a> {
     /// Pre-resolved metrics of the serving deployment (successful requests) and its
     /// `requests{status=200}` counter for the deciding rule.
     pub handles: Option<(&'a crate::metrics::ServedHandles, Counter)>,
+    /// The instants of the request's trace, when traces are exported.
+    pub timeline: Option<&'a crate::otel::Timeline>,
 }
 
 /// Updates metrics and writes the request's log line.
@@ -73,6 +75,9 @@ pub fn record(app: &App, r: &RequestRecord<'_>) {
         _ => metrics_slow_path(app, r, model, provider),
     }
     log(r, model, provider);
+    if let (Some(otel), Some(timeline)) = (&app.otel, r.timeline) {
+        otel.export(timeline, r);
+    }
     crate::canary_controller::observe(app, r);
 }
 

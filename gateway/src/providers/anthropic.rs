@@ -57,6 +57,7 @@ impl Provider for Anthropic {
                     headers.push((HeaderName::from_static("x-api-key"), v));
                 }
             }
+            http::traceparent(&req, &mut headers);
             let body = to_messages(&req);
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
@@ -444,6 +445,7 @@ mod tests {
             prefill: Some("It is a "),
             stream: true,
             max_output_tokens: Some(64_000),
+            traceparent: None,
         });
         assert_eq!(out["system"], "Be brief.");
         assert_eq!(out["model"], "claude-x");
@@ -460,6 +462,7 @@ mod tests {
             prefill: None,
             stream: false,
             max_output_tokens,
+            traceparent: None,
         };
         assert_eq!(to_messages(&req(Some(64_000)))["max_tokens"], 64_000);
         assert_eq!(to_messages(&req(None))["max_tokens"], DEFAULT_MAX_TOKENS);

@@ -45,6 +45,7 @@ impl Provider for Gemini {
                     headers.push((HeaderName::from_static("x-goog-api-key"), v));
                 }
             }
+            http::traceparent(&req, &mut headers);
             let model = req.upstream_model.trim_start_matches("models/");
             let (path, body) = match req.endpoint {
                 Endpoint::Embeddings => (

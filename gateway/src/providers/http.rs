@@ -3,7 +3,9 @@
 
 use crate::providers::secret::{Secret, SecretError};
 use crate::sse::{SseEvent, SseParser};
-use crate::upstream::{parse_retry_after, ChunkStream, ErrorClass, StreamEvent, UpstreamError};
+use crate::upstream::{
+    parse_retry_after, ChunkStream, ErrorClass, StreamEvent, UpstreamError, UpstreamRequest,
+};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -86,6 +88,13 @@ impl Connection {
     /// The base URL (empty when there is none).
     pub fn base(&self) -> &str {
         self.base_url.as_deref().unwrap_or_default()
+    }
+}
+
+/// Adds the request's `traceparent`, when traces are exported.
+pub fn traceparent(req: &UpstreamRequest<'_>, headers: &mut Vec<(HeaderName, HeaderValue)>) {
+    if let Some(v) = req.traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.push((HeaderName::from_static("traceparent"), v));
     }
 }
 

@@ -142,6 +142,7 @@ impl Provider for OpenAi {
                     headers.push((AUTHORIZATION, v));
                 }
             }
+            http::traceparent(&req, &mut headers);
             let body = self.body(&req);
             let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
             let resp = http::post(
@@ -340,6 +341,7 @@ mod tests {
             prefill: Some("part"),
             stream: true,
             max_output_tokens: None,
+            traceparent: None,
         };
         let out: Value = serde_json::from_slice(&adapter.body(&req)).expect("json");
         assert_eq!(out["model"], "up");
