@@ -43,6 +43,9 @@ pub struct Node {
     pub column: usize,
     /// Length in characters of a scalar's source text (0 for collections).
     pub len: usize,
+    /// Where its source text starts and ends, in characters from the start of the document:
+    /// a scalar's token (quotes included), a collection from its first to its last token.
+    pub span: std::ops::Range<usize>,
 }
 
 /// A YAML syntax problem.
@@ -183,6 +186,10 @@ fn start(span: &Span) -> (usize, usize) {
     (span.start.line().max(1), span.start.col() + 1)
 }
 
+fn range(span: &Span) -> std::ops::Range<usize> {
+    span.start.index()..span.end.index()
+}
+
 fn count(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
@@ -310,6 +317,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                         line,
                         column,
                         len,
+                        span: range(&span),
                     },
                     anchor,
                 );
@@ -323,6 +331,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     line,
                     column,
                     len: 0,
+                    span: range(&span),
                 };
                 self.stack.push(Frame::Seq(node, Vec::new(), anchor));
             }
@@ -332,14 +341,17 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     line,
                     column,
                     len: 0,
+                    span: range(&span),
                 };
                 self.stack.push(Frame::Map(node, Vec::new(), None, anchor));
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(node, items, anchor)) = self.stack.pop() {
+                    let end = items.last().map_or(node.span.end, |n| n.span.end);
                     self.push_value(
                         Node {
                             value: Value::Seq(items),
+                            span: node.span.start..span.end.index().max(end),
                             ..node
                         },
                         anchor,
@@ -348,9 +360,11 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(node, entries, _, anchor)) = self.stack.pop() {
+                    let end = entries.last().map_or(node.span.end, |(_, v)| v.span.end);
                     self.push_value(
                         Node {
                             value: Value::Map(entries),
+                            span: node.span.start..span.end.index().max(end),
                             ..node
                         },
                         anchor,
@@ -367,6 +381,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     Node {
                         line,
                         column,
+                        span: range(&span),
                         ..node
                     },
                     0,
