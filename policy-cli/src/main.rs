@@ -299,6 +299,13 @@ fn compiled(dir: &Path) -> Result<(Vec<PolicyFile>, LoadOutcome), UsageError> {
 fn test(dir: &Path, filter: &Filter, format: TestFormat, update: bool) -> Result<bool, UsageError> {
     let (files, outcome) = compiled(dir)?;
     let mut results = test_cmd::run(&outcome, filter);
+    if results.is_empty() && !outcome.tests.is_empty() {
+        return Err(UsageError(format!(
+            "no case of the {} in {} matches --filter",
+            outcome.tests.len(),
+            dir.display()
+        )));
+    }
     if update && results.iter().any(|r| !r.passed()) {
         let updated = test_cmd::update(dir, &files, &results);
         for u in &updated {
