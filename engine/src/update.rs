@@ -130,6 +130,41 @@ impl<'t> Source<'t> {
         at(node.span.start)..at(node.span.end)
     }
 
+    /// A scalar's own text: the parser's span of a quoted scalar can run on over a comment
+    /// after it, so it ends at the closing quote here.
+    fn scalar_range(&self, node: &Node) -> Range<usize> {
+        let range = self.byte_range(node);
+        let text = &self.text[range.clone()];
+        let closing = match text.as_bytes().first() {
+            Some(b'\'') => closing_quote(text, b'\'', None),
+            Some(b'"') => closing_quote(text, b'"', Some(b'\\')),
+            _ => None,
+        };
+        closing.map_or(range.clone(), |end| range.start..range.start + end)
+    }
+
+    /// A flow sequence's text from `[` to `]`; `None` for a block sequence. The parser's span
+    /// can run on over a comment after the `]`, so the end is found after the last item: only
+    /// spaces, commas and comments stand between it and the `]`.
+    fn flow_range(&self, node: &Node, items: &[Node]) -> Option<Range<usize>> {
+        let range = self.byte_range(node);
+        if !self.text[range.clone()].starts_with('[') {
+            return None;
+        }
+        let mut at = items
+            .last()
+            .map_or(range.start + 1, |last| self.scalar_range(last).end);
+        let bytes = self.text.as_bytes();
+        while at < range.end {
+            match bytes[at] {
+                b']' => return Some(range.start..at + 1),
+                b'#' => at += self.text[at..].find('\n').unwrap_or(range.end - at),
+                _ => at += 1,
+            }
+        }
+        Some(range)
+    }
+
     fn style(&self, node: &Node) -> Result<Style, UpdateError> {
         // A block scalar's span holds its content only: its indicator is the word before it.
         let range = self.byte_range(node);
@@ -164,14 +199,14 @@ impl<'t> Source<'t> {
     ) -> Result<(), UpdateError> {
         match (&node.value, value) {
             (Value::Seq(items), serde_json::Value::Array(want)) => {
-                if self.text[self.byte_range(node)].starts_with('[') {
+                if let Some(range) = self.flow_range(node, items) {
                     let rendered: Vec<String> = want
                         .iter()
                         .map(|v| render(v, Style::Plain))
                         .collect::<Result<_, _>>()
                         .map_err(|m| UpdateError::at(node, m))?;
                     out.push(Edit {
-                        range: self.byte_range(node),
+                        range,
                         text: format!("[{}]", rendered.join(", ")),
                     });
                     Ok(())
@@ -191,7 +226,7 @@ impl<'t> Source<'t> {
                 let style = self.style(node)?;
                 let text = render(value, style).map_err(|m| UpdateError::at(node, m))?;
                 out.push(Edit {
-                    range: self.byte_range(node),
+                    range: self.scalar_range(node),
                     text,
                 });
                 Ok(())
@@ -262,6 +297,26 @@ impl<'t> Source<'t> {
     }
 }
 
+/// The end (exclusive, in bytes) of a quoted scalar starting at the start of `text`: a single
+/// quote doubled, or any character after `escape`, does not close it.
+fn closing_quote(text: &str, quote: u8, escape: Option<u8>) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 1;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if Some(b) == escape {
+            i += 2;
+        } else if b == quote && escape.is_none() && bytes.get(i + 1) == Some(&quote) {
+            i += 2;
+        } else if b == quote {
+            return Some(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// A value as a YAML scalar in a style, falling back to double quotes where plain text would
 /// read as something else.
 fn render(value: &serde_json::Value, style: Style) -> Result<String, String> {
@@ -313,7 +368,8 @@ tests:
   - name: one
     expect:
       model: gpt-4o        # the flagship
-      rule: 'batch-cost'
+      rule: 'batch-cost'   # it''s quoted
+      provider: \"a \\\" b\"   # escaped
       cache_ttl_secs: 300
       attempts:
         - a@x              # first
@@ -329,13 +385,23 @@ tests:
             mismatch("model", "deepseek-v3".into()),
             mismatch("rule", "cheap".into()),
             mismatch("cache_ttl_secs", 60.into()),
+            mismatch("provider", "it's".into()),
         ];
         let out = update_expectations(FILE, &[(0, &fixes)]).unwrap();
         assert_eq!(
             out,
             FILE.replace("gpt-4o        # the", "deepseek-v3        # the")
                 .replace("'batch-cost'", "'cheap'")
+                .replace("\"a \\\" b\"", "\"it's\"")
                 .replace("300", "60")
+        );
+        assert!(
+            out.contains("      rule: 'cheap'   # it''s quoted\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("      provider: \"it's\"   # escaped\n"),
+            "{out}"
         );
     }
 
@@ -367,6 +433,10 @@ tests:
         assert!(out
             .ends_with("    expect: {model: (none), rule: \"needs: quoting\", attempts: [c@z]}\n"));
         assert!(out.starts_with("# Header comment.\n"));
+        let commented = "tests:\n  - expect:\n      attempts: [a, 'b']  # see [x]\n";
+        let fixes = [mismatch("attempts", serde_json::json!(["c"]))];
+        let out = update_expectations(commented, &[(0, &fixes)]).unwrap();
+        assert_eq!(out, "tests:\n  - expect:\n      attempts: [c]  # see [x]\n");
     }
 
     #[test]
@@ -381,9 +451,9 @@ tests:
 
     #[test]
     fn a_missing_field_or_block_scalar_is_an_error_naming_the_place() {
-        let fixes = [mismatch("provider", "p".into())];
+        let fixes = [mismatch("budget", "p".into())];
         let err = update_expectations(FILE, &[(0, &fixes)]).unwrap_err();
-        assert!(err.message.contains("/tests/0/expect/provider"), "{err}");
+        assert!(err.message.contains("/tests/0/expect/budget"), "{err}");
         let block = "tests:\n  - name: x\n    expect:\n      model: |\n        gpt\n";
         let fixes = [mismatch("model", "m".into())];
         let err = update_expectations(block, &[(0, &fixes)]).unwrap_err();

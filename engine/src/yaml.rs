@@ -43,8 +43,10 @@ pub struct Node {
     pub column: usize,
     /// Length in characters of a scalar's source text (0 for collections).
     pub len: usize,
-    /// Where its source text starts and ends, in characters from the start of the document:
-    /// a scalar's token (quotes included), a collection from its first to its last token.
+    /// Where its source text starts and ends, in characters from the start of the document: a
+    /// scalar's token (quotes included; a block scalar's content), a flow collection from its
+    /// opening to its closing bracket. A quoted scalar's or a flow collection's may run on over
+    /// a comment after it; a block collection ends where the parser closes it.
     pub span: std::ops::Range<usize>,
 }
 
@@ -455,6 +457,21 @@ mod tests {
         assert_eq!((x.line, x.column), (3, 5));
         assert_eq!(node.pointer("/b/1").unwrap().value, Value::Str("y".into()));
         assert_eq!(node.pointer("/a").unwrap().value, Value::Int(1));
+    }
+
+    #[test]
+    fn spans_cover_the_source_text_quotes_and_brackets_included() {
+        let text = "a: 'x y'\nb: [p, \"q\"]\nc: é plain  # d\n";
+        let node = parse(text).unwrap();
+        let chars: Vec<char> = text.chars().collect();
+        let source = |pointer: &str| -> String {
+            let n = node.pointer(pointer).unwrap();
+            chars[n.span.clone()].iter().collect()
+        };
+        assert_eq!(source("/a"), "'x y'");
+        assert_eq!(source("/b"), "[p, \"q\"]");
+        assert_eq!(source("/b/1"), "\"q\"");
+        assert_eq!(source("/c"), "é plain");
     }
 
     #[test]

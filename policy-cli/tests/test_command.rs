@@ -39,7 +39,7 @@ tests:
     expect:
       rule: batch-cost
       model: gpt-4o          # the model before the change
-      deployment: \"gpt-4o@openai-us-east\"
+      deployment: \"gpt-4o@openai-us-east\"  # quoted
       attempts:
         - gpt-4o@openai-us-east   # first choice
         - gpt-4o@openai-eu-west
@@ -224,7 +224,7 @@ fn update_rewrites_only_the_failing_values_keeping_comments_and_layout() {
     );
     assert_eq!(
         new[13],
-        "      deployment: \"deepseek-v3@deepseek-us-east\""
+        "      deployment: \"deepseek-v3@deepseek-us-east\"  # quoted"
     );
     assert_eq!(
         new[15],

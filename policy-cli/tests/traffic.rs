@@ -38,7 +38,11 @@ fn lines(o: &Output) -> Vec<serde_json::Value> {
 /// A decision-log line of a user in a tenant and project, with labels and metadata.
 fn record(i: usize) -> String {
     let user = format!("user-{}", i % 7);
-    let tenant = if i.is_multiple_of(2) { "acme" } else { "globex" };
+    let tenant = if i.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
     serde_json::json!({
         "id": format!("request-{i}"),
         "time": "2026-11-20T10:00:00Z",
