@@ -143,6 +143,22 @@ impl<'t> Source<'t> {
         closing.map_or(range.clone(), |end| range.start..range.start + end)
     }
 
+    /// Replaces `range` with `text`; when a comment follows on the line, the spaces before it
+    /// grow or shrink (to one at least) so the comment stays in its column.
+    fn keeping_comment_column(&self, range: Range<usize>, text: String) -> Edit {
+        let after = &self.text[range.end..];
+        let spaces = after.len() - after.trim_start_matches(' ').len();
+        if spaces == 0 || !after[spaces..].starts_with('#') {
+            return Edit { range, text };
+        }
+        let old = self.text[range.clone()].chars().count();
+        let padding = (old + spaces).saturating_sub(text.chars().count()).max(1);
+        Edit {
+            range: range.start..range.end + spaces,
+            text: format!("{text}{}", " ".repeat(padding)),
+        }
+    }
+
     /// A flow sequence's text from `[` to `]`; `None` for a block sequence. The parser's span
     /// can run on over a comment after the `]`, so the end is found after the last item: only
     /// spaces, commas and comments stand between it and the `]`.
@@ -225,10 +241,7 @@ impl<'t> Source<'t> {
             _ => {
                 let style = self.style(node)?;
                 let text = render(value, style).map_err(|m| UpdateError::at(node, m))?;
-                out.push(Edit {
-                    range: self.scalar_range(node),
-                    text,
-                });
+                out.push(self.keeping_comment_column(self.scalar_range(node), text));
                 Ok(())
             }
         }
@@ -390,17 +403,17 @@ tests:
         let out = update_expectations(FILE, &[(0, &fixes)]).unwrap();
         assert_eq!(
             out,
-            FILE.replace("gpt-4o        # the", "deepseek-v3        # the")
-                .replace("'batch-cost'", "'cheap'")
-                .replace("\"a \\\" b\"", "\"it's\"")
+            FILE.replace("gpt-4o        # the", "deepseek-v3   # the")
+                .replace("'batch-cost'   #", "'cheap'        #")
+                .replace("\"a \\\" b\"   #", "\"it's\"     #")
                 .replace("300", "60")
         );
         assert!(
-            out.contains("      rule: 'cheap'   # it''s quoted\n"),
+            out.contains("      rule: 'cheap'        # it''s quoted\n"),
             "{out}"
         );
         assert!(
-            out.contains("      provider: \"it's\"   # escaped\n"),
+            out.contains("      provider: \"it's\"     # escaped\n"),
             "{out}"
         );
     }

@@ -220,16 +220,18 @@ fn update_rewrites_only_the_failing_values_keeping_comments_and_layout() {
     }
     assert_eq!(
         new[12],
-        "      model: deepseek-v3          # the model before the change"
+        "      model: deepseek-v3     # the model before the change"
     );
     assert_eq!(
         new[13],
-        "      deployment: \"deepseek-v3@deepseek-us-east\"  # quoted"
+        "      deployment: \"deepseek-v3@deepseek-us-east\" # quoted"
     );
     assert_eq!(
         new[15],
-        "        - deepseek-v3@deepseek-us-east   # first choice"
+        "        - deepseek-v3@deepseek-us-east # first choice"
     );
+    // A comment after a value keeps its column while the value fits before it.
+    assert_eq!(new[12].find('#'), old[12].find('#'));
     // The list grows to the whole attempt order, one item a line at the same indentation.
     let items: Vec<&str> = new[15..]
         .iter()
