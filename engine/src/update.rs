@@ -317,9 +317,9 @@ fn closing_quote(text: &str, quote: u8, escape: Option<u8>) -> Option<usize> {
     let mut i = 1;
     while i < bytes.len() {
         let b = bytes[i];
-        if Some(b) == escape {
-            i += 2;
-        } else if b == quote && escape.is_none() && bytes.get(i + 1) == Some(&quote) {
+        let escaped = Some(b) == escape;
+        let doubled = b == quote && escape.is_none() && bytes.get(i + 1) == Some(&quote);
+        if escaped || doubled {
             i += 2;
         } else if b == quote {
             return Some(i + 1);
