@@ -259,6 +259,12 @@ impl<'t> Source<'t> {
         let Some(last) = items.last() else {
             return Err(UpdateError::at(node, "an empty block sequence"));
         };
+        if want.is_empty() {
+            return Err(UpdateError::at(
+                node,
+                "the new list is empty: write `[]` for this block list by hand",
+            ));
+        }
         let mut lines = Vec::with_capacity(items.len());
         for item in items {
             if matches!(item.value, Value::Seq(_) | Value::Map(_)) {
@@ -467,6 +473,9 @@ tests:
         let fixes = [mismatch("budget", "p".into())];
         let err = update_expectations(FILE, &[(0, &fixes)]).unwrap_err();
         assert!(err.message.contains("/tests/0/expect/budget"), "{err}");
+        let emptied = [mismatch("attempts", serde_json::json!([]))];
+        let err = update_expectations(FILE, &[(0, &emptied)]).unwrap_err();
+        assert!(err.message.contains("write `[]`"), "{err}");
         let block = "tests:\n  - name: x\n    expect:\n      model: |\n        gpt\n";
         let fixes = [mismatch("model", "m".into())];
         let err = update_expectations(block, &[(0, &fixes)]).unwrap_err();
