@@ -34,6 +34,36 @@ pub struct Change {
     pub head: Outcome,
 }
 
+/// Requests and cost of one slice of the traffic (a tenant, a project).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupSummary {
+    /// Requests replayed.
+    pub requests: usize,
+    /// Requests whose action, model or deployment changes.
+    pub changed: usize,
+    /// Recorded tokens at base prices, USD.
+    pub base_cost_usd: f64,
+    /// Recorded tokens at head prices, USD.
+    pub head_cost_usd: f64,
+    /// head − base, USD.
+    pub cost_delta_usd: f64,
+}
+
+/// One served model's share of the traffic under each revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelCost {
+    /// Requests it serves first under the base revision.
+    pub base_requests: usize,
+    /// Requests it serves first under the head revision.
+    pub head_requests: usize,
+    /// What they cost at base prices, USD.
+    pub base_cost_usd: f64,
+    /// What they cost at head prices, USD.
+    pub head_cost_usd: f64,
+    /// head − base, USD.
+    pub cost_delta_usd: f64,
+}
+
 /// The whole comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiffReport {
@@ -55,9 +85,20 @@ pub struct DiffReport {
     pub head_cost_usd: f64,
     /// head − base, USD.
     pub cost_delta_usd: f64,
+    /// Requests and cost by tenant id (`(none)` for requests without one).
+    pub by_tenant: BTreeMap<String, GroupSummary>,
+    /// Requests and cost by project id (`(none)` for requests without one).
+    pub by_project: BTreeMap<String, GroupSummary>,
+    /// Requests and cost by served model (`(block)`, `(error)` for requests none serves).
+    pub cost_by_model: BTreeMap<String, ModelCost>,
     /// A few changed requests.
     pub examples: Vec<Change>,
 }
+
+/// The key of a principal id in a breakdown.
+const NONE: &str = "(none)";
+/// How many rows a breakdown table shows.
+const ROWS: usize = 10;
 
 /// How many changed requests a report shows.
 const EXAMPLES: usize = 5;
@@ -116,20 +157,48 @@ pub fn diff(
         base_cost_usd: 0.0,
         head_cost_usd: 0.0,
         cost_delta_usd: 0.0,
+        by_tenant: BTreeMap::new(),
+        by_project: BTreeMap::new(),
+        cost_by_model: BTreeMap::new(),
         examples: Vec::new(),
     };
+    let shown =
+        |m: &Option<String>, action: &str| m.clone().unwrap_or_else(|| format!("({action})"));
     for record in records {
         let b = outcome(base, record);
         let h = outcome(head, record);
         report.base_cost_usd += b.cost_usd;
         report.head_cost_usd += h.cost_usd;
         let changed = b.action != h.action || b.model != h.model || b.deployment != h.deployment;
+        let identity = &record.input.identity;
+        for (map, id) in [
+            (&mut report.by_tenant, &identity.tenant.id),
+            (&mut report.by_project, &identity.project.id),
+        ] {
+            let key = if id.is_empty() { NONE } else { id.as_str() };
+            let group = map.entry(key.to_owned()).or_default();
+            group.requests += 1;
+            group.changed += usize::from(changed);
+            group.base_cost_usd += b.cost_usd;
+            group.head_cost_usd += h.cost_usd;
+            group.cost_delta_usd = group.head_cost_usd - group.base_cost_usd;
+        }
+        let base_model = report
+            .cost_by_model
+            .entry(shown(&b.model, &b.action))
+            .or_default();
+        base_model.base_requests += 1;
+        base_model.base_cost_usd += b.cost_usd;
+        let head_model = report
+            .cost_by_model
+            .entry(shown(&h.model, &h.action))
+            .or_default();
+        head_model.head_requests += 1;
+        head_model.head_cost_usd += h.cost_usd;
         if !changed {
             continue;
         }
         report.changed += 1;
-        let shown =
-            |m: &Option<String>, action: &str| m.clone().unwrap_or_else(|| format!("({action})"));
         *report
             .by_rule
             .entry(format!("{} → {}", b.rule, h.rule))
@@ -152,7 +221,16 @@ pub fn diff(
         }
     }
     report.cost_delta_usd = report.head_cost_usd - report.base_cost_usd;
+    for m in report.cost_by_model.values_mut() {
+        m.cost_delta_usd = m.head_cost_usd - m.base_cost_usd;
+    }
     report
+}
+
+/// A signed amount of dollars: `+$0.0123`, `−$0.0045`.
+fn signed_usd(usd: f64) -> String {
+    let sign = if usd < 0.0 { "−" } else { "+" };
+    format!("{sign}${:.4}", usd.abs())
 }
 
 fn short(rev: &str) -> &str {
@@ -170,7 +248,7 @@ impl DiffReport {
             }
         };
         let mut out = format!(
-            "### llmgw policy diff `{}` → `{}`\n\n**{} of {} recorded requests ({:.1}%) change decision.** Estimated cost of the same traffic: ${:.4} → ${:.4} (**{}${:.4}**, {:+.1}%).\n",
+            "### llmgw policy diff `{}` → `{}`\n\n**{} of {} recorded requests ({:.1}%) change decision.** Estimated cost of the same traffic: ${:.4} → ${:.4} (**{}**, {:+.1}%).\n",
             short(&self.base_revision),
             short(&self.head_revision),
             self.changed,
@@ -178,8 +256,7 @@ impl DiffReport {
             pct(self.changed),
             self.base_cost_usd,
             self.head_cost_usd,
-            if self.cost_delta_usd < 0.0 { "−" } else { "+" },
-            self.cost_delta_usd.abs(),
+            signed_usd(self.cost_delta_usd),
             if self.base_cost_usd > 0.0 {
                 100.0 * self.cost_delta_usd / self.base_cost_usd
             } else {
@@ -188,15 +265,24 @@ impl DiffReport {
         );
         if self.changed == 0 {
             out.push_str("\nNo recorded request is decided differently.\n");
-            return out;
         }
         for (title, map) in [("rule", &self.by_rule), ("served model", &self.by_model)] {
+            if map.is_empty() {
+                continue;
+            }
             out.push_str(&format!("\n| by {title} | requests |\n|---|---:|\n"));
             let mut rows: Vec<_> = map.iter().collect();
             rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             for (k, v) in rows {
                 out.push_str(&format!("| {k} | {v} |\n"));
             }
+        }
+        out.push_str(&self.model_costs_markdown());
+        for (title, groups) in [("tenant", &self.by_tenant), ("project", &self.by_project)] {
+            out.push_str(&groups_markdown(title, groups));
+        }
+        if self.changed == 0 {
+            return out;
         }
         out.push_str("\n<details><summary>Examples</summary>\n\n| request | model asked | base | head |\n|---|---|---|---|\n");
         for c in &self.examples {
@@ -219,4 +305,65 @@ impl DiffReport {
         out.push_str("\n</details>\n");
         out
     }
+
+    /// The per-model cost table: requests and cost each served model takes before and after.
+    fn model_costs_markdown(&self) -> String {
+        let mut out = String::from(
+            "\n| served model | requests before | requests after | cost before | cost after | delta |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        let mut rows: Vec<_> = self.cost_by_model.iter().collect();
+        rows.sort_by(|a, b| {
+            b.1.cost_delta_usd
+                .abs()
+                .total_cmp(&a.1.cost_delta_usd.abs())
+                .then(a.0.cmp(b.0))
+        });
+        for (model, m) in rows {
+            out.push_str(&format!(
+                "| {model} | {} | {} | ${:.4} | ${:.4} | {} |\n",
+                m.base_requests,
+                m.head_requests,
+                m.base_cost_usd,
+                m.head_cost_usd,
+                signed_usd(m.cost_delta_usd)
+            ));
+        }
+        out
+    }
+}
+
+/// A breakdown table by tenant or project, the groups with most changes first; none when no
+/// request carries that id.
+fn groups_markdown(title: &str, groups: &BTreeMap<String, GroupSummary>) -> String {
+    if groups.keys().all(|k| k == NONE) {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n| by {title} | requests | changed | cost before | cost after | delta |\n|---|---:|---:|---:|---:|---:|\n"
+    );
+    let mut rows: Vec<_> = groups.iter().collect();
+    rows.sort_by(|a, b| {
+        b.1.changed
+            .cmp(&a.1.changed)
+            .then(
+                b.1.cost_delta_usd
+                    .abs()
+                    .total_cmp(&a.1.cost_delta_usd.abs()),
+            )
+            .then(a.0.cmp(b.0))
+    });
+    for (name, g) in rows.iter().take(ROWS) {
+        out.push_str(&format!(
+            "| {name} | {} | {} | ${:.4} | ${:.4} | {} |\n",
+            g.requests,
+            g.changed,
+            g.base_cost_usd,
+            g.head_cost_usd,
+            signed_usd(g.cost_delta_usd)
+        ));
+    }
+    if rows.len() > ROWS {
+        out.push_str(&format!("\n…and {} more.\n", rows.len() - ROWS));
+    }
+    out
 }

@@ -36,6 +36,7 @@ mod secrets;
 pub mod source;
 pub mod testing;
 pub mod trace;
+pub mod update;
 mod views;
 mod yaml;
 

@@ -24,6 +24,8 @@ pub struct TestCase {
     pub test: model::PolicyTest,
     /// Where it was written.
     pub location: Location,
+    /// Its position in its file's `tests` list.
+    pub index: usize,
 }
 
 /// What loading produced.
@@ -665,6 +667,7 @@ impl<'d> Builder<'d> {
                 tests.push(TestCase {
                     test: test.clone(),
                     location: doc.loc(&format!("/tests/{i}/name")),
+                    index: i,
                 });
             }
         }

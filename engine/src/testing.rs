@@ -14,6 +14,10 @@ pub struct Mismatch {
     pub expected: String,
     /// What the decision says.
     pub actual: String,
+    /// What the decision says as an expectation writes it (a string, a number or a list of
+    /// deployments): what `llmgw-policy test --update` writes.
+    #[serde(skip)]
+    pub actual_value: serde_json::Value,
 }
 
 /// The outcome of one case.
@@ -23,6 +27,8 @@ pub struct CaseResult {
     pub name: String,
     /// Where it is written.
     pub location: Location,
+    /// Its position in its file's `tests` list.
+    pub index: usize,
     /// The fields that differ; empty when it passed.
     pub mismatches: Vec<Mismatch>,
     /// A decision error, when the engine could not decide.
@@ -46,6 +52,7 @@ fn run_one(policy: &CompiledPolicy, case: &TestCase) -> CaseResult {
     let mut result = CaseResult {
         name: case.test.name.clone(),
         location: case.location.clone(),
+        index: case.index,
         mismatches: Vec::new(),
         error: None,
     };
@@ -106,6 +113,7 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
             Some(w) if *w != got => Some(Mismatch {
                 field,
                 expected: w.clone(),
+                actual_value: got.clone().into(),
                 actual: got,
             }),
             _ => None,
@@ -116,6 +124,7 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
             field: "cache_ttl_secs",
             expected: want.to_string(),
             actual: d.cache_ttl_secs.to_string(),
+            actual_value: d.cache_ttl_secs.into(),
         });
     }
     if let Some(want) = &expect.attempts {
@@ -129,6 +138,7 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
                 field: "attempts",
                 expected: want.join(", "),
                 actual: got.join(", "),
+                actual_value: got.into(),
             });
         }
     }

@@ -43,6 +43,11 @@ pub struct Node {
     pub column: usize,
     /// Length in characters of a scalar's source text (0 for collections).
     pub len: usize,
+    /// Where its source text starts and ends, in characters from the start of the document: a
+    /// scalar's token (quotes included; a block scalar's content), a flow collection from its
+    /// opening to its closing bracket. A quoted scalar's or a flow collection's may run on over
+    /// a comment after it; a block collection ends where the parser closes it.
+    pub span: std::ops::Range<usize>,
 }
 
 /// A YAML syntax problem.
@@ -183,6 +188,10 @@ fn start(span: &Span) -> (usize, usize) {
     (span.start.line().max(1), span.start.col() + 1)
 }
 
+fn range(span: &Span) -> std::ops::Range<usize> {
+    span.start.index()..span.end.index()
+}
+
 fn count(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
@@ -310,6 +319,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                         line,
                         column,
                         len,
+                        span: range(&span),
                     },
                     anchor,
                 );
@@ -323,6 +333,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     line,
                     column,
                     len: 0,
+                    span: range(&span),
                 };
                 self.stack.push(Frame::Seq(node, Vec::new(), anchor));
             }
@@ -332,14 +343,17 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     line,
                     column,
                     len: 0,
+                    span: range(&span),
                 };
                 self.stack.push(Frame::Map(node, Vec::new(), None, anchor));
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(node, items, anchor)) = self.stack.pop() {
+                    let end = items.last().map_or(node.span.end, |n| n.span.end);
                     self.push_value(
                         Node {
                             value: Value::Seq(items),
+                            span: node.span.start..span.end.index().max(end),
                             ..node
                         },
                         anchor,
@@ -348,9 +362,11 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(node, entries, _, anchor)) = self.stack.pop() {
+                    let end = entries.last().map_or(node.span.end, |(_, v)| v.span.end);
                     self.push_value(
                         Node {
                             value: Value::Map(entries),
+                            span: node.span.start..span.end.index().max(end),
                             ..node
                         },
                         anchor,
@@ -367,6 +383,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     Node {
                         line,
                         column,
+                        span: range(&span),
                         ..node
                     },
                     0,
@@ -440,6 +457,21 @@ mod tests {
         assert_eq!((x.line, x.column), (3, 5));
         assert_eq!(node.pointer("/b/1").unwrap().value, Value::Str("y".into()));
         assert_eq!(node.pointer("/a").unwrap().value, Value::Int(1));
+    }
+
+    #[test]
+    fn spans_cover_the_source_text_quotes_and_brackets_included() {
+        let text = "a: 'x y'\nb: [p, \"q\"]\nc: é plain  # d\n";
+        let node = parse(text).unwrap();
+        let chars: Vec<char> = text.chars().collect();
+        let source = |pointer: &str| -> String {
+            let n = node.pointer(pointer).unwrap();
+            chars[n.span.clone()].iter().collect()
+        };
+        assert_eq!(source("/a"), "'x y'");
+        assert_eq!(source("/b"), "[p, \"q\"]");
+        assert_eq!(source("/b/1"), "\"q\"");
+        assert_eq!(source("/c"), "é plain");
     }
 
     #[test]

@@ -2,17 +2,22 @@
 //!
 //! Exit codes: 0 clean, 1 findings or failures, 2 usage or I/O error.
 
+mod junit;
 mod render;
+mod test_cmd;
+mod traffic;
 
 use clap::{Parser, Subcommand};
+use llmgw_engine::diag::Severity;
 use llmgw_engine::input::DecisionInput;
 use llmgw_engine::load::{load_files, LoadOutcome};
+use llmgw_engine::record::DecisionRecord;
 use llmgw_engine::source::{is_policy_file, policy_files, PolicyFile};
 use llmgw_engine::trace::Trace;
-use llmgw_engine::{diag::Severity, testing};
 use render::Format;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use test_cmd::{Filter, TestFormat};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +49,17 @@ enum Command {
         /// The policy repository.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Run only the cases whose name contains NAME, or matches it as a glob when it holds
+        /// `*` or `?`; repeat for several.
+        #[arg(long, value_name = "NAME")]
+        filter: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: TestFormat,
+        /// Rewrite the expected values of failing cases to what the policy now decides, in
+        /// place (comments and layout kept), then run the cases again.
+        #[arg(long)]
+        update: bool,
     },
     /// Show how a request is decided, step by step.
     Explain {
@@ -76,6 +92,37 @@ enum Command {
     /// Canary statistics offline.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Recorded traffic for `diff`.
+    #[command(subcommand)]
+    Traffic(TrafficCommand),
+}
+
+#[derive(Subcommand)]
+enum TrafficCommand {
+    /// Sample the gateway's decision log (JSONL) and anonymise it for the policy repository:
+    /// ids become keyed hashes, metadata and label values are dropped unless allow-listed.
+    /// Writes JSONL to standard output.
+    #[command(alias = "anonymize")]
+    Anonymise {
+        /// The decision log.
+        log: PathBuf,
+        /// A file holding the secret key of the hashes (at least 16 bytes); keep it out of the
+        /// repository and reuse it so the same id keeps its token.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The fraction of requests kept.
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        /// Metadata keys whose values are kept (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        allow_meta: Vec<String>,
+        /// Label keys of keys, users, projects and tenants whose values are kept.
+        #[arg(long, value_delimiter = ',')]
+        allow_label: Vec<String>,
+        /// Kinds of id kept in the clear, for ids the rules name.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        keep_ids: Vec<traffic::Kind>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,7 +182,12 @@ fn main() -> ExitCode {
             format,
             deny_warnings,
         } => lint(&dir, format, deny_warnings),
-        Command::Test { dir } => test(&dir),
+        Command::Test {
+            dir,
+            filter,
+            format,
+            update,
+        } => test(&dir, &Filter::new(filter), format, update),
         Command::Explain {
             dir,
             request,
@@ -153,6 +205,20 @@ fn main() -> ExitCode {
             alpha,
             format,
         }) => canary_analyze(&events, alpha, format),
+        Command::Traffic(TrafficCommand::Anonymise {
+            log,
+            key_file,
+            sample,
+            allow_meta,
+            allow_label,
+            keep_ids,
+        }) => std::fs::read(&key_file)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", key_file.display())))
+            .and_then(|key| {
+                traffic::Anonymiser::new(key, sample, allow_meta, allow_label, keep_ids)
+                    .map_err(|e| UsageError(format!("{}: {e}", key_file.display())))
+            })
+            .and_then(|anonymiser| anonymise(&log, &anonymiser)),
         Command::Canary(CanaryCommand::Simulate {
             sims,
             seed,
@@ -230,30 +296,31 @@ fn compiled(dir: &Path) -> Result<(Vec<PolicyFile>, LoadOutcome), UsageError> {
     Ok((files, outcome))
 }
 
-fn test(dir: &Path) -> Result<bool, UsageError> {
-    let (_, outcome) = compiled(dir)?;
-    let Some(policy) = &outcome.policy else {
-        return Ok(false);
-    };
-    let results = testing::run(policy, &outcome.tests);
-    for r in &results {
-        if r.passed() {
-            println!("ok   {} ({})", r.name, r.location);
-            continue;
-        }
-        println!("FAIL {} ({})", r.name, r.location);
-        if let Some(e) = &r.error {
-            println!("     error: {e}");
-        }
-        for m in &r.mismatches {
-            println!("     {}:", m.field);
-            println!("       - expected: {}", m.expected);
-            println!("       + actual:   {}", m.actual);
-        }
+fn test(dir: &Path, filter: &Filter, format: TestFormat, update: bool) -> Result<bool, UsageError> {
+    let (files, outcome) = compiled(dir)?;
+    let mut results = test_cmd::run(&outcome, filter);
+    if results.is_empty() && !outcome.tests.is_empty() {
+        return Err(UsageError(format!(
+            "no case of the {} in {} matches --filter",
+            outcome.tests.len(),
+            dir.display()
+        )));
     }
-    let failed = results.iter().filter(|r| !r.passed()).count();
-    println!("{} passed, {failed} failed", results.len() - failed);
-    Ok(failed == 0)
+    if update && results.iter().any(|r| !r.passed()) {
+        let updated = test_cmd::update(dir, &files, &results);
+        for u in &updated {
+            match &u.error {
+                None => eprintln!("updated {} case(s) in {}", u.cases, u.file),
+                Some(e) => eprintln!("could not update {}: {e}", u.file),
+            }
+        }
+        // What the files say now, as a reviewer will see it.
+        let (_, outcome) = compiled(dir)?;
+        results = test_cmd::run(&outcome, filter);
+    }
+    let skipped = outcome.tests.len() - results.len();
+    print!("{}", test_cmd::report(&results, skipped, format));
+    Ok(results.iter().all(|r| r.passed()))
 }
 
 fn explain(dir: &Path, request: &Path, format: ExplainFormat) -> Result<bool, UsageError> {
@@ -378,6 +445,36 @@ fn diff(
         DiffFormat::Json => println!("{}", to_json(&report)),
         DiffFormat::Markdown => print!("{}", report.markdown()),
     }
+    Ok(true)
+}
+
+/// Streams the log through the anonymiser to standard output.
+fn anonymise(log: &Path, anonymiser: &traffic::Anonymiser) -> Result<bool, UsageError> {
+    use std::io::{BufRead, Write};
+    let file = std::fs::File::open(log)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", log.display())))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut read, mut kept) = (0usize, 0usize);
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line =
+            line.map_err(|e| UsageError(format!("{} line {}: {e}", log.display(), i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        read += 1;
+        let record: DecisionRecord = serde_json::from_str(&line)
+            .map_err(|e| UsageError(format!("{} line {}: {e}", log.display(), i + 1)))?;
+        if let Some(record) = anonymiser.apply(record) {
+            kept += 1;
+            let text = serde_json::to_string(&record).unwrap_or_default();
+            writeln!(out, "{text}")
+                .map_err(|e| UsageError(format!("cannot write the output: {e}")))?;
+        }
+    }
+    out.flush()
+        .map_err(|e| UsageError(format!("cannot write the output: {e}")))?;
+    eprintln!("kept {kept} of {read} records");
     Ok(true)
 }
 
