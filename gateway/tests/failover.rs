@@ -601,6 +601,52 @@ async fn a_reasked_continuation_that_restates_the_last_words_is_stitched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_declared_with_prefill_that_refuses_it_is_reasked() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy(
+            d,
+            &mock.base_url(),
+            &[
+                TestModel {
+                    name: "primary",
+                    quality: 0.9,
+                    context: 100_000,
+                    prefill: false,
+                    provider: "mock-a",
+                    upstream: "p+cut-3",
+                },
+                TestModel {
+                    name: "backup",
+                    quality: 0.5,
+                    context: 100_000,
+                    // Declared with prefill, but its API refuses a trailing assistant message.
+                    prefill: true,
+                    provider: "mock-b",
+                    upstream: "b+no-prefill",
+                },
+            ],
+        )
+    });
+    let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 8)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(8));
+    assert!(a.done() && !a.stream_error(), "{}", a.body);
+    assert_eq!(
+        mock.stats.attempts("b+no-prefill"),
+        2,
+        "the prefill, then the re-ask"
+    );
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["outcome"], "ok", "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "bad_request", "{log}");
+    assert_eq!(log["attempts"][1]["resume"], "prefill", "{log}");
+    assert_eq!(log["attempts"][2]["outcome"], "ok", "{log}");
+    assert_eq!(log["attempts"][2]["resume"], "reask", "{log}");
+    assert_eq!(log["retries"], 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reasked_continuation_that_does_not_line_up_ends_with_an_error_event() {
     let mock = mock().await;
     let (gw, _dir) =

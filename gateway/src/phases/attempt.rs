@@ -15,7 +15,8 @@
 //!
 //! A stream that broke after output went out is continued by [`run`] with the partial answer:
 //! a model with the `prefill` capability gets it as assistant prefill, any other is re-asked
-//! with it as context ([`crate::continuation`]).
+//! with it as context ([`crate::continuation`]); so is a model declared with prefill that
+//! answers the prefilled request with a 4xx about the request.
 
 use crate::app::{App, Runtime};
 use crate::circuit::Ticket;
@@ -239,12 +240,14 @@ pub async fn run(
     // The attempt that failed last, until the next upstream call makes it a failover.
     let mut failed: Option<usize> = None;
     let mut last_error: Option<UpstreamError> = None;
+    // The attempt whose model, declared with prefill, refused one: it is re-asked instead.
+    let mut prefill_refused: Option<usize> = None;
     while idx < plan.decision.attempts.len() {
         let attempt = plan.attempt(idx);
         let deployment = &policy.deployments()[attempt.index];
         let model = &policy.models()[deployment.model];
         let resume = resume.map(|partial| {
-            if model.has(Capability::Prefill) {
+            if model.has(Capability::Prefill) && prefill_refused != Some(idx) {
                 Resume::Prefill(partial)
             } else {
                 Resume::Reask(partial)
@@ -346,6 +349,15 @@ pub async fn run(
                 });
                 note_failure(plan, idx, &e, ticket);
                 match e.class {
+                    // A request error about the prefill itself (the model's declared capability
+                    // was wrong): the same model is re-asked without it.
+                    ErrorClass::BadRequest if matches!(resume, Some(Resume::Prefill(_))) => {
+                        prefill_refused = Some(idx);
+                        trace.retries += 1;
+                        app.metrics.retries.get_or_create(&plan.labels(idx)).inc();
+                        last_error = Some(e);
+                        continue;
+                    }
                     ErrorClass::ContentFilter | ErrorClass::BadRequest => {
                         return Err(Failure { error: Some(e) })
                     }
