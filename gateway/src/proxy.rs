@@ -928,7 +928,9 @@ async fn pump(
                 continue;
             }
             Some(Ok(StreamEvent::Done)) => {
-                // A re-asked continuation that ended while it could still be a restatement.
+                // A re-asked continuation that ended while it could still be a restatement:
+                // what it held back is the rest of the answer (never cached: a resumed answer
+                // has no capture).
                 let rest = aligner.as_mut().map(Aligner::finish).transpose();
                 match rest {
                     Ok(Some(t)) if !t.is_empty() => {
@@ -938,9 +940,6 @@ async fn pump(
                             content: Some(t),
                             ..Delta::default()
                         };
-                        if let Some(c) = &mut capture {
-                            c.push(&d);
-                        }
                         if tx.send(out.delta(&d)).await.is_err() {
                             break "client_closed";
                         }
