@@ -1,8 +1,10 @@
 //! Active health probes: for providers with a `health_probe` setting, a background task sends a
 //! one-token chat completion (`max_tokens: 1`, through the deployment's own adapter) to each
 //! deployment whose breaker is open or half-open or whose live stats are stale, at most once
-//! per `interval_secs`. A success closes the deployment's breaker and feeds its live stats; a
-//! failure keeps the breaker open. Probes are not client requests: they spend no budget and
+//! per `interval_secs`. A success closes the deployment's breaker; a failure keeps it open.
+//! Outcomes and latencies go to the live stats apart from client traffic
+//! ([`crate::live::DeploymentLive::record_probe`]): they stand in only while the window holds
+//! no traffic, so a one-token probe never makes a slow deployment look fast. Probes are not client requests: they spend no budget and
 //! write no request log line, only the `llmgw_health_probes_total` metric and a debug log.
 //! Each round reads the runtime in force, so probes follow policy reloads.
 
@@ -111,8 +113,8 @@ async fn probe(app: Arc<App>, rt: Arc<Runtime>, index: usize) {
     };
     if let Some(recorder) = rt.live.deployment(index) {
         match &result {
-            Ok(()) => recorder.record(elapsed, None, true),
-            Err(e) if e.class.is_health_failure() => recorder.record(Duration::ZERO, None, false),
+            Ok(()) => recorder.record_probe(elapsed, true),
+            Err(e) if e.class.is_health_failure() => recorder.record_probe(Duration::ZERO, false),
             Err(_) => {}
         }
     }

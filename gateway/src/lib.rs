@@ -19,6 +19,7 @@ pub mod cache;
 pub mod canary_controller;
 pub mod circuit;
 pub mod cli;
+pub mod continuation;
 pub mod decision_log;
 pub mod decision_query;
 pub mod error;

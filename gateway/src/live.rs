@@ -5,6 +5,11 @@
 //! and outcome counters. Recording touches one slot with relaxed atomic adds. Quantiles are
 //! read from the slots still inside the window; a background refresh turns them into a
 //! snapshot so that decisions read one pointer instead of summing histograms.
+//!
+//! Active health probes ([`crate::health`]) are kept apart from client traffic: a one-token
+//! probe is much faster than a real answer, and probes run precisely when traffic is absent,
+//! so mixed in they would make a slow deployment look fast to latency routing. Their samples
+//! stand in only while the window holds no traffic at all ([`DeploymentLive::compute`]).
 
 use crate::circuit::Breakers;
 use arc_swap::ArcSwap;
@@ -40,18 +45,17 @@ fn bucket_upper_ms(i: usize) -> f64 {
     BASE_US * GROWTH.powi(i as i32) / 1000.0
 }
 
-struct Slot {
-    epoch: AtomicU64,
+/// Latency and time-to-first-token histograms and outcome counters of one kind of call.
+struct Samples {
     latency: [AtomicU32; BUCKETS],
     ttft: [AtomicU32; BUCKETS],
     ok: AtomicU32,
     errors: AtomicU32,
 }
 
-impl Slot {
+impl Samples {
     fn new() -> Self {
-        Slot {
-            epoch: AtomicU64::new(u64::MAX),
+        Samples {
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
             ttft: std::array::from_fn(|_| AtomicU32::new(0)),
             ok: AtomicU32::new(0),
@@ -66,6 +70,71 @@ impl Slot {
             .for_each(|b| b.store(0, Relaxed));
         self.ok.store(0, Relaxed);
         self.errors.store(0, Relaxed);
+    }
+
+    fn record(&self, latency: Duration, ttft: Option<Duration>, ok: bool) {
+        if ok {
+            self.ok.fetch_add(1, Relaxed);
+            self.latency[bucket_of(latency)].fetch_add(1, Relaxed);
+            self.ttft[bucket_of(ttft.unwrap_or(latency))].fetch_add(1, Relaxed);
+        } else {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Sums of [`Samples`] over the slots of the window.
+struct Totals {
+    latency: [u64; BUCKETS],
+    ttft: [u64; BUCKETS],
+    ok: u64,
+    errors: u64,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Totals {
+            latency: [0; BUCKETS],
+            ttft: [0; BUCKETS],
+            ok: 0,
+            errors: 0,
+        }
+    }
+
+    fn add(&mut self, s: &Samples) {
+        self.ok += u64::from(s.ok.load(Relaxed));
+        self.errors += u64::from(s.errors.load(Relaxed));
+        for i in 0..BUCKETS {
+            self.latency[i] += u64::from(s.latency[i].load(Relaxed));
+            self.ttft[i] += u64::from(s.ttft[i].load(Relaxed));
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        self.ok + self.errors
+    }
+}
+
+struct Slot {
+    epoch: AtomicU64,
+    /// Client traffic.
+    traffic: Samples,
+    /// Active health probes.
+    probes: Samples,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            epoch: AtomicU64::new(u64::MAX),
+            traffic: Samples::new(),
+            probes: Samples::new(),
+        }
+    }
+
+    fn clear(&self) {
+        self.traffic.clear();
+        self.probes.clear();
     }
 }
 
@@ -117,14 +186,13 @@ impl DeploymentLive {
 
     /// Records a finished attempt: its latency, time to first token (streams) and outcome.
     pub fn record(&self, latency: Duration, ttft: Option<Duration>, ok: bool) {
-        let slot = self.slot();
-        if ok {
-            slot.ok.fetch_add(1, Relaxed);
-            slot.latency[bucket_of(latency)].fetch_add(1, Relaxed);
-            slot.ttft[bucket_of(ttft.unwrap_or(latency))].fetch_add(1, Relaxed);
-        } else {
-            slot.errors.fetch_add(1, Relaxed);
-        }
+        self.slot().traffic.record(latency, ttft, ok);
+    }
+
+    /// Records an active health probe: its latency (also its time to first token: a probe's
+    /// answer is one token) and outcome, apart from client traffic.
+    pub fn record_probe(&self, latency: Duration, ok: bool) {
+        self.slot().probes.record(latency, None, ok);
     }
 
     /// Requests in flight.
@@ -132,33 +200,31 @@ impl DeploymentLive {
         self.in_flight.load(Relaxed)
     }
 
-    /// Stats over the window (without circuit state, which the caller adds).
+    /// Stats over the window (without circuit state, which the caller adds): those of client
+    /// traffic, or, when the window holds none, those of the health probes; `None` when it
+    /// holds neither.
     pub fn compute(&self) -> Option<DeploymentStats> {
         let current = now_ms() / SLOT_MS;
-        let mut lat = [0u64; BUCKETS];
-        let mut ttft = [0u64; BUCKETS];
-        let (mut ok, mut errors) = (0u64, 0u64);
+        let mut traffic = Totals::new();
+        let mut probes = Totals::new();
         for slot in &self.slots {
             let epoch = slot.epoch.load(Relaxed);
             if epoch == u64::MAX || epoch + (SLOTS as u64) <= current {
                 continue;
             }
-            ok += u64::from(slot.ok.load(Relaxed));
-            errors += u64::from(slot.errors.load(Relaxed));
-            for i in 0..BUCKETS {
-                lat[i] += u64::from(slot.latency[i].load(Relaxed));
-                ttft[i] += u64::from(slot.ttft[i].load(Relaxed));
-            }
+            traffic.add(&slot.traffic);
+            probes.add(&slot.probes);
         }
-        if ok + errors == 0 {
+        let t = if traffic.calls() > 0 { traffic } else { probes };
+        if t.calls() == 0 {
             return None;
         }
         Some(DeploymentStats {
-            p50_ms: quantile(&lat, 0.50),
-            p95_ms: quantile(&lat, 0.95),
-            p99_ms: quantile(&lat, 0.99),
-            ttft_ms: quantile(&ttft, 0.50),
-            error_rate: errors as f64 / (ok + errors) as f64,
+            p50_ms: quantile(&t.latency, 0.50),
+            p95_ms: quantile(&t.latency, 0.95),
+            p99_ms: quantile(&t.latency, 0.99),
+            ttft_ms: quantile(&t.ttft, 0.50),
+            error_rate: t.errors as f64 / t.calls() as f64,
             in_flight: self.in_flight(),
             circuit: Default::default(),
         })
@@ -278,5 +344,40 @@ mod tests {
         assert_eq!(d.in_flight(), 1);
         drop(g);
         assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn probes_stand_in_only_while_there_is_no_traffic() {
+        let d = Arc::new(DeploymentLive::default());
+        // Only probes (fast one-token answers, one failing): their figures stand in.
+        for _ in 0..3 {
+            d.record_probe(Duration::from_millis(20), true);
+        }
+        d.record_probe(Duration::ZERO, false);
+        let s = d.compute().expect("stats from the probes");
+        let p50 = s.p50_ms.expect("p50");
+        assert!((15.0..=25.0).contains(&p50), "probe p50 {p50}");
+        assert_eq!(s.ttft_ms, s.p50_ms, "a probe's answer is its first token");
+        assert!((s.error_rate - 0.25).abs() < 1e-9);
+        // Client traffic, slow: the probes neither pull its latency down nor its errors up.
+        for _ in 0..2 {
+            d.record(
+                Duration::from_millis(2000),
+                Some(Duration::from_millis(900)),
+                true,
+            );
+        }
+        for _ in 0..10 {
+            d.record_probe(Duration::from_millis(20), true);
+        }
+        d.record_probe(Duration::ZERO, false);
+        let s = d.compute().expect("stats");
+        for q in [s.p50_ms, s.p95_ms, s.p99_ms] {
+            let q = q.expect("quantile");
+            assert!((1900.0..=2400.0).contains(&q), "traffic quantile {q}");
+        }
+        let ttft = s.ttft_ms.expect("ttft");
+        assert!((850.0..=1100.0).contains(&ttft), "traffic ttft {ttft}");
+        assert_eq!(s.error_rate, 0.0);
     }
 }

@@ -5,6 +5,7 @@ use crate::app::App;
 use crate::body::GatewayBody;
 use crate::budgets::{self, Held, Settlement};
 use crate::cache;
+use crate::continuation::Aligner;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
 use crate::otel::{Timeline, TraceIds};
@@ -473,11 +474,7 @@ pub async fn handle(
         Ok(Success::Full { idx, mut response }) => {
             // Phase 6: settle.
             let bill = Bill {
-                charges: vec![Charge {
-                    model: plan.model_index(idx),
-                    usage: response.usage,
-                    estimated: false,
-                }],
+                charges: vec![Charge::new(plan.model_index(idx), response.usage, false)],
             };
             let cost = bill.cost_usd(&plan.rt.policy);
             if let Some(obj) = response.body.as_object_mut() {
@@ -845,8 +842,11 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Relays a stream to the client. A break after output went out resumes on the next attempt
-/// that accepts a prefill (streaming only the rest), or ends with an in-band `error` event and
-/// no `[DONE]`, so a truncated answer never looks complete.
+/// that answers (streaming only the rest): as prefill on a model that accepts one, re-asked
+/// with the partial answer as context on any other, whose answer is aligned with the text
+/// already sent ([`Aligner`]). When nothing can resume it, or a re-asked answer does not line
+/// up, the stream ends with an in-band `error` event and no `[DONE]`, so a truncated answer
+/// never looks complete.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     plan: Plan,
@@ -872,7 +872,11 @@ async fn pump(
     // Time to first token as the client saw it: from its request, across failed attempts.
     let first_ttft = (live.started + live.ttft).saturating_duration_since(info.started);
     let mut text = String::new();
+    // Characters of the current attempt's text received, and passed to the client (fewer when
+    // a re-asked continuation restated the partial answer).
     let mut attempt_chars = 0usize;
+    let mut attempt_sent = 0usize;
+    let mut aligner: Option<Aligner> = None;
     let mut reported: Option<Usage> = None;
     let mut finished = false;
     let mut tool_calls = false;
@@ -883,17 +887,15 @@ async fn pump(
         Duration::from_millis(plan.rt.policy.providers()[d.provider].timeouts.idle_ms)
     };
     let mut idle = idle_of(&plan, live.idx);
-    let charge = |bill: &mut Bill, idx: usize, reported: Option<Usage>, chars: usize| {
-        let usage = reported.unwrap_or(Usage {
-            input_tokens: plan.request.facts.input_tokens,
-            output_tokens: estimate_tokens(chars),
-        });
-        bill.charges.push(Charge {
-            model: plan.model_index(idx),
-            usage,
-            estimated: reported.is_none(),
-        });
-    };
+    let charge =
+        |bill: &mut Bill, idx: usize, reported: Option<Usage>, chars: usize, sent: usize| {
+            let usage = reported.unwrap_or(Usage {
+                input_tokens: plan.request.facts.input_tokens,
+                output_tokens: estimate_tokens(chars),
+            });
+            let charge = Charge::new(plan.model_index(idx), usage, reported.is_none());
+            bill.charges.push(charge.delivering(sent, chars));
+        };
     let outcome = loop {
         let next = match pending.pop_front() {
             Some(ev) => Some(Ok(ev)),
@@ -907,13 +909,34 @@ async fn pump(
             },
         };
         let failure = match next {
-            Some(Ok(StreamEvent::Delta(d))) => {
+            Some(Ok(StreamEvent::Delta(mut d))) => {
                 if !d.is_visible() {
                     continue;
                 }
                 if let Some(c) = &d.content {
-                    text.push_str(c);
                     attempt_chars += c.len();
+                }
+                if let Some(a) = &mut aligner {
+                    let ends = d.finish_reason.is_some() || d.tool_calls.is_some();
+                    let aligned = a
+                        .push(d.content.as_deref().unwrap_or(""))
+                        .and_then(|mut t| {
+                            if ends {
+                                t.push_str(&a.finish()?);
+                            }
+                            Ok(t)
+                        });
+                    match aligned {
+                        Ok(t) => d.content = (!t.is_empty()).then_some(t),
+                        Err(e) => break misaligned(&plan, &info, &tx, &mut trace, &live, e).await,
+                    }
+                    if !d.is_visible() {
+                        continue;
+                    }
+                }
+                if let Some(c) = &d.content {
+                    text.push_str(c);
+                    attempt_sent += c.len();
                 }
                 tool_calls |= d.tool_calls.is_some();
                 finished |= d.finish_reason.is_some();
@@ -933,7 +956,28 @@ async fn pump(
                 attempt::note_malformed(&plan, live.idx, &why, &mut trace);
                 continue;
             }
-            Some(Ok(StreamEvent::Done)) => break "ok",
+            Some(Ok(StreamEvent::Done)) => {
+                // A re-asked continuation that ended while it could still be a restatement:
+                // what it held back is the rest of the answer (never cached: a resumed answer
+                // has no capture).
+                let rest = aligner.as_mut().map(Aligner::finish).transpose();
+                match rest {
+                    Ok(Some(t)) if !t.is_empty() => {
+                        text.push_str(&t);
+                        attempt_sent += t.len();
+                        let d = Delta {
+                            content: Some(t),
+                            ..Delta::default()
+                        };
+                        if tx.send(out.delta(&d)).await.is_err() {
+                            break "client_closed";
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break misaligned(&plan, &info, &tx, &mut trace, &live, e).await,
+                }
+                break "ok";
+            }
             Some(Err(e)) => e,
             None => UpstreamError::new(
                 ErrorClass::Protocol,
@@ -951,7 +995,13 @@ async fn pump(
         call.outcome = failure.class.as_str();
         call.ms = live.started.elapsed().as_millis() as u64;
         call.broke = true;
-        charge(&mut bill, live.idx, reported.take(), attempt_chars);
+        charge(
+            &mut bill,
+            live.idx,
+            reported.take(),
+            attempt_chars,
+            attempt_sent,
+        );
         if !tool_calls {
             if let Ok(Success::Stream(next)) =
                 attempt::run(&plan, live.idx + 1, Some(&text), &mut trace).await
@@ -971,8 +1021,10 @@ async fn pump(
                     request_id = info.request_id.as_str(),
                     error = %failure,
                     resumed_on = &*a.deployment,
-                    "stream broke after output was sent; resuming with the partial answer as prefill"
+                    how = if next.reasked { "reask" } else { "prefill" },
+                    "stream broke after output was sent; resuming with the partial answer"
                 );
+                aligner = next.reasked.then(|| Aligner::new(&text));
                 live = next;
                 // An answer stitched from two models is not cached.
                 capture = None;
@@ -980,6 +1032,7 @@ async fn pump(
                 out.model = a.model.clone();
                 idle = idle_of(&plan, live.idx);
                 attempt_chars = 0;
+                attempt_sent = 0;
                 continue;
             }
         }
@@ -993,7 +1046,7 @@ async fn pump(
         if let Some(r) = plan.rt.live.deployment(plan.attempt(live.idx).index) {
             r.record(live.started.elapsed(), Some(live.ttft), true);
         }
-        charge(&mut bill, live.idx, reported, attempt_chars);
+        charge(&mut bill, live.idx, reported, attempt_chars, attempt_sent);
         if let Some(c) = capture.take() {
             let a = plan.attempt(live.idx);
             c.finish(
@@ -1015,11 +1068,22 @@ async fn pump(
             )))
             .await;
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    } else if outcome == "client_closed" {
-        charge(&mut bill, live.idx, reported, attempt_chars);
+    } else if outcome == "client_closed" || outcome == "misaligned" {
+        // Paid upstream all the same.
+        charge(&mut bill, live.idx, reported, attempt_chars, attempt_sent);
     }
     let status = if outcome == "client_closed" { 499 } else { 200 };
-    let error = (outcome == "truncated").then_some("stream truncated");
+    let error = match outcome {
+        "truncated" => Some("stream truncated"),
+        "misaligned" => Some("stream truncated: the re-asked continuation did not line up"),
+        _ => None,
+    };
+    // A misaligned continuation truncated the answer the client has.
+    let outcome = if outcome == "misaligned" {
+        "truncated"
+    } else {
+        outcome
+    };
     let settlement = Settlement {
         identity: &identity,
         model: &plan.attempt(live.idx).model,
@@ -1040,6 +1104,31 @@ async fn pump(
         outcome,
         error,
     );
+}
+
+/// Ends a stream whose re-asked continuation did not line up with the text already sent: the
+/// call is logged as `misaligned` and the client gets the in-band error of a broken stream.
+async fn misaligned(
+    plan: &Plan,
+    info: &Info,
+    tx: &mpsc::Sender<Bytes>,
+    trace: &mut Trace,
+    live: &LiveStream,
+    e: crate::continuation::Misaligned,
+) -> &'static str {
+    let call = &mut trace.calls[live.call];
+    call.outcome = "misaligned";
+    call.broke = true;
+    tracing::warn!(
+        target: "llmgw::failover",
+        request_id = info.request_id.as_str(),
+        deployment = &*plan.attempt(live.idx).deployment,
+        error = %e,
+        "a re-asked continuation did not line up with the partial answer"
+    );
+    let message = format!("the upstream stream broke after part of the answer was sent: {e}");
+    let _ = tx.send(SseOut::error(&message)).await;
+    "misaligned"
 }
 
 #[cfg(test)]

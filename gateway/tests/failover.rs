@@ -473,8 +473,135 @@ fn cost_text(usd: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
+/// A primary on `mock-a` and a backup on `mock-b`, neither with the `prefill` capability.
+fn without_prefill(dir: &std::path::Path, base_url: &str, primary: &str, backup: &str) {
+    let model = |name, quality, provider, upstream| TestModel {
+        name,
+        quality,
+        context: 100_000,
+        prefill: false,
+        provider,
+        upstream,
+    };
+    mock_policy(
+        dir,
+        base_url,
+        &[
+            model("primary", 0.9, "mock-a", primary),
+            model("backup", 0.5, "mock-b", backup),
+        ],
+    );
+}
+
+/// A streamed chat request for 8 tokens that asks for the usage chunk.
+fn chat_with_usage(model: &str) -> String {
+    serde_json::json!({
+        "model": model, "stream": true, "max_tokens": 8,
+        "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": "Say something." }],
+    })
+    .to_string()
+}
+
+/// The `usage` of a streamed answer's usage chunk.
+fn streamed_usage(a: &Answer) -> serde_json::Value {
+    a.events()
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap_or_else(|| panic!("a usage chunk: {}", a.body))["usage"]
+        .clone()
+}
+
+/// The prompt tokens the mock counts for a request body (its characters / 4 + 1).
+fn mock_prompt_tokens(body: &serde_json::Value) -> u64 {
+    let chars: usize = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["content"].as_str().map_or(0, str::len))
+        .sum();
+    chars as u64 / 4 + 1
+}
+
+/// A primary cut after `cut` of 8 tokens, continued by a backup without prefill whose mock
+/// continuation is `fault` and restates `restated` tokens first: the client gets the 8-token
+/// answer once, its usage is that answer's, and the bill counts both calls in full.
+async fn a_no_prefill_backup_continues_by_reasking(cut: u64, fault: &str, restated: u64) {
+    let mock = mock().await;
+    let primary = format!("p+cut-{cut}");
+    let backup = format!("b+{fault}");
+    let (gw, _dir) = gateway_for(|d| without_prefill(d, &mock.base_url(), &primary, &backup));
+    let a = post(&gw.url("/v1/chat/completions"), &chat_with_usage("primary")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.streamed_text(),
+        expected_text(8),
+        "the whole answer, once, nothing restated"
+    );
+    assert!(a.done() && !a.stream_error(), "{}", a.body);
+    assert_eq!(a.streamed_models(), vec!["primary", "backup"]);
+    assert_eq!(mock.stats.attempts(&primary), 1);
+    assert_eq!(mock.stats.attempts(&backup), 1, "one re-ask, no other call");
+    // What the backup was asked: the client's messages, the partial answer, the instruction.
+    let asked = mock.stats.last_body(&backup).expect("the re-ask");
+    let messages = asked["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 3, "{asked}");
+    assert_eq!(messages[0]["content"], "Say something.");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], expected_text(cut).as_str());
+    assert_eq!(messages[2]["role"], "user");
+    assert_eq!(
+        messages[2]["content"],
+        llmgw_gateway::continuation::INSTRUCTION
+    );
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["outcome"], "ok", "{log}");
+    assert_eq!(log["resumed"], 1, "{log}");
+    assert_eq!(log["attempts"][0]["broke"], true, "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "ok", "{log}");
+    assert_eq!(log["attempts"][1]["resume"], "reask", "{log}");
+    // The client is told the usage of the answer it received: the primary's tokens (cut before
+    // it reported usage, so estimated from its text: 3 characters a token, 4 to a token) and
+    // the backup's new ones; the tokens it restated were dropped, so they are not in it.
+    let primary_out = (3 * cut).div_ceil(4);
+    let usage = streamed_usage(&a);
+    assert_eq!(usage["completion_tokens"], primary_out + 8 - cut, "{usage}");
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert_eq!(usage["total_tokens"], prompt + primary_out + 8 - cut);
+    // Billed: what was paid upstream, the re-ask's prompt and everything it wrote included.
+    let billed_in = log["input_tokens"].as_u64().expect("input_tokens");
+    let billed_out = log["output_tokens"].as_u64().expect("output_tokens");
+    assert_eq!(billed_in, prompt + mock_prompt_tokens(&asked), "{log}");
+    assert_eq!(billed_out, primary_out + restated + 8 - cut, "{log}");
+    let cost = log["cost_usd"].as_f64().expect("cost_usd");
+    let priced = (billed_in as f64 * 1.0 + billed_out as f64 * 2.0) / 1e6;
+    assert!((cost - priced).abs() < 1e-12, "{cost} vs {priced}");
+    assert!(
+        a.body
+            .contains(&format!(": x-llmgw-cost-usd={}", cost_text(cost))),
+        "{}",
+        a.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_cut_without_a_prefill_model_ends_with_an_error_event() {
+async fn a_no_prefill_backup_continues_a_broken_stream_where_it_stopped() {
+    a_no_prefill_backup_continues_by_reasking(3, "no-prefill", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reasked_continuation_that_restates_the_whole_answer_is_stitched() {
+    a_no_prefill_backup_continues_by_reasking(3, "no-prefill-restate", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reasked_continuation_that_restates_the_last_words_is_stitched() {
+    a_no_prefill_backup_continues_by_reasking(5, "no-prefill-restate-3", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_declared_with_prefill_that_refuses_it_is_reasked() {
     let mock = mock().await;
     let (gw, _dir) = gateway_for(|d| {
         mock_policy(
@@ -493,26 +620,149 @@ async fn a_stream_cut_without_a_prefill_model_ends_with_an_error_event() {
                     name: "backup",
                     quality: 0.5,
                     context: 100_000,
-                    prefill: false,
+                    // Declared with prefill, but its API refuses a trailing assistant message.
+                    prefill: true,
                     provider: "mock-b",
-                    upstream: "b+ok",
+                    upstream: "b+no-prefill",
                 },
             ],
         )
     });
     let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 8)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(8));
+    assert!(a.done() && !a.stream_error(), "{}", a.body);
+    assert_eq!(
+        mock.stats.attempts("b+no-prefill"),
+        2,
+        "the prefill, then the re-ask"
+    );
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["outcome"], "ok", "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "bad_request", "{log}");
+    assert_eq!(log["attempts"][1]["resume"], "prefill", "{log}");
+    assert_eq!(log["attempts"][2]["outcome"], "ok", "{log}");
+    assert_eq!(log["attempts"][2]["resume"], "reask", "{log}");
+    assert_eq!(log["retries"], 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reasked_continuation_that_does_not_line_up_ends_with_an_error_event() {
+    let mock = mock().await;
+    let (gw, _dir) =
+        gateway_for(|d| without_prefill(d, &mock.base_url(), "p+cut-5", "b+no-prefill-misaligned"));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 8)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.streamed_text(),
+        expected_text(5),
+        "nothing of the misaligned continuation reached the client"
+    );
+    assert!(a.stream_error(), "an in-band error event: {}", a.body);
+    assert!(!a.done(), "never a clean [DONE] after a truncated answer");
+    assert_eq!(mock.stats.attempts("b+no-prefill-misaligned"), 1);
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["outcome"], "truncated", "{log}");
+    assert_eq!(log["attempts"][1]["outcome"], "misaligned", "{log}");
+    assert_eq!(log["attempts"][1]["resume"], "reask", "{log}");
+    // The re-ask was paid for: its output is billed on top of the primary's 4 (estimated).
+    let billed_out = log["output_tokens"].as_u64().expect("output_tokens");
+    assert!(billed_out > 4, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_that_no_fallback_can_continue_ends_with_an_error_event() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| without_prefill(d, &mock.base_url(), "p+cut-3", "b+503"));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 8)).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.streamed_text(), expected_text(3));
     assert!(a.stream_error(), "an in-band error event: {}", a.body);
     assert!(!a.done(), "never a clean [DONE] after a truncated answer");
+    assert_eq!(mock.stats.attempts("b+503"), 1);
+    let log = gw.wait_request_logs(1).pop().expect("log");
+    assert_eq!(log["outcome"], "truncated");
+    assert_eq!(log["attempts"][1]["outcome"], "unavailable", "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_before_its_first_token_restarts_on_a_no_prefill_backup() {
+    let mock = mock().await;
+    let (gw, _dir) =
+        gateway_for(|d| without_prefill(d, &mock.base_url(), "p+cut-0", "b+no-prefill"));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("primary", true, 8)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(8));
+    assert_eq!(a.streamed_models(), vec!["backup"]);
+    assert!(a.done() && !a.stream_error());
+    // A plain restart: the client's messages only, neither prefill nor re-ask.
+    let asked = mock.stats.last_body("b+no-prefill").expect("the restart");
     assert_eq!(
-        mock.stats.attempts("b+ok"),
-        0,
-        "no restart that would repeat the answer"
+        asked["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{asked}"
     );
-    assert_eq!(
-        gw.wait_request_logs(1).pop().expect("log")["outcome"],
-        "truncated"
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["resumed"], 0, "{log}");
+    assert_eq!(log["failovers"], 1, "{log}");
+    assert!(log["attempts"][1].get("resume").is_none(), "{log}");
+}
+
+/// Streams `body` to the gateway; the time from sending the request to the first chunk with
+/// answer text, as this client measured it, and the whole body.
+async fn client_ttft(url: &str, body: &str) -> (Duration, String) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::post(url)
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .expect("request");
+    let sent = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.into_body();
+    let mut text = String::new();
+    let mut first = None;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), stream.frame())
+        .await
+        .expect("a frame within 30 s")
+    {
+        if let Some(data) = frame.expect("frame").data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+            if first.is_none() && text.contains("\"content\":\"t0") {
+                first = Some(sent.elapsed());
+            }
+        }
+    }
+    (first.unwrap_or_else(|| panic!("no token in {text}")), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logged_ttft_is_what_the_client_measured_after_a_failover() {
+    let mock = mock().await;
+    // The primary times out at its first-token timeout (1 s); the backup's first token comes
+    // 300 ms after it is asked.
+    let (gw, _dir) = gateway_for(|d| {
+        without_prefill(d, &mock.base_url(), "p+slow-ttft-3000", "b+slow-ttft-300")
+    });
+    let (measured, body) =
+        client_ttft(&gw.url("/v1/chat/completions"), &chat("primary", true, 4)).await;
+    assert!(body.contains("[DONE]"), "{body}");
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["failovers"], 1, "{log}");
+    let logged = log["ttft_ms"].as_f64().expect("ttft_ms");
+    let measured = measured.as_secs_f64() * 1000.0;
+    assert!(
+        (logged - measured).abs() <= 50.0,
+        "logged {logged} ms, the client measured {measured} ms"
     );
 }
 

@@ -30,6 +30,10 @@
 //! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
 //! | `echo-text-STATUS` | STATUS with a `text/plain` body quoting the credentials |
 //! | `echo-stream-STATUS` | a stream cut after 2 tokens by an in-band error event (in the request's protocol, of STATUS's kind) quoting the credentials; a JSON request gets the `echo-STATUS` answer |
+//! | `no-prefill` | a model without assistant prefill: 400 `invalid_request_error` to a request whose last message is an assistant message; a request ending with an assistant message and then a user message (a re-ask to continue) is answered with the words after those the assistant message holds |
+//! | `no-prefill-restate` | as `no-prefill`, but the continuation first restates every word of the assistant message, separated by line breaks instead of spaces |
+//! | `no-prefill-restate-N` | as `no-prefill-restate`, restating only the assistant message's last N words |
+//! | `no-prefill-misaligned` | as `no-prefill`, but the continuation starts the answer over and departs from it: the assistant message's words with its last one replaced by `xI`, then the words after them |
 //!
 //! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
 //! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
@@ -41,6 +45,8 @@
 //!
 //! Answers are deterministic: `max_tokens` (default 12) words `t0 t1 …`. When the last message is
 //! an assistant message (a prefill), the answer continues after the words it already holds.
+//! The continuation of a `no-prefill` model counts as much: restated words and the words after
+//! them, up to `max_tokens` new words.
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
@@ -108,6 +114,8 @@ pub enum Fault {
     ContentFilter,
     /// 503 for this many milliseconds after the first attempt, then normal.
     Flap(u64),
+    /// A model without prefill; a re-ask to continue is answered with the rest of the answer.
+    NoPrefill(Continuation),
     /// An error quoting the credentials the request carried.
     Echo {
         /// The HTTP status (or, for a stream, the kind of the in-band error).
@@ -115,6 +123,17 @@ pub enum Fault {
         /// How the error is told.
         form: EchoForm,
     },
+}
+
+/// How a [`Fault::NoPrefill`] model continues a partial answer it is re-asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation {
+    /// With the words after it.
+    Exact,
+    /// Restating its last this many words first (all of them when `None`), one per line.
+    Restate(Option<u64>),
+    /// Starting over with its last word replaced, then the words after it.
+    Misaligned,
 }
 
 /// How an [`Fault::Echo`] error is told.
@@ -147,6 +166,9 @@ impl Fault {
             "no-done" => return Fault::NoDone,
             "context-length" => return Fault::ContextLength,
             "content-filter" => return Fault::ContentFilter,
+            "no-prefill" => return Fault::NoPrefill(Continuation::Exact),
+            "no-prefill-restate" => return Fault::NoPrefill(Continuation::Restate(None)),
+            "no-prefill-misaligned" => return Fault::NoPrefill(Continuation::Misaligned),
             _ => {}
         }
         if let Some(n) = num("429-once-ra-") {
@@ -174,6 +196,8 @@ impl Fault {
             Fault::Malformed(n)
         } else if let Some(n) = num("flap-") {
             Fault::Flap(n)
+        } else if let Some(n) = num("no-prefill-restate-") {
+            Fault::NoPrefill(Continuation::Restate(Some(n)))
         } else if let Some((form, status)) = [
             ("echo-text-", EchoForm::Text),
             ("echo-stream-", EchoForm::Stream),
@@ -472,6 +496,14 @@ async fn handle(
                 Some("messages"),
             ))
         }
+        Fault::NoPrefill(_) if ends_with_assistant(&request) => {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "This model does not support assistant message prefill. The conversation must end with a user message.",
+                "invalid_request_error",
+                Some("messages"),
+            ))
+        }
         Fault::Echo { status, form } if form != EchoForm::Stream || !streamed(&request) => {
             return Ok(echo_response(dialect, status, form, &credentials))
         }
@@ -486,7 +518,7 @@ async fn handle(
     if path == "/v1/embeddings" {
         return Ok(embeddings(&request, &model));
     }
-    let answer = Answer::of(&request);
+    let answer = Answer::of(&request, fault);
     let delay = fault.first_token_delay(attempt);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -522,6 +554,14 @@ async fn handle(
             answer.completion(dialect, &model),
         ))
     }
+}
+
+/// Whether a chat request's last message is an assistant message (a prefill).
+fn ends_with_assistant(request: &Value) -> bool {
+    request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "assistant")
 }
 
 /// Whether a chat request asks for a stream.
@@ -692,6 +732,8 @@ fn from_gemini(request: &Value, model: &str, stream: bool) -> Value {
 /// The deterministic answer to a chat request.
 #[derive(Debug, Clone)]
 struct Answer {
+    /// Tokens written before the answer's words (a `no-prefill` model's restatement).
+    lead: Vec<String>,
     /// Index of the first word to produce (after a prefill).
     start: u64,
     /// Index one past the last word.
@@ -700,20 +742,40 @@ struct Answer {
 }
 
 impl Answer {
-    fn of(request: &Value) -> Answer {
+    fn of(request: &Value, fault: Fault) -> Answer {
         let total = request["max_completion_tokens"]
             .as_u64()
             .or_else(|| request["max_tokens"].as_u64())
             .unwrap_or(DEFAULT_TOKENS);
         let messages = request["messages"].as_array().cloned().unwrap_or_default();
         let chars: usize = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
-        let start = match messages.last() {
-            Some(m) if m["role"] == "assistant" => {
-                text_of(&m["content"]).split_whitespace().count() as u64
+        let words = |m: &Value| text_of(&m["content"]).split_whitespace().count() as u64;
+        let (start, lead) = match (messages.as_slice(), fault) {
+            ([.., m], _) if m["role"] == "assistant" => (words(m), Vec::new()),
+            // A re-ask to continue the assistant message before the last user message.
+            ([.., m, u], Fault::NoPrefill(how))
+                if m["role"] == "assistant" && u["role"] == "user" =>
+            {
+                let held = words(m).min(total);
+                let lead = match how {
+                    Continuation::Exact => Vec::new(),
+                    Continuation::Restate(n) => {
+                        let from = n.map_or(0, |n| held.saturating_sub(n));
+                        (from..held).map(|i| format!("t{i}\n")).collect()
+                    }
+                    Continuation::Misaligned => (0..held)
+                        .map(|i| {
+                            let mark = if i + 1 == held { 'x' } else { 't' };
+                            format!("{mark}{i} ")
+                        })
+                        .collect(),
+                };
+                (held, lead)
             }
-            _ => 0,
+            _ => (0, Vec::new()),
         };
         Answer {
+            lead,
             start: start.min(total),
             end: total,
             prompt_tokens: chars as u64 / 4 + 1,
@@ -724,12 +786,23 @@ impl Answer {
         format!("t{i} ")
     }
 
+    /// The tokens to write, in order.
+    fn tokens(&self) -> Vec<String> {
+        let words = (self.start..self.end).map(Answer::word);
+        self.lead.iter().cloned().chain(words).collect()
+    }
+
     fn text(&self) -> String {
-        (self.start..self.end).map(Answer::word).collect()
+        self.tokens().concat()
+    }
+
+    /// Completion tokens: one per token written.
+    fn completion_tokens(&self) -> u64 {
+        self.lead.len() as u64 + self.end - self.start
     }
 
     fn usage(&self) -> Value {
-        let completion = self.end - self.start;
+        let completion = self.completion_tokens();
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -738,7 +811,7 @@ impl Answer {
     }
 
     fn completion(&self, dialect: Dialect, model: &str) -> Value {
-        let completion = self.end - self.start;
+        let completion = self.completion_tokens();
         match dialect {
             Dialect::Anthropic => {
                 return json!({
@@ -845,7 +918,7 @@ fn token(dialect: Dialect, model: &str, word: &str) -> Bytes {
 
 /// Events after the last token; `done` adds the end marker.
 fn tail(dialect: Dialect, model: &str, answer: &Answer, done: bool) -> Vec<Bytes> {
-    let completion = answer.end - answer.start;
+    let completion = answer.completion_tokens();
     let mut out = match dialect {
         Dialect::OpenAi => {
             let usage = json!({
@@ -909,7 +982,7 @@ fn stream(
                 return;
             }
         }
-        for (n, i) in (answer.start..answer.end).enumerate() {
+        for (n, word) in answer.tokens().into_iter().enumerate() {
             let n = n as u64;
             match fault {
                 Fault::Cut(k) if n == k => {
@@ -945,10 +1018,7 @@ fn stream(
             if n > 0 && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
-            if send(token(dialect, &model, &Answer::word(i)))
-                .await
-                .is_err()
-            {
+            if send(token(dialect, &model, &word)).await.is_err() {
                 return;
             }
         }
@@ -1244,6 +1314,38 @@ mod tests {
                 { "role": "assistant", "content": "t0 t1 " },
             ],
         });
-        assert_eq!(Answer::of(&req).text(), "t2 t3 t4 ");
+        assert_eq!(Answer::of(&req, Fault::None).text(), "t2 t3 t4 ");
+    }
+
+    #[test]
+    fn a_no_prefill_model_continues_a_reask_as_told() {
+        assert_eq!(
+            Fault::parse("b+no-prefill"),
+            Fault::NoPrefill(Continuation::Exact)
+        );
+        assert_eq!(
+            Fault::parse("no-prefill-restate-2"),
+            Fault::NoPrefill(Continuation::Restate(Some(2)))
+        );
+        let req = json!({
+            "max_tokens": 5,
+            "messages": [
+                { "role": "user", "content": "hi" },
+                { "role": "assistant", "content": "t0 t1 t2 " },
+                { "role": "user", "content": "go on" },
+            ],
+        });
+        let text = |how| Answer::of(&req, Fault::NoPrefill(how)).text();
+        assert_eq!(text(Continuation::Exact), "t3 t4 ");
+        assert_eq!(text(Continuation::Restate(None)), "t0\nt1\nt2\nt3 t4 ");
+        assert_eq!(text(Continuation::Restate(Some(2))), "t1\nt2\nt3 t4 ");
+        assert_eq!(text(Continuation::Misaligned), "t0 t1 x2 t3 t4 ");
+        let restated = Answer::of(&req, Fault::NoPrefill(Continuation::Restate(None)));
+        assert_eq!(restated.completion_tokens(), 5);
+        // Another model answers the conversation afresh.
+        assert_eq!(Answer::of(&req, Fault::None).text(), "t0 t1 t2 t3 t4 ");
+        assert!(ends_with_assistant(
+            &json!({ "messages": [{ "role": "assistant", "content": "x" }] })
+        ));
     }
 }

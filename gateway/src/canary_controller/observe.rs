@@ -122,6 +122,7 @@ mod tests {
             outcome,
             ms: 5,
             broke: false,
+            resume: None,
         }
     }
 

@@ -12,9 +12,15 @@
 //! event arrives within the first-token timeout, so failures before the first byte stay
 //! invisible. An event the provider sent that cannot be parsed is skipped and counted
 //! ([`note_malformed`]); it does not fail the attempt.
+//!
+//! A stream that broke after output went out is continued by [`run`] with the partial answer:
+//! a model with the `prefill` capability gets it as assistant prefill, any other is re-asked
+//! with it as context ([`crate::continuation`]); so is a model declared with prefill that
+//! answers the prefilled request with a 4xx about the request.
 
 use crate::app::{App, Runtime};
 use crate::circuit::Ticket;
+use crate::continuation;
 use crate::error::ApiError;
 use crate::live::InFlight;
 use crate::metrics::{ErrorLabels, ModelLabels, UpstreamLabels};
@@ -83,6 +89,10 @@ pub struct CallLog {
     /// The call's stream broke after part of the answer reached the client.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub broke: bool,
+    /// On a call that continued a broken stream: `prefill` (the partial answer sent as
+    /// assistant prefill) or `reask` (re-asked with the partial answer as context).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<&'static str>,
 }
 
 impl CallLog {
@@ -130,6 +140,9 @@ pub struct LiveStream {
     pub ttft: Duration,
     /// Counts the attempt in flight.
     pub in_flight: InFlight,
+    /// The stream continues a broken one by re-asking ([`crate::continuation`]): its text may
+    /// begin by restating the partial answer and must be aligned with it.
+    pub reasked: bool,
 }
 
 /// A successful attempt.
@@ -208,19 +221,20 @@ impl Failure {
     }
 }
 
-/// Runs the attempts from `from` on. With `prefill`, only models that accept a prefill are
-/// tried and they continue the partial answer (a stream resumed after a break).
+/// Runs the attempts from `from` on. With `resume` (the partial answer of a stream that broke
+/// after output went out), each call continues it: as assistant prefill on a model with the
+/// `prefill` capability, re-asked with it as context on any other.
 pub async fn run(
     plan: &Plan,
     from: usize,
-    prefill: Option<&str>,
+    resume: Option<&str>,
     trace: &mut Trace,
 ) -> Result<Success, Failure> {
     let app = &plan.app;
     let policy = &plan.rt.policy;
     let stream = plan.request.facts.stream;
     let mut idx = from;
-    let mut first_call = prefill.is_none();
+    let mut first_call = resume.is_none();
     let mut retried_same = false;
     // Models that refused the input as too long, and the largest window among them: a smaller
     // declared window is known too small for this input.
@@ -229,14 +243,19 @@ pub async fn run(
     // The attempt that failed last, until the next upstream call makes it a failover.
     let mut failed: Option<usize> = None;
     let mut last_error: Option<UpstreamError> = None;
+    // The attempt whose model, declared with prefill, refused one: it is re-asked instead.
+    let mut prefill_refused: Option<usize> = None;
     while idx < plan.decision.attempts.len() {
         let attempt = plan.attempt(idx);
         let deployment = &policy.deployments()[attempt.index];
         let model = &policy.models()[deployment.model];
-        if prefill.is_some() && !model.has(Capability::Prefill) {
-            idx += 1;
-            continue;
-        }
+        let resume = resume.map(|partial| {
+            if model.has(Capability::Prefill) && prefill_refused != Some(idx) {
+                Resume::Prefill(partial)
+            } else {
+                Resume::Reask(partial)
+            }
+        });
         if refused.contains(&deployment.model)
             || refused_window.is_some_and(|w| model.context_window < w)
         {
@@ -245,6 +264,7 @@ pub async fn run(
                 outcome: "skipped_context_window",
                 ms: 0,
                 broke: false,
+                resume: None,
             });
             idx += 1;
             continue;
@@ -257,6 +277,7 @@ pub async fn run(
                 outcome: "skipped_open_circuit",
                 ms: 0,
                 broke: false,
+                resume: None,
             });
             idx += 1;
             continue;
@@ -268,6 +289,7 @@ pub async fn run(
                 outcome: "no_retry_budget",
                 ms: 0,
                 broke: false,
+                resume: None,
             });
             break;
         }
@@ -284,7 +306,7 @@ pub async fn run(
         }
         let in_flight = recorder.start();
         let started = Instant::now();
-        let result = call(plan, idx, prefill, stream, trace).await;
+        let result = call(plan, idx, resume, stream, trace).await;
         let elapsed = started.elapsed();
         match result {
             Ok(Called::Full(response)) => {
@@ -295,6 +317,7 @@ pub async fn run(
                     outcome: "ok",
                     ms: elapsed.as_millis() as u64,
                     broke: false,
+                    resume: resume.map(Resume::name),
                 });
                 return Ok(Success::Full { idx, response });
             }
@@ -305,6 +328,7 @@ pub async fn run(
                     outcome: "ok",
                     ms: elapsed.as_millis() as u64,
                     broke: false,
+                    resume: resume.map(Resume::name),
                 });
                 return Ok(Success::Stream(LiveStream {
                     idx,
@@ -314,6 +338,7 @@ pub async fn run(
                     started,
                     ttft: elapsed,
                     in_flight,
+                    reasked: matches!(resume, Some(Resume::Reask(_))),
                 }));
             }
             Err(e) => {
@@ -323,9 +348,19 @@ pub async fn run(
                     outcome: e.class.as_str(),
                     ms: elapsed.as_millis() as u64,
                     broke: false,
+                    resume: resume.map(Resume::name),
                 });
                 note_failure(plan, idx, &e, ticket);
                 match e.class {
+                    // A request error about the prefill itself (the model's declared capability
+                    // was wrong): the same model is re-asked without it.
+                    ErrorClass::BadRequest if matches!(resume, Some(Resume::Prefill(_))) => {
+                        prefill_refused = Some(idx);
+                        trace.retries += 1;
+                        app.metrics.retries.get_or_create(&plan.labels(idx)).inc();
+                        last_error = Some(e);
+                        continue;
+                    }
                     ErrorClass::ContentFilter | ErrorClass::BadRequest => {
                         return Err(Failure { error: Some(e) })
                     }
@@ -408,6 +443,25 @@ pub fn note_malformed(plan: &Plan, idx: usize, why: &str, trace: &mut Trace) {
     );
 }
 
+/// How a call continues the partial answer of a broken stream.
+#[derive(Debug, Clone, Copy)]
+enum Resume<'a> {
+    /// As assistant prefill.
+    Prefill(&'a str),
+    /// Re-asked with it as context ([`continuation::reask_body`]).
+    Reask(&'a str),
+}
+
+impl Resume<'_> {
+    /// Its name in the request log.
+    fn name(self) -> &'static str {
+        match self {
+            Resume::Prefill(_) => "prefill",
+            Resume::Reask(_) => "reask",
+        }
+    }
+}
+
 enum Called {
     Full(FullResponse),
     Stream(ChunkStream, Vec<StreamEvent>),
@@ -417,7 +471,7 @@ enum Called {
 async fn call(
     plan: &Plan,
     idx: usize,
-    prefill: Option<&str>,
+    resume: Option<Resume<'_>>,
     stream: bool,
     trace: &mut Trace,
 ) -> Result<Called, UpstreamError> {
@@ -426,9 +480,18 @@ async fn call(
     let timeouts = plan.rt.policy.providers()[deployment.provider].timeouts;
     let provider = &plan.rt.providers[deployment.provider];
     let traceparent = trace.spans.as_mut().map(crate::otel::CallSpans::call);
+    let reasked;
+    let (body, prefill) = match resume {
+        None => (&plan.request.body, None),
+        Some(Resume::Prefill(partial)) => (&plan.request.body, Some(partial)),
+        Some(Resume::Reask(partial)) => {
+            reasked = continuation::reask_body(&plan.request.body, partial);
+            (&reasked, None)
+        }
+    };
     let request = UpstreamRequest {
         endpoint: plan.request.facts.endpoint,
-        body: &plan.request.body,
+        body,
         upstream_model: &attempt.upstream_model,
         prefill,
         stream,

@@ -12,6 +12,31 @@ pub struct Charge {
     pub usage: Usage,
     /// Whether `usage` was estimated (a stream cut before the provider reported it).
     pub estimated: bool,
+    /// The output tokens the client received of it: `usage.output_tokens`, less the share of
+    /// a re-asked continuation's text that restated what the client already had.
+    pub delivered_output: u64,
+}
+
+impl Charge {
+    /// A charge whose whole output reached the client.
+    pub fn new(model: usize, usage: Usage, estimated: bool) -> Charge {
+        Charge {
+            model,
+            usage,
+            estimated,
+            delivered_output: usage.output_tokens,
+        }
+    }
+
+    /// The charge with only `sent` of the `received` characters of its output passed to the
+    /// client: the delivered output tokens are that share of the output, rounded.
+    pub fn delivering(mut self, sent: usize, received: usize) -> Charge {
+        if received > 0 && sent < received {
+            let (sent, received) = (sent as u64, received as u64);
+            self.delivered_output = (self.usage.output_tokens * sent + received / 2) / received;
+        }
+        self
+    }
 }
 
 /// The bill of a request: one charge per attempt that produced output.
@@ -30,13 +55,14 @@ impl Bill {
     }
 
     /// The usage of the answer the client received: the prompt once (as the first attempt
-    /// counted it) and the completion tokens of every attempt. A resumed attempt writes only
-    /// the rest of the answer; the partial answer it was given is input the gateway paid for
-    /// ([`Bill::usage`]), not output the client got twice.
+    /// counted it) and the completion tokens of every attempt that reached the client. A
+    /// resumed attempt writes only the rest of the answer; the partial answer it was given is
+    /// input the gateway paid for ([`Bill::usage`]), not output the client got twice, and so
+    /// is a restatement of it that a re-asked model wrote and the gateway dropped.
     pub fn delivered(&self) -> Usage {
         Usage {
             input_tokens: self.charges.first().map_or(0, |c| c.usage.input_tokens),
-            output_tokens: self.charges.iter().map(|c| c.usage.output_tokens).sum(),
+            output_tokens: self.charges.iter().map(|c| c.delivered_output).sum(),
         }
     }
 
@@ -73,13 +99,12 @@ mod tests {
 
     #[test]
     fn a_resumed_answer_is_delivered_once_and_billed_twice() {
-        let charge = |input_tokens, output_tokens| Charge {
-            model: 0,
-            usage: Usage {
+        let charge = |input_tokens, output_tokens| {
+            let usage = Usage {
                 input_tokens,
                 output_tokens,
-            },
-            estimated: false,
+            };
+            Charge::new(0, usage, false)
         };
         let bill = Bill {
             charges: vec![charge(4, 3), charge(6, 5)],
@@ -99,6 +124,37 @@ mod tests {
             }
         );
         assert_eq!(Bill::default().delivered(), Usage::default());
+    }
+
+    #[test]
+    fn a_dropped_restatement_is_billed_but_not_delivered() {
+        let usage = |input_tokens, output_tokens| Usage {
+            input_tokens,
+            output_tokens,
+        };
+        // 3 tokens before the break; the re-asked model wrote 8, of which the first 3 (9 of
+        // its 24 characters) restated them.
+        let bill = Bill {
+            charges: vec![
+                Charge::new(0, usage(4, 3), false),
+                Charge::new(0, usage(20, 8), false).delivering(15, 24),
+            ],
+        };
+        assert_eq!(bill.delivered(), usage(4, 8));
+        assert_eq!(bill.usage(), usage(24, 11));
+        // Nothing received, or all of it sent: the whole output.
+        assert_eq!(
+            Charge::new(0, usage(1, 5), true)
+                .delivering(0, 0)
+                .delivered_output,
+            5
+        );
+        assert_eq!(
+            Charge::new(0, usage(1, 5), true)
+                .delivering(7, 7)
+                .delivered_output,
+            5
+        );
     }
 
     #[test]
