@@ -177,6 +177,11 @@ pub struct App {
     pub cache: crate::cache::ResponseCache,
     /// The keys tenant tokens are opened with (`--tenant-token-key`); none by default.
     pub tenant_tokens: crate::tenant_token::TenantTokens,
+    /// Wakes the policy watcher for an immediate fetch (`POST /hooks/git`).
+    pub policy_fetch: Arc<tokio::sync::Notify>,
+    /// The secret `POST /hooks/git` notifications are checked with (`--webhook-secret`);
+    /// the route is off without one.
+    pub webhook_secret: Option<crate::providers::secret::Secret>,
     draining: AtomicBool,
 }
 
@@ -202,6 +207,8 @@ impl App {
             canaries: crate::canary_controller::Canaries::new(),
             cache,
             tenant_tokens: Default::default(),
+            policy_fetch: Default::default(),
+            webhook_secret: None,
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();
