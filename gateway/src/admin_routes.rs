@@ -48,11 +48,13 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/decisions"
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/admin/status"
+            | "/admin/decisions"
             | crate::webhook::PATH,
-        ) => {
-            Err(method_not_allowed(&parts.method, path))
-        }
+        ) => Err(method_not_allowed(&parts.method, path)),
         (_, p) if admin::is_admin_path(p) => return admin::handle(&app, parts, body).await,
         (_, p) if crate::canary_controller::is_admin_path(p) => {
             return crate::canary_controller::admin(&app, parts).await

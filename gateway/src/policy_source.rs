@@ -75,7 +75,12 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "NAME", requires = "repo")]
     pub repo_username: Option<String>,
     /// HTTPS token or password for `--repo`, by reference: `env:NAME` or `file:PATH`.
-    #[arg(long, visible_alias = "repo-token", value_name = "REF", requires = "repo")]
+    #[arg(
+        long,
+        visible_alias = "repo-token",
+        value_name = "REF",
+        requires = "repo"
+    )]
     pub repo_password: Option<String>,
     /// SSH private key (a deploy key) for an `ssh://` or `user@host:path` `--repo`.
     #[arg(long, value_name = "FILE", requires = "repo")]
@@ -432,7 +437,8 @@ mod tests {
         std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
         std::fs::write(dir.path().join(".git/b.yaml"), "ignored").expect("write");
         let location = PolicyLocation::Dir(dir.path().to_path_buf());
-        let mut reader = SourceReader::open(location, dir.path(), GitAccess::default()).expect("open");
+        let mut reader =
+            SourceReader::open(location, dir.path(), GitAccess::default()).expect("open");
         let first = reader.head().expect("head");
         assert!(first.id.starts_with("dir-"));
         let files = reader.files(&first).expect("files");
@@ -448,9 +454,12 @@ mod tests {
 
     #[test]
     fn the_bundled_policies_compile() {
-        let mut reader =
-            SourceReader::open(PolicyLocation::Embedded, Path::new("."), GitAccess::default())
-                .expect("open");
+        let mut reader = SourceReader::open(
+            PolicyLocation::Embedded,
+            Path::new("."),
+            GitAccess::default(),
+        )
+        .expect("open");
         let head = reader.head().expect("head");
         let files = reader.files(&head).expect("files");
         if files.is_empty() {

@@ -906,7 +906,7 @@ mod tests {
             empty.path(),
             LastGoodStore::in_dir(empty.path()),
         )
-            .expect_err("refuses");
+        .expect_err("refuses");
         assert!(err.to_string().contains("does not load"), "{err}");
     }
 
@@ -934,8 +934,8 @@ mod tests {
                     last_good.clone(),
                 )
             })
-                .join()
-                .expect("thread")
+            .join()
+            .expect("thread")
         })
         .expect("starts");
         let revision = good.runtime.policy.revision().to_owned();
@@ -949,8 +949,8 @@ mod tests {
                     last_good.clone(),
                 )
             })
-                .join()
-                .expect("thread")
+            .join()
+            .expect("thread")
         })
         .expect("starts on the last good revision from the store");
         assert_eq!(again.runtime.policy.revision(), revision);

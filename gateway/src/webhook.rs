@@ -61,11 +61,16 @@ pub fn verify(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result<(), R
 
 /// Answers `POST /hooks/git`: 202 and a fetch of the policy repository for an authentic
 /// notification, 401 otherwise, 404 when webhooks are off.
-pub async fn handle(app: &App, parts: http::request::Parts, body: Incoming) -> http::Response<GatewayBody> {
+pub async fn handle(
+    app: &App,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> http::Response<GatewayBody> {
     let Some(secret) = &app.webhook_secret else {
         return error(&ApiError::route_not_found(&parts.method, PATH));
     };
-    let body = match crate::request_body::read(&parts.headers, body, MAX_BODY, BODY_DEADLINE).await {
+    let body = match crate::request_body::read(&parts.headers, body, MAX_BODY, BODY_DEADLINE).await
+    {
         Ok(b) => b,
         Err(e) => return error(&e),
     };
@@ -121,7 +126,10 @@ mod tests {
         assert_eq!(verify(&s, &h, body), Err(Refusal::Mismatch));
 
         let mut g = HeaderMap::new();
-        g.insert("x-gitlab-token", "It's a Secret to Everybody".parse().expect("header"));
+        g.insert(
+            "x-gitlab-token",
+            "It's a Secret to Everybody".parse().expect("header"),
+        );
         assert_eq!(verify(&s, &g, body), Ok(()));
         g.insert("x-gitlab-token", "guess".parse().expect("header"));
         assert_eq!(verify(&s, &g, body), Err(Refusal::Mismatch));

@@ -146,10 +146,7 @@ impl SmartSubtransport for Https {
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         let base = url.trim_end_matches('/');
         let (request_url, post) = match action {
-            Service::UploadPackLs => (
-                format!("{base}/info/refs?service=git-upload-pack"),
-                false,
-            ),
+            Service::UploadPackLs => (format!("{base}/info/refs?service=git-upload-pack"), false),
             Service::UploadPack => (format!("{base}/git-upload-pack"), true),
             Service::ReceivePackLs | Service::ReceivePack => {
                 return Err(git2::Error::from_str(

@@ -43,10 +43,8 @@ pub enum GitError {
     #[error(transparent)]
     Https(#[from] HttpsError),
     /// The remote could not be fetched; credentials scrubbed from the message.
-    #[error("fetching {branch} from {url}: {message}")]
+    #[error("fetching {branch}: {message}")]
     Fetch {
-        /// The URL, without credentials.
-        url: String,
         /// The branch.
         branch: String,
         /// Why, as libgit2 and the transport said it.
@@ -140,10 +138,14 @@ impl PolicyRepo {
         let Some(url) = &self.remote else {
             return Ok(());
         };
+        // Why an SSH callback refused, which libgit2 reports with a generic message.
+        let refused = std::cell::RefCell::new(None);
         let failed = |e: git2::Error| GitError::Fetch {
-            url: redact_url(url),
             branch: branch.to_owned(),
-            message: remote::scrub(e.message(), &self.options.secrets()),
+            message: remote::scrub(
+                &refused.take().unwrap_or_else(|| e.message().to_owned()),
+                &self.options.secrets(),
+            ),
         };
         let mut remote = self.repo.remote_anonymous(url).map_err(failed)?;
         let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
@@ -159,6 +161,7 @@ impl PolicyRepo {
                     &self.options,
                     user.clone(),
                     ssh::known_hosts_name(host, *port),
+                    &refused,
                 ));
             }
             Transport::Local => {}

@@ -163,11 +163,7 @@ pub fn redact_url(location: &str) -> String {
             } else {
                 user.to_owned()
             };
-            format!(
-                "{}://{shown}{}",
-                &location[..scheme_end],
-                &rest[at..]
-            )
+            format!("{}://{shown}{}", &location[..scheme_end], &rest[at..])
         }
         None => location.to_owned(),
     }
@@ -189,7 +185,10 @@ mod tests {
         assert_eq!(transport("/srv/policies"), Ok(Transport::Local));
         assert_eq!(transport("./policies"), Ok(Transport::Local));
         assert_eq!(transport("file:///srv/p"), Ok(Transport::Local));
-        assert_eq!(transport("https://git.example.com/o/p.git"), Ok(Transport::Https));
+        assert_eq!(
+            transport("https://git.example.com/o/p.git"),
+            Ok(Transport::Https)
+        );
         assert_eq!(
             transport("git@github.com:org/policies.git"),
             Ok(Transport::Ssh {

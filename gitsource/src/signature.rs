@@ -25,7 +25,9 @@ pub enum SignersError {
         source: std::io::Error,
     },
     /// A line holds no public key.
-    #[error("{path}:{line}: not an SSH public key (want `[principals] ssh-ed25519 AAAA… [comment]`)")]
+    #[error(
+        "{path}:{line}: not an SSH public key (want `[principals] ssh-ed25519 AAAA… [comment]`)"
+    )]
     Line {
         /// The file.
         path: String,

@@ -10,6 +10,7 @@ use crate::remote::RemoteOptions;
 use hmac::{Hmac, Mac};
 use ssh_key::known_hosts::{Entry, HostPatterns, KnownHosts, Marker};
 use ssh_key::{HashAlg, PublicKey};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 /// The `known_hosts` file used when none is given: `~/.ssh/known_hosts`.
@@ -90,11 +91,13 @@ pub(crate) fn check_host_key(path: &Path, name: &str, offered: &[u8]) -> Result<
     ))
 }
 
-/// The callbacks of an SSH fetch: the deploy key, the host key check.
+/// The callbacks of an SSH fetch: the deploy key, the host key check. Why a callback refused
+/// is written to `refused` (libgit2 replaces the message with a generic one).
 pub(crate) fn callbacks<'a>(
     options: &'a RemoteOptions,
     url_user: Option<String>,
     known_hosts_name: String,
+    refused: &'a RefCell<Option<String>>,
 ) -> git2::RemoteCallbacks<'a> {
     let mut cb = git2::RemoteCallbacks::new();
     let known_hosts = options
@@ -108,7 +111,11 @@ pub(crate) fn callbacks<'a>(
             .ok_or_else(|| git2::Error::from_str("the SSH server showed no host key"))?;
         check_host_key(&known_hosts, &known_hosts_name, offered)
             .map(|()| git2::CertificateCheckStatus::CertificateOk)
-            .map_err(|m| git2::Error::from_str(&m))
+            .map_err(|m| {
+                let e = git2::Error::from_str(&m);
+                *refused.borrow_mut() = Some(m);
+                e
+            })
     });
     let user = options
         .username
@@ -127,10 +134,13 @@ pub(crate) fn callbacks<'a>(
             ));
         };
         if tries > 2 {
-            return Err(git2::Error::from_str(&format!(
+            let m = format!(
                 "the SSH server refused the key {} for user `{user}`",
                 key.display()
-            )));
+            );
+            let e = git2::Error::from_str(&m);
+            *refused.borrow_mut() = Some(m);
+            return Err(e);
         }
         let passphrase = options.ssh_passphrase.as_ref().map(|p| p.expose());
         git2::Cred::ssh_key(&user, None, key, passphrase)
@@ -142,7 +152,8 @@ pub(crate) fn callbacks<'a>(
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPdYEHJ7PpZ0FwiMDWu4WRdj0cExIQfubqZbWxY5uRUa";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPdYEHJ7PpZ0FwiMDWu4WRdj0cExIQfubqZbWxY5uRUa";
 
     #[test]
     fn checks_plain_wildcard_hashed_and_revoked_entries() {
@@ -168,11 +179,17 @@ mod tests {
         let hash = mac.finalize().into_bytes();
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
-        write(&format!("|1|{}|{} {KEY}\n", b64.encode(salt), b64.encode(hash)));
+        write(&format!(
+            "|1|{}|{} {KEY}\n",
+            b64.encode(salt),
+            b64.encode(hash)
+        ));
         assert!(check_host_key(&path, "git.example.com", &offered).is_ok());
         assert!(check_host_key(&path, "other.example.com", &offered).is_err());
 
-        write(&format!("git.example.com {KEY}\n@revoked git.example.com {KEY}\n"));
+        write(&format!(
+            "git.example.com {KEY}\n@revoked git.example.com {KEY}\n"
+        ));
         let err = check_host_key(&path, "git.example.com", &offered).unwrap_err();
         assert!(err.contains("@revoked"), "{err}");
     }
