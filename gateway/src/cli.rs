@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the OpenAI-compatible API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage gateway keys: create, list, show, rotate, revoke.
     Keys {
         /// What to do.
@@ -139,7 +139,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
         Command::Tenants { command } => report(runtime.block_on(crate::keys_cmd::tenants(command))),
         Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
