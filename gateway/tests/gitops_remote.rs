@@ -1,7 +1,8 @@
 //! GitOps against real git hosts on 127.0.0.1: the real `llmgw` binary following a branch
 //! served by git's smart HTTP behind TLS (a CA made for the test, token auth) and by an
 //! OpenSSH `sshd` (a passphrase-protected deploy key, a `known_hosts` file); push
-//! notifications on `POST /hooks/git`; and SSH-signed commits when signatures are required.
+//! notifications on `POST /hooks/git` that fetch from the HTTPS host at once; and SSH-signed
+//! commits when signatures are required.
 //!
 //! Every test proves a change went live by waiting for `/admin/status` to show it, with a
 //! wait that fails loudly; none asserts on wall-clock time.
@@ -266,6 +267,25 @@ async fn an_https_remote_with_a_token_serves_refuses_and_survives_an_outage() {
         format!("x-access-token:{token}"),
     );
     nowhere(&gw, &basic).await;
+
+    // Restarted while the remote is still down: the last good revision, read back from the
+    // mirror, serves, and the banner and status say why.
+    drop(gw);
+    let gw = Gateway::start_on(&args_of(&args), &env, true, state.to_str());
+    assert!(
+        gw.banner.iter().any(|l| l.contains("last known good")),
+        "{:?}",
+        gw.banner
+    );
+    let p = policy(&gw).await;
+    assert_eq!(p["applied_revision"]["id"], serving, "{p:#}");
+    assert!(
+        p["source_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot reach")),
+        "{p:#}"
+    );
+    nowhere(&gw, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,18 +386,29 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     let c1 = init_work(&work, None);
+    let hosted = dir.path().join("hosted");
+    std::fs::create_dir(&hosted).expect("mkdir");
+    bare_remote(&hosted, "policies", &work);
+    push(&work);
+    let token = "ghp_llmgwHookTest51aa";
+    let server = HttpsGitServer::start(&hosted, token, dir.path()).await;
+    let url = format!("{}/policies.git", server.base);
+    let ca = server.ca_file.display().to_string();
     let secret = "hook-secret-5d20";
-    let repo = work.display().to_string();
     let gw = Gateway::start_with(
         &[
             "--repo",
-            &repo,
+            &url,
+            "--repo-token",
+            "env:LLMGW_TEST_GIT_TOKEN",
+            "--repo-ca-file",
+            &ca,
             "--poll-interval",
             "1m",
             "--webhook-secret",
             "env:LLMGW_TEST_HOOK",
         ],
-        &[("LLMGW_TEST_HOOK", secret)],
+        &[("LLMGW_TEST_HOOK", secret), ("LLMGW_TEST_GIT_TOKEN", token)],
         true,
     );
     wait_policy(&gw, LIVE, "the first commit serves", applied(&c1)).await;
@@ -407,6 +438,7 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
         "Rename the model",
         None,
     );
+    push(&work);
     let signed = github_signature(secret, body);
     let started = Instant::now();
     let ok = send(
@@ -436,6 +468,7 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
         "Rename again",
         None,
     );
+    push(&work);
     let ok = send("POST", &hook, Some(body), &[("x-gitlab-token", secret)]).await;
     assert_eq!(ok.status, 202, "{}", ok.body);
     wait_policy(
@@ -446,6 +479,7 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
     )
     .await;
     nowhere(&gw, secret).await;
+    nowhere(&gw, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,3 +145,53 @@ pub(crate) fn verify(
             key,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPdYEHJ7PpZ0FwiMDWu4WRdj0cExIQfubqZbWxY5uRUa";
+
+    #[test]
+    fn reads_allowed_signers_and_authorized_keys_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed");
+        let text = format!(
+            "# reviewers\n\nalice@example.com {KEY} alice\nbob@example.com,carol@example.com namespaces=\"git\" {KEY}\n{KEY} plain\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(AllowedSigners::read(&path).unwrap().keys.len(), 3);
+
+        std::fs::write(&path, "alice@example.com not-a-key\n").unwrap();
+        let err = AllowedSigners::read(&path).unwrap_err();
+        assert!(err.to_string().ends_with("allowed:1: not an SSH public key (want `[principals] ssh-ed25519 AAAA… [comment]`)"), "{err}");
+        std::fs::write(&path, "# nobody\n").unwrap();
+        assert!(matches!(
+            AllowedSigners::read(&path),
+            Err(SignersError::Empty(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_unsigned_gpg_and_garbled_signatures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed");
+        std::fs::write(&path, KEY).unwrap();
+        let allowed = AllowedSigners::read(&path).unwrap();
+        assert_eq!(
+            verify("c0ffee", None, &allowed),
+            Err(SignatureError::Unsigned("c0ffee".into()))
+        );
+        let gpg = b"-----BEGIN PGP SIGNATURE-----\n...\n-----END PGP SIGNATURE-----\n";
+        assert_eq!(
+            verify("c0ffee", Some((gpg, b"tree")), &allowed),
+            Err(SignatureError::Gpg("c0ffee".into()))
+        );
+        let garbled = b"-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n";
+        assert!(matches!(
+            verify("c0ffee", Some((garbled, b"tree")), &allowed),
+            Err(SignatureError::Malformed { .. })
+        ));
+    }
+}
