@@ -110,6 +110,7 @@ impl PolicyRepo {
                 options,
             });
         }
+        set_connect_timeout();
         if transport == Transport::Https {
             https::register(location, &options)?;
         }
@@ -254,6 +255,23 @@ impl PolicyRepo {
     pub fn git_dir(&self) -> PathBuf {
         self.repo.path().to_path_buf()
     }
+}
+
+/// How long connecting to an SSH server may take (HTTPS has its own timeouts, see [`https`]).
+const CONNECT_TIMEOUT_MS: i32 = 10_000;
+
+/// Bounds libgit2's connection attempts, once per process.
+fn set_connect_timeout() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2's options are process globals without synchronisation; `Once`
+        // makes this the only write, before this crate opens its first remote.
+        #[allow(unsafe_code)]
+        let set =
+            unsafe { git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS) };
+        // Without it, connecting is bounded by the system's TCP timeout instead.
+        drop(set);
+    });
 }
 
 /// A directory name for the mirror of a URL: readable and unique.
