@@ -514,6 +514,8 @@ fn last_good_policy(
 ) -> Result<(CompiledPolicy, RevisionInfo), String> {
     let (files, revision) = match reader.commit(&lg.revision.id) {
         Some(Ok(revision)) => {
+            // Recorded before signatures were required, perhaps: it must pass today's check.
+            reader.trust(&revision).map_err(|d| d.to_string())?;
             let files = reader.files(&revision).map_err(|e| e.to_string())?;
             (files, revision)
         }

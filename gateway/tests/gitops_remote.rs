@@ -568,4 +568,32 @@ async fn only_commits_signed_by_an_allowed_key_go_live_when_signatures_are_requi
     );
     fails_with(&failed, &[&c5]);
     assert!(failed.stderr.contains("is not signed"), "{}", failed.stderr);
+
+    // Nor on an unsigned revision recorded as good before signatures were required.
+    let state = dir.path().join("state-before-signing");
+    let state_arg = state.display().to_string();
+    let before = Gateway::start_on(&["--repo", &repo], &[], true, Some(&state_arg));
+    wait_policy(&before, LIVE, "the unsigned head serves", applied(&c5)).await;
+    drop(before);
+    let failed = serve_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &repo,
+            "--require-signed-commits",
+            &allowed_arg,
+            "--state",
+            &state_arg,
+        ],
+        &[],
+    );
+    fails_with(&failed, &[&c5]);
+    assert!(
+        failed
+            .stderr
+            .contains("no last known good revision to serve (error[git/signature]"),
+        "{}",
+        failed.stderr
+    );
 }

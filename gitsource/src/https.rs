@@ -218,7 +218,7 @@ impl Exchange {
         } else {
             "application/x-git-upload-pack-advertisement"
         };
-        if response.content_type() != expected {
+        if !response.content_type().eq_ignore_ascii_case(expected) {
             return Err(io::Error::other(format!(
                 "{shown} answered `{}`, not git's smart HTTP (`{expected}`)",
                 response.content_type()
