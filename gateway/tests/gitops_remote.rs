@@ -2,7 +2,7 @@
 //! served by git's smart HTTP behind TLS (a CA made for the test, token auth) and by an
 //! OpenSSH `sshd` (a passphrase-protected deploy key, a `known_hosts` file); push
 //! notifications on `POST /hooks/git` that fetch from the HTTPS host at once; and SSH-signed
-//! commits when signatures are required.
+//! commits, verified in the shallow mirror, when signatures are required.
 //!
 //! Every test proves a change went live by waiting for `/admin/status` to show it, with a
 //! wait that fails loudly; none asserts on wall-clock time.
@@ -167,33 +167,67 @@ fn args_of(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
 }
 
+/// The environment variable the gateways of these tests read the HTTPS token from.
+const TOKEN_VAR: &str = "LLMGW_TEST_GIT_TOKEN";
+
+/// A work tree whose `main` is pushed to a bare repository served over HTTPS.
+struct HttpsRepo {
+    work: PathBuf,
+    server: HttpsGitServer,
+    url: String,
+    ca: String,
+}
+
+impl HttpsRepo {
+    /// Makes the work tree under `dir` with one good commit (signed with `sign_with`), pushes
+    /// it and serves it with `token`; the first commit's id.
+    async fn start(dir: &Path, token: &str, sign_with: Option<&Path>) -> (HttpsRepo, String) {
+        let work = dir.join("work");
+        let c1 = init_work(&work, sign_with);
+        let hosted = dir.join("hosted");
+        std::fs::create_dir(&hosted).expect("mkdir");
+        bare_remote(&hosted, "policies", &work);
+        push(&work);
+        let server = HttpsGitServer::start(&hosted, token, dir).await;
+        let url = format!("{}/policies.git", server.base);
+        let ca = server.ca_file.display().to_string();
+        let repo = HttpsRepo {
+            work,
+            server,
+            url,
+            ca,
+        };
+        (repo, c1)
+    }
+
+    /// `--repo URL --repo-token env:… --repo-ca-file CA` and `more`.
+    fn args(&self, more: &[&str]) -> Vec<String> {
+        let base = [
+            "--repo",
+            &self.url,
+            "--repo-token",
+            &format!("env:{TOKEN_VAR}"),
+            "--repo-ca-file",
+            &self.ca,
+        ]
+        .map(str::to_owned);
+        base.into_iter()
+            .chain(more.iter().map(|a| (*a).to_owned()))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_remote_with_a_token_serves_refuses_and_survives_an_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let work = dir.path().join("work");
-    let c1 = init_work(&work, None);
-    let hosted = dir.path().join("hosted");
-    std::fs::create_dir(&hosted).expect("mkdir");
-    bare_remote(&hosted, "policies", &work);
-    push(&work);
     let token = "ghp_llmgwTestToken7c1e";
-    let server = HttpsGitServer::start(&hosted, token, dir.path()).await;
-    let url = format!("{}/policies.git", server.base);
-    let ca = server.ca_file.display().to_string();
+    let (hosted, c1) = HttpsRepo::start(dir.path(), token, None).await;
+    let (work, url, ca) = (&hosted.work, hosted.url.clone(), hosted.ca.clone());
     let state = dir.path().join("state");
-    let args = [
-        "--repo".to_owned(),
-        url.clone(),
-        "--repo-token".to_owned(),
-        "env:LLMGW_TEST_GIT_TOKEN".to_owned(),
-        "--repo-ca-file".to_owned(),
-        ca.clone(),
-        "--poll-interval".to_owned(),
-        "100ms".to_owned(),
-    ];
-    let env = [("LLMGW_TEST_GIT_TOKEN", token)];
+    let args = hosted.args(&["--poll-interval", "100ms"]);
+    let env = [(TOKEN_VAR, token)];
     let gw = Gateway::start_on(&args_of(&args), &env, true, state.to_str());
-    good_broken_revert(&gw, &work, &c1, || push(&work)).await;
+    good_broken_revert(&gw, work, &c1, || push(work)).await;
 
     // The mirror lives under the state directory and is shallow.
     let mirrors: Vec<PathBuf> = std::fs::read_dir(state.join("repos"))
@@ -246,7 +280,7 @@ async fn an_https_remote_with_a_token_serves_refuses_and_survives_an_outage() {
 
     // The remote goes down: the last good revision keeps serving and status says why.
     let serving = policy(&gw).await["applied_revision"]["id"].clone();
-    drop(server);
+    drop(hosted.server);
     let p = wait_policy(&gw, LIVE, "status reports the outage", |p| {
         p["source_error"]
             .as_str()
@@ -384,31 +418,19 @@ fn github_signature(secret: &str, body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let work = dir.path().join("work");
-    let c1 = init_work(&work, None);
-    let hosted = dir.path().join("hosted");
-    std::fs::create_dir(&hosted).expect("mkdir");
-    bare_remote(&hosted, "policies", &work);
-    push(&work);
     let token = "ghp_llmgwHookTest51aa";
-    let server = HttpsGitServer::start(&hosted, token, dir.path()).await;
-    let url = format!("{}/policies.git", server.base);
-    let ca = server.ca_file.display().to_string();
+    let (hosted, c1) = HttpsRepo::start(dir.path(), token, None).await;
+    let work = &hosted.work;
     let secret = "hook-secret-5d20";
+    let args = hosted.args(&[
+        "--poll-interval",
+        "1m",
+        "--webhook-secret",
+        "env:LLMGW_TEST_HOOK",
+    ]);
     let gw = Gateway::start_with(
-        &[
-            "--repo",
-            &url,
-            "--repo-token",
-            "env:LLMGW_TEST_GIT_TOKEN",
-            "--repo-ca-file",
-            &ca,
-            "--poll-interval",
-            "1m",
-            "--webhook-secret",
-            "env:LLMGW_TEST_HOOK",
-        ],
-        &[("LLMGW_TEST_HOOK", secret), ("LLMGW_TEST_GIT_TOKEN", token)],
+        &args_of(&args),
+        &[("LLMGW_TEST_HOOK", secret), (TOKEN_VAR, token)],
         true,
     );
     wait_policy(&gw, LIVE, "the first commit serves", applied(&c1)).await;
@@ -433,12 +455,12 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
     // A signed GitHub push: live long before the next poll, a minute away. The wait below
     // is far shorter than that minute, so only the webhook can explain the change.
     let c2 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("second"))],
         "Rename the model",
         None,
     );
-    push(&work);
+    push(work);
     let signed = github_signature(secret, body);
     let started = Instant::now();
     let ok = send(
@@ -463,12 +485,12 @@ async fn a_webhook_fetches_at_once_with_polling_a_minute_apart() {
 
     // GitLab's token header works the same.
     let c3 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("third"))],
         "Rename again",
         None,
     );
-    push(&work);
+    push(work);
     let ok = send("POST", &hook, Some(body), &[("x-gitlab-token", secret)]).await;
     assert_eq!(ok.status, 202, "{}", ok.body);
     wait_policy(
@@ -495,18 +517,15 @@ async fn only_commits_signed_by_an_allowed_key_go_live_when_signatures_are_requi
         format!("# who may change the policy\nauthor@example.com {signer_public}\n"),
     )
     .expect("allowed signers");
-    let work = dir.path().join("work");
-    let c1 = init_work(&work, Some(&signer));
-    let repo = work.display().to_string();
+    let token = "ghp_llmgwSignedTest9e0f";
+    let (hosted, c1) = HttpsRepo::start(dir.path(), token, Some(&signer)).await;
+    let work = &hosted.work;
+    let env = [(TOKEN_VAR, token)];
     let allowed_arg = allowed.display().to_string();
-    let gw = Gateway::start(&[
-        "--repo",
-        &repo,
-        "--require-signed-commits",
-        &allowed_arg,
-        "--poll-interval",
-        "100ms",
-    ]);
+    let signed_args = hosted.args(&["--require-signed-commits", &allowed_arg]);
+    let mut polled = signed_args.clone();
+    polled.extend(["--poll-interval".to_owned(), "100ms".to_owned()]);
+    let gw = Gateway::start_with(&args_of(&polled), &env, true);
     wait_policy(&gw, LIVE, "the signed first commit serves", applied(&c1)).await;
 
     let check = |p: &Value, needle: &str| {
@@ -519,19 +538,21 @@ async fn only_commits_signed_by_an_allowed_key_go_live_when_signatures_are_requi
         assert_eq!(p["applied_revision"]["id"], c1, "{p:#}");
     };
     let c2 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("unsigned"))],
         "Unsigned change",
         None,
     );
+    push(work);
     let p = wait_policy(&gw, LIVE, "the unsigned commit is rejected", rejected(&c2)).await;
     check(&p, "is not signed");
     let c3 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("stranger"))],
         "Signed by someone else",
         Some(&stranger),
     );
+    push(work);
     let p = wait_policy(
         &gw,
         LIVE,
@@ -541,53 +562,37 @@ async fn only_commits_signed_by_an_allowed_key_go_live_when_signatures_are_requi
     .await;
     check(&p, "not an allowed signer");
     let c4 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("signed"))],
         "Signed change",
         Some(&signer),
     );
+    push(work);
     wait_policy(&gw, LIVE, "the signed commit goes live", applied(&c4)).await;
 
     // With an unsigned head and nothing good on record, the gateway does not start.
     let c5 = commit(
-        &work,
+        work,
         &[("models.yaml", &models("again"))],
         "Unsigned again",
         None,
     );
-    let failed = serve_with_env(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repo",
-            &repo,
-            "--require-signed-commits",
-            &allowed_arg,
-        ],
-        &[],
-    );
+    push(work);
+    let mut once = signed_args.clone();
+    once.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let failed = serve_with_env(&args_of(&once), &env);
     fails_with(&failed, &[&c5]);
     assert!(failed.stderr.contains("is not signed"), "{}", failed.stderr);
 
     // Nor on an unsigned revision recorded as good before signatures were required.
     let state = dir.path().join("state-before-signing");
     let state_arg = state.display().to_string();
-    let before = Gateway::start_on(&["--repo", &repo], &[], true, Some(&state_arg));
+    let unsigned_args = hosted.args(&[]);
+    let before = Gateway::start_on(&args_of(&unsigned_args), &env, true, Some(&state_arg));
     wait_policy(&before, LIVE, "the unsigned head serves", applied(&c5)).await;
     drop(before);
-    let failed = serve_with_env(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repo",
-            &repo,
-            "--require-signed-commits",
-            &allowed_arg,
-            "--state",
-            &state_arg,
-        ],
-        &[],
-    );
+    once.extend(["--state".to_owned(), state_arg.clone()]);
+    let failed = serve_with_env(&args_of(&once), &env);
     fails_with(&failed, &[&c5]);
     assert!(
         failed
