@@ -163,6 +163,18 @@ async fn nowhere(gw: &Gateway, secret: &str) {
     assert!(!gw.metrics().await.contains(secret), "/metrics shows it");
 }
 
+/// How many mirrors under the state directory `state` are shallow; fails the test if any is not.
+fn shallow_mirrors(state: &Path) -> usize {
+    let mirrors: Vec<PathBuf> = std::fs::read_dir(state.join("repos"))
+        .expect("mirrors under the state directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    for m in &mirrors {
+        assert!(m.join("shallow").exists(), "{} is not shallow", m.display());
+    }
+    mirrors.len()
+}
+
 fn args_of(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
 }
@@ -230,12 +242,7 @@ async fn an_https_remote_with_a_token_serves_refuses_and_survives_an_outage() {
     good_broken_revert(&gw, work, &c1, || push(work)).await;
 
     // The mirror lives under the state directory and is shallow.
-    let mirrors: Vec<PathBuf> = std::fs::read_dir(state.join("repos"))
-        .expect("mirrors under the state directory")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
-    assert!(mirrors[0].join("shallow").exists(), "a shallow mirror");
+    assert_eq!(shallow_mirrors(&state), 1, "one shallow mirror");
 
     // A wrong token, no CA, a password in the URL: refused at start-up, saying why.
     let failed = serve_with_env(
@@ -356,8 +363,10 @@ async fn an_ssh_remote_with_a_deploy_key_and_known_hosts() {
         "100ms".to_owned(),
     ];
     let env = [("LLMGW_TEST_SSH_PASSPHRASE", passphrase)];
-    let gw = Gateway::start_on(&args_of(&args), &env, true, None);
+    let state = dir.path().join("state");
+    let gw = Gateway::start_on(&args_of(&args), &env, true, state.to_str());
     good_broken_revert(&gw, &work, &c1, || push(&work)).await;
+    assert_eq!(shallow_mirrors(&state), 1, "one shallow mirror");
     nowhere(&gw, passphrase).await;
 
     // A host key that is not the one on record: refused before any key is offered.
