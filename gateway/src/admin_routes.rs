@@ -9,6 +9,7 @@
 //! | `GET /admin/decisions` | the admin token (every tenant, or `tenant=`); a tenant admin key (its own tenant) — see [`crate::decision_query`] |
 //! | `/admin/keys…`, `/admin/spend`, `/admin/tenants/…` | the admin token; a tenant admin key for its own tenant — see [`crate::admin`] |
 //! | `/admin/canaries…` | the admin token |
+//! | `POST /hooks/git` | a git host's signed push notification (`--webhook-secret`) — see [`crate::webhook`] |
 //!
 //! Without a credential (or with an unknown one) the answer is 401; a gateway key that is
 //! not an admin key gets 403, and so does a tenant admin key on a route of the admin token.
@@ -42,9 +43,18 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, "/metrics") => metrics(&app, &parts.headers).await,
         (&Method::GET, "/admin/status") => status(&app, &parts.headers).await,
         (&Method::GET, "/admin/decisions") => crate::decision_query::handle(&app, &parts).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/decisions") => {
-            Err(method_not_allowed(&parts.method, path))
+        (&Method::POST, crate::webhook::PATH) => {
+            return crate::webhook::handle(&app, parts, body).await
         }
+        (
+            _,
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/admin/status"
+            | "/admin/decisions"
+            | crate::webhook::PATH,
+        ) => Err(method_not_allowed(&parts.method, path)),
         (_, p) if admin::is_admin_path(p) => return admin::handle(&app, parts, body).await,
         (_, p) if crate::canary_controller::is_admin_path(p) => {
             return crate::canary_controller::admin(&app, parts).await

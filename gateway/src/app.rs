@@ -208,6 +208,11 @@ pub struct App {
     pub tenant_tokens: crate::tenant_token::TenantTokens,
     /// The trace exporter (`--otlp-endpoint`); none by default.
     pub otel: Option<crate::otel::Exporter>,
+    /// Wakes the policy watcher for an immediate fetch (`POST /hooks/git`).
+    pub policy_fetch: Arc<tokio::sync::Notify>,
+    /// The secret `POST /hooks/git` notifications are checked with (`--webhook-secret`);
+    /// the route is off without one.
+    pub webhook_secret: Option<crate::providers::secret::Secret>,
     draining: AtomicBool,
 }
 
@@ -234,6 +239,8 @@ impl App {
             cache,
             tenant_tokens: Default::default(),
             otel: None,
+            policy_fetch: Default::default(),
+            webhook_secret: None,
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

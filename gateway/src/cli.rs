@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the OpenAI-compatible API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage gateway keys: create, list, show, rotate, revoke.
     Keys {
         /// What to do.
@@ -142,7 +142,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Keys { command } => report(runtime.block_on(crate::keys_cmd::keys(command))),
         Command::Tenants { command } => report(runtime.block_on(crate::keys_cmd::tenants(command))),
         Command::Spend(args) => report(runtime.block_on(crate::keys_cmd::spend(args))),
@@ -191,6 +191,23 @@ pub async fn serve(args: ServeArgs) -> i32 {
         eprintln!("llmgw: this binary holds no bundled policies; pass --policies DIR");
         return 2;
     }
+    let access = match args.policy.git_access() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            return 2;
+        }
+    };
+    let webhook_secret = match args.policy.webhook_secret.as_deref() {
+        Some(r) => match policy_source::resolve_secret("--webhook-secret", r) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("llmgw: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let state_location = args.state.to_string_lossy().into_owned();
     let store = match crate::keys_cmd::open_store(&state_location, &args.state_prefix).await {
         Ok(s) => s,
@@ -211,8 +228,10 @@ pub async fn serve(args: ServeArgs) -> i32 {
             store.clone(),
             tokio::runtime::Handle::current(),
         );
-        tokio::task::spawn_blocking(move || crate::reload::start(location, &cache_dir, last_good))
-            .await
+        tokio::task::spawn_blocking(move || {
+            crate::reload::start(location, access, &cache_dir, last_good)
+        })
+        .await
     };
     let crate::reload::Started {
         runtime,
@@ -265,6 +284,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
         .map(crate::admin::AdminToken::new);
     app.policy_status = policy_status;
     app.tenant_tokens = tenant_tokens;
+    app.webhook_secret = webhook_secret;
     app.cache = crate::cache::ResponseCache::new(args.cache_max_bytes, app.metrics.cache.clone());
     app.decision_log = match args.decision_log.open(&app.metrics) {
         Ok(log) => log,

@@ -45,4 +45,5 @@ pub mod store;
 pub mod tenant_token;
 pub mod upstream;
 pub mod watch;
+pub mod webhook;
 pub mod wire;

@@ -29,7 +29,8 @@ pub enum PolicyLocation {
     Embedded,
     /// A directory.
     Dir(PathBuf),
-    /// A branch of a git repository: a local path or a URL (`file://`, HTTPS).
+    /// A branch of a git repository: a local path or a URL (`file://`, `https://`, `ssh://`,
+    /// `user@host:path`).
     Repo {
         /// Path or URL.
         location: String,
@@ -43,7 +44,9 @@ impl std::fmt::Display for PolicyLocation {
         match self {
             PolicyLocation::Embedded => f.write_str("bundled policies"),
             PolicyLocation::Dir(p) => write!(f, "{}", p.display()),
-            PolicyLocation::Repo { location, branch } => write!(f, "{location} branch {branch}"),
+            PolicyLocation::Repo { location, branch } => {
+                write!(f, "{} branch {branch}", llmgw_git::redact_url(location))
+            }
         }
     }
 }
@@ -55,8 +58,9 @@ pub struct PolicyArgs {
     /// binary when neither this nor `--repo` is given.
     #[arg(long, value_name = "DIR", conflicts_with = "repo")]
     pub policies: Option<PathBuf>,
-    /// Git repository of policies: a local path or a URL (`file://`, HTTPS), polled for new
-    /// commits on `--branch` and read without a checkout.
+    /// Git repository of policies: a local path or a URL (`file://`, `https://`, `ssh://`,
+    /// `user@host:path`), polled for new commits on `--branch` and read without a checkout.
+    /// Credentials never go in the URL: see `--repo-password` and `--repo-ssh-key`.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub repo: Option<String>,
     /// Branch of `--repo` to serve.
@@ -66,9 +70,96 @@ pub struct PolicyArgs {
     /// polled at ten times this.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::watch::parse_duration)]
     pub poll_interval: std::time::Duration,
+    /// HTTPS user name for `--repo` (`x-access-token`, what GitHub wants with a token, unless
+    /// told), or the SSH user (the URL's, else `git`).
+    #[arg(long, value_name = "NAME", requires = "repo")]
+    pub repo_username: Option<String>,
+    /// HTTPS token or password for `--repo`, by reference: `env:NAME` or `file:PATH`.
+    #[arg(
+        long,
+        visible_alias = "repo-token",
+        value_name = "REF",
+        requires = "repo"
+    )]
+    pub repo_password: Option<String>,
+    /// SSH private key (a deploy key) for an `ssh://` or `user@host:path` `--repo`.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub repo_ssh_key: Option<PathBuf>,
+    /// Passphrase of `--repo-ssh-key`, by reference: `env:NAME` or `file:PATH`.
+    #[arg(long, value_name = "REF", requires = "repo_ssh_key")]
+    pub repo_ssh_passphrase: Option<String>,
+    /// `known_hosts` file the SSH server's host key must be listed in (default
+    /// `~/.ssh/known_hosts`); an unlisted key is refused.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub repo_known_hosts: Option<PathBuf>,
+    /// PEM file of certificate authorities trusted for an HTTPS `--repo`, besides the
+    /// system's.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub repo_ca_file: Option<PathBuf>,
+    /// Only apply head commits with an SSH signature by one of the public keys in FILE
+    /// (`allowed_signers` or `authorized_keys` lines); others are rejected like a broken
+    /// revision.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub require_signed_commits: Option<PathBuf>,
+    /// Secret of `POST /hooks/git` on the admin listener, by reference (`env:NAME`,
+    /// `file:PATH`): a GitHub (`X-Hub-Signature-256`) or GitLab (`X-Gitlab-Token`) push
+    /// notification signed with it fetches `--repo` at once. Off without it.
+    #[arg(long, value_name = "REF", requires = "repo")]
+    pub webhook_secret: Option<String>,
+}
+
+/// How a git repository is reached and which of its commits are trusted.
+#[derive(Debug, Clone, Default)]
+pub struct GitAccess {
+    /// Credentials, known hosts, extra CA.
+    pub remote: llmgw_git::RemoteOptions,
+    /// Keys a head commit must be signed with, when signatures are required.
+    pub signers: Option<llmgw_git::AllowedSigners>,
+}
+
+/// Resolves a secret reference given to the option `option`; the error names the option
+/// and the reference, never a value.
+pub fn resolve_secret(
+    option: &str,
+    reference: &str,
+) -> Result<crate::providers::secret::Secret, String> {
+    use crate::providers::secret::{self, SecretError};
+    secret::resolve(reference).map_err(|e| match e {
+        SecretError::MissingEnv(name) => {
+            format!("{option}: the environment variable `{name}` is not set")
+        }
+        SecretError::MissingFile(path) => format!("{option}: cannot read the file `{path}`"),
+        bad @ SecretError::BadReference(_) => format!("{option}: {bad}"),
+    })
 }
 
 impl PolicyArgs {
+    /// Resolves the credential references and reads the allowed signers file.
+    pub fn git_access(&self) -> Result<GitAccess, String> {
+        let resolve = |option: &str, r: &Option<String>| {
+            r.as_deref()
+                .map(|r| resolve_secret(option, r).map(|s| llmgw_git::Credential::new(s.expose())))
+                .transpose()
+        };
+        let signers = self
+            .require_signed_commits
+            .as_deref()
+            .map(llmgw_git::AllowedSigners::read)
+            .transpose()
+            .map_err(|e| format!("--require-signed-commits: {e}"))?;
+        Ok(GitAccess {
+            remote: llmgw_git::RemoteOptions {
+                username: self.repo_username.clone(),
+                password: resolve("--repo-password", &self.repo_password)?,
+                ssh_key: self.repo_ssh_key.clone(),
+                ssh_passphrase: resolve("--repo-ssh-passphrase", &self.repo_ssh_passphrase)?,
+                known_hosts: self.repo_known_hosts.clone(),
+                ca_file: self.repo_ca_file.clone(),
+            },
+            signers,
+        })
+    }
+
     /// The location these options name.
     pub fn location(&self) -> PolicyLocation {
         match (&self.repo, &self.policies) {
@@ -157,6 +248,7 @@ pub enum SourceError {
 pub struct SourceReader {
     location: PolicyLocation,
     repo: Option<llmgw_git::PolicyRepo>,
+    signers: Option<llmgw_git::AllowedSigners>,
     /// The files read by the last [`SourceReader::head`] of a directory, with their revision.
     last_read: Option<(String, Vec<PolicyFile>)>,
 }
@@ -171,22 +263,45 @@ impl std::fmt::Debug for SourceReader {
 }
 
 impl SourceReader {
-    /// A reader of `location`; a remote repository is mirrored under `cache_dir`.
-    pub fn open(location: PolicyLocation, cache_dir: &Path) -> Result<Self, SourceError> {
+    /// A reader of `location`; a remote repository is mirrored under `cache_dir` and
+    /// reached with `access`.
+    pub fn open(
+        location: PolicyLocation,
+        cache_dir: &Path,
+        access: GitAccess,
+    ) -> Result<Self, SourceError> {
         let repo = match &location {
             PolicyLocation::Repo { location: at, .. } => Some(
-                llmgw_git::PolicyRepo::open(at, cache_dir).map_err(|source| SourceError::Git {
-                    location: at.clone(),
-                    source,
-                })?,
+                llmgw_git::PolicyRepo::open_with(at, cache_dir, access.remote).map_err(
+                    |source| SourceError::Git {
+                        location: llmgw_git::redact_url(at),
+                        source,
+                    },
+                )?,
             ),
             _ => None,
         };
         Ok(SourceReader {
             location,
             repo,
+            signers: access.signers,
             last_read: None,
         })
+    }
+
+    /// Whether `revision` may be applied: with signatures required, a repository's commit
+    /// must carry an SSH signature by an allowed key.
+    pub fn trust(&self, revision: &RevisionInfo) -> Result<(), Diagnostic> {
+        let (Some(repo), Some(signers)) = (&self.repo, &self.signers) else {
+            return Ok(());
+        };
+        repo.verify_signature(&revision.id, signers)
+            .map(drop)
+            .map_err(|e| {
+                Diagnostic::error("git/signature", e.to_string(), None).with_help(
+                    "sign commits with a key listed in --require-signed-commits (git config gpg.format ssh)",
+                )
+            })
     }
 
     /// The location read.
@@ -196,7 +311,7 @@ impl SourceReader {
 
     fn git_error(&self, source: llmgw_git::GitError) -> SourceError {
         let location = match &self.location {
-            PolicyLocation::Repo { location, .. } => location.clone(),
+            PolicyLocation::Repo { location, .. } => llmgw_git::redact_url(location),
             other => other.to_string(),
         };
         SourceError::Git { location, source }
@@ -322,7 +437,8 @@ mod tests {
         std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
         std::fs::write(dir.path().join(".git/b.yaml"), "ignored").expect("write");
         let location = PolicyLocation::Dir(dir.path().to_path_buf());
-        let mut reader = SourceReader::open(location, dir.path()).expect("open");
+        let mut reader =
+            SourceReader::open(location, dir.path(), GitAccess::default()).expect("open");
         let first = reader.head().expect("head");
         assert!(first.id.starts_with("dir-"));
         let files = reader.files(&first).expect("files");
@@ -338,8 +454,12 @@ mod tests {
 
     #[test]
     fn the_bundled_policies_compile() {
-        let mut reader =
-            SourceReader::open(PolicyLocation::Embedded, Path::new(".")).expect("open");
+        let mut reader = SourceReader::open(
+            PolicyLocation::Embedded,
+            Path::new("."),
+            GitAccess::default(),
+        )
+        .expect("open");
         let head = reader.head().expect("head");
         let files = reader.files(&head).expect("files");
         if files.is_empty() {

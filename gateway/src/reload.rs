@@ -16,7 +16,9 @@
 use crate::app::{App, Runtime};
 use crate::metrics::Metrics;
 use crate::metrics::{DeploymentLabels, PolicyLabels, ProviderLabels, ReloadLabels};
-use crate::policy_source::{self, PolicyLocation, RevisionInfo, SourceError, SourceReader};
+use crate::policy_source::{
+    self, GitAccess, PolicyLocation, RevisionInfo, SourceError, SourceReader,
+};
 use arc_swap::ArcSwap;
 use llmgw_engine::diag::Diagnostic;
 use llmgw_engine::source::PolicyFile;
@@ -364,22 +366,27 @@ pub struct Started {
     pub reloader: Reloader,
 }
 
-fn compile_logged(
+/// Checks that `revision` may be applied (its signature, when required), then compiles it.
+fn compile_trusted(
+    reader: &SourceReader,
     files: &[PolicyFile],
     revision: &RevisionInfo,
 ) -> Result<(CompiledPolicy, Vec<Diagnostic>), Vec<Diagnostic>> {
+    reader.trust(revision).map_err(|d| vec![d])?;
     policy_source::compile(files, &revision.id).map_err(|e| e.diagnostics)
 }
 
 /// Reads the head of `location` and compiles it; when it does not compile (or the source
 /// cannot be reached), serves the last good revision recorded in `last_good`. A remote
-/// repository is mirrored under `cache_dir`. Blocking: call it from a blocking thread.
+/// repository is mirrored under `cache_dir` and reached with `access`. Blocking: call it
+/// from a blocking thread.
 pub fn start(
     location: PolicyLocation,
+    access: GitAccess,
     cache_dir: &Path,
     last_good: LastGoodStore,
 ) -> Result<Started, StartError> {
-    let mut reader = SourceReader::open(location.clone(), cache_dir)?;
+    let mut reader = SourceReader::open(location.clone(), cache_dir, access)?;
     let store = (location != PolicyLocation::Embedded).then_some(last_good);
     let status = PolicyStatus::default();
     let mut failed = HashSet::new();
@@ -388,7 +395,7 @@ pub fn start(
     let head_outcome = match &head {
         Ok(head) => {
             let files = reader.files(head)?;
-            match compile_logged(&files, head) {
+            match compile_trusted(&reader, &files, head) {
                 Ok((policy, warnings)) => {
                     for w in &warnings {
                         tracing::warn!(target: "llmgw::policy", revision = head.id.as_str(), diagnostic = %w, "policy warning");
@@ -507,6 +514,8 @@ fn last_good_policy(
 ) -> Result<(CompiledPolicy, RevisionInfo), String> {
     let (files, revision) = match reader.commit(&lg.revision.id) {
         Some(Ok(revision)) => {
+            // Recorded before signatures were required, perhaps: it must pass today's check.
+            reader.trust(&revision).map_err(|d| d.to_string())?;
             let files = reader.files(&revision).map_err(|e| e.to_string())?;
             (files, revision)
         }
@@ -604,7 +613,7 @@ impl Reloader {
                 return ReloadResult::SourceError;
             }
         };
-        match compile_logged(&files, &head) {
+        match compile_trusted(&self.reader, &files, &head) {
             Ok((policy, warnings)) => {
                 self.apply(app, policy, &head, &files, warnings, started);
                 ReloadResult::Applied
@@ -832,6 +841,7 @@ mod tests {
         let (app, mut reloader) = app_for(
             start(
                 location.clone(),
+                GitAccess::default(),
                 state.path(),
                 LastGoodStore::in_dir(state.path()),
             )
@@ -882,6 +892,7 @@ mod tests {
         // A restart on the broken directory serves the last good revision.
         let again = start(
             location.clone(),
+            GitAccess::default(),
             state.path(),
             LastGoodStore::in_dir(state.path()),
         )
@@ -891,8 +902,13 @@ mod tests {
 
         // Without a last good revision, start-up refuses with the diagnostics.
         let empty = tempfile::tempdir().expect("tempdir");
-        let err = start(location, empty.path(), LastGoodStore::in_dir(empty.path()))
-            .expect_err("refuses");
+        let err = start(
+            location,
+            GitAccess::default(),
+            empty.path(),
+            LastGoodStore::in_dir(empty.path()),
+        )
+        .expect_err("refuses");
         assert!(err.to_string().contains("does not load"), "{err}");
     }
 
@@ -912,17 +928,31 @@ mod tests {
         let last_good = LastGoodStore::in_store(store, rt.handle().clone());
         let location = PolicyLocation::Dir(policies.path().to_path_buf());
         let good = std::thread::scope(|s| {
-            s.spawn(|| start(location.clone(), state.path(), last_good.clone()))
-                .join()
-                .expect("thread")
+            s.spawn(|| {
+                start(
+                    location.clone(),
+                    GitAccess::default(),
+                    state.path(),
+                    last_good.clone(),
+                )
+            })
+            .join()
+            .expect("thread")
         })
         .expect("starts");
         let revision = good.runtime.policy.revision().to_owned();
         std::fs::write(policies.path().join("models.yaml"), "kind: [").expect("write");
         let again = std::thread::scope(|s| {
-            s.spawn(|| start(location.clone(), state.path(), last_good.clone()))
-                .join()
-                .expect("thread")
+            s.spawn(|| {
+                start(
+                    location.clone(),
+                    GitAccess::default(),
+                    state.path(),
+                    last_good.clone(),
+                )
+            })
+            .join()
+            .expect("thread")
         })
         .expect("starts on the last good revision from the store");
         assert_eq!(again.runtime.policy.revision(), revision);

@@ -1,4 +1,5 @@
-//! When to look at the policy source again: a git repository is polled at an interval; a
+//! When to look at the policy source again: a git repository is polled at an interval (and
+//! fetched at once when a webhook notifies, see [`crate::webhook`]); a
 //! directory is watched with notify (changes under `.git/`, other hidden entries and the state
 //! directory, when it lies inside the policy directory, ignored),
 //! debounced so that an editor's burst of writes makes one reload, with a slow poll behind it
@@ -73,12 +74,17 @@ async fn poll_once(app: &Arc<App>, mut reloader: Reloader) -> Option<Reloader> {
     .ok()
 }
 
+/// Polls every `interval`, and at once when a webhook asks (`App::policy_fetch`).
 async fn poll_loop(app: Arc<App>, mut reloader: Reloader, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let wake = app.policy_fetch.clone();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => tick.reset(),
+        }
         match poll_once(&app, reloader).await {
             Some(r) => reloader = r,
             None => return,

@@ -2,85 +2,10 @@
 //! names the cause: the port in use, an unreadable or broken policy, an unreachable state
 //! store.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-/// How long a failing start may take at most before the test fails.
-const BOUND: Duration = Duration::from_secs(30);
-
-/// What a failed `llmgw serve` left.
-struct Failed {
-    code: Option<i32>,
-    stderr: String,
-}
-
-/// Runs `llmgw serve ARGS` (with a dev key, a temp state directory unless `--state` is
-/// given and an ephemeral admin port unless `--admin-listen` is) and waits for it to exit; fails the test if it is still running after [`BOUND`].
-fn serve(args: &[&str]) -> Failed {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
-    cmd.arg("serve").arg("--dev-key").arg("llmgw_test_key");
-    if !args.contains(&"--state") {
-        cmd.arg("--state").arg(dir.path().join("state"));
-    }
-    if !args.contains(&"--admin-listen") {
-        cmd.arg("--admin-listen").arg("127.0.0.1:0");
-    }
-    let mut child = cmd
-        .args(args)
-        .current_dir(dir.path())
-        .env_remove("LLMGW_DEV_KEY")
-        .env_remove("LLMGW_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("llmgw starts");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("llmgw serve {args:?} was still running after {BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    Failed {
-        code: status.code(),
-        stderr,
-    }
-}
-
-/// Asserts exit code 2 and one stderr line (besides JSON log lines and indented details
-/// such as policy diagnostics) that starts with `llmgw: ` and contains every one of `needles`.
-fn fails_with(failed: &Failed, needles: &[&str]) {
-    let lines: Vec<&str> = failed
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('{') && !l.starts_with(' '))
-        .collect();
-    assert_eq!(failed.code, Some(2), "{}", failed.stderr);
-    assert_eq!(lines.len(), 1, "one line: {}", failed.stderr);
-    assert!(lines[0].starts_with("llmgw: "), "{}", lines[0]);
-    for needle in needles {
-        assert!(
-            lines[0].to_lowercase().contains(&needle.to_lowercase()),
-            "`{needle}` missing from: {}",
-            lines[0]
-        );
-    }
-}
+use common::{fails_with, serve};
+use std::process::Command;
 
 #[test]
 fn a_port_in_use_fails_at_once() {

@@ -2,14 +2,25 @@
 //!
 //! Refs are resolved with libgit2 (never by reading ref files), and a commit's tree is read
 //! straight from the object database: no checkout, no work tree, so a revision is exactly what
-//! was committed. A remote (a `file://` URL, or HTTPS where the build has it) is mirrored into a
-//! local bare repository and fetched on demand. A plain directory ([`files_in_dir`]) yields the
-//! same (path, bytes) list, for `llmgw serve --policies` and `llmgw-policy lint`.
-#![forbid(unsafe_code)]
+//! was committed. A remote (`file://`, `https://`, `ssh://` or scp-like `user@host:path`) is
+//! mirrored into a local bare repository: only the followed branch is fetched, shallow over
+//! HTTPS and SSH. HTTPS goes through rustls ([`https`]), SSH through libssh2 with the host key
+//! checked against a `known_hosts` file ([`ssh`]); credentials come in [`RemoteOptions`] and
+//! never appear in an error. A commit's SSH signature can be checked against allowed keys
+//! ([`AllowedSigners`]). A plain directory ([`files_in_dir`]) yields the same (path, bytes)
+//! list, for `llmgw serve --policies` and `llmgw-policy lint`.
+#![deny(unsafe_code)]
 
 mod dir;
+mod https;
+mod remote;
+mod signature;
+mod ssh;
 
 pub use dir::{files_in_dir, DirError};
+pub use https::HttpsError;
+pub use remote::{redact_url, transport, Credential, LocationError, RemoteOptions, Transport};
+pub use signature::{AllowedSigners, SignatureError, SignersError};
 
 use git2::{ObjectType, Repository, TreeWalkMode, TreeWalkResult};
 use std::path::{Path, PathBuf};
@@ -24,6 +35,20 @@ pub enum GitError {
         what: String,
         /// libgit2's error.
         source: git2::Error,
+    },
+    /// The location cannot be used.
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// HTTPS cannot be set up (the CA file, TLS).
+    #[error(transparent)]
+    Https(#[from] HttpsError),
+    /// The remote could not be fetched; credentials scrubbed from the message.
+    #[error("fetching {branch}: {message}")]
+    Fetch {
+        /// The branch.
+        branch: String,
+        /// Why, as libgit2 and the transport said it.
+        message: String,
     },
 }
 
@@ -49,6 +74,8 @@ pub struct CommitInfo {
 pub struct PolicyRepo {
     repo: Repository,
     remote: Option<String>,
+    transport: Transport,
+    options: RemoteOptions,
 }
 
 impl std::fmt::Debug for PolicyRepo {
@@ -60,18 +87,32 @@ impl std::fmt::Debug for PolicyRepo {
     }
 }
 
-/// Whether a location names a remote rather than a local path.
-fn is_url(location: &str) -> bool {
-    location.contains("://")
-}
-
 impl PolicyRepo {
     /// Opens a local repository at `location`, or mirrors the remote `location` into a bare
     /// repository under `cache`.
     pub fn open(location: &str, cache: &Path) -> Result<Self, GitError> {
-        if !is_url(location) {
+        Self::open_with(location, cache, RemoteOptions::default())
+    }
+
+    /// [`PolicyRepo::open`], reaching a remote with `options`.
+    pub fn open_with(
+        location: &str,
+        cache: &Path,
+        options: RemoteOptions,
+    ) -> Result<Self, GitError> {
+        let transport = remote::transport(location)?;
+        if !location.contains("://") && transport == Transport::Local {
             let repo = Repository::open(location).map_err(ctx(format!("opening {location}")))?;
-            return Ok(PolicyRepo { repo, remote: None });
+            return Ok(PolicyRepo {
+                repo,
+                remote: None,
+                transport,
+                options,
+            });
+        }
+        set_connect_timeout();
+        if transport == Transport::Https {
+            https::register(location, &options)?;
         }
         let dir = cache.join(mirror_name(location));
         let repo = match Repository::open_bare(&dir) {
@@ -84,26 +125,65 @@ impl PolicyRepo {
                 Repository::init_bare(&dir).map_err(ctx(format!("creating {}", dir.display())))?
             }
         };
-        let this = PolicyRepo {
+        Ok(PolicyRepo {
             repo,
             remote: Some(location.to_owned()),
-        };
-        Ok(this)
+            transport,
+            options,
+        })
     }
 
-    /// Fetches `branch` from the remote, if this is a mirror; a local repository needs none.
+    /// Fetches `branch` from the remote (only that branch, shallow over HTTPS and SSH), if this
+    /// is a mirror; a local repository needs none.
     pub fn fetch(&self, branch: &str) -> Result<(), GitError> {
         let Some(url) = &self.remote else {
             return Ok(());
         };
-        let mut remote = self
-            .repo
-            .remote_anonymous(url)
-            .map_err(ctx(format!("reaching {url}")))?;
+        // Why an SSH callback refused, which libgit2 reports with a generic message.
+        let refused = std::cell::RefCell::new(None);
+        let failed = |e: git2::Error| GitError::Fetch {
+            branch: branch.to_owned(),
+            message: remote::scrub(
+                &refused.take().unwrap_or_else(|| e.message().to_owned()),
+                &self.options.secrets(),
+            ),
+        };
+        let mut remote = self.repo.remote_anonymous(url).map_err(failed)?;
         let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        let mut fetch = git2::FetchOptions::new();
+        fetch.download_tags(git2::AutotagOption::None);
+        match &self.transport {
+            Transport::Https => {
+                fetch.depth(1);
+            }
+            Transport::Ssh { user, host, port } => {
+                fetch.depth(1);
+                fetch.remote_callbacks(ssh::callbacks(
+                    &self.options,
+                    user.clone(),
+                    ssh::known_hosts_name(host, *port),
+                    &refused,
+                ));
+            }
+            Transport::Local => {}
+        }
         remote
-            .fetch(&[spec.as_str()], None, None)
-            .map_err(ctx(format!("fetching {branch} from {url}")))
+            .fetch(&[spec.as_str()], Some(&mut fetch), None)
+            .map_err(failed)
+    }
+
+    /// Checks the SSH signature of commit `commit_id` against `allowed`; returns the
+    /// fingerprint of the key that signed it.
+    pub fn verify_signature(
+        &self,
+        commit_id: &str,
+        allowed: &AllowedSigners,
+    ) -> Result<String, SignatureError> {
+        let extracted = git2::Oid::from_str(commit_id)
+            .and_then(|oid| self.repo.extract_signature(&oid, None))
+            .ok();
+        let parts = extracted.as_ref().map(|(sig, data)| (&**sig, &**data));
+        signature::verify(commit_id, parts, allowed)
     }
 
     /// Resolves a revision (a branch, tag, `HEAD~1`, a commit id) to its commit.
@@ -175,6 +255,23 @@ impl PolicyRepo {
     pub fn git_dir(&self) -> PathBuf {
         self.repo.path().to_path_buf()
     }
+}
+
+/// How long connecting to an SSH server may take (HTTPS has its own timeouts, see [`https`]).
+const CONNECT_TIMEOUT_MS: i32 = 10_000;
+
+/// Bounds libgit2's connection attempts, once per process.
+fn set_connect_timeout() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2's options are process globals without synchronisation; `Once`
+        // makes this the only write, before this crate opens its first remote.
+        #[allow(unsafe_code)]
+        let set =
+            unsafe { git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS) };
+        // Without it, connecting is bounded by the system's TCP timeout instead.
+        drop(set);
+    });
 }
 
 /// A directory name for the mirror of a URL: readable and unique.

@@ -539,3 +539,88 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// How long a failing start may take at most before the test fails.
+pub const FAILING_START_BOUND: Duration = Duration::from_secs(30);
+
+/// What a failed `llmgw serve` left.
+pub struct Failed {
+    /// Its exit code.
+    pub code: Option<i32>,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+/// Runs `llmgw serve ARGS` (with a dev key, a temp state directory unless `--state` is
+/// given and an ephemeral admin port unless `--admin-listen` is) and waits for it to exit;
+/// fails the test if it is still running after [`FAILING_START_BOUND`].
+pub fn serve(args: &[&str]) -> Failed {
+    serve_with_env(args, &[])
+}
+
+/// [`serve`] with extra environment variables.
+pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Failed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmgw"));
+    cmd.arg("serve").arg("--dev-key").arg(KEY);
+    if !args.contains(&"--state") {
+        cmd.arg("--state").arg(dir.path().join("state"));
+    }
+    if !args.contains(&"--admin-listen") {
+        cmd.arg("--admin-listen").arg("127.0.0.1:0");
+    }
+    cmd.args(args)
+        .current_dir(dir.path())
+        .env_remove("LLMGW_DEV_KEY")
+        .env_remove("LLMGW_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("llmgw starts");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > FAILING_START_BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("llmgw serve {args:?} was still running after {FAILING_START_BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    Failed {
+        code: status.code(),
+        stderr,
+    }
+}
+
+/// Asserts exit code 2 and one stderr line (besides JSON log lines and indented details
+/// such as policy diagnostics) that starts with `llmgw: ` and contains every one of `needles`.
+pub fn fails_with(failed: &Failed, needles: &[&str]) {
+    let lines: Vec<&str> = failed
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('{') && !l.starts_with(' '))
+        .collect();
+    assert_eq!(failed.code, Some(2), "{}", failed.stderr);
+    assert_eq!(lines.len(), 1, "one line: {}", failed.stderr);
+    assert!(lines[0].starts_with("llmgw: "), "{}", lines[0]);
+    for needle in needles {
+        assert!(
+            lines[0].to_lowercase().contains(&needle.to_lowercase()),
+            "`{needle}` missing from: {}",
+            lines[0]
+        );
+    }
+}
