@@ -7,12 +7,13 @@ use crate::budgets::{self, Held, Settlement};
 use crate::cache;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
+use crate::front::{Door, StreamOut};
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
 use crate::phases::settle::{format_cost, Bill, Charge};
 use crate::phases::{authenticate, decide, identify, reserve};
 use crate::request_body;
-use crate::upstream::{Delta, ErrorClass, StreamEvent, UpstreamError, Usage};
+use crate::upstream::{ErrorClass, StreamEvent, UpstreamError, Usage};
 use crate::wire::{self, estimate_tokens};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -20,7 +21,7 @@ use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::input::{DecisionInput, Endpoint, Identity};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,6 +60,8 @@ struct Info {
     request_id: String,
     started: Instant,
     endpoint: Endpoint,
+    /// The door it came in by: the shape of its answer and errors.
+    door: Door,
     revision: Arc<str>,
     /// What the decision read, kept for the decision log when it is on.
     decision_input: Option<DecisionInput>,
@@ -93,7 +96,8 @@ fn error_response(
     info: &Info,
     decision: Option<&Decision>,
 ) -> Response<GatewayBody> {
-    let mut resp = json_response(err.status, Bytes::from(err.body().to_string()), info);
+    let body = info.door.error_body(err).to_string();
+    let mut resp = json_response(err.status, Bytes::from(body), info);
     let h = resp.headers_mut();
     if let Some(ra) = err.retry_after {
         set(h, "retry-after", &ra.as_secs().max(1).to_string());
@@ -201,18 +205,21 @@ async fn read_spend(
     budgets::Spend::unread(policy, identity, now, Some(request))
 }
 
-/// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
+/// Handles the model endpoints: `POST /v1/chat/completions` and `POST /v1/embeddings` (door
+/// [`Door::OpenAi`]), `POST /v1/messages` ([`Door::Messages`]).
 pub async fn handle(
     app: Arc<App>,
     parts: http::request::Parts,
     body: Incoming,
     endpoint: Endpoint,
+    door: Door,
 ) -> Response<GatewayBody> {
     let rt = app.runtime.load_full();
     let mut info = Info {
         request_id: new_request_id(),
         started: Instant::now(),
         endpoint,
+        door,
         revision: rt.policy.revision().into(),
         decision_input: None,
         cache: "",
@@ -253,7 +260,7 @@ pub async fn handle(
         Ok(t) => t,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
+    let parsed = wire::meta_headers(&parts.headers).and_then(|m| door.parse(endpoint, &bytes, m));
     let request = match parsed {
         Ok(r) => r,
         Err(e) => return reject(&app, &info, e, "", false, None),
@@ -480,8 +487,8 @@ pub async fn handle(
                     served,
                 );
             }
-            let body = Bytes::from(response.body.to_string());
-            let mut resp = json_response(StatusCode::OK, body, &info);
+            let body = info.door.full(response.body, &info.request_id);
+            let mut resp = json_response(StatusCode::OK, Bytes::from(body.to_string()), &info);
             served_headers(
                 resp.headers_mut(),
                 &plan,
@@ -598,8 +605,7 @@ fn serve_cached(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let id = format!("chatcmpl-{}", info.request_id);
-    let body = hit.body(&id, created, stream, request.include_usage);
+    let body = info.door.cached(hit, request, &info.request_id, created);
     let mut resp = json_response(StatusCode::OK, body, info);
     let h = resp.headers_mut();
     if stream {
@@ -732,89 +738,6 @@ fn finish(
     );
 }
 
-/// Writes OpenAI chat completion chunks.
-struct SseOut {
-    id: String,
-    created: u64,
-    model: Arc<str>,
-    role_sent: bool,
-}
-
-impl SseOut {
-    fn event(value: &Value) -> Bytes {
-        Bytes::from(format!("data: {value}\n\n"))
-    }
-
-    /// One chunk, written by hand: this runs once per streamed token.
-    fn delta(&mut self, d: &Delta) -> Bytes {
-        let mut out = Vec::with_capacity(192 + d.content.as_ref().map_or(0, String::len));
-        out.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        out.extend_from_slice(self.created.to_string().as_bytes());
-        out.extend_from_slice(b",\"model\":");
-        json_str(&mut out, &self.model);
-        out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":{");
-        let mut first = true;
-        let mut field = |out: &mut Vec<u8>, name: &[u8]| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.extend_from_slice(name);
-        };
-        if !self.role_sent {
-            field(&mut out, b"\"role\":\"assistant\"");
-            self.role_sent = true;
-        }
-        if let Some(c) = &d.content {
-            field(&mut out, b"\"content\":");
-            json_str(&mut out, c);
-        }
-        if let Some(t) = &d.tool_calls {
-            field(&mut out, b"\"tool_calls\":");
-            let _ = serde_json::to_writer(&mut out, t);
-        }
-        out.extend_from_slice(b"},\"finish_reason\":");
-        match &d.finish_reason {
-            Some(f) => json_str(&mut out, f),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}]}\n\n");
-        Bytes::from(out)
-    }
-
-    fn usage(&self, u: Usage) -> Bytes {
-        SseOut::event(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": &*self.model,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": u.input_tokens,
-                "completion_tokens": u.output_tokens,
-                "total_tokens": u.input_tokens + u.output_tokens,
-            },
-        }))
-    }
-
-    fn error(message: &str) -> Bytes {
-        let body = json!({ "error": {
-            "message": message,
-            "type": "server_error",
-            "code": "stream_interrupted",
-            "param": null,
-        }});
-        Bytes::from(format!("event: error\ndata: {body}\n\n"))
-    }
-}
-
-/// Appends `s` as a JSON string.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(out, s);
-}
-
 /// Relays a stream to the client. A break after output went out resumes on the next attempt
 /// that accepts a prefill (streaming only the rest), or ends with an in-band `error` event and
 /// no `[DONE]`, so a truncated answer never looks complete.
@@ -834,12 +757,13 @@ async fn pump(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = SseOut {
-        id: format!("chatcmpl-{}", info.request_id),
+    let mut out = StreamOut::new(
+        info.door,
+        &plan.request,
+        &info.request_id,
         created,
-        model: plan.attempt(live.idx).model.clone(),
-        role_sent: false,
-    };
+        plan.attempt(live.idx).model.clone(),
+    );
     // Time to first token as the client saw it: from its request, across failed attempts.
     let first_ttft = (live.started + live.ttft).saturating_duration_since(info.started);
     let mut text = String::new();
@@ -948,7 +872,7 @@ async fn pump(
                 // An answer stitched from two models is not cached.
                 capture = None;
                 pending = std::mem::take(&mut live.buffered).into();
-                out.model = a.model.clone();
+                out.set_model(a.model.clone());
                 idle = idle_of(&plan, live.idx);
                 attempt_chars = 0;
                 continue;
@@ -956,7 +880,7 @@ async fn pump(
         }
         let message =
             format!("the upstream stream broke after part of the answer was sent: {failure}");
-        let _ = tx.send(SseOut::error(&message)).await;
+        let _ = tx.send(out.error(&message)).await;
         break "truncated";
     };
     trace.calls[live.call].ms = live.started.elapsed().as_millis() as u64;
@@ -974,18 +898,10 @@ async fn pump(
                 (&a.model, &a.provider),
             );
         }
-        if plan.request.include_usage {
-            // The answer the client received; the bill (cost, budgets) counts every attempt.
-            let _ = tx.send(out.usage(bill.delivered())).await;
-        }
-        let cost = bill.cost_usd(&plan.rt.policy);
-        let _ = tx
-            .send(Bytes::from(format!(
-                ": x-llmgw-cost-usd={}\n\n",
-                format_cost(cost)
-            )))
-            .await;
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        // The usage is the answer the client received; the bill (cost, budgets) counts every
+        // attempt.
+        let cost = format_cost(bill.cost_usd(&plan.rt.policy));
+        let _ = tx.send(out.end(bill.delivered(), &cost)).await;
     } else if outcome == "client_closed" {
         charge(&mut bill, live.idx, reported, attempt_chars);
     }
@@ -1011,42 +927,4 @@ async fn pump(
         outcome,
         error,
     );
-}
-
-#[cfg(test)]
-mod sse_out_tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_openai_json() {
-        let mut out = SseOut {
-            id: "chatcmpl-1".into(),
-            created: 7,
-            model: "m\"x".into(),
-            role_sent: false,
-        };
-        let d = Delta {
-            content: Some("a \"quoted\"\nline".into()),
-            tool_calls: Some(json!([{ "index": 0 }])),
-            finish_reason: None,
-        };
-        let first = out.delta(&d);
-        let text = std::str::from_utf8(&first).expect("utf-8");
-        let v: Value = serde_json::from_str(text.strip_prefix("data: ").expect("data").trim_end())
-            .expect("json");
-        assert_eq!(v["model"], "m\"x");
-        assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(v["choices"][0]["delta"]["content"], "a \"quoted\"\nline");
-        assert_eq!(v["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
-        assert!(v["choices"][0]["finish_reason"].is_null());
-        let last = out.delta(&Delta {
-            finish_reason: Some("stop".into()),
-            ..Delta::default()
-        });
-        let v: Value =
-            serde_json::from_str(std::str::from_utf8(&last).expect("utf-8")[6..].trim_end())
-                .expect("json");
-        assert_eq!(v["choices"][0]["delta"], json!({}));
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    }
 }
