@@ -7,6 +7,7 @@ use crate::budgets::{self, Held, Settlement};
 use crate::cache;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
+use crate::front::responses::Turn;
 use crate::front::{Door, StreamOut};
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
@@ -62,6 +63,8 @@ struct Info {
     endpoint: Endpoint,
     /// The door it came in by: the shape of its answer and errors.
     door: Door,
+    /// The turn of a Responses request.
+    turn: Option<Turn>,
     revision: Arc<str>,
     /// What the decision read, kept for the decision log when it is on.
     decision_input: Option<DecisionInput>,
@@ -206,7 +209,8 @@ async fn read_spend(
 }
 
 /// Handles the model endpoints: `POST /v1/chat/completions` and `POST /v1/embeddings` (door
-/// [`Door::OpenAi`]), `POST /v1/messages` ([`Door::Messages`]).
+/// [`Door::OpenAi`]), `POST /v1/messages` ([`Door::Messages`]), `POST /v1/responses`
+/// ([`Door::Responses`]).
 pub async fn handle(
     app: Arc<App>,
     parts: http::request::Parts,
@@ -220,6 +224,7 @@ pub async fn handle(
         started: Instant::now(),
         endpoint,
         door,
+        turn: None,
         revision: rt.policy.revision().into(),
         decision_input: None,
         cache: "",
@@ -260,9 +265,24 @@ pub async fn handle(
         Ok(t) => t,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    let parsed = wire::meta_headers(&parts.headers).and_then(|m| door.parse(endpoint, &bytes, m));
+    // The tenant the request acts for (a Responses request continues its conversations only).
+    let mut acting = identify::key_only(&key);
+    if let Some(t) = &token {
+        t.apply(&mut acting);
+    }
+    let parsed = match wire::meta_headers(&parts.headers) {
+        Ok(meta) => {
+            let tenant = acting.tenant.id.as_str();
+            door.parse(&app, tenant, &info.request_id, endpoint, &bytes, meta)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let request = match parsed {
-        Ok(r) => r,
+        Ok((r, turn)) => {
+            info.turn = turn;
+            r
+        }
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     // Phase 2: identify.
@@ -318,7 +338,8 @@ pub async fn handle(
                     &spend,
                     &mut info,
                     &mut captured,
-                );
+                )
+                .await;
                 if let Some(resp) = hit {
                     return resp;
                 }
@@ -361,7 +382,7 @@ pub async fn handle(
     info.cache = cached.header();
     let cache_store = match cached {
         cache::Lookup::Hit(hit) => {
-            return serve_cached(&app, &info, &request, &identity, &decision, &hit)
+            return serve_cached(&app, &info, &request, &identity, &decision, &hit).await
         }
         cache::Lookup::Miss(store) => Some(store),
         cache::Lookup::Bypass => None,
@@ -487,7 +508,12 @@ pub async fn handle(
                     served,
                 );
             }
-            let body = info.door.full(response.body, &info.request_id);
+            let body = info
+                .door
+                .full(response.body, &info.request_id, info.turn.as_ref());
+            if let Some(turn) = &info.turn {
+                turn.save(&app, &body).await;
+            }
             let mut resp = json_response(StatusCode::OK, Bytes::from(body.to_string()), &info);
             served_headers(
                 resp.headers_mut(),
@@ -545,7 +571,7 @@ pub async fn handle(
 /// the rule in the headers and logs; it is decided again with its input captured when the
 /// decision log did not capture it already.
 #[allow(clippy::too_many_arguments)]
-fn cached_despite_budget(
+async fn cached_despite_budget(
     app: &App,
     rt: &crate::app::Runtime,
     headers: &HeaderMap,
@@ -586,14 +612,14 @@ fn cached_despite_budget(
         }
     };
     info.cache = "hit";
-    Some(serve_cached(app, info, request, identity, &blocked, &hit))
+    Some(serve_cached(app, info, request, identity, &blocked, &hit).await)
 }
 
 /// Answers from the response cache: the usual headers with the model and provider that
 /// produced the answer, cost 0, `x-llmgw-cache: hit` and `age`; a stream request gets the
 /// answer as SSE events. Nothing is reserved, spent or sent upstream; the canary split and
 /// downgrade of the decision did not serve it, so they are neither reported nor observed.
-fn serve_cached(
+async fn serve_cached(
     app: &App,
     info: &Info,
     request: &wire::ClientRequest,
@@ -605,7 +631,13 @@ fn serve_cached(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let body = info.door.cached(hit, request, &info.request_id, created);
+    let turn = info.turn.as_ref();
+    let (body, finished) = info
+        .door
+        .cached(hit, request, &info.request_id, created, turn);
+    if let (Some(turn), Some(response)) = (turn, &finished) {
+        turn.save(app, response).await;
+    }
     let mut resp = json_response(StatusCode::OK, body, info);
     let h = resp.headers_mut();
     if stream {
@@ -747,7 +779,7 @@ async fn pump(
     mut live: LiveStream,
     tx: mpsc::Sender<Bytes>,
     mut trace: Trace,
-    info: Info,
+    mut info: Info,
     identity: Identity,
     _in_flight: InFlightGauge,
     mut held: Held,
@@ -763,6 +795,7 @@ async fn pump(
         &info.request_id,
         created,
         plan.attempt(live.idx).model.clone(),
+        info.turn.take(),
     );
     // Time to first token as the client saw it: from its request, across failed attempts.
     let first_ttft = (live.started + live.ttft).saturating_duration_since(info.started);
@@ -902,6 +935,9 @@ async fn pump(
         // attempt.
         let cost = format_cost(bill.cost_usd(&plan.rt.policy));
         let _ = tx.send(out.end(bill.delivered(), &cost)).await;
+        if let Some((turn, response)) = out.finished() {
+            turn.save(&plan.app, response).await;
+        }
     } else if outcome == "client_closed" {
         charge(&mut bill, live.idx, reported, attempt_chars);
     }

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::body::GatewayBody;
 use crate::error::ApiError;
-use crate::front::{messages, Door};
+use crate::front::{messages, responses, Door};
 use crate::phases::authenticate::authenticate;
 use crate::proxy;
 use crate::request_body::read;
@@ -33,9 +33,19 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             proxy::handle(app, parts, body, Endpoint::Chat, Door::Messages).await
         }
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens(&app, parts, body).await,
+        (&Method::POST, "/v1/responses") => {
+            proxy::handle(app, parts, body, Endpoint::Chat, Door::Responses).await
+        }
+        (method @ (&Method::GET | &Method::DELETE), p)
+            if p.strip_prefix("/v1/responses/").is_some_and(is_response_id) =>
+        {
+            let id = &p["/v1/responses/".len()..];
+            stored_response(&app, method, &parts.headers, id).await
+        }
         (&Method::GET, "/v1/models") => with_key(&app, &parts.headers, || models(&app)).await,
         (&Method::GET, "/healthz") => healthz(),
         (&Method::GET, "/readyz") => ready(&app),
+        (_, "/v1/responses") => error(&method_not_allowed(&parts.method, path)),
         (_, "/v1/messages" | "/v1/messages/count_tokens") => {
             error_in(Door::Messages, &method_not_allowed(&parts.method, path))
         }
@@ -132,6 +142,45 @@ async fn count_tokens(
             &json!({ "input_tokens": request.facts.input_tokens }),
         ),
         Err(e) => error_in(Door::Messages, &e),
+    }
+}
+
+/// Whether `id` may name a response (`resp_` and a request id).
+fn is_response_id(id: &str) -> bool {
+    id.strip_prefix("resp_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// `GET` (or `DELETE`) `/v1/responses/{id}`: a response stored by the tenant the key (or its
+/// tenant token) acts for, or forgetting it.
+async fn stored_response(
+    app: &App,
+    method: &Method,
+    headers: &http::HeaderMap,
+    id: &str,
+) -> Response<GatewayBody> {
+    let probed = app.store_health.fault();
+    let fault = probed
+        .as_deref()
+        .map(|r| crate::store::health::unavailable(&r));
+    let answered = async {
+        let key = authenticate(headers, &app.keys, probed.as_deref()).await?;
+        let token = crate::tenant_token::resolve(app, headers, &key, fault.as_ref()).await?;
+        let mut acting = crate::phases::identify::key_only(&key);
+        if let Some(t) = &token {
+            t.apply(&mut acting);
+        }
+        let tenant = acting.tenant.id.as_str();
+        if *method == Method::DELETE {
+            responses::delete(app, tenant, id).await
+        } else {
+            responses::get(app, tenant, id).await
+        }
+    };
+    match answered.await {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(&e),
     }
 }
 

@@ -31,3 +31,53 @@ fn the_official_openai_python_client_works_unchanged() {
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("all ok"), "{stdout}");
 }
+
+/// The Responses API of the official client (`responses.create`, streaming, function calls,
+/// `previous_response_id`, retrieve, delete) against a mock upstream that speaks chat
+/// completions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_python_client_speaks_the_responses_api() {
+    let python = match python::venv("openai-venv", "openai>=1.66", "openai.resources.responses") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED the_official_openai_python_client_speaks_the_responses_api: {why}");
+            return;
+        }
+    };
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy(
+            d,
+            &mock.base_url(),
+            &[TestModel {
+                name: "gpt-mock",
+                quality: 0.9,
+                context: 100_000,
+                prefill: true,
+                provider: "mock-a",
+                upstream: "r+tool",
+            }],
+        );
+        // Images in the input need a model that sees.
+        let models = d.join("models.yaml");
+        let text = std::fs::read_to_string(&models).expect("models");
+        let text = text.replace("[chat, tools, prefill]", "[chat, tools, prefill, vision]");
+        std::fs::write(&models, text).expect("models");
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_responses.py");
+    let url = format!("http://{}", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("LLMGW_URL", url)
+            .env("LLMGW_KEY", KEY)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("all ok"), "{stdout}");
+}

@@ -3,11 +3,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+
+/// Tests of one binary that share an environment set it up one at a time.
+static SETUP: Mutex<()> = Mutex::new(());
 
 /// The Python of a virtual environment `name` under `CARGO_TARGET_TMPDIR` in which `module`
 /// imports, installing `requirement` with pip when it does not yet; why not when Python, venv
 /// or the package index is unavailable (the caller skips, saying so).
 pub fn venv(name: &str, requirement: &str, module: &str) -> Result<PathBuf, String> {
+    let _one_at_a_time = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let python = dir.join("bin/python");
     let ready = |p: &Path| {
@@ -27,8 +32,12 @@ pub fn venv(name: &str, requirement: &str, module: &str) -> Result<PathBuf, Stri
     if !made.map(|s| s.success()).unwrap_or(false) {
         return Err("python3 with the venv module is not available".into());
     }
-    let pip = Command::new(dir.join("bin/pip"))
+    // `python -m pip`, not `bin/pip`: the script's first line names the path the environment
+    // was made at, which is not this one when a target directory was copied.
+    let pip = Command::new(&python)
         .args([
+            "-m",
+            "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
