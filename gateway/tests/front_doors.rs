@@ -383,3 +383,35 @@ async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted()
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_are_replayed_in_the_shape_of_each_door() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        matrix_policy(d, &mock.base_url());
+        let cache = "apiVersion: llmgw.dev/v1\nkind: Cache\ndefault_ttl_secs: 0\nrules:\n  - model: via-openai\n    ttl_secs: 600\n";
+        std::fs::write(d.join("cache.yaml"), cache).expect("write policy");
+    });
+    // The doors translate to the same internal request, so one answer serves them all.
+    let miss = post(
+        &gw.url("/v1/messages"),
+        &Door::Messages.body("via-openai", false, MAX_TOKENS),
+    )
+    .await;
+    assert_eq!(miss.status, 200, "{}", miss.body);
+    assert_eq!(miss.header("x-llmgw-cache"), "miss");
+    for door in [Door::Chat, Door::Messages, Door::Responses] {
+        for stream in [true, false] {
+            let case = format!("{door:?}, stream {stream}");
+            let body = door.body("via-openai", stream, MAX_TOKENS);
+            let hit = post(&gw.url(door.path()), &body).await;
+            assert_eq!(hit.status, 200, "{case}: {}", hit.body);
+            assert_eq!(hit.header("x-llmgw-cache"), "hit", "{case}");
+            let (text, _, output) = door.read(&hit, stream);
+            assert_eq!(text, expected_text(MAX_TOKENS), "{case}");
+            assert_eq!(output, MAX_TOKENS, "{case}");
+            assert_eq!(told_cost(&hit, stream), 0.0, "{case}");
+        }
+    }
+    assert_eq!(mock.stats.attempts("o+ok"), 1, "one call upstream");
+}
