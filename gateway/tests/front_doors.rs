@@ -9,7 +9,7 @@ mod state_support;
 
 use common::*;
 use serde_json::{json, Value};
-use state_support::{budget_policy, mock_cost};
+use state_support::{budget_policy, cleanup_redis, create_key, fresh_prefix, mock_cost, redis_url};
 use std::path::Path;
 
 const MAX_TOKENS: u64 = 4;
@@ -317,25 +317,46 @@ async fn a_budget_refuses_a_messages_request_in_anthropic_shape() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted() {
-    let mock = mock().await;
-    let (gw, _dir) = gateway_for(|d| matrix_policy(d, &mock.base_url()));
-    let url = gw.url("/v1/responses");
-    let first = post(
-        &url,
-        &json!({ "model": "via-openai", "input": "My name is Ada.", "max_output_tokens": 2 })
-            .to_string(),
+/// Sends `body` (GET when `None`) to `url` with gateway key `key`.
+async fn as_key(method: &str, url: &str, body: Option<&str>, key: &str) -> Answer {
+    send(
+        method,
+        url,
+        body,
+        &[("authorization", &format!("Bearer {key}"))],
+    )
+    .await
+}
+
+/// Responses stored through replica `a` are continued, read and deleted through replica `b`
+/// (the same gateway on SQLite) by their tenant's key `acme`, and by no other tenant's
+/// (`globex`).
+async fn stored_responses_scenario(
+    mock: &llmgw_mock_provider::MockHandle,
+    a: &Gateway,
+    b: &Gateway,
+    acme: &str,
+    globex: &str,
+) {
+    let create = |gw: &Gateway, body: Value, key: &str| {
+        let url = gw.url("/v1/responses");
+        let key = key.to_owned();
+        async move { as_key("POST", &url, Some(&body.to_string()), &key).await }
+    };
+    let first = create(
+        a,
+        json!({ "model": "via-openai", "input": "My name is Ada.", "max_output_tokens": 2 }),
+        acme,
     )
     .await;
     assert_eq!(first.status, 200, "{}", first.body);
     let id = first.json()["id"].as_str().expect("id").to_owned();
     assert!(id.starts_with("resp_"), "{id}");
-    let next = post(
-        &url,
-        &json!({ "model": "via-anthropic", "input": "What is my name?", "max_output_tokens": 2,
-                 "previous_response_id": id, "instructions": "Answer briefly." })
-        .to_string(),
+    let next = create(
+        b,
+        json!({ "model": "via-anthropic", "input": "What is my name?", "max_output_tokens": 2,
+                 "previous_response_id": id, "instructions": "Answer briefly." }),
+        acme,
     )
     .await;
     assert_eq!(next.status, 200, "{}", next.body);
@@ -347,41 +368,94 @@ async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted()
     assert_eq!(turns.len(), 3, "{sent}");
     assert_eq!(turns[0]["content"][0]["text"], "My name is Ada.", "{sent}");
     assert_eq!(turns[1]["role"], "assistant", "{sent}");
-    let got = get(&gw.url(&format!("/v1/responses/{id}"))).await;
+    let stored = b.url(&format!("/v1/responses/{id}"));
+    let got = as_key("GET", &stored, None, acme).await;
     assert_eq!(got.status, 200, "{}", got.body);
     assert_eq!(got.json()["output"], first.json()["output"]);
-    let deleted = send(
-        "DELETE",
-        &gw.url(&format!("/v1/responses/{id}")),
-        None,
-        &[("authorization", &format!("Bearer {KEY}"))],
+    // Another tenant sees nothing of it.
+    assert_eq!(as_key("GET", &stored, None, globex).await.status, 404);
+    assert_eq!(as_key("DELETE", &stored, None, globex).await.status, 404);
+    let foreign = create(
+        a,
+        json!({ "model": "via-openai", "input": "Hi", "previous_response_id": id }),
+        globex,
     )
     .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.body);
+    assert_eq!(foreign.json()["error"]["param"], "previous_response_id");
+    let deleted = as_key("DELETE", &stored, None, acme).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.json()["deleted"], true);
     assert_eq!(
-        get(&gw.url(&format!("/v1/responses/{id}"))).await.status,
-        404
-    );
-    let gone = post(
-        &url,
-        &json!({ "model": "via-openai", "input": "Hi", "previous_response_id": id }).to_string(),
-    )
-    .await;
-    assert_eq!(gone.status, 404, "{}", gone.body);
-    assert_eq!(gone.json()["error"]["param"], "previous_response_id");
-    let unstored = post(
-        &url,
-        &json!({ "model": "via-openai", "input": "Hi", "store": false, "max_output_tokens": 1 })
-            .to_string(),
-    )
-    .await;
-    let unstored = unstored.json()["id"].as_str().expect("id").to_owned();
-    assert_eq!(
-        get(&gw.url(&format!("/v1/responses/{unstored}")))
+        as_key("GET", &a.url(&format!("/v1/responses/{id}")), None, acme)
             .await
             .status,
         404
     );
+    let gone = create(
+        a,
+        json!({ "model": "via-openai", "input": "Hi", "previous_response_id": id }),
+        acme,
+    )
+    .await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let unstored = create(
+        a,
+        json!({ "model": "via-openai", "input": "Hi", "store": false, "max_output_tokens": 1 }),
+        acme,
+    )
+    .await;
+    let unstored = unstored.json()["id"].as_str().expect("id").to_owned();
+    let url = b.url(&format!("/v1/responses/{unstored}"));
+    assert_eq!(as_key("GET", &url, None, acme).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted() {
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    matrix_policy(policies.path(), &mock.base_url());
+    let state = tempfile::tempdir().expect("tempdir");
+    let location = state.path().to_str().expect("utf-8");
+    let s = ["--state", location];
+    let acme = create_key(&s, &["--tenant", "acme"]);
+    let globex = create_key(&s, &["--tenant", "globex"]);
+    let gw = Gateway::start_on(
+        &["--policies", policies.path().to_str().expect("utf-8")],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        false,
+        Some(location),
+    );
+    stored_responses_scenario(&mock, &gw, &gw, &acme.secret, &globex.secret).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn stored_responses_are_shared_by_replicas_on_redis() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    matrix_policy(policies.path(), &mock.base_url());
+    let s = ["--state", url.as_str(), "--state-prefix", prefix.as_str()];
+    let acme = create_key(&s, &["--tenant", "acme"]);
+    let globex = create_key(&s, &["--tenant", "globex"]);
+    let replica = || {
+        Gateway::start_on(
+            &[
+                "--policies",
+                policies.path().to_str().expect("utf-8"),
+                "--state-prefix",
+                prefix.as_str(),
+            ],
+            &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+            false,
+            Some(&url),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    stored_responses_scenario(&mock, &a, &b, &acme.secret, &globex.secret).await;
+    cleanup_redis(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
