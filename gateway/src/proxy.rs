@@ -163,6 +163,7 @@ fn reject(
             request_id: &info.request_id,
             status: err.status.as_u16(),
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream,
             requested_model: model,
             served: None,
@@ -683,6 +684,7 @@ async fn serve_cached(
             request_id: &info.request_id,
             status: 200,
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream,
             requested_model: &request.facts.model,
             // Metrics and the log name the cache as the provider: nothing upstream served it.
@@ -751,6 +753,7 @@ fn finish(
             request_id: &info.request_id,
             status,
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream: plan.request.facts.stream,
             requested_model: &plan.request.facts.model,
             served,

@@ -23,7 +23,8 @@ const META_HEADER_PREFIX: &str = "x-llmgw-meta-";
 /// A validated client request.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
-    /// The body as sent (adapters translate from it).
+    /// The body in OpenAI's shape: as sent, or as its front door translated it (adapters
+    /// translate from it).
     pub body: Value,
     /// The facts rules read.
     pub facts: RequestFacts,

@@ -61,6 +61,15 @@ impl Door {
         }
     }
 
+    /// The door's name in the request log.
+    fn logged(self) -> &'static str {
+        match self {
+            Door::Chat => "openai",
+            Door::Messages => "anthropic_messages",
+            Door::Responses => "openai_responses",
+        }
+    }
+
     fn body(self, model: &str, stream: bool, max_tokens: u64) -> String {
         let prompt = "Say something.";
         match self {
@@ -199,6 +208,7 @@ async fn every_front_door_is_served_by_every_upstream_type_with_usage_and_cost()
                 assert!((cost - priced).abs() < 1e-12, "{case}: {cost} vs {priced}");
                 seen.push((
                     case,
+                    door.logged(),
                     a.header("x-request-id").to_owned(),
                     input,
                     output,
@@ -208,11 +218,12 @@ async fn every_front_door_is_served_by_every_upstream_type_with_usage_and_cost()
         }
     }
     let logs = gw.wait_request_logs(seen.len());
-    for (case, id, input, output, cost) in seen {
+    for (case, door, id, input, output, cost) in seen {
         let log = logs
             .iter()
             .find(|l| l["request_id"] == id.as_str())
             .unwrap_or_else(|| panic!("{case}: no request log {id}"));
+        assert_eq!(log["door"], door, "{case}: {log}");
         assert_eq!(log["input_tokens"], input, "{case}: {log}");
         assert_eq!(log["output_tokens"], output, "{case}: {log}");
         let logged = log["cost_usd"].as_f64().expect("cost_usd");

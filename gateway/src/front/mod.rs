@@ -38,6 +38,15 @@ pub enum Door {
 }
 
 impl Door {
+    /// The door's name in the request log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::OpenAi => "openai",
+            Door::Messages => "anthropic_messages",
+            Door::Responses => "openai_responses",
+        }
+    }
+
     /// An error body in the door's shape.
     pub fn error_body(self, err: &ApiError) -> Value {
         match self {

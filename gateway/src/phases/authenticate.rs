@@ -129,6 +129,28 @@ pub fn check_model(key: &AuthKey, model: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_presented_as_a_bearer_token_or_as_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h).unwrap_err().status, 401);
+        h.insert("x-api-key", "k1".parse().expect("header"));
+        assert_eq!(presented_key(&h).expect("x-api-key"), "k1");
+        h.insert("authorization", "Bearer k2".parse().expect("header"));
+        assert_eq!(presented_key(&h).expect("bearer first"), "k2");
+        h.insert("authorization", "Basic k2".parse().expect("header"));
+        assert!(
+            presented_key(&h).is_err(),
+            "a malformed Authorization is not skipped"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", " ".parse().expect("header"));
+        assert!(presented_key(&h).is_err());
+        // The operator API reads bearer tokens only.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k1".parse().expect("header"));
+        assert!(bearer(&h).is_err());
+    }
     use crate::keys::{create, revoke, Authority, KeySpec};
     use crate::store::Store;
 

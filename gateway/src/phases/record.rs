@@ -20,6 +20,8 @@ pub struct RequestRecord<'a> {
     pub status: u16,
     /// `chat` or `embeddings`.
     pub endpoint: &'static str,
+    /// The API shape it came in (`openai`, `anthropic_messages`, `openai_responses`).
+    pub door: &'static str,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// The model asked for.
@@ -122,6 +124,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
                 .u64("status", r.status.into())
                 .str("outcome", r.outcome)
                 .str("endpoint", r.endpoint)
+                .str("door", r.door)
                 .bool("stream", r.stream)
                 .str("requested_model", r.requested_model)
                 .str("model", model)
@@ -187,6 +190,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         status = r.status,
         outcome = r.outcome,
         endpoint = r.endpoint,
+        door = r.door,
         stream = r.stream,
         requested_model = r.requested_model,
         model = model,
