@@ -1221,6 +1221,27 @@ mod tests {
         assert_eq!(Fault::parse("echo-stream-429"), echo(429, EchoForm::Stream));
         assert_eq!(Fault::parse("echo-200"), Fault::None);
         assert_eq!(Fault::parse("echo-text-"), Fault::None);
+        assert_eq!(Fault::parse("c+tool"), Fault::ToolCall);
+    }
+
+    #[test]
+    fn a_tool_is_called_unless_the_last_message_answers_a_call() {
+        let openai = json!({ "tools": [{ "type": "function", "function": { "name": "f" } }],
+            "messages": [{ "role": "user", "content": "x" }] });
+        assert_eq!(tool_to_call(Dialect::OpenAi, &openai).as_deref(), Some("f"));
+        let mut answered = openai.clone();
+        answered["messages"] = json!([{ "role": "tool", "tool_call_id": "c", "content": "y" }]);
+        assert_eq!(tool_to_call(Dialect::OpenAi, &answered), None);
+        let anthropic = json!({ "tools": [{ "name": "g" }], "messages": [{ "role": "user",
+            "content": [{ "type": "tool_result", "tool_use_id": "t", "content": "y" }] }] });
+        assert_eq!(tool_to_call(Dialect::Anthropic, &anthropic), None);
+        let gemini = json!({ "tools": [{ "functionDeclarations": [{ "name": "h" }] }],
+            "contents": [{ "role": "user", "parts": [{ "text": "x" }] }] });
+        assert_eq!(tool_to_call(Dialect::Gemini, &gemini).as_deref(), Some("h"));
+        assert_eq!(
+            tool_to_call(Dialect::OpenAi, &json!({ "messages": [] })),
+            None
+        );
     }
 
     #[test]
