@@ -124,7 +124,7 @@ async fn count_tokens(
 ) -> Response<GatewayBody> {
     let fault = app.store_health.fault();
     let counted = async {
-        authenticate(&parts.headers, &app.keys, fault.as_deref()).await?;
+        let key = authenticate(&parts.headers, &app.keys, fault.as_deref()).await?;
         let limits = &app.limits;
         let bytes = read(
             &parts.headers,
@@ -134,7 +134,14 @@ async fn count_tokens(
         )
         .await?;
         let chat = messages::to_chat(&wire::parse_json(&bytes)?, true)?;
-        wire::parse_value(Endpoint::Chat, chat, BTreeMap::new())
+        let request = wire::parse_value(Endpoint::Chat, chat, BTreeMap::new())?;
+        let model = request.facts.model.as_str();
+        crate::phases::authenticate::check_model(&key, model)?;
+        let rt = app.runtime.load();
+        if !rt.policy.models().iter().any(|m| &*m.name == model) {
+            return Err(ApiError::model_not_found(model));
+        }
+        Ok(request)
     };
     match counted.await {
         Ok(request) => json(

@@ -86,6 +86,12 @@ assert count.input_tokens > 0, count
 print("count tokens ok", count.input_tokens)
 
 try:
+    client.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    sys.exit("expected NotFoundError from count_tokens")
+except anthropic.NotFoundError:
+    print("count tokens error ok")
+
+try:
     client.messages.create(model="no-such-model", max_tokens=1, messages=[{"role": "user", "content": "x"}])
     sys.exit("expected NotFoundError")
 except anthropic.NotFoundError as e:
