@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+/// Seconds a stored response is kept unless `--response-retention-secs` says otherwise: 30 days.
+pub const DEFAULT_RESPONSE_RETENTION_SECS: u64 = 30 * 24 * 3600;
+
 /// Limits applied to clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -30,6 +33,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How long a stored response (`POST /v1/responses` with `store`) is kept.
+    pub response_retention: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +45,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(30),
+            response_retention: Duration::from_secs(DEFAULT_RESPONSE_RETENTION_SECS),
         }
     }
 }

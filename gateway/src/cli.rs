@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Seconds a response stored by `POST /v1/responses` (`store`, the default) is kept for
+    /// `GET /v1/responses/{id}` and `previous_response_id`.
+    #[arg(long, default_value_t = crate::app::DEFAULT_RESPONSE_RETENTION_SECS)]
+    pub response_retention_secs: u64,
     /// Bytes the response cache may hold (answers, prompt vectors, bookkeeping); 0 turns it
     /// off. Entries live for the TTL of the policy's `kind: Cache` rules.
     #[arg(long, value_name = "BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
@@ -269,6 +273,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        response_retention: Duration::from_secs(args.response_retention_secs.max(1)),
     };
     let first_model = runtime.policy.models().first().map(|m| m.name.to_string());
     let revision = runtime.policy.revision().to_owned();

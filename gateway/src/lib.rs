@@ -23,6 +23,7 @@ pub mod continuation;
 pub mod decision_log;
 pub mod decision_query;
 pub mod error;
+pub mod front;
 pub mod health;
 pub mod keys;
 pub mod keys_cmd;

@@ -8,6 +8,8 @@ use crate::cache;
 use crate::continuation::Aligner;
 use crate::decision_log::{self, Captured, Outcome as LogOutcome};
 use crate::error::ApiError;
+use crate::front::responses::Turn;
+use crate::front::{Door, StreamOut};
 use crate::otel::{Timeline, TraceIds};
 use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
@@ -22,7 +24,7 @@ use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::input::{DecisionInput, Endpoint, Identity};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +63,10 @@ struct Info {
     request_id: String,
     started: Instant,
     endpoint: Endpoint,
+    /// The door it came in by: the shape of its answer and errors.
+    door: Door,
+    /// The turn of a Responses request.
+    turn: Option<Turn>,
     revision: Arc<str>,
     /// What the decision read, kept for the decision log when it is on.
     decision_input: Option<DecisionInput>,
@@ -106,7 +112,8 @@ fn error_response(
     info: &Info,
     decision: Option<&Decision>,
 ) -> Response<GatewayBody> {
-    let mut resp = json_response(err.status, Bytes::from(err.body().to_string()), info);
+    let body = info.door.error_body(err).to_string();
+    let mut resp = json_response(err.status, Bytes::from(body), info);
     let h = resp.headers_mut();
     if let Some(ra) = err.retry_after {
         set(h, "retry-after", &ra.as_secs().max(1).to_string());
@@ -169,6 +176,7 @@ fn reject(
             request_id: &info.request_id,
             status: err.status.as_u16(),
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream,
             requested_model: model,
             served: None,
@@ -215,12 +223,15 @@ async fn read_spend(
     budgets::Spend::unread(policy, identity, now, Some(request))
 }
 
-/// Handles `POST /v1/chat/completions` and `POST /v1/embeddings`.
+/// Handles the model endpoints: `POST /v1/chat/completions` and `POST /v1/embeddings` (door
+/// [`Door::OpenAi`]), `POST /v1/messages` ([`Door::Messages`]), `POST /v1/responses`
+/// ([`Door::Responses`]).
 pub async fn handle(
     app: Arc<App>,
     parts: http::request::Parts,
     body: Incoming,
     endpoint: Endpoint,
+    door: Door,
 ) -> Response<GatewayBody> {
     let rt = app.runtime.load_full();
     let started = Instant::now();
@@ -228,6 +239,8 @@ pub async fn handle(
         request_id: new_request_id(),
         started,
         endpoint,
+        door,
+        turn: None,
         revision: rt.policy.revision().into(),
         decision_input: None,
         cache: "",
@@ -272,9 +285,24 @@ pub async fn handle(
         Ok(t) => t,
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
-    let parsed = wire::meta_headers(&parts.headers).and_then(|m| wire::parse(endpoint, &bytes, m));
+    // The tenant the request acts for (a Responses request continues its conversations only).
+    let mut acting = identify::key_only(&key);
+    if let Some(t) = &token {
+        t.apply(&mut acting);
+    }
+    let parsed = match wire::meta_headers(&parts.headers) {
+        Ok(meta) => {
+            let tenant = acting.tenant.id.as_str();
+            door.parse(&app, tenant, &info.request_id, endpoint, &bytes, meta)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let request = match parsed {
-        Ok(r) => r,
+        Ok((r, turn)) => {
+            info.turn = turn;
+            r
+        }
         Err(e) => return reject(&app, &info, e, "", false, None),
     };
     info.phase("authenticate");
@@ -332,7 +360,8 @@ pub async fn handle(
                     &spend,
                     &mut info,
                     &mut captured,
-                );
+                )
+                .await;
                 if let Some(resp) = hit {
                     return resp;
                 }
@@ -377,7 +406,7 @@ pub async fn handle(
     info.phase("cache");
     let cache_store = match cached {
         cache::Lookup::Hit(hit) => {
-            return serve_cached(&app, &info, &request, &identity, &decision, &hit)
+            return serve_cached(&app, &info, &request, &identity, &decision, &hit).await
         }
         cache::Lookup::Miss(store) => Some(store),
         cache::Lookup::Bypass => None,
@@ -503,8 +532,13 @@ pub async fn handle(
                     served,
                 );
             }
-            let body = Bytes::from(response.body.to_string());
-            let mut resp = json_response(StatusCode::OK, body, &info);
+            let body = info
+                .door
+                .full(response.body, &info.request_id, info.turn.as_ref());
+            if let Some(turn) = &info.turn {
+                turn.save(&app, &body).await;
+            }
+            let mut resp = json_response(StatusCode::OK, Bytes::from(body.to_string()), &info);
             served_headers(
                 resp.headers_mut(),
                 &plan,
@@ -561,7 +595,7 @@ pub async fn handle(
 /// the rule in the headers and logs; it is decided again with its input captured when the
 /// decision log did not capture it already.
 #[allow(clippy::too_many_arguments)]
-fn cached_despite_budget(
+async fn cached_despite_budget(
     app: &App,
     rt: &crate::app::Runtime,
     headers: &HeaderMap,
@@ -602,14 +636,14 @@ fn cached_despite_budget(
         }
     };
     info.cache = "hit";
-    Some(serve_cached(app, info, request, identity, &blocked, &hit))
+    Some(serve_cached(app, info, request, identity, &blocked, &hit).await)
 }
 
 /// Answers from the response cache: the usual headers with the model and provider that
 /// produced the answer, cost 0, `x-llmgw-cache: hit` and `age`; a stream request gets the
 /// answer as SSE events. Nothing is reserved, spent or sent upstream; the canary split and
 /// downgrade of the decision did not serve it, so they are neither reported nor observed.
-fn serve_cached(
+async fn serve_cached(
     app: &App,
     info: &Info,
     request: &wire::ClientRequest,
@@ -621,8 +655,13 @@ fn serve_cached(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let id = format!("chatcmpl-{}", info.request_id);
-    let body = hit.body(&id, created, stream, request.include_usage);
+    let turn = info.turn.as_ref();
+    let (body, finished) = info
+        .door
+        .cached(hit, request, &info.request_id, created, turn);
+    if let (Some(turn), Some(response)) = (turn, &finished) {
+        turn.save(app, response).await;
+    }
     let mut resp = json_response(StatusCode::OK, body, info);
     let h = resp.headers_mut();
     if stream {
@@ -668,6 +707,7 @@ fn serve_cached(
             request_id: &info.request_id,
             status: 200,
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream,
             requested_model: &request.facts.model,
             // Metrics and the log name the cache as the provider: nothing upstream served it.
@@ -738,6 +778,7 @@ fn finish(
             request_id: &info.request_id,
             status,
             endpoint: info.endpoint.as_str(),
+            door: info.door.as_str(),
             stream: plan.request.facts.stream,
             requested_model: &plan.request.facts.model,
             served,
@@ -758,89 +799,6 @@ fn finish(
     );
 }
 
-/// Writes OpenAI chat completion chunks.
-struct SseOut {
-    id: String,
-    created: u64,
-    model: Arc<str>,
-    role_sent: bool,
-}
-
-impl SseOut {
-    fn event(value: &Value) -> Bytes {
-        Bytes::from(format!("data: {value}\n\n"))
-    }
-
-    /// One chunk, written by hand: this runs once per streamed token.
-    fn delta(&mut self, d: &Delta) -> Bytes {
-        let mut out = Vec::with_capacity(192 + d.content.as_ref().map_or(0, String::len));
-        out.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        out.extend_from_slice(self.created.to_string().as_bytes());
-        out.extend_from_slice(b",\"model\":");
-        json_str(&mut out, &self.model);
-        out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":{");
-        let mut first = true;
-        let mut field = |out: &mut Vec<u8>, name: &[u8]| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.extend_from_slice(name);
-        };
-        if !self.role_sent {
-            field(&mut out, b"\"role\":\"assistant\"");
-            self.role_sent = true;
-        }
-        if let Some(c) = &d.content {
-            field(&mut out, b"\"content\":");
-            json_str(&mut out, c);
-        }
-        if let Some(t) = &d.tool_calls {
-            field(&mut out, b"\"tool_calls\":");
-            let _ = serde_json::to_writer(&mut out, t);
-        }
-        out.extend_from_slice(b"},\"finish_reason\":");
-        match &d.finish_reason {
-            Some(f) => json_str(&mut out, f),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}]}\n\n");
-        Bytes::from(out)
-    }
-
-    fn usage(&self, u: Usage) -> Bytes {
-        SseOut::event(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": &*self.model,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": u.input_tokens,
-                "completion_tokens": u.output_tokens,
-                "total_tokens": u.input_tokens + u.output_tokens,
-            },
-        }))
-    }
-
-    fn error(message: &str) -> Bytes {
-        let body = json!({ "error": {
-            "message": message,
-            "type": "server_error",
-            "code": "stream_interrupted",
-            "param": null,
-        }});
-        Bytes::from(format!("event: error\ndata: {body}\n\n"))
-    }
-}
-
-/// Appends `s` as a JSON string.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(out, s);
-}
-
 /// Relays a stream to the client. A break after output went out resumes on the next attempt
 /// that answers (streaming only the rest): as prefill on a model that accepts one, re-asked
 /// with the partial answer as context on any other, whose answer is aligned with the text
@@ -853,7 +811,7 @@ async fn pump(
     mut live: LiveStream,
     tx: mpsc::Sender<Bytes>,
     mut trace: Trace,
-    info: Info,
+    mut info: Info,
     identity: Identity,
     _in_flight: InFlightGauge,
     mut held: Held,
@@ -863,12 +821,14 @@ async fn pump(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = SseOut {
-        id: format!("chatcmpl-{}", info.request_id),
+    let mut out = StreamOut::new(
+        info.door,
+        &plan.request,
+        &info.request_id,
         created,
-        model: plan.attempt(live.idx).model.clone(),
-        role_sent: false,
-    };
+        plan.attempt(live.idx).model.clone(),
+        info.turn.take(),
+    );
     // Time to first token as the client saw it: from its request, across failed attempts.
     let first_ttft = (live.started + live.ttft).saturating_duration_since(info.started);
     let mut text = String::new();
@@ -928,7 +888,10 @@ async fn pump(
                         });
                     match aligned {
                         Ok(t) => d.content = (!t.is_empty()).then_some(t),
-                        Err(e) => break misaligned(&plan, &info, &tx, &mut trace, &live, e).await,
+                        Err(e) => {
+                            break misaligned(&plan, &info, &tx, &mut out, &mut trace, &live, e)
+                                .await
+                        }
                     }
                     if !d.is_visible() {
                         continue;
@@ -974,7 +937,9 @@ async fn pump(
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => break misaligned(&plan, &info, &tx, &mut trace, &live, e).await,
+                    Err(e) => {
+                        break misaligned(&plan, &info, &tx, &mut out, &mut trace, &live, e).await
+                    }
                 }
                 break "ok";
             }
@@ -1029,7 +994,7 @@ async fn pump(
                 // An answer stitched from two models is not cached.
                 capture = None;
                 pending = std::mem::take(&mut live.buffered).into();
-                out.model = a.model.clone();
+                out.set_model(a.model.clone());
                 idle = idle_of(&plan, live.idx);
                 attempt_chars = 0;
                 attempt_sent = 0;
@@ -1038,7 +1003,7 @@ async fn pump(
         }
         let message =
             format!("the upstream stream broke after part of the answer was sent: {failure}");
-        let _ = tx.send(SseOut::error(&message)).await;
+        let _ = tx.send(out.error(&message)).await;
         break "truncated";
     };
     trace.calls[live.call].ms = live.started.elapsed().as_millis() as u64;
@@ -1056,18 +1021,13 @@ async fn pump(
                 (&a.model, &a.provider),
             );
         }
-        if plan.request.include_usage {
-            // The answer the client received; the bill (cost, budgets) counts every attempt.
-            let _ = tx.send(out.usage(bill.delivered())).await;
+        // The usage is the answer the client received; the bill (cost, budgets) counts every
+        // attempt.
+        let cost = format_cost(bill.cost_usd(&plan.rt.policy));
+        let _ = tx.send(out.end(bill.delivered(), &cost)).await;
+        if let Some((turn, response)) = out.finished() {
+            turn.save(&plan.app, response).await;
         }
-        let cost = bill.cost_usd(&plan.rt.policy);
-        let _ = tx
-            .send(Bytes::from(format!(
-                ": x-llmgw-cost-usd={}\n\n",
-                format_cost(cost)
-            )))
-            .await;
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     } else if outcome == "client_closed" || outcome == "misaligned" {
         // Paid upstream all the same.
         charge(&mut bill, live.idx, reported, attempt_chars, attempt_sent);
@@ -1112,6 +1072,7 @@ async fn misaligned(
     plan: &Plan,
     info: &Info,
     tx: &mpsc::Sender<Bytes>,
+    out: &mut StreamOut,
     trace: &mut Trace,
     live: &LiveStream,
     e: crate::continuation::Misaligned,
@@ -1127,44 +1088,6 @@ async fn misaligned(
         "a re-asked continuation did not line up with the partial answer"
     );
     let message = format!("the upstream stream broke after part of the answer was sent: {e}");
-    let _ = tx.send(SseOut::error(&message)).await;
+    let _ = tx.send(out.error(&message)).await;
     "misaligned"
-}
-
-#[cfg(test)]
-mod sse_out_tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_openai_json() {
-        let mut out = SseOut {
-            id: "chatcmpl-1".into(),
-            created: 7,
-            model: "m\"x".into(),
-            role_sent: false,
-        };
-        let d = Delta {
-            content: Some("a \"quoted\"\nline".into()),
-            tool_calls: Some(json!([{ "index": 0 }])),
-            finish_reason: None,
-        };
-        let first = out.delta(&d);
-        let text = std::str::from_utf8(&first).expect("utf-8");
-        let v: Value = serde_json::from_str(text.strip_prefix("data: ").expect("data").trim_end())
-            .expect("json");
-        assert_eq!(v["model"], "m\"x");
-        assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(v["choices"][0]["delta"]["content"], "a \"quoted\"\nline");
-        assert_eq!(v["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
-        assert!(v["choices"][0]["finish_reason"].is_null());
-        let last = out.delta(&Delta {
-            finish_reason: Some("stop".into()),
-            ..Delta::default()
-        });
-        let v: Value =
-            serde_json::from_str(std::str::from_utf8(&last).expect("utf-8")[6..].trim_end())
-                .expect("json");
-        assert_eq!(v["choices"][0]["delta"], json!({}));
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    }
 }

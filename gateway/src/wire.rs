@@ -23,7 +23,8 @@ const META_HEADER_PREFIX: &str = "x-llmgw-meta-";
 /// A validated client request.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
-    /// The body as sent (adapters translate from it).
+    /// The body in OpenAI's shape: as sent, or as its front door translated it (adapters
+    /// translate from it).
     pub body: Value,
     /// The facts rules read.
     pub facts: RequestFacts,
@@ -39,12 +40,26 @@ pub fn parse(
     bytes: &[u8],
     meta: BTreeMap<String, String>,
 ) -> Result<ClientRequest, ApiError> {
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
+    parse_value(endpoint, parse_json(bytes)?, meta)
+}
+
+/// A body as JSON, or 400 naming what is wrong with it.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("the request body is not valid JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// Validates an OpenAI-shaped body for `endpoint` (the other front doors translate theirs to
+/// it first); `meta` are the `x-llmgw-meta-*` headers.
+pub fn parse_value(
+    endpoint: Endpoint,
+    body: Value,
+    meta: BTreeMap<String, String>,
+) -> Result<ClientRequest, ApiError> {
     let Value::Object(obj) = &body else {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -323,7 +338,8 @@ fn too_long(param: &str, what: &str, max: usize, len: usize) -> ApiError {
     .with_param(param)
 }
 
-fn missing(field: &str) -> ApiError {
+/// 400 for a required field that is absent.
+pub fn missing(field: &str) -> ApiError {
     ApiError::bad_request(
         "missing_required_parameter",
         format!("`{field}` is required"),

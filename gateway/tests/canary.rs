@@ -717,3 +717,58 @@ async fn operators_pause_resume_and_roll_back_and_a_rolled_back_spec_stays_so_un
     );
     assert_eq!(a["weight_percent"], 0.0);
 }
+
+/// Requests that enter by the Anthropic Messages and OpenAI Responses doors are split between
+/// the arms like chat completions, served by the arm they are told of, and counted by the
+/// canary's statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_entering_by_the_messages_and_responses_doors_are_split_and_observed() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate"]);
+    write_policy(dir.path(), &mock, HEALTHY, &spec);
+    let gw = start(dir.path(), None);
+    let mut answered = Vec::new();
+    for i in 0..40 {
+        let (path, body) = if i % 2 == 0 {
+            (
+                "/v1/messages",
+                serde_json::json!({ "model": "chat", "max_tokens": 1,
+                    "messages": [{ "role": "user", "content": "Say something." }] }),
+            )
+        } else {
+            (
+                "/v1/responses",
+                serde_json::json!({ "model": "chat", "max_output_tokens": 1, "store": false,
+                    "input": "Say something." }),
+            )
+        };
+        let a = post(&gw.url(path), &body.to_string()).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        let s = seen(&a);
+        let serving = if s.arm == "candidate" {
+            "mock-cand"
+        } else {
+            "mock-base"
+        };
+        assert_eq!(s.provider, serving, "{path}: {s:?}");
+        assert_eq!(s.w, 0.5, "{path}: {s:?}");
+        answered.push(s);
+    }
+    let candidate = answered.iter().filter(|s| s.arm == "candidate").count() as u64;
+    assert!(
+        candidate > 0 && candidate < 40,
+        "{candidate} of 40 on the candidate"
+    );
+    let c = settled(&gw, 0, &answered).await;
+    assert_eq!(
+        c["requests"]["candidate"].as_u64(),
+        Some(candidate),
+        "{c:#}"
+    );
+    assert_eq!(
+        c["requests"]["baseline"].as_u64(),
+        Some(40 - candidate),
+        "{c:#}"
+    );
+}

@@ -5,50 +5,12 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn venv() -> Result<PathBuf, String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let python = dir.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import openai"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if python.exists() && ready(&python) {
-        return Ok(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status();
-    if !made.map(|s| s.success()).unwrap_or(false) {
-        return Err("python3 with the venv module is not available".into());
-    }
-    let pip = Command::new(dir.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "openai>=1.40",
-        ])
-        .status();
-    if !pip.map(|s| s.success()).unwrap_or(false) {
-        return Err("pip could not install the `openai` package (no package index?)".into());
-    }
-    if ready(&python) {
-        Ok(python)
-    } else {
-        Err("the `openai` package does not import".into())
-    }
-}
 
 #[test]
 fn the_official_openai_python_client_works_unchanged() {
-    let python = match venv() {
+    let python = match python::venv("openai-venv", "openai>=1.40", "openai") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("SKIPPED the_official_openai_python_client_works_unchanged: {why}");
@@ -64,6 +26,56 @@ fn the_official_openai_python_client_works_unchanged() {
         .env("LLMGW_KEY", KEY)
         .output()
         .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("all ok"), "{stdout}");
+}
+
+/// The Responses API of the official client (`responses.create`, streaming, function calls,
+/// `previous_response_id`, retrieve, delete) against a mock upstream that speaks chat
+/// completions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_python_client_speaks_the_responses_api() {
+    let python = match python::venv("openai-venv", "openai>=1.66", "openai.resources.responses") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED the_official_openai_python_client_speaks_the_responses_api: {why}");
+            return;
+        }
+    };
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        mock_policy(
+            d,
+            &mock.base_url(),
+            &[TestModel {
+                name: "gpt-mock",
+                quality: 0.9,
+                context: 100_000,
+                prefill: true,
+                provider: "mock-a",
+                upstream: "r+tool",
+            }],
+        );
+        // Images in the input need a model that sees.
+        let models = d.join("models.yaml");
+        let text = std::fs::read_to_string(&models).expect("models");
+        let text = text.replace("[chat, tools, prefill]", "[chat, tools, prefill, vision]");
+        std::fs::write(&models, text).expect("models");
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_responses.py");
+    let url = format!("http://{}", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("LLMGW_URL", url)
+            .env("LLMGW_KEY", KEY)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .expect("joined");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -29,6 +29,7 @@
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
 //! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
 //! | `echo-text-STATUS` | STATUS with a `text/plain` body quoting the credentials |
+//! | `tool` | when the request declares tools and its last message is not a tool result: a call of the first tool with the arguments `{"q":"t0"}` (5 output tokens), JSON or streamed, in the request's protocol; otherwise a normal answer |
 //! | `echo-stream-STATUS` | a stream cut after 2 tokens by an in-band error event (in the request's protocol, of STATUS's kind) quoting the credentials; a JSON request gets the `echo-STATUS` answer |
 //! | `no-prefill` | a model without assistant prefill: 400 `invalid_request_error` to a request whose last message is an assistant message; a request ending with an assistant message and then a user message (a re-ask to continue) is answered with the words after those the assistant message holds |
 //! | `no-prefill-restate` | as `no-prefill`, but the continuation first restates every word of the assistant message, separated by line breaks instead of spaces |
@@ -116,6 +117,8 @@ pub enum Fault {
     Flap(u64),
     /// A model without prefill; a re-ask to continue is answered with the rest of the answer.
     NoPrefill(Continuation),
+    /// A call of the request's first tool, unless it answers a tool call.
+    ToolCall,
     /// An error quoting the credentials the request carried.
     Echo {
         /// The HTTP status (or, for a stream, the kind of the in-band error).
@@ -169,6 +172,7 @@ impl Fault {
             "no-prefill" => return Fault::NoPrefill(Continuation::Exact),
             "no-prefill-restate" => return Fault::NoPrefill(Continuation::Restate(None)),
             "no-prefill-misaligned" => return Fault::NoPrefill(Continuation::Misaligned),
+            "tool" => return Fault::ToolCall,
             _ => {}
         }
         if let Some(n) = num("429-once-ra-") {
@@ -457,6 +461,7 @@ async fn handle(
         _ => (Dialect::OpenAi, request),
     };
     let model = request["model"].as_str().unwrap_or("").to_owned();
+    let to_call = tool_to_call(dialect, &received);
     let (attempt, first_seen) = stats.count(&model);
     stats
         .bodies
@@ -519,6 +524,17 @@ async fn handle(
         return Ok(embeddings(&request, &model));
     }
     let answer = Answer::of(&request, fault);
+    if fault == Fault::ToolCall {
+        if let Some(name) = to_call {
+            return Ok(tool_call(
+                dialect,
+                &model,
+                &name,
+                &answer,
+                streamed(&request),
+            ));
+        }
+    }
     let delay = fault.first_token_delay(attempt);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -562,6 +578,139 @@ fn ends_with_assistant(request: &Value) -> bool {
         .as_array()
         .and_then(|m| m.last())
         .is_some_and(|m| m["role"] == "assistant")
+}
+
+/// The first tool a request (as received, in `dialect`) declares, unless its last message
+/// carries a tool result.
+fn tool_to_call(dialect: Dialect, request: &Value) -> Option<String> {
+    let (name, answered) = match dialect {
+        Dialect::OpenAi => (
+            &request["tools"][0]["function"]["name"],
+            request["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["role"] == "tool"),
+        ),
+        Dialect::Anthropic => (
+            &request["tools"][0]["name"],
+            request["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_array())
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result")),
+        ),
+        Dialect::Gemini => (
+            &request["tools"][0]["functionDeclarations"][0]["name"],
+            request["contents"]
+                .as_array()
+                .and_then(|c| c.last())
+                .and_then(|c| c["parts"].as_array())
+                .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some())),
+        ),
+    };
+    name.as_str().filter(|_| !answered).map(str::to_owned)
+}
+
+/// Output tokens of a mock tool call.
+const TOOL_CALL_TOKENS: u64 = 5;
+
+/// A call of tool `name` with the arguments `{"q":"t0"}`, whole or streamed, in `dialect`.
+fn tool_call(
+    dialect: Dialect,
+    model: &str,
+    name: &str,
+    answer: &Answer,
+    stream: bool,
+) -> Response<MockBody> {
+    let (input, out) = (answer.prompt_tokens, TOOL_CALL_TOKENS);
+    let args = json!({ "q": "t0" });
+    let pieces = ["{\"q\":", "\"t0\"}"];
+    if !stream {
+        let body = match dialect {
+            Dialect::OpenAi => json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64,
+                "model": model,
+                "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": null, "tool_calls": [{
+                        "id": "call_mock", "type": "function",
+                        "function": { "name": name, "arguments": args.to_string() } }] } }],
+                "usage": { "prompt_tokens": input, "completion_tokens": out, "total_tokens": input + out },
+            }),
+            Dialect::Anthropic => json!({
+                "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [{ "type": "tool_use", "id": "toolu_mock", "name": name, "input": args }],
+                "stop_reason": "tool_use",
+                "usage": { "input_tokens": input, "output_tokens": out },
+            }),
+            Dialect::Gemini => json!({
+                "candidates": [{ "content": { "role": "model", "parts": [
+                    { "functionCall": { "name": name, "args": args } }] }, "finishReason": "STOP" }],
+                "usageMetadata": { "promptTokenCount": input, "candidatesTokenCount": out },
+            }),
+        };
+        return json_response(StatusCode::OK, body);
+    }
+    let events: Vec<Bytes> = match dialect {
+        Dialect::OpenAi => {
+            let usage = json!({ "id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                "created": 1_700_000_000u64, "model": model, "choices": [],
+                "usage": { "prompt_tokens": input, "completion_tokens": out, "total_tokens": input + out } });
+            let mut v = vec![
+                chunk(model, json!({ "role": "assistant", "content": null }), None),
+                chunk(
+                    model,
+                    json!({ "tool_calls": [{ "index": 0, "id": "call_mock", "type": "function",
+                    "function": { "name": name, "arguments": "" } }] }),
+                    None,
+                ),
+            ];
+            for p in pieces {
+                v.push(chunk(
+                    model,
+                    json!({ "tool_calls": [{ "index": 0, "function": { "arguments": p } }] }),
+                    None,
+                ));
+            }
+            v.push(chunk(model, json!({}), Some("tool_calls")));
+            v.push(Bytes::from(format!("data: {usage}\n\n")));
+            v.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            v
+        }
+        Dialect::Anthropic => {
+            let mut v = vec![
+                anthropic_event(json!({ "type": "message_start", "message": {
+                    "id": "msg_mock", "type": "message", "role": "assistant", "content": [],
+                    "model": model, "usage": { "input_tokens": input, "output_tokens": 1 } } })),
+                anthropic_event(json!({ "type": "content_block_start", "index": 0,
+                    "content_block": { "type": "tool_use", "id": "toolu_mock", "name": name, "input": {} } })),
+            ];
+            for p in pieces {
+                v.push(anthropic_event(
+                    json!({ "type": "content_block_delta", "index": 0,
+                    "delta": { "type": "input_json_delta", "partial_json": p } }),
+                ));
+            }
+            v.push(anthropic_event(
+                json!({ "type": "content_block_stop", "index": 0 }),
+            ));
+            v.push(anthropic_event(json!({ "type": "message_delta",
+                "delta": { "stop_reason": "tool_use" }, "usage": { "output_tokens": out } })));
+            v.push(anthropic_event(json!({ "type": "message_stop" })));
+            v
+        }
+        Dialect::Gemini => vec![gemini_chunk(json!({
+            "candidates": [{ "content": { "role": "model", "parts": [
+                { "functionCall": { "name": name, "args": args } }] }, "finishReason": "STOP" }],
+            "usageMetadata": { "promptTokenCount": input, "candidatesTokenCount": out },
+        }))],
+    };
+    let body = Full::new(Bytes::from(events.concat()))
+        .map_err(|e: Infallible| match e {})
+        .boxed();
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("static"));
+    resp
 }
 
 /// Whether a chat request asks for a stream.
@@ -1161,6 +1310,27 @@ mod tests {
         assert_eq!(Fault::parse("echo-stream-429"), echo(429, EchoForm::Stream));
         assert_eq!(Fault::parse("echo-200"), Fault::None);
         assert_eq!(Fault::parse("echo-text-"), Fault::None);
+        assert_eq!(Fault::parse("c+tool"), Fault::ToolCall);
+    }
+
+    #[test]
+    fn a_tool_is_called_unless_the_last_message_answers_a_call() {
+        let openai = json!({ "tools": [{ "type": "function", "function": { "name": "f" } }],
+            "messages": [{ "role": "user", "content": "x" }] });
+        assert_eq!(tool_to_call(Dialect::OpenAi, &openai).as_deref(), Some("f"));
+        let mut answered = openai.clone();
+        answered["messages"] = json!([{ "role": "tool", "tool_call_id": "c", "content": "y" }]);
+        assert_eq!(tool_to_call(Dialect::OpenAi, &answered), None);
+        let anthropic = json!({ "tools": [{ "name": "g" }], "messages": [{ "role": "user",
+            "content": [{ "type": "tool_result", "tool_use_id": "t", "content": "y" }] }] });
+        assert_eq!(tool_to_call(Dialect::Anthropic, &anthropic), None);
+        let gemini = json!({ "tools": [{ "functionDeclarations": [{ "name": "h" }] }],
+            "contents": [{ "role": "user", "parts": [{ "text": "x" }] }] });
+        assert_eq!(tool_to_call(Dialect::Gemini, &gemini).as_deref(), Some("h"));
+        assert_eq!(
+            tool_to_call(Dialect::OpenAi, &json!({ "messages": [] })),
+            None
+        );
     }
 
     #[test]

@@ -126,6 +126,35 @@ impl Chat {
         Bytes::from(body.to_string())
     }
 
+    /// The answer as the deltas of a stream: its text in pieces, each tool call whole, the
+    /// finish reason.
+    pub fn deltas(&self) -> Vec<Delta> {
+        let mut out: Vec<Delta> = self
+            .content
+            .as_deref()
+            .map(pieces)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|piece| Delta {
+                content: Some(piece.to_owned()),
+                ..Delta::default()
+            })
+            .collect();
+        for (i, call) in self.tool_calls.iter().enumerate() {
+            let mut call = call.as_object().cloned().unwrap_or_default();
+            call.insert("index".into(), i.into());
+            out.push(Delta {
+                tool_calls: Some(Value::Array(vec![Value::Object(call)])),
+                ..Delta::default()
+            });
+        }
+        out.push(Delta {
+            finish_reason: Some(self.finish_reason.clone()),
+            ..Delta::default()
+        });
+        out
+    }
+
     /// The answer as OpenAI's stream: a role chunk, content chunks, tool calls, the finish
     /// reason, the usage chunk when asked for, the cost comment and `[DONE]`.
     pub fn stream(

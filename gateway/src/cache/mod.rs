@@ -504,6 +504,16 @@ impl Hit {
         }
     }
 
+    /// A chat answer as stream deltas and its usage, for doors that write their own stream
+    /// (nothing for an embeddings answer).
+    pub fn replay(&self) -> (Vec<Delta>, Usage) {
+        let a = &self.entry.answer;
+        match &a.body {
+            Body::Chat(c) => (c.deltas(), a.usage),
+            Body::Embeddings(_) => (Vec::new(), a.usage),
+        }
+    }
+
     /// The answer as the request wants it: a JSON body, or (`stream`) the SSE events.
     /// `id` names the completion.
     pub fn body(&self, id: &str, created: u64, stream: bool, include_usage: bool) -> Bytes {

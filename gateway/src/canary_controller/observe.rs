@@ -136,6 +136,7 @@ mod tests {
             request_id: "x",
             status,
             endpoint: "chat",
+            door: "openai",
             stream: false,
             requested_model: "m",
             served: None,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
-            "missing `Authorization: Bearer <key>` header",
+            "missing `Authorization: Bearer <key>` (or `x-api-key: <key>`) header",
         ));
     };
     value
@@ -28,6 +28,21 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the `Authorization` header must be `Bearer <key>`"))
 }
 
+/// The gateway key a request presents: its bearer secret, or (as Anthropic's clients send it)
+/// its `x-api-key` header when it has no `Authorization` header; 401 when it has neither.
+pub fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return bearer(headers);
+    }
+    match headers.get("x-api-key").map(|v| v.to_str().map(str::trim)) {
+        Some(Ok(key)) if !key.is_empty() => Ok(key),
+        Some(_) => Err(ApiError::unauthorized(
+            "the `x-api-key` header is empty or not text",
+        )),
+        None => bearer(headers),
+    }
+}
+
 /// The key presented with the request, or 401 (403 for an admin key, which serves the admin
 /// API only). With `fault` (why the state store is unavailable), or when the store fails, only
 /// keys verified recently are known; any other key gets the state store's 503.
@@ -36,7 +51,7 @@ pub async fn authenticate(
     keys: &KeyCache,
     fault: Option<&str>,
 ) -> Result<Arc<AuthKey>, ApiError> {
-    let secret = bearer(headers)?;
+    let secret = presented_key(headers)?;
     let looked = match fault {
         Some(reason) => Err(unavailable(&reason)),
         None => keys
@@ -114,6 +129,28 @@ pub fn check_model(key: &AuthKey, model: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_presented_as_a_bearer_token_or_as_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h).unwrap_err().status, 401);
+        h.insert("x-api-key", "k1".parse().expect("header"));
+        assert_eq!(presented_key(&h).expect("x-api-key"), "k1");
+        h.insert("authorization", "Bearer k2".parse().expect("header"));
+        assert_eq!(presented_key(&h).expect("bearer first"), "k2");
+        h.insert("authorization", "Basic k2".parse().expect("header"));
+        assert!(
+            presented_key(&h).is_err(),
+            "a malformed Authorization is not skipped"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", " ".parse().expect("header"));
+        assert!(presented_key(&h).is_err());
+        // The operator API reads bearer tokens only.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k1".parse().expect("header"));
+        assert!(bearer(&h).is_err());
+    }
     use crate::keys::{create, revoke, Authority, KeySpec};
     use crate::store::Store;
 

@@ -21,6 +21,8 @@ pub struct RequestRecord<'a> {
     pub status: u16,
     /// `chat` or `embeddings`.
     pub endpoint: &'static str,
+    /// The API shape it came in (`openai`, `anthropic_messages`, `openai_responses`).
+    pub door: &'static str,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// The model asked for.
@@ -130,6 +132,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
                 .u64("status", r.status.into())
                 .str("outcome", r.outcome)
                 .str("endpoint", r.endpoint)
+                .str("door", r.door)
                 .bool("stream", r.stream)
                 .str("requested_model", r.requested_model)
                 .str("model", model)
@@ -195,6 +198,7 @@ fn log(r: &RequestRecord<'_>, model: &str, provider: &str) {
         status = r.status,
         outcome = r.outcome,
         endpoint = r.endpoint,
+        door = r.door,
         stream = r.stream,
         requested_model = r.requested_model,
         model = model,

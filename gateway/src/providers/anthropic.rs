@@ -95,18 +95,108 @@ fn blocks(content: &Value) -> Vec<Value> {
                     let url = p["image_url"]["url"]
                         .as_str()
                         .or_else(|| p["image_url"].as_str())?;
-                    Some(match parse_data_url(url) {
-                        Some((media_type, data)) => json!({
-                            "type": "image",
-                            "source": { "type": "base64", "media_type": media_type, "data": data },
-                        }),
-                        None => json!({ "type": "image", "source": { "type": "url", "url": url } }),
-                    })
+                    Some(image_block(url))
                 }
                 _ => None,
             })
             .collect(),
         _ => vec![],
+    }
+}
+
+/// An image block for an image URL (a `data:` URL becomes a base64 source).
+fn image_block(url: &str) -> Value {
+    match parse_data_url(url) {
+        Some((media_type, data)) => json!({
+            "type": "image",
+            "source": { "type": "base64", "media_type": media_type, "data": data },
+        }),
+        None => json!({ "type": "image", "source": { "type": "url", "url": url } }),
+    }
+}
+
+/// The image URL of an image block's `source` (the inverse of [`image_block`]): a `data:` URL
+/// for a base64 source.
+pub fn image_url(source: &Value) -> Option<String> {
+    match source["type"].as_str()? {
+        "base64" => Some(format!(
+            "data:{};base64,{}",
+            source["media_type"].as_str()?,
+            source["data"].as_str()?
+        )),
+        "url" => source["url"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A `tool_use` block for an OpenAI tool call (its arguments parsed; `{}` when they are not
+/// JSON).
+pub fn tool_use_block(call: &Value) -> Value {
+    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+    json!({
+        "type": "tool_use",
+        "id": call["id"],
+        "name": call["function"]["name"],
+        "input": input,
+    })
+}
+
+/// An OpenAI tool call for a `tool_use` block (the inverse of [`tool_use_block`]).
+pub fn tool_call(block: &Value) -> Value {
+    json!({
+        "id": block["id"],
+        "type": "function",
+        "function": { "name": block["name"], "arguments": block["input"].to_string() },
+    })
+}
+
+/// An Anthropic tool for an OpenAI function tool.
+fn tool_def(t: &Value) -> Value {
+    let f = &t["function"];
+    let mut tool = json!({
+        "name": f["name"],
+        "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({ "type": "object" })),
+    });
+    if let Some(d) = f["description"].as_str() {
+        tool["description"] = Value::from(d);
+    }
+    tool
+}
+
+/// An OpenAI function tool for an Anthropic tool (the inverse of [`tool_def`]).
+pub fn function_tool(tool: &Value) -> Value {
+    let mut function = json!({
+        "name": tool["name"],
+        "parameters": tool.get("input_schema").cloned().unwrap_or_else(|| json!({ "type": "object" })),
+    });
+    if let Some(d) = tool["description"].as_str() {
+        function["description"] = Value::from(d);
+    }
+    json!({ "type": "function", "function": function })
+}
+
+/// The Anthropic `tool_choice` for an OpenAI one (`auto` is the default and maps to none).
+fn tool_choice(choice: &Value) -> Option<Value> {
+    match choice {
+        Value::String(s) if s == "required" => Some(json!({ "type": "any" })),
+        Value::String(s) if s == "none" => Some(json!({ "type": "none" })),
+        Value::Object(o) => o
+            .get("function")
+            .and_then(|f| f["name"].as_str())
+            .map(|n| json!({ "type": "tool", "name": n })),
+        _ => None,
+    }
+}
+
+/// The OpenAI `tool_choice` for an Anthropic one (the inverse of [`tool_choice`]).
+pub fn openai_tool_choice(choice: &Value) -> Option<Value> {
+    match choice["type"].as_str()? {
+        "auto" => Some(json!("auto")),
+        "any" => Some(json!("required")),
+        "none" => Some(json!("none")),
+        "tool" => Some(json!({ "type": "function", "function": { "name": choice["name"] } })),
+        _ => None,
     }
 }
 
@@ -150,14 +240,7 @@ pub fn to_messages(req: &UpstreamRequest<'_>) -> Value {
             "assistant" => {
                 let mut content = blocks(&m["content"]);
                 for call in m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
-                    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
-                    content.push(json!({
-                        "type": "tool_use",
-                        "id": call["id"],
-                        "name": call["function"]["name"],
-                        "input": input,
-                    }));
+                    content.push(tool_use_block(call));
                 }
                 push(&mut messages, "assistant", content);
             }
@@ -214,31 +297,11 @@ pub fn to_messages(req: &UpstreamRequest<'_>) -> Value {
         _ => {}
     }
     if let Some(tools) = body["tools"].as_array().filter(|t| !t.is_empty()) {
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                let f = &t["function"];
-                let mut tool = json!({
-                    "name": f["name"],
-                    "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({ "type": "object" })),
-                });
-                if let Some(d) = f["description"].as_str() {
-                    tool["description"] = Value::from(d);
-                }
-                tool
-            })
-            .collect();
-        out.insert("tools".into(), Value::Array(tools));
-        let choice = match &body["tool_choice"] {
-            Value::String(s) if s == "required" => Some(json!({ "type": "any" })),
-            Value::String(s) if s == "none" => Some(json!({ "type": "none" })),
-            Value::Object(o) => o
-                .get("function")
-                .and_then(|f| f["name"].as_str())
-                .map(|n| json!({ "type": "tool", "name": n })),
-            _ => None,
-        };
-        if let Some(c) = choice {
+        out.insert(
+            "tools".into(),
+            Value::Array(tools.iter().map(tool_def).collect()),
+        );
+        if let Some(c) = tool_choice(&body["tool_choice"]) {
             out.insert("tool_choice".into(), c);
         }
     }
@@ -248,12 +311,23 @@ pub fn to_messages(req: &UpstreamRequest<'_>) -> Value {
     Value::Object(out)
 }
 
-fn finish_reason(stop: &str) -> &'static str {
+/// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
+pub fn finish_reason(stop: &str) -> &'static str {
     match stop {
         "max_tokens" => "length",
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
         _ => "stop",
+    }
+}
+
+/// Anthropic's `stop_reason` for an OpenAI `finish_reason` (the inverse of [`finish_reason`]).
+pub fn stop_reason(finish: &str) -> &'static str {
+    match finish {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
     }
 }
 
@@ -274,11 +348,7 @@ pub fn from_message(msg: &Value, model: &str) -> (Value, Usage) {
     for block in msg["content"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         match block["type"].as_str() {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": block["id"],
-                "type": "function",
-                "function": { "name": block["name"], "arguments": block["input"].to_string() },
-            })),
+            Some("tool_use") => calls.push(tool_call(block)),
             _ => {}
         }
     }

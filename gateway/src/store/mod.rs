@@ -363,6 +363,35 @@ impl Store {
         dispatch!(self.put(ns, key, value))
     }
 
+    /// Sets a value of a namespace that lasts until `expires_ms` (milliseconds since the
+    /// epoch; `now_ms` is the gateway's clock, used by SQLite to purge expired values, while
+    /// Redis expires them itself).
+    pub async fn put_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.put_expiring(ns, key, value, expires_ms, now_ms))
+    }
+
+    /// A value set by [`Store::put_expiring`], unless it expired by `now_ms`.
+    pub async fn get_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self.get_expiring(ns, key, now_ms))
+    }
+
+    /// Removes a value set by [`Store::put_expiring`]; false when there was none.
+    pub async fn delete_expiring(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        dispatch!(self.delete_expiring(ns, key))
+    }
+
     /// Records a signature until `expires_ms`; false when it was already seen (a replay).
     pub async fn first_use(
         &self,

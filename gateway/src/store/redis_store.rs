@@ -441,6 +441,42 @@ impl RedisStore {
         Ok(())
     }
 
+    pub(super) async fn put_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let ttl = (expires_ms - now_ms).max(1) as u64;
+        let _: () = redis::cmd("SET")
+            .arg(self.k(&["exp", ns, key]))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn get_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        _now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.k(&["exp", ns, key])).await?)
+    }
+
+    pub(super) async fn delete_expiring(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: u64 = c.del(self.k(&["exp", ns, key])).await?;
+        Ok(n > 0)
+    }
+
     pub(super) async fn first_use(
         &self,
         signature: &str,

@@ -29,6 +29,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ALTER TABLE counters DROP COLUMN held;",
     // Every reservation purges expired counters: by index, not by a scan of every counter.
     "CREATE INDEX counters_expiry ON counters (expires_at);",
+    // Values kept for a while (stored responses), dropped once expired (milliseconds).
+    "CREATE TABLE expiring (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+         expires_at INTEGER NOT NULL, PRIMARY KEY (ns, key));
+     CREATE INDEX expiring_expiry ON expiring (expires_at);",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -716,6 +720,61 @@ impl SqliteStore {
                 params![ns, key, value],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn put_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM expiring WHERE expires_at < ?1",
+                params![now_ms],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO expiring (ns, key, value, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![ns, key, value, expires_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn get_expiring(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT value FROM expiring WHERE ns = ?1 AND key = ?2 AND expires_at >= ?3",
+                params![ns, key, now_ms],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_expiring(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM expiring WHERE ns = ?1 AND key = ?2",
+                params![ns, key],
+            )? > 0)
         })
         .await
     }

@@ -351,6 +351,54 @@ async fn ledger_kv_and_replays(store: &Store) {
     assert!(!store.first_use("sig-1", 10_000, 2_000).await.unwrap());
 }
 
+/// Values kept for a while are read back until deleted.
+async fn expiring_values(store: &Store) {
+    let now = now_ms();
+    let later = now + 60_000;
+    assert_eq!(store.get_expiring("resp", "t/a", now).await.unwrap(), None);
+    store
+        .put_expiring("resp", "t/a", "{\"v\":1}", later, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_expiring("resp", "t/a", now)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"v\":1}")
+    );
+    assert!(store.delete_expiring("resp", "t/a").await.unwrap());
+    assert!(!store.delete_expiring("resp", "t/a").await.unwrap());
+    assert_eq!(store.get_expiring("resp", "t/a", now).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn sqlite_expiring_values_expire_by_the_gateway_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    expiring_values(&store).await;
+    store
+        .put_expiring("resp", "old", "1", 2_000, 1_000)
+        .await
+        .unwrap();
+    assert!(store
+        .get_expiring("resp", "old", 1_500)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.get_expiring("resp", "old", 2_001).await.unwrap(),
+        None
+    );
+    // A later write purges what expired.
+    store
+        .put_expiring("resp", "new", "2", 9_000, 3_000)
+        .await
+        .unwrap();
+    assert!(!store.delete_expiring("resp", "old").await.unwrap());
+}
+
 #[tokio::test]
 async fn sqlite_store_behaves() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,4 +518,5 @@ async fn redis_store_behaves() {
     leases_expire_and_late_settlements_stay_exact(&store, "b:lease", Clock(None)).await;
     renewed_leases_outlive_their_first_term(&store, "b:renew", Clock(None)).await;
     ledger_kv_and_replays(&store).await;
+    expiring_values(&store).await;
 }

@@ -3,6 +3,8 @@
 //! HTTP client.
 #![allow(dead_code)]
 
+pub mod python;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
