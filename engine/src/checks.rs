@@ -270,12 +270,13 @@ pub(crate) fn canary(diags: &mut Vec<Diagnostic>, c: &model::Canary, doc: &Parse
             Some(doc.loc(&format!("{base}/rollout/{pointer}"))),
         ));
     }
-    if c.rollout.split != llmgw_canary::spec::Split::PerRequest {
+    // A sticky split with checks is an error above; without, it is promoted unchecked.
+    if c.rollout.split != llmgw_canary::spec::Split::PerRequest && c.rollout.metrics.is_empty() {
         diags.push(
             Diagnostic::warning(
                 "canary/sticky-split",
                 format!(
-                    "canary `{}` splits by key or user: requests of one client are not independent, so its error-rate and latency checks are no longer exact",
+                    "canary `{}` splits by key or user, so nothing is checked: it is promoted after its steps unless an operator rolls it back",
                     c.name
                 ),
                 Some(doc.loc(&format!("{base}/rollout/split"))),

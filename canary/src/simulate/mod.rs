@@ -244,6 +244,7 @@ fn scenarios() -> Vec<Scenario> {
                 median_ms: 800.0,
                 sigma: 0.5,
                 factor: 1.3,
+                margin: 1.0,
                 requests: REQUESTS,
             },
         ),
