@@ -74,7 +74,7 @@ pub(super) fn run(sc: &LatencyScenario, fixed_at: u64, rng: &mut impl Rng) -> Ou
 
 #[cfg(test)]
 mod tests {
-    use super::super::{run_parallel, SimConfig};
+    use super::super::run_parallel;
     use super::*;
 
     /// Rollbacks of 100 simulated canaries (20,000 requests at 5%: 1,000 candidate requests
@@ -88,12 +88,7 @@ mod tests {
             margin,
             requests: 20_000,
         };
-        let cfg = SimConfig {
-            sims: 100,
-            seed: 11,
-            threads: 0,
-        };
-        let mut at: Vec<u64> = run_parallel(&cfg, 0, |rng| run(&sc, u64::MAX, rng))
+        let mut at: Vec<u64> = run_parallel(100, 11, 0, 0, |rng| run(&sc, u64::MAX, rng))
             .iter()
             .filter_map(|o| o.e_process)
             .collect();

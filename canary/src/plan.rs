@@ -1,0 +1,291 @@
+//! How long a rollout will take at a stated traffic rate, for the policy's own spec.
+//!
+//! A healthy candidate is promoted once every step has met its minimums: step `i` lasts
+//! `max(min_duration_secs, min_requests / (rate · w_i))` (its candidate requests arrive at
+//! `rate · w_i` an hour), unless it is falsely rolled back (probability ≤ α). Regressions, an
+//! error-rate doubling and latencies ×1.3, are simulated request by request through the real
+//! [`Rollout`] with every metric, margin and step of the spec, requests evenly spaced at the
+//! rate, lognormal latencies (median 800 ms, σ = 0.5) and the stated baseline error rate; a
+//! failed request has no latency. Each simulation has its own seeded stream, so a plan
+//! depends on its inputs alone.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use rand_distr::{Distribution, LogNormal};
+use serde::Serialize;
+
+use crate::monitor::Observation;
+use crate::rollout::{Command, Phase, Rollout};
+use crate::simulate::{run_parallel, DEFAULT_SEED};
+use crate::spec::{CanarySpec, InvalidSpec};
+use crate::split::Arm;
+
+/// A rollout that lasts longer than this is worth a warning.
+pub const MONTH_HOURS: f64 = 30.0 * 24.0;
+/// Simulated time after which a regression counts as not caught.
+const HORIZON_HOURS: f64 = 365.0 * 24.0;
+/// Requests after which a simulated rollout stops, whatever the time.
+const MAX_REQUESTS: u64 = 2_000_000;
+
+/// The traffic a plan assumes and how much to simulate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanConfig {
+    /// Requests an hour to the canary's model (both arms).
+    pub requests_per_hour: f64,
+    /// Error rate of the baseline.
+    pub base_error_rate: f64,
+    /// Simulated rollouts per regression.
+    pub sims: usize,
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            requests_per_hour: 1000.0,
+            base_error_rate: 0.01,
+            sims: 200,
+            seed: DEFAULT_SEED,
+            threads: 0,
+        }
+    }
+}
+
+/// When a simulated regression was rolled back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// Share of simulated rollouts rolled back within a year.
+    pub rolled_back: f64,
+    /// Median hours to the rollback, among those rolled back.
+    pub median_hours: Option<f64>,
+    /// 90th percentile of hours to the rollback, when at least 90% were rolled back.
+    pub p90_hours: Option<f64>,
+    /// Median candidate requests served by then.
+    pub median_candidate_requests: Option<u64>,
+    /// Share promoted instead (the regression went unnoticed).
+    pub promoted: f64,
+}
+
+/// Expected durations of one canary's rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Requests an hour assumed.
+    pub requests_per_hour: f64,
+    /// Baseline error rate assumed.
+    pub base_error_rate: f64,
+    /// Hours each step lasts for a healthy candidate.
+    pub step_hours: Vec<f64>,
+    /// Hours to promotion of a healthy candidate (the sum of `step_hours`).
+    pub promotion_hours: f64,
+    /// A candidate with twice the baseline's error rate.
+    pub error_rate_x2: Detection,
+    /// A candidate whose latencies are 1.3 times the baseline's.
+    pub latency_x1_3: Detection,
+}
+
+impl Plan {
+    /// Whether a healthy candidate takes more than a month to be promoted.
+    pub fn longer_than_a_month(&self) -> bool {
+        self.promotion_hours > MONTH_HOURS
+    }
+}
+
+/// Hours each step of `spec` lasts for a healthy candidate at `requests_per_hour`.
+pub fn step_hours(spec: &CanarySpec, requests_per_hour: f64) -> Vec<f64> {
+    spec.steps
+        .iter()
+        .map(|s| {
+            let candidate_per_hour = requests_per_hour * s.weight_percent / 100.0;
+            let for_requests = if s.min_requests == 0 {
+                0.0
+            } else {
+                s.min_requests as f64 / candidate_per_hour
+            };
+            for_requests.max(s.min_duration_secs as f64 / 3600.0)
+        })
+        .collect()
+}
+
+/// The plan of a valid spec at the traffic of `cfg`.
+pub fn plan(spec: &CanarySpec, cfg: &PlanConfig) -> Result<Plan, InvalidSpec> {
+    let spec = spec.clone().validated()?;
+    let step_hours = step_hours(&spec, cfg.requests_per_hour);
+    let detect = |stream, error_factor, latency_factor| {
+        let outcomes = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
+            rollout(&spec, cfg, error_factor, latency_factor, rng)
+        });
+        summarise(&outcomes)
+    };
+    Ok(Plan {
+        requests_per_hour: cfg.requests_per_hour,
+        base_error_rate: cfg.base_error_rate,
+        promotion_hours: step_hours.iter().sum(),
+        step_hours,
+        error_rate_x2: detect(100, 2.0, 1.0),
+        latency_x1_3: detect(101, 1.0, 1.3),
+    })
+}
+
+/// How one simulated rollout ended: rolled back or promoted at some hour with some candidate
+/// requests served, or neither within the horizon.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct End {
+    phase: Option<Phase>,
+    hours: f64,
+    candidate_requests: u64,
+}
+
+fn rollout(
+    spec: &CanarySpec,
+    cfg: &PlanConfig,
+    error_factor: f64,
+    latency_factor: f64,
+    rng: &mut StdRng,
+) -> End {
+    let mut r = Rollout::new(spec.clone()).expect("the spec was validated");
+    let _ = r.command(Command::Start, 0);
+    let latencies = LogNormal::new(800f64.ln(), 0.5).expect("valid lognormal");
+    let gap_hours = 1.0 / cfg.requests_per_hour;
+    for i in 1..=MAX_REQUESTS {
+        let hours = i as f64 * gap_hours;
+        if hours > HORIZON_HOURS {
+            break;
+        }
+        let w = r.current_weight() / 100.0;
+        let candidate = rng.random::<f64>() < w;
+        let (arm, error_rate, slowdown) = if candidate {
+            (
+                Arm::Candidate,
+                cfg.base_error_rate * error_factor,
+                latency_factor,
+            )
+        } else {
+            (Arm::Baseline, cfg.base_error_rate, 1.0)
+        };
+        let error = rng.random::<f64>() < error_rate;
+        let latency = latencies.sample(rng) * slowdown;
+        let obs = Observation {
+            now_ms: (hours * 3_600_000.0) as u64,
+            arm,
+            w,
+            error,
+            latency_ms: (!error).then_some(latency),
+            ttft_ms: None,
+        };
+        let _ = r.observe(&obs);
+        if matches!(r.phase(), Phase::RolledBack | Phase::Promoted) {
+            return End {
+                phase: Some(r.phase()),
+                hours,
+                candidate_requests: r.monitor().requests().candidate,
+            };
+        }
+    }
+    End::default()
+}
+
+fn summarise(ends: &[End]) -> Detection {
+    let n = ends.len().max(1) as f64;
+    let mut back: Vec<&End> = ends
+        .iter()
+        .filter(|e| e.phase == Some(Phase::RolledBack))
+        .collect();
+    back.sort_by(|a, b| a.hours.total_cmp(&b.hours));
+    let promoted = ends
+        .iter()
+        .filter(|e| e.phase == Some(Phase::Promoted))
+        .count();
+    // Quantiles over every simulated rollout: one not rolled back counts as never.
+    let quantile = |q: f64| {
+        let rank = ((q * ends.len() as f64).ceil() as usize).max(1);
+        back.get(rank - 1).map(|e| e.hours)
+    };
+    let mut requests: Vec<u64> = back.iter().map(|e| e.candidate_requests).collect();
+    requests.sort_unstable();
+    let median_rank = (ends.len() as f64 * 0.5).ceil() as usize;
+    Detection {
+        rolled_back: back.len() as f64 / n,
+        median_hours: quantile(0.5),
+        p90_hours: quantile(0.9),
+        median_candidate_requests: requests.get(median_rank.max(1) - 1).copied(),
+        promoted: promoted as f64 / n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Metric, MetricSpec, Split, Step};
+
+    fn bundled() -> CanarySpec {
+        let step = |weight_percent, min_requests, min_duration_secs| Step {
+            weight_percent,
+            min_requests,
+            min_duration_secs,
+        };
+        CanarySpec {
+            steps: vec![
+                step(5.0, 2000, 3600),
+                step(25.0, 5000, 7200),
+                step(50.0, 10000, 86400),
+            ],
+            metrics: vec![
+                MetricSpec {
+                    metric: Metric::ErrorRate,
+                    margin: 1.0,
+                },
+                MetricSpec {
+                    metric: Metric::LatencyP95,
+                    margin: 1.1,
+                },
+            ],
+            alpha: 0.01,
+            split: Split::PerRequest,
+        }
+    }
+
+    #[test]
+    fn healthy_steps_last_for_their_requests_or_their_duration() {
+        // At 100 requests an hour: 2,000 candidate requests at 5 an hour take 400 h; 5,000 at
+        // 25 an hour 200 h; 10,000 at 50 an hour 200 h (more than its day).
+        assert_eq!(step_hours(&bundled(), 100.0), vec![400.0, 200.0, 200.0]);
+        // At 100,000 an hour the durations rule: 1 h, 2 h, 24 h.
+        assert_eq!(step_hours(&bundled(), 100_000.0), vec![1.0, 2.0, 24.0]);
+    }
+
+    #[test]
+    fn a_plan_at_low_traffic_is_long_and_says_so() {
+        let cfg = PlanConfig {
+            requests_per_hour: 100.0,
+            sims: 24,
+            seed: 5,
+            ..PlanConfig::default()
+        };
+        let p = plan(&bundled(), &cfg).unwrap();
+        assert_eq!(p.promotion_hours, 800.0);
+        assert!(p.longer_than_a_month());
+        // Regressions are caught, long before promotion.
+        for d in [&p.error_rate_x2, &p.latency_x1_3] {
+            assert!(d.rolled_back >= 0.9, "{d:?}");
+            let median = d.median_hours.expect("a median");
+            assert!(median < p.promotion_hours, "{d:?}");
+        }
+        // The latency shift is caught with fewer candidate requests than the error doubling.
+        assert!(
+            p.latency_x1_3.median_candidate_requests < p.error_rate_x2.median_candidate_requests,
+            "{p:?}"
+        );
+        // Deterministic for a seed.
+        assert_eq!(plan(&bundled(), &cfg).unwrap(), p);
+    }
+
+    #[test]
+    fn an_invalid_spec_has_no_plan() {
+        let mut spec = bundled();
+        spec.steps[2].weight_percent = 100.0;
+        assert!(plan(&spec, &PlanConfig::default()).is_err());
+    }
+}
