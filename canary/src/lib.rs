@@ -22,7 +22,7 @@ pub mod ztest;
 
 pub use analyze::{analyze, analyze_with, AnalyzeError, AnalyzeOptions, AnalyzeReport, Decision};
 pub use monitor::{Monitor, Observation, ObservationError};
-pub use plan::{plan, Plan, PlanConfig};
+pub use plan::{fleet, plan, FleetResult, Plan, PlanConfig};
 pub use rollout::{Command, CommandError, Phase, Reason, Rollout, StateError, Transition};
 pub use simulate::{simulate, SimConfig, SimReport};
 pub use spec::{CanarySpec, InvalidSpec, Metric, MetricSpec, Problem, Split, Step};

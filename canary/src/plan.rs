@@ -8,6 +8,11 @@
 //! rate, lognormal latencies (median 800 ms, σ = 0.5) and the stated baseline error rate; a
 //! failed request has no latency. Each simulation has its own seeded stream, so a plan
 //! depends on its inputs alone.
+//!
+//! [`fleet`] runs the same rollouts through a simulated fleet: requests spread over several
+//! replicas, each queueing its outcomes and adding them to the one shared rollout in turn
+//! every `batch` of its requests (as the gateway's replicas do every tick), routing with the
+//! weight it last read there.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -65,6 +70,9 @@ pub struct Detection {
     pub p90_hours: Option<f64>,
     /// Median candidate requests served by then.
     pub median_candidate_requests: Option<u64>,
+    /// 90th percentile of candidate requests served by then, when at least 90% were rolled
+    /// back.
+    pub p90_candidate_requests: Option<u64>,
     /// Share promoted instead (the regression went unnoticed).
     pub promoted: f64,
 }
@@ -115,7 +123,7 @@ pub fn plan(spec: &CanarySpec, cfg: &PlanConfig) -> Result<Plan, InvalidSpec> {
     let step_hours = step_hours(&spec, cfg.requests_per_hour);
     let detect = |stream, error_factor, latency_factor| {
         let outcomes = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
-            rollout(&spec, cfg, error_factor, latency_factor, rng)
+            rollout(&spec, cfg, error_factor, latency_factor, SINGLE, rng)
         });
         summarise(&outcomes)
     };
@@ -138,23 +146,41 @@ struct End {
     candidate_requests: u64,
 }
 
+/// How the simulated requests reach the shared rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replicas {
+    /// Replicas taking turns at the requests.
+    count: usize,
+    /// Requests each replica queues before adding them to the rollout.
+    batch: usize,
+}
+
+/// One gateway adding each outcome at once.
+const SINGLE: Replicas = Replicas { count: 1, batch: 1 };
+
 fn rollout(
     spec: &CanarySpec,
     cfg: &PlanConfig,
     error_factor: f64,
     latency_factor: f64,
+    replicas: Replicas,
     rng: &mut StdRng,
 ) -> End {
     let mut r = Rollout::new(spec.clone()).expect("the spec was validated");
     let _ = r.command(Command::Start, 0);
     let latencies = LogNormal::new(800f64.ln(), 0.5).expect("valid lognormal");
     let gap_hours = 1.0 / cfg.requests_per_hour;
+    let round = (replicas.count * replicas.batch) as u64;
+    // Each replica's queued outcomes, and the weight it routes with.
+    let mut queued: Vec<Vec<Observation>> = vec![Vec::new(); replicas.count];
+    let mut weights = vec![r.current_weight() / 100.0; replicas.count];
     for i in 1..=MAX_REQUESTS {
         let hours = i as f64 * gap_hours;
         if hours > HORIZON_HOURS {
             break;
         }
-        let w = r.current_weight() / 100.0;
+        let replica = (i as usize) % replicas.count;
+        let w = weights[replica];
         let candidate = rng.random::<f64>() < w;
         let (arm, error_rate, slowdown) = if candidate {
             (
@@ -175,16 +201,72 @@ fn rollout(
             latency_ms: (!error).then_some(latency),
             ttft_ms: None,
         };
-        let _ = r.observe(&obs);
-        if matches!(r.phase(), Phase::RolledBack | Phase::Promoted) {
-            return End {
-                phase: Some(r.phase()),
-                hours,
-                candidate_requests: r.monitor().requests().candidate,
-            };
+        queued[replica].push(obs);
+        if i % round != 0 {
+            continue;
+        }
+        // Every replica adds its queue to the rollout in turn, then reads the weight.
+        for (queue, weight) in queued.iter_mut().zip(&mut weights) {
+            for obs in queue.drain(..) {
+                let _ = r.observe(&obs);
+            }
+            if matches!(r.phase(), Phase::RolledBack | Phase::Promoted) {
+                return End {
+                    phase: Some(r.phase()),
+                    hours,
+                    candidate_requests: r.monitor().requests().candidate,
+                };
+            }
+            *weight = r.current_weight() / 100.0;
         }
     }
     End::default()
+}
+
+/// A spec's rollout run by a fleet of `replicas`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetResult {
+    /// Replicas sharing the rollout.
+    pub replicas: usize,
+    /// Healthy candidates rolled back before their promotion, over the whole fleet.
+    pub false_rollbacks: f64,
+    /// A candidate with twice the baseline's error rate.
+    pub error_rate_x2: Detection,
+    /// A candidate whose latencies are 1.3 times the baseline's.
+    pub latency_x1_3: Detection,
+}
+
+/// The rollout of a valid spec run by fleets of each size in `replicas`, each replica adding
+/// its outcomes every `batch` of its requests, at the traffic of `cfg` (spread over the fleet).
+pub fn fleet(
+    spec: &CanarySpec,
+    cfg: &PlanConfig,
+    replicas: &[usize],
+    batch: usize,
+) -> Result<Vec<FleetResult>, InvalidSpec> {
+    let spec = spec.clone().validated()?;
+    Ok(replicas
+        .iter()
+        .map(|&count| {
+            let fleet = Replicas {
+                count: count.max(1),
+                batch: batch.max(1),
+            };
+            let run = |stream, error_factor, latency_factor| {
+                let ends = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
+                    rollout(&spec, cfg, error_factor, latency_factor, fleet, rng)
+                });
+                summarise(&ends)
+            };
+            let healthy = run(200, 1.0, 1.0);
+            FleetResult {
+                replicas: fleet.count,
+                false_rollbacks: healthy.rolled_back,
+                error_rate_x2: run(201, 2.0, 1.0),
+                latency_x1_3: run(202, 1.0, 1.3),
+            }
+        })
+        .collect())
 }
 
 fn summarise(ends: &[End]) -> Detection {
@@ -205,12 +287,16 @@ fn summarise(ends: &[End]) -> Detection {
     };
     let mut requests: Vec<u64> = back.iter().map(|e| e.candidate_requests).collect();
     requests.sort_unstable();
-    let median_rank = (ends.len() as f64 * 0.5).ceil() as usize;
+    let request_quantile = |q: f64| {
+        let rank = ((q * ends.len() as f64).ceil() as usize).max(1);
+        requests.get(rank - 1).copied()
+    };
     Detection {
         rolled_back: back.len() as f64 / n,
         median_hours: quantile(0.5),
         p90_hours: quantile(0.9),
-        median_candidate_requests: requests.get(median_rank.max(1) - 1).copied(),
+        median_candidate_requests: request_quantile(0.5),
+        p90_candidate_requests: request_quantile(0.9),
         promoted: promoted as f64 / n,
     }
 }
@@ -280,6 +366,26 @@ mod tests {
         );
         // Deterministic for a seed.
         assert_eq!(plan(&bundled(), &cfg).unwrap(), p);
+    }
+
+    #[test]
+    fn a_fleet_runs_one_test_however_many_replicas() {
+        let cfg = PlanConfig {
+            requests_per_hour: 100.0,
+            sims: 16,
+            seed: 9,
+            ..PlanConfig::default()
+        };
+        let results = fleet(&bundled(), &cfg, &[1, 4], 10).unwrap();
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            // Healthy candidates are promoted (16 rollouts: a false rollback is unlikely).
+            assert_eq!(r.false_rollbacks, 0.0, "{r:?}");
+            // Regressions are caught, with about as many candidate requests on any fleet.
+            assert!(r.error_rate_x2.rolled_back >= 0.9, "{r:?}");
+            let n = r.error_rate_x2.median_candidate_requests.expect("median");
+            assert!((500..4000).contains(&n), "{r:?}");
+        }
     }
 
     #[test]

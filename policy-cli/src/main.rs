@@ -117,11 +117,16 @@ enum CanaryCommand {
         format: ExplainFormat,
     },
     /// Monte Carlo of false rollbacks and detection delays, beside a naive repeated z-test and
-    /// a fixed-horizon test.
+    /// a fixed-horizon test; with `--policy`, of each canary of a repository on fleets of 1, 2,
+    /// 4 and 8 replicas sharing its rollout.
     Simulate {
         /// Simulated canaries per scenario.
         #[arg(long, default_value_t = 10_000)]
         sims: usize,
+        /// Simulate the canaries of this policy repository (their own steps, metrics, margins
+        /// and alpha) run by fleets of replicas, instead of the reference scenarios.
+        #[arg(long, value_name = "DIR")]
+        policy: Option<PathBuf>,
         /// Seed of every random stream.
         #[arg(long, default_value_t = llmgw_canary::simulate::DEFAULT_SEED)]
         seed: u64,
@@ -196,6 +201,22 @@ fn main() -> ExitCode {
         }
         Command::Canary(CanaryCommand::Simulate {
             sims,
+            policy: Some(dir),
+            seed,
+            threads,
+            format,
+        }) => {
+            let cfg = llmgw_canary::PlanConfig {
+                sims,
+                seed,
+                threads,
+                ..plan::FLEET_TRAFFIC
+            };
+            canary_fleet(&dir, &cfg, format)
+        }
+        Command::Canary(CanaryCommand::Simulate {
+            sims,
+            policy: None,
             seed,
             threads,
             format,
@@ -449,6 +470,32 @@ fn canary_plan(
     match format {
         ExplainFormat::Json => println!("{}", to_json(&plans)),
         ExplainFormat::Human => print!("{}", plan::render_human(&plans, cfg)),
+    }
+    Ok(true)
+}
+
+/// Simulates every canary of the repository on fleets of 1, 2, 4 and 8 replicas.
+fn canary_fleet(
+    dir: &Path,
+    cfg: &llmgw_canary::PlanConfig,
+    format: ExplainFormat,
+) -> Result<bool, UsageError> {
+    let (_, outcome) = compiled(dir)?;
+    let Some(policy) = &outcome.policy else {
+        return Ok(false);
+    };
+    let mut all = Vec::new();
+    for c in policy.canaries() {
+        let results = llmgw_canary::fleet(&c.spec, cfg, &plan::FLEET_SIZES, plan::FLEET_BATCH)
+            .map_err(|e| UsageError(format!("canary `{}`: {e}", c.name)))?;
+        all.push(plan::CanaryFleet {
+            canary: c.name.to_string(),
+            results,
+        });
+    }
+    match format {
+        ExplainFormat::Json => println!("{}", to_json(&all)),
+        ExplainFormat::Human => print!("{}", plan::render_fleet(&all, cfg)),
     }
     Ok(true)
 }

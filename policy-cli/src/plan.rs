@@ -1,6 +1,7 @@
-//! `llmgw-policy canary plan`: how long each canary's rollout takes at a stated traffic rate.
+//! `llmgw-policy canary plan`: how long each canary's rollout takes at a stated traffic rate;
+//! and `canary simulate --policy`: each canary's rollout run by fleets of replicas.
 
-use llmgw_canary::plan::{Detection, Plan, PlanConfig, MONTH_HOURS};
+use llmgw_canary::plan::{Detection, FleetResult, Plan, PlanConfig, MONTH_HOURS};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -51,6 +52,76 @@ pub struct CanaryPlan {
     pub plan: Plan,
     /// A healthy candidate takes more than a month.
     pub longer_than_a_month: bool,
+}
+
+/// Fleet sizes `canary simulate --policy` runs.
+pub const FLEET_SIZES: [usize; 4] = [1, 2, 4, 8];
+/// Requests each simulated replica queues before adding them to the shared rollout: a
+/// 200 ms tick at 50 requests a second.
+pub const FLEET_BATCH: usize = 10;
+/// The traffic of the fleet simulation: 100 requests an hour, so that every step lasts for
+/// its `min_requests` rather than its duration, at a baseline error rate of 1%.
+pub const FLEET_TRAFFIC: PlanConfig = PlanConfig {
+    requests_per_hour: 100.0,
+    base_error_rate: 0.01,
+    sims: 0,
+    seed: 0,
+    threads: 0,
+};
+
+/// One canary run by each fleet.
+#[derive(Debug, Serialize)]
+pub struct CanaryFleet {
+    /// The canary.
+    pub canary: String,
+    /// One entry per fleet size.
+    pub results: Vec<FleetResult>,
+}
+
+/// The fleet simulations, for people: one table per canary.
+pub fn render_fleet(fleets: &[CanaryFleet], cfg: &PlanConfig) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} simulated rollouts per fleet and case (seed {}); each replica adds its outcomes to the shared rollout every {FLEET_BATCH} of its requests; baseline error rate {}%; detection in candidate requests over the fleet",
+        cfg.sims,
+        cfg.seed,
+        cfg.base_error_rate * 100.0
+    );
+    for f in fleets {
+        let _ = writeln!(
+            out,
+            "
+canary `{}`",
+            f.canary
+        );
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:>15}  {:>22}  {:>22}",
+            "replicas", "false rollback", "error x2 median (p90)", "latency x1.3 median (p90)"
+        );
+        for r in &f.results {
+            let _ = writeln!(
+                out,
+                "  {:>8}  {:>14.2}%  {:>22}  {:>22}",
+                r.replicas,
+                r.false_rollbacks * 100.0,
+                requests(&r.error_rate_x2),
+                requests(&r.latency_x1_3)
+            );
+        }
+    }
+    out
+}
+
+fn requests(d: &Detection) -> String {
+    let median = d
+        .median_candidate_requests
+        .map_or("never".to_owned(), |n| n.to_string());
+    let p90 = d
+        .p90_candidate_requests
+        .map_or("never".to_owned(), |n| n.to_string());
+    format!("{median} ({p90})")
 }
 
 /// The plans of every canary, for people.

@@ -185,3 +185,26 @@ fn canary_plan_says_how_long_the_bundled_rollout_takes_at_low_traffic() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`fast`"));
 }
+
+#[test]
+fn canary_simulate_runs_the_bundled_rollout_on_fleets_of_one_to_eight_replicas() {
+    let out = run(&[
+        "canary", "simulate", "--policy", POLICIES, "--sims", "4", "--format", "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let fleets: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(fleets[0]["canary"], "gpt-4o-2026-11");
+    let results = fleets[0]["results"].as_array().expect("results");
+    let sizes: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r["replicas"].as_u64())
+        .collect();
+    assert_eq!(sizes, vec![1, 2, 4, 8]);
+    for r in results {
+        assert!(r["false_rollbacks"].as_f64().is_some(), "{r:#}");
+        assert!(
+            r["error_rate_x2"]["median_candidate_requests"].as_u64() > Some(0),
+            "{r:#}"
+        );
+    }
+}
