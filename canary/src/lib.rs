@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod analyze;
+pub mod burst;
 pub mod eprocess;
 pub mod monitor;
 pub mod plan;

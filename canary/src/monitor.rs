@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::burst::BurstGuard;
 use crate::eprocess::{log_threshold, EProcess};
 use crate::spec::{validate_checks, InvalidSpec, Metric, MetricSpec, Source};
 use crate::split::Arm;
@@ -98,6 +99,9 @@ pub struct MetricMonitor {
     eprocess: EProcess,
     tested: ArmCounts,
     events: ArmCounts,
+    /// Leaves out events of incidents that hit both arms (see [`crate::burst`]).
+    #[serde(default)]
+    burst: BurstGuard,
     alarm: Option<Alarm>,
 }
 
@@ -132,6 +136,11 @@ impl MetricMonitor {
     /// Events per arm, whatever their `w`.
     pub fn events(&self) -> ArmCounts {
         self.events
+    }
+
+    /// Events left out of the e-process because they came in a burst over both arms.
+    pub fn skipped_events(&self) -> u64 {
+        self.burst.skipped()
     }
 
     /// The first crossing of the threshold, if any. It stays set: the test is one-shot.
@@ -179,6 +188,7 @@ impl Monitor {
                     }),
                     tested: ArmCounts::default(),
                     events: ArmCounts::default(),
+                    burst: BurstGuard::default(),
                     alarm: None,
                 })
                 .collect(),
@@ -206,10 +216,14 @@ impl Monitor {
             };
             let Some(event) = event else { continue };
             m.tested.add(obs.arm);
+            let admitted = m.burst.admit(event, obs.arm == Arm::Baseline);
             if !event {
                 continue;
             }
             m.events.add(obs.arm);
+            if !admitted {
+                continue;
+            }
             m.eprocess.observe(obs.w, obs.arm == Arm::Candidate);
             if m.alarm.is_none() && m.eprocess.crossed(log_threshold) {
                 m.alarm = Some(Alarm {

@@ -31,6 +31,12 @@ pub const MONTH_HOURS: f64 = 30.0 * 24.0;
 const HORIZON_HOURS: f64 = 365.0 * 24.0;
 /// Requests after which a simulated rollout stops, whatever the time.
 const MAX_REQUESTS: u64 = 2_000_000;
+/// The simulated incident: from this request on…
+const INCIDENT_START: u64 = 10_000;
+/// …for this many requests…
+const INCIDENT_REQUESTS: u64 = 3_000;
+/// …both arms fail this often.
+const INCIDENT_ERROR_RATE: f64 = 0.3;
 
 /// The traffic a plan assumes and how much to simulate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,17 +152,24 @@ struct End {
     candidate_requests: u64,
 }
 
-/// How the simulated requests reach the shared rollout.
+/// How the simulated requests reach the shared rollout, and whether an incident hits both
+/// arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Replicas {
     /// Replicas taking turns at the requests.
     count: usize,
     /// Requests each replica queues before adding them to the rollout.
     batch: usize,
+    /// Requests [`INCIDENT_START`].. fail at [`INCIDENT_ERROR_RATE`] on both arms.
+    incident: bool,
 }
 
 /// One gateway adding each outcome at once.
-const SINGLE: Replicas = Replicas { count: 1, batch: 1 };
+const SINGLE: Replicas = Replicas {
+    count: 1,
+    batch: 1,
+    incident: false,
+};
 
 fn rollout(
     spec: &CanarySpec,
@@ -190,6 +203,13 @@ fn rollout(
             )
         } else {
             (Arm::Baseline, cfg.base_error_rate, 1.0)
+        };
+        let in_incident =
+            replicas.incident && (INCIDENT_START..INCIDENT_START + INCIDENT_REQUESTS).contains(&i);
+        let error_rate = if in_incident {
+            INCIDENT_ERROR_RATE
+        } else {
+            error_rate
         };
         let error = rng.random::<f64>() < error_rate;
         let latency = latencies.sample(rng) * slowdown;
@@ -234,6 +254,11 @@ pub struct FleetResult {
     pub error_rate_x2: Detection,
     /// A candidate whose latencies are 1.3 times the baseline's.
     pub latency_x1_3: Detection,
+    /// Healthy candidates rolled back when an incident fails 30% of both arms' requests for
+    /// 3,000 requests from the 10,000th.
+    pub false_rollbacks_with_incident: f64,
+    /// The error-rate doubling with that incident.
+    pub error_rate_x2_with_incident: Detection,
 }
 
 /// The rollout of a valid spec run by fleets of each size in `replicas`, each replica adding
@@ -251,19 +276,25 @@ pub fn fleet(
             let fleet = Replicas {
                 count: count.max(1),
                 batch: batch.max(1),
+                incident: false,
             };
-            let run = |stream, error_factor, latency_factor| {
+            let with_incident = Replicas {
+                incident: true,
+                ..fleet
+            };
+            let run = |stream, error_factor, latency_factor, replicas| {
                 let ends = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
-                    rollout(&spec, cfg, error_factor, latency_factor, fleet, rng)
+                    rollout(&spec, cfg, error_factor, latency_factor, replicas, rng)
                 });
                 summarise(&ends)
             };
-            let healthy = run(200, 1.0, 1.0);
             FleetResult {
                 replicas: fleet.count,
-                false_rollbacks: healthy.rolled_back,
-                error_rate_x2: run(201, 2.0, 1.0),
-                latency_x1_3: run(202, 1.0, 1.3),
+                false_rollbacks: run(200, 1.0, 1.0, fleet).rolled_back,
+                error_rate_x2: run(201, 2.0, 1.0, fleet),
+                latency_x1_3: run(202, 1.0, 1.3, fleet),
+                false_rollbacks_with_incident: run(203, 1.0, 1.0, with_incident).rolled_back,
+                error_rate_x2_with_incident: run(204, 2.0, 1.0, with_incident),
             }
         })
         .collect())
@@ -385,6 +416,10 @@ mod tests {
             assert!(r.error_rate_x2.rolled_back >= 0.9, "{r:?}");
             let n = r.error_rate_x2.median_candidate_requests.expect("median");
             assert!((500..4000).contains(&n), "{r:?}");
+            // An incident on both arms neither rolls back healthy candidates nor wipes out the
+            // evidence against a bad one.
+            assert_eq!(r.false_rollbacks_with_incident, 0.0, "{r:?}");
+            assert!(r.error_rate_x2_with_incident.rolled_back >= 0.9, "{r:?}");
         }
     }
 

@@ -97,19 +97,30 @@ canary `{}`",
         );
         let _ = writeln!(
             out,
-            "  {:>8}  {:>15}  {:>22}  {:>22}",
-            "replicas", "false rollback", "error x2 median (p90)", "latency x1.3 median (p90)"
+            "  {:>8}  {:>15}  {:>22}  {:>26}  {:>24}  {:>28}",
+            "replicas",
+            "false rollback",
+            "error x2 median (p90)",
+            "latency x1.3 median (p90)",
+            "false rollback, incident",
+            "error x2, incident (p90)"
         );
         for r in &f.results {
             let _ = writeln!(
                 out,
-                "  {:>8}  {:>14.2}%  {:>22}  {:>22}",
+                "  {:>8}  {:>14.2}%  {:>22}  {:>26}  {:>23.2}%  {:>28}",
                 r.replicas,
                 r.false_rollbacks * 100.0,
                 requests(&r.error_rate_x2),
-                requests(&r.latency_x1_3)
+                requests(&r.latency_x1_3),
+                r.false_rollbacks_with_incident * 100.0,
+                requests(&r.error_rate_x2_with_incident)
             );
         }
+        let _ = writeln!(
+            out,
+            "  incident: 30% errors on both arms for 3,000 requests from the 10,000th"
+        );
     }
     out
 }

@@ -516,6 +516,7 @@ impl Controller {
                     "threshold": monitor.log_threshold(),
                     "margin": ms.margin,
                     "events": mm.events(),
+                    "skipped_events": mm.skipped_events(),
                     "tested": mm.tested(),
                     "baseline_threshold_ms": monitor.baseline_threshold_ms(mm.metric()),
                 })
