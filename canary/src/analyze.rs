@@ -169,7 +169,7 @@ pub fn analyze_with(text: &str, options: &AnalyzeOptions) -> Result<AnalyzeRepor
                 events: e.events(),
                 candidate_events: e.candidate_events(),
                 expected_candidate_events: e.expected_candidate_events(),
-                margin: e.margin(),
+                margin: m.margin(),
                 alarm_line,
                 log_e_at_alarm: m.alarm().map(|a| a.log_e),
                 baseline_threshold_ms: monitor.baseline_threshold_ms(m.metric()),

@@ -2,13 +2,15 @@
 //!
 //! Requests arrive in completion order. An error is an event of `error_rate`; a latency
 //! (or time to first token) above the baseline threshold *at that moment* is an event of the
-//! matching latency metric. Requests of both arms are tested against the threshold; only
+//! matching latency metric, where a candidate's latency is first divided by the metric's
+//! margin (the slowdown tolerated). Requests of both arms are tested against the threshold; only
 //! baseline requests update it, after being tested. Baseline requests recorded with `w = 0`
 //! (before the canary starts) warm the thresholds up without touching any e-process.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::burst::BurstGuard;
 use crate::eprocess::{log_threshold, EProcess};
 use crate::spec::{validate_checks, InvalidSpec, Metric, MetricSpec, Source};
 use crate::split::Arm;
@@ -91,9 +93,15 @@ pub struct Alarm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricMonitor {
     metric: Metric,
+    /// The spec's margin: for the error rate the tolerated relative risk (the e-process's
+    /// `r0`); for a latency metric the tolerated slowdown, applied to candidate latencies.
+    margin: f64,
     eprocess: EProcess,
     tested: ArmCounts,
     events: ArmCounts,
+    /// Leaves out events of incidents that hit both arms (see [`crate::burst`]).
+    #[serde(default)]
+    burst: BurstGuard,
     alarm: Option<Alarm>,
 }
 
@@ -101,6 +109,12 @@ impl MetricMonitor {
     /// Which metric.
     pub fn metric(&self) -> Metric {
         self.metric
+    }
+
+    /// The margin of its spec: the error rate's tolerated relative risk, or a latency
+    /// metric's tolerated slowdown factor.
+    pub fn margin(&self) -> f64 {
+        self.margin
     }
 
     /// Its e-process.
@@ -124,6 +138,11 @@ impl MetricMonitor {
         self.events
     }
 
+    /// Events left out of the e-process because they came in a burst over both arms.
+    pub fn skipped_events(&self) -> u64 {
+        self.burst.skipped()
+    }
+
     /// The first crossing of the threshold, if any. It stays set: the test is one-shot.
     pub fn alarm(&self) -> Option<&Alarm> {
         self.alarm.as_ref()
@@ -143,21 +162,33 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor checking `metrics` with an overall false-alarm budget `alpha`.
     pub fn new(metrics: &[MetricSpec], alpha: f64) -> Result<Self, InvalidSpec> {
-        let problems = validate_checks(metrics, alpha);
+        // No metric is a valid monitor (of a sticky split's rollout): it never alarms.
+        let problems: Vec<_> = validate_checks(metrics, alpha)
+            .into_iter()
+            .filter(|p| p.code != "no_metrics")
+            .collect();
         if !problems.is_empty() {
             return Err(InvalidSpec { problems });
         }
         let uses = |source| metrics.iter().any(|m| m.metric.source() == source);
         let window = |source| uses(source).then(|| BaselineWindow::new(DEFAULT_CAPACITY));
         Ok(Monitor {
-            log_threshold: log_threshold(alpha, metrics.len()),
+            log_threshold: log_threshold(alpha, metrics.len().max(1)),
             metrics: metrics
                 .iter()
                 .map(|m| MetricMonitor {
                     metric: m.metric,
-                    eprocess: EProcess::new(m.margin),
+                    margin: m.margin,
+                    // A latency margin scales the candidate's latencies instead: "no slower
+                    // than margin × the baseline at this quantile" is then exactly relative
+                    // risk <= 1 for the events.
+                    eprocess: EProcess::new(match m.metric.source() {
+                        Source::Errors => m.margin,
+                        Source::Latency | Source::Ttft => 1.0,
+                    }),
                     tested: ArmCounts::default(),
                     events: ArmCounts::default(),
+                    burst: BurstGuard::default(),
                     alarm: None,
                 })
                 .collect(),
@@ -174,17 +205,25 @@ impl Monitor {
         self.requests.add(obs.arm);
         let log_threshold = self.log_threshold;
         for m in &mut self.metrics {
+            let slack = match obs.arm {
+                Arm::Candidate => m.margin,
+                Arm::Baseline => 1.0,
+            };
             let event = match m.metric.source() {
                 Source::Errors => Some(obs.error),
-                Source::Latency => exceeds(self.latency.as_ref(), m.metric, obs.latency_ms),
-                Source::Ttft => exceeds(self.ttft.as_ref(), m.metric, obs.ttft_ms),
+                Source::Latency => exceeds(self.latency.as_ref(), m.metric, obs.latency_ms, slack),
+                Source::Ttft => exceeds(self.ttft.as_ref(), m.metric, obs.ttft_ms, slack),
             };
             let Some(event) = event else { continue };
             m.tested.add(obs.arm);
+            let admitted = m.burst.admit(event, obs.arm == Arm::Baseline);
             if !event {
                 continue;
             }
             m.events.add(obs.arm);
+            if !admitted {
+                continue;
+            }
             m.eprocess.observe(obs.w, obs.arm == Arm::Candidate);
             if m.alarm.is_none() && m.eprocess.crossed(log_threshold) {
                 m.alarm = Some(Alarm {
@@ -246,10 +285,16 @@ impl Monitor {
     }
 }
 
-/// Whether a measurement is an event of a latency metric; `None` when it cannot be tested yet.
-fn exceeds(window: Option<&BaselineWindow>, metric: Metric, value: Option<f64>) -> Option<bool> {
+/// Whether a measurement is an event of a latency metric (above `slack` × the baseline
+/// threshold); `None` when it cannot be tested yet.
+fn exceeds(
+    window: Option<&BaselineWindow>,
+    metric: Metric,
+    value: Option<f64>,
+    slack: f64,
+) -> Option<bool> {
     let threshold = window?.quantile(metric.quantile()?)?;
-    Some(value? > threshold)
+    Some(value? > slack * threshold)
 }
 
 fn check(obs: &Observation) -> Result<(), ObservationError> {
@@ -364,6 +409,33 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_margin_scales_the_threshold_for_candidate_requests_only() {
+        let metrics = [MetricSpec {
+            metric: Metric::LatencyP95,
+            margin: 1.1,
+        }];
+        let mut m = Monitor::new(&metrics, 0.01).unwrap();
+        for i in 1..=200 {
+            m.observe(&obs(Arm::Baseline, 0.0, false, Some(f64::from(i))))
+                .unwrap();
+        }
+        // p95 = 190 ms: a candidate request is an event above 1.1 × 190 = 209 ms.
+        m.observe(&obs(Arm::Candidate, 0.05, false, Some(209.0)))
+            .unwrap();
+        assert_eq!(m.metrics()[0].events().candidate, 0);
+        m.observe(&obs(Arm::Candidate, 0.05, false, Some(209.5)))
+            .unwrap();
+        assert_eq!(m.metrics()[0].events().candidate, 1);
+        // A baseline request is an event above 190 ms itself.
+        m.observe(&obs(Arm::Baseline, 0.05, false, Some(191.0)))
+            .unwrap();
+        assert_eq!(m.metrics()[0].events().baseline, 1);
+        // The e-process tests relative risk 1 of those events; the margin is reported as given.
+        assert_eq!(m.metrics()[0].eprocess().margin(), 1.0);
+        assert_eq!(m.metrics()[0].margin(), 1.1);
+    }
+
+    #[test]
     fn alarm_is_raised_once_and_latched() {
         let mut m = Monitor::new(&spec(&[Metric::ErrorRate, Metric::LatencyP50]), 0.01).unwrap();
         assert!((m.log_threshold() - 200f64.ln()).abs() < 1e-12);
@@ -423,7 +495,16 @@ mod tests {
 
     #[test]
     fn invalid_checks_are_refused() {
-        assert!(Monitor::new(&spec(&[]), 0.01).is_err());
         assert!(Monitor::new(&spec(&[Metric::ErrorRate]), 0.0).is_err());
+        // Checking nothing (a sticky split's rollout) is valid and never alarms.
+        let mut none = Monitor::new(&spec(&[]), 0.01).unwrap();
+        for _ in 0..100 {
+            assert_eq!(
+                none.observe(&obs(Arm::Candidate, 0.05, true, None))
+                    .unwrap(),
+                None
+            );
+        }
+        assert!(none.log_threshold().is_finite());
     }
 }

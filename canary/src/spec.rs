@@ -7,9 +7,11 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct CanarySpec {
-    /// Traffic steps, in order; the candidate is promoted after the last one.
+    /// Traffic steps, in order, each below 100% (a concurrent baseline is what the checks
+    /// compare with); the candidate is promoted after the last one.
     pub steps: Vec<Step>,
-    /// Metrics checked by an e-process each; defaults to the error rate only.
+    /// Metrics checked by an e-process each; defaults to the error rate only. Empty only with a
+    /// sticky split, which cannot be checked.
     #[serde(default = "default_metrics")]
     pub metrics: Vec<MetricSpec>,
     /// False-rollback budget for the whole rollout, shared by all metrics (Bonferroni).
@@ -32,13 +34,16 @@ pub struct Step {
     pub min_duration_secs: u64,
 }
 
-/// One checked metric and the relative risk it tolerates.
+/// One checked metric and how much worse the candidate may be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct MetricSpec {
     /// Which metric.
     pub metric: Metric,
-    /// Tolerated relative risk r0 >= 1 of the candidate: only a regression beyond it alarms.
+    /// How much worse the candidate may be, as a factor >= 1. For `error_rate`, its error
+    /// rate may be up to `margin` times the baseline's (1.1: 10% more errors). For a latency
+    /// metric, that quantile of its latencies may be up to `margin` times the baseline's
+    /// (1.1: p95 up to 10% slower). Only a regression beyond it rolls back.
     #[serde(default = "default_margin")]
     pub margin: f64,
 }
@@ -115,9 +120,11 @@ pub enum Split {
     /// Each request independently; the only split under which the e-process is exact.
     #[default]
     PerRequest,
-    /// The same API key always lands on the same arm at a given weight.
+    /// The same API key always lands on the same arm at a given weight. Cannot be checked:
+    /// only with `metrics: []`.
     StickyKey,
-    /// The same user always lands on the same arm at a given weight.
+    /// The same user always lands on the same arm at a given weight. Cannot be checked: only
+    /// with `metrics: []`.
     StickyUser,
 }
 
@@ -190,11 +197,43 @@ impl CanarySpec {
                     &format!("must be larger than the previous step's, got `{w}`"),
                 ));
             }
+            if w == 100.0 {
+                problems.push(problem(
+                    "step_without_baseline",
+                    &format!("steps[{i}].weight_percent"),
+                    "a step at 100% leaves no baseline to compare with, so nothing would be \
+                     checked during it; end with a step below 100% (promotion after it gives \
+                     the candidate all traffic)",
+                ));
+            }
             if w > 0.0 && w <= 100.0 {
                 previous = Some(w);
             }
         }
-        problems.extend(validate_checks(&self.metrics, self.alpha));
+        let sticky = self.split != Split::PerRequest;
+        if !sticky && !self.steps.is_empty() && self.steps.iter().all(|s| s.min_requests == 0) {
+            problems.push(problem(
+                "promotes_without_evidence",
+                "steps",
+                "no step waits for candidate requests, so the candidate could be promoted \
+                 before it served any; give the steps a `min_requests`",
+            ));
+        }
+        if sticky && !self.metrics.is_empty() {
+            problems.push(problem(
+                "sticky_split_checked",
+                "split",
+                "a sticky split sends every request of a key or user to one arm, so they are \
+                 not independent evidence and the checks' false-rollback bound does not hold; \
+                 use `split: per_request`, or `metrics: []` for a rollout by steps alone \
+                 (rolled back only by an operator)",
+            ));
+        }
+        problems.extend(
+            validate_checks(&self.metrics, self.alpha)
+                .into_iter()
+                .filter(|p| !(sticky && p.code == "no_metrics")),
+        );
         problems
     }
 
@@ -240,7 +279,7 @@ pub fn validate_checks(metrics: &[MetricSpec], alpha: f64) -> Vec<Problem> {
             problems.push(problem(
                 "margin_below_one",
                 &format!("metrics[{i}].margin"),
-                &format!("must be a finite relative risk >= 1, got `{}`", m.margin),
+                &format!("must be a finite factor >= 1, got `{}`", m.margin),
             ));
         }
         if metrics[..i].iter().any(|other| other.metric == m.metric) {
@@ -315,7 +354,7 @@ mod tests {
         let spec = parse(
             r#"{"steps":[{"weight_percent":5,"min_requests":0,"min_duration_secs":0},
                          {"weight_percent":5,"min_requests":0,"min_duration_secs":0},
-                         {"weight_percent":150,"min_requests":0,"min_duration_secs":0}],
+                         {"weight_percent":150,"min_requests":1,"min_duration_secs":0}],
                 "metrics":[{"metric":"error_rate","margin":0.5},{"metric":"error_rate"}],
                 "alpha":1.0}"#,
         );
@@ -337,6 +376,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("steps: at least one step"));
+    }
+
+    #[test]
+    fn no_step_goes_unchecked() {
+        // A 100% step has no baseline to compare with.
+        let spec = parse(
+            r#"{"steps":[{"weight_percent":50,"min_requests":100,"min_duration_secs":0},
+                         {"weight_percent":100,"min_requests":100,"min_duration_secs":86400}]}"#,
+        );
+        assert_eq!(codes(&spec), vec!["step_without_baseline"]);
+        assert_eq!(spec.validate()[0].path, "steps[1].weight_percent");
+        // Steps that wait for no candidate request could promote on no evidence at all.
+        let spec = parse(
+            r#"{"steps":[{"weight_percent":5,"min_requests":0,"min_duration_secs":3600},
+                         {"weight_percent":50,"min_requests":0,"min_duration_secs":3600}]}"#,
+        );
+        assert_eq!(codes(&spec), vec!["promotes_without_evidence"]);
+    }
+
+    #[test]
+    fn a_sticky_split_is_valid_only_unchecked() {
+        let step = r#"[{"weight_percent":5,"min_requests":0,"min_duration_secs":60}]"#;
+        let checked = parse(&format!(r#"{{"steps":{step},"split":"sticky_user"}}"#));
+        assert_eq!(codes(&checked), vec!["sticky_split_checked"]);
+        assert_eq!(checked.validate()[0].path, "split");
+        let unchecked = parse(&format!(
+            r#"{{"steps":{step},"split":"sticky_key","metrics":[]}}"#
+        ));
+        assert!(
+            unchecked.validate().is_empty(),
+            "{:?}",
+            unchecked.validate()
+        );
+        // Per request, checks are required.
+        let none = parse(&format!(r#"{{"steps":{step},"metrics":[]}}"#));
+        assert_eq!(
+            codes(&none),
+            vec!["promotes_without_evidence", "no_metrics"]
+        );
     }
 
     #[test]

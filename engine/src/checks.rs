@@ -270,12 +270,28 @@ pub(crate) fn canary(diags: &mut Vec<Diagnostic>, c: &model::Canary, doc: &Parse
             Some(doc.loc(&format!("{base}/rollout/{pointer}"))),
         ));
     }
-    if c.rollout.split != llmgw_canary::spec::Split::PerRequest {
+    let min_secs: u64 = c.rollout.steps.iter().map(|s| s.min_duration_secs).sum();
+    if min_secs > 30 * 86_400 {
+        diags.push(
+            Diagnostic::warning(
+                "canary/long-rollout",
+                format!(
+                    "canary `{}` takes at least {} days: its steps' `min_duration_secs` add up to more than a month, whatever the traffic",
+                    c.name,
+                    min_secs / 86_400
+                ),
+                Some(doc.loc(&format!("{base}/rollout/steps"))),
+            )
+            .with_help("`llmgw-policy canary plan --rate <requests>/h` shows how long each step takes at your traffic"),
+        );
+    }
+    // A sticky split with checks is an error above; without, it is promoted unchecked.
+    if c.rollout.split != llmgw_canary::spec::Split::PerRequest && c.rollout.metrics.is_empty() {
         diags.push(
             Diagnostic::warning(
                 "canary/sticky-split",
                 format!(
-                    "canary `{}` splits by key or user: requests of one client are not independent, so its error-rate and latency checks are no longer exact",
+                    "canary `{}` splits by key or user, so nothing is checked: it is promoted after its steps unless an operator rolls it back",
                     c.name
                 ),
                 Some(doc.loc(&format!("{base}/rollout/split"))),

@@ -7,6 +7,12 @@ use llmgw_engine::source::PolicyFile;
 use llmgw_engine::CompiledPolicy;
 
 fn policy(split: &str) -> CompiledPolicy {
+    // A sticky split cannot be checked: it is valid only with no metric.
+    let metrics = if split == "per_request" {
+        "[{metric: error_rate}]"
+    } else {
+        "[]"
+    };
     let file = |path: &str, text: &str| PolicyFile {
         path: path.into(),
         bytes: text.as_bytes().to_vec(),
@@ -22,7 +28,7 @@ fn policy(split: &str) -> CompiledPolicy {
         ),
         file(
             "canaries.yaml",
-            &format!("apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: big-2\n    model: big\n    baseline: big@sim\n    candidate: big-2\n    rollout:\n      split: {split}\n      steps:\n        - {{weight_percent: 30, min_requests: 10, min_duration_secs: 1}}\n"),
+            &format!("apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: big-2\n    model: big\n    baseline: big@sim\n    candidate: big-2\n    rollout:\n      split: {split}\n      metrics: {metrics}\n      steps:\n        - {{weight_percent: 30, min_requests: 10, min_duration_secs: 1}}\n"),
         ),
     ];
     let outcome = load_files(&files, Some("r"));

@@ -3,7 +3,8 @@
 //! afterwards; one 40% slower is rolled back on `latency_p95`; a healthy one is promoted
 //! through every step; a restart resumes at the same step; operators pause, resume and roll
 //! back; a rolled-back spec stays rolled back until the spec changes, and a changed spec
-//! starts over.
+//! starts over. Three replicas on one Redis run one rollout together: a bad candidate is
+//! rolled back by the fleet and stays so through restarts, a healthy one is promoted once.
 //!
 //! The baseline and the candidate are two `openai_compatible` providers (`mock-base`,
 //! `mock-cand`) pointing at one mock, each deployment with its own upstream model name, whose
@@ -16,6 +17,7 @@
 //! count has been answered.
 
 mod common;
+mod state_support;
 
 use common::*;
 use llmgw_mock_provider::MockHandle;
@@ -465,7 +467,7 @@ async fn a_candidate_forty_percent_slower_at_p95_is_rolled_back() {
     assert_no_candidate_traffic(&gw, &mock, arms, &settled(&gw, 0, &sent).await).await;
 }
 
-// A healthy candidate (both arms answer at once, with no error) walks 10% → 50% → 100% and is
+// A healthy candidate (both arms answer at once, with no error) walks 10% → 50% → 90% and is
 // promoted. With no error at all the error-rate e-process never moves, so the test cannot
 // roll back by chance; each step needs 5 candidate requests and 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,7 +475,7 @@ async fn a_healthy_candidate_is_promoted_through_every_step() {
     let mock = mock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = rollout(
-        &[step(10, 5, 1), step(50, 5, 1), step(100, 5, 1)],
+        &[step(10, 5, 1), step(50, 5, 1), step(90, 5, 1)],
         &["error_rate"],
     );
     write_policy(dir.path(), &mock, HEALTHY, &spec);
@@ -516,7 +518,7 @@ async fn a_healthy_candidate_is_promoted_through_every_step() {
     // upstream exactly once.
     for s in &sent {
         assert_eq!(s.status, 200, "{s:?}");
-        assert!([0.1, 0.5, 1.0].contains(&s.w), "{s:?}");
+        assert!([0.1, 0.5, 0.9, 1.0].contains(&s.w), "{s:?}");
     }
     let on = |arm: &str| sent.iter().filter(|s| s.arm == arm).count() as u64;
     assert_eq!(attempts(&mock, HEALTHY.base).await, on("baseline"));
@@ -771,4 +773,243 @@ async fn requests_entering_by_the_messages_and_responses_doors_are_split_and_obs
         Some(40 - candidate),
         "{c:#}"
     );
+}
+
+/// A replica on the Redis at `url`, keys under `prefix`.
+fn replica(policies: &Path, url: &str, prefix: &str) -> Gateway {
+    Gateway::start_on(
+        &[
+            "--policies",
+            policies.to_str().expect("utf-8"),
+            "--poll-interval",
+            "100ms",
+            "--admin-token",
+            ADMIN,
+            "--state-prefix",
+            prefix,
+        ],
+        &[],
+        true,
+        Some(url),
+    )
+}
+
+/// Load spread over every replica of `fleet`.
+fn fleet_load(fleet: &[Gateway], workers_each: usize) -> Vec<Load> {
+    fleet
+        .iter()
+        .map(|gw| Load::start(gw, workers_each))
+        .collect()
+}
+
+async fn stop_all(loads: Vec<Load>) -> Vec<Seen> {
+    let mut all = Vec::new();
+    for l in loads {
+        all.extend(l.stop().await);
+    }
+    all
+}
+
+/// Waits until every replica's status satisfies `done`; returns their statuses.
+async fn wait_fleet(
+    fleet: &[Gateway],
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool + Copy,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for gw in fleet {
+        out.push(wait_for(gw, what, limit, done).await);
+    }
+    out
+}
+
+/// Transitions to `to` logged across the fleet (each is logged by the replica that made it).
+fn logged_transitions(fleet: &[Gateway], to: &str) -> usize {
+    fleet
+        .iter()
+        .map(|gw| {
+            transition_events(gw)
+                .iter()
+                .filter(|e| e["to"] == to)
+                .count()
+        })
+        .sum()
+}
+
+// Three replicas on one Redis, the candidate failing 5× as often as the baseline (see the
+// single-gateway test above), 50% split, clients on every replica. The replicas add their
+// outcomes to one stored rollout, so one e-process tests the fleet's traffic: the rollback is
+// made once, by one replica, and every replica follows it within a second. Afterwards no
+// replica sends the candidate anything, and the stored record counts every replica's split
+// requests. Restarted, all three find the canary rolled back before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn three_replicas_on_one_redis_roll_a_bad_candidate_back_together_for_good() {
+    let url = state_support::redis_url();
+    let prefix = state_support::fresh_prefix();
+    let mock = mock().await;
+    let arms = Arms {
+        base: "base+err-4",
+        cand: "cand+err-20",
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = rollout(&[step(50, 1_000_000, 3600)], &["error_rate"]);
+    write_policy(dir.path(), &mock, arms, &spec);
+    let fleet: Vec<Gateway> = (0..3).map(|_| replica(dir.path(), &url, &prefix)).collect();
+    for gw in &fleet {
+        let c = canary(gw).await;
+        assert_eq!(
+            (state(&c), c["weight_percent"].as_f64()),
+            ("progressing", Some(50.0)),
+            "{c:#}"
+        );
+    }
+    assert_eq!(logged_transitions(&fleet, "progressing"), 1, "started once");
+
+    let loads = fleet_load(&fleet, 4);
+    wait_for(&fleet[0], "rollback", Duration::from_secs(60), |c| {
+        state(c) == "rolled_back"
+    })
+    .await;
+    // The others follow within a second (they look at the record every 200 ms).
+    let followed = Instant::now();
+    wait_fleet(
+        &fleet,
+        "the rollback on every replica",
+        Duration::from_secs(1),
+        |c| state(c) == "rolled_back" && c["weight_percent"] == 0.0,
+    )
+    .await;
+    assert!(followed.elapsed() <= Duration::from_secs(1));
+    let sent = stop_all(loads).await;
+    assert!(sent.iter().any(|s| s.arm == "candidate" && s.w == 0.5));
+    assert_eq!(
+        logged_transitions(&fleet, "rolled_back"),
+        1,
+        "rolled back once"
+    );
+
+    // One test over all the traffic: each replica's record counts every split request.
+    let split = sent.iter().filter(|s| !s.arm.is_empty()).count() as u64;
+    let counted = wait_fleet(
+        &fleet,
+        "every outcome counted",
+        Duration::from_secs(10),
+        |c| {
+            let n = |arm: &str| c["requests"][arm].as_u64().unwrap_or(0);
+            n("baseline") + n("candidate") >= split
+        },
+    )
+    .await;
+    let c = &counted[0];
+    assert_eq!(c["alarm"]["metric"], "error_rate", "{c:#}");
+    let m = &c["metrics"][0];
+    assert!(
+        m["events"]["candidate"].as_u64() > m["events"]["baseline"].as_u64(),
+        "{c:#}"
+    );
+
+    // No replica sends the candidate anything now, nor after a restart of all three.
+    let cand_attempts = attempts(&mock, arms.cand).await;
+    let check = |fleet: &[Gateway]| {
+        let urls: Vec<String> = fleet
+            .iter()
+            .map(|gw| gw.url("/v1/chat/completions"))
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for u in &urls {
+                for _ in 0..30 {
+                    answers.push(seen(&post(u, &body()).await));
+                }
+            }
+            for s in &answers {
+                assert_eq!((s.arm.as_str(), s.w), ("baseline", 0.0), "{s:?}");
+            }
+        }
+    };
+    check(&fleet).await;
+    assert_eq!(attempts(&mock, arms.cand).await, cand_attempts);
+    let mut fleet = fleet;
+    for gw in &mut fleet {
+        gw.terminate();
+        assert!(
+            gw.wait_exit(Duration::from_secs(20)).is_some(),
+            "llmgw stops on SIGTERM"
+        );
+    }
+    drop(fleet);
+    let fleet: Vec<Gateway> = (0..3).map(|_| replica(dir.path(), &url, &prefix)).collect();
+    for gw in &fleet {
+        let c = canary(gw).await;
+        assert_eq!(
+            (state(&c), c["weight_percent"].as_f64()),
+            ("rolled_back", Some(0.0)),
+            "{c:#}"
+        );
+    }
+    check(&fleet).await;
+    assert_eq!(attempts(&mock, arms.cand).await, cand_attempts);
+    assert_eq!(logged_transitions(&fleet, "rolled_back"), 0);
+    drop(fleet);
+    state_support::cleanup_redis(&url, &prefix).await;
+}
+
+// Three replicas on one Redis, a healthy candidate, steps of 10% and 50% with 30 candidate
+// requests each (counted fleet-wide). Each transition is made once, by one replica, and all
+// three end promoted, sending the candidate everything; a restarted replica is promoted still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn three_replicas_on_one_redis_promote_a_healthy_candidate_once() {
+    let url = state_support::redis_url();
+    let prefix = state_support::fresh_prefix();
+    let mock = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = rollout(&[step(10, 30, 0), step(50, 30, 0)], &["error_rate"]);
+    write_policy(dir.path(), &mock, HEALTHY, &spec);
+    let mut fleet: Vec<Gateway> = (0..3).map(|_| replica(dir.path(), &url, &prefix)).collect();
+    let loads = fleet_load(&fleet, 2);
+    wait_fleet(
+        &fleet,
+        "promotion on every replica",
+        Duration::from_secs(60),
+        |c| state(c) == "promoted",
+    )
+    .await;
+    let sent = stop_all(loads).await;
+    for s in &sent {
+        assert_eq!(s.status, 200, "{s:?}");
+        assert!([0.1, 0.5, 1.0].contains(&s.w), "{s:?}");
+    }
+    assert_eq!(
+        logged_transitions(&fleet, "progressing"),
+        2,
+        "started and stepped once"
+    );
+    assert_eq!(logged_transitions(&fleet, "promoted"), 1, "promoted once");
+    let cand_before = attempts(&mock, HEALTHY.cand).await;
+    for gw in &fleet {
+        for s in requests(gw, 10, 5).await {
+            assert_eq!((s.arm.as_str(), s.w), ("candidate", 1.0), "{s:?}");
+        }
+    }
+    assert_eq!(attempts(&mock, HEALTHY.cand).await, cand_before + 30);
+    let mut restarted = fleet.remove(0);
+    restarted.terminate();
+    assert!(restarted.wait_exit(Duration::from_secs(20)).is_some());
+    drop(restarted);
+    fleet.push(replica(dir.path(), &url, &prefix));
+    let c = canary(&fleet[2]).await;
+    assert_eq!(
+        (state(&c), c["weight_percent"].as_f64()),
+        ("promoted", Some(100.0)),
+        "{c:#}"
+    );
+    assert!(
+        transition_events(&fleet[2]).is_empty(),
+        "resuming is not a transition"
+    );
+    drop(fleet);
+    state_support::cleanup_redis(&url, &prefix).await;
 }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 clean, 1 findings or failures, 2 usage or I/O error.
 
 mod junit;
+mod plan;
 mod render;
 mod test_cmd;
 mod traffic;
@@ -139,12 +140,40 @@ enum CanaryCommand {
         #[arg(long, value_enum, default_value = "human")]
         format: ExplainFormat,
     },
+    /// How long each canary's rollout takes at a traffic rate: time to promotion of a healthy
+    /// candidate, and to the rollback of a doubled error rate and of latencies x1.3, from a
+    /// simulation of the canary's own steps and metrics.
+    Plan {
+        /// The policy repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Requests to each canary's model: `100/h`, `2/s`, `30/min`, `5000/d`.
+        #[arg(long, value_parser = plan::parse_rate)]
+        rate: f64,
+        /// The baseline's error rate: `1%` or `0.01`.
+        #[arg(long, default_value = "1%", value_parser = plan::parse_error_rate)]
+        base_error: f64,
+        /// Simulated rollouts per regression.
+        #[arg(long, default_value_t = 200)]
+        sims: usize,
+        /// Seed of every random stream.
+        #[arg(long, default_value_t = llmgw_canary::simulate::DEFAULT_SEED)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: ExplainFormat,
+    },
     /// Monte Carlo of false rollbacks and detection delays, beside a naive repeated z-test and
-    /// a fixed-horizon test.
+    /// a fixed-horizon test; with `--policy`, of each canary of a repository on fleets of 1, 2,
+    /// 4 and 8 replicas sharing its rollout.
     Simulate {
         /// Simulated canaries per scenario.
         #[arg(long, default_value_t = 10_000)]
         sims: usize,
+        /// Simulate the canaries of this policy repository (their own steps, metrics, margins
+        /// and alpha) run by fleets of replicas, instead of the reference scenarios.
+        #[arg(long, value_name = "DIR")]
+        policy: Option<PathBuf>,
         /// Seed of every random stream.
         #[arg(long, default_value_t = llmgw_canary::simulate::DEFAULT_SEED)]
         seed: u64,
@@ -219,8 +248,41 @@ fn main() -> ExitCode {
                     .map_err(|e| UsageError(format!("{}: {e}", key_file.display())))
             })
             .and_then(|anonymiser| anonymise(&log, &anonymiser)),
+        Command::Canary(CanaryCommand::Plan {
+            dir,
+            rate,
+            base_error,
+            sims,
+            seed,
+            format,
+        }) => {
+            let cfg = llmgw_canary::PlanConfig {
+                requests_per_hour: rate,
+                base_error_rate: base_error,
+                sims,
+                seed,
+                threads: 0,
+            };
+            canary_plan(&dir, &cfg, format)
+        }
         Command::Canary(CanaryCommand::Simulate {
             sims,
+            policy: Some(dir),
+            seed,
+            threads,
+            format,
+        }) => {
+            let cfg = llmgw_canary::PlanConfig {
+                sims,
+                seed,
+                threads,
+                ..plan::FLEET_TRAFFIC
+            };
+            canary_fleet(&dir, &cfg, format)
+        }
+        Command::Canary(CanaryCommand::Simulate {
+            sims,
+            policy: None,
             seed,
             threads,
             format,
@@ -480,6 +542,59 @@ fn anonymise(log: &Path, anonymiser: &traffic::Anonymiser) -> Result<bool, Usage
 
 fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// Plans every canary of the repository; exit 0 (a long rollout is a warning).
+fn canary_plan(
+    dir: &Path,
+    cfg: &llmgw_canary::PlanConfig,
+    format: ExplainFormat,
+) -> Result<bool, UsageError> {
+    let (_, outcome) = compiled(dir)?;
+    let Some(policy) = &outcome.policy else {
+        return Ok(false);
+    };
+    let mut plans = Vec::new();
+    for c in policy.canaries() {
+        let p = llmgw_canary::plan(&c.spec, cfg)
+            .map_err(|e| UsageError(format!("canary `{}`: {e}", c.name)))?;
+        plans.push(plan::CanaryPlan {
+            canary: c.name.to_string(),
+            longer_than_a_month: p.longer_than_a_month(),
+            plan: p,
+        });
+    }
+    match format {
+        ExplainFormat::Json => println!("{}", to_json(&plans)),
+        ExplainFormat::Human => print!("{}", plan::render_human(&plans, cfg)),
+    }
+    Ok(true)
+}
+
+/// Simulates every canary of the repository on fleets of 1, 2, 4 and 8 replicas.
+fn canary_fleet(
+    dir: &Path,
+    cfg: &llmgw_canary::PlanConfig,
+    format: ExplainFormat,
+) -> Result<bool, UsageError> {
+    let (_, outcome) = compiled(dir)?;
+    let Some(policy) = &outcome.policy else {
+        return Ok(false);
+    };
+    let mut all = Vec::new();
+    for c in policy.canaries() {
+        let results = llmgw_canary::fleet(&c.spec, cfg, &plan::FLEET_SIZES, plan::FLEET_BATCH)
+            .map_err(|e| UsageError(format!("canary `{}`: {e}", c.name)))?;
+        all.push(plan::CanaryFleet {
+            canary: c.name.to_string(),
+            results,
+        });
+    }
+    match format {
+        ExplainFormat::Json => println!("{}", to_json(&all)),
+        ExplainFormat::Human => print!("{}", plan::render_fleet(&all, cfg)),
+    }
+    Ok(true)
 }
 
 /// Exit 1 when the checks call for a rollback.

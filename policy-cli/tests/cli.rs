@@ -145,3 +145,66 @@ fn canary_analyze_names_the_bad_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
+
+#[test]
+fn canary_plan_says_how_long_the_bundled_rollout_takes_at_low_traffic() {
+    let out = run(&[
+        "canary",
+        "plan",
+        POLICIES,
+        "--rate",
+        "100/h",
+        "--base-error",
+        "1%",
+        "--sims",
+        "8",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let plans: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let p = &plans[0];
+    assert_eq!(p["canary"], "gpt-4o-2026-11");
+    // 2,000 candidate requests at 5 an hour, 5,000 at 25, 10,000 at 50: 400 h + 200 h + 200 h.
+    assert_eq!(p["promotion_hours"], 800.0);
+    assert_eq!(p["longer_than_a_month"], true);
+    for regression in ["error_rate_x2", "latency_x1_3"] {
+        let d = &p[regression];
+        assert!(d["median_hours"].as_f64() < Some(800.0), "{p:#}");
+        assert!(d["rolled_back"].as_f64() > Some(0.8), "{p:#}");
+    }
+    let human = run(&["canary", "plan", POLICIES, "--rate", "100/h", "--sims", "8"]);
+    let text = stdout(&human);
+    assert!(text.contains("promoted after 33.3 days"), "{text}");
+    assert!(
+        text.contains("warning: the rollout takes longer than a month"),
+        "{text}"
+    );
+    // A rate without a number is a usage error naming it.
+    let bad = run(&["canary", "plan", POLICIES, "--rate", "fast"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`fast`"));
+}
+
+#[test]
+fn canary_simulate_runs_the_bundled_rollout_on_fleets_of_one_to_eight_replicas() {
+    let out = run(&[
+        "canary", "simulate", "--policy", POLICIES, "--sims", "4", "--format", "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let fleets: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(fleets[0]["canary"], "gpt-4o-2026-11");
+    let results = fleets[0]["results"].as_array().expect("results");
+    let sizes: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r["replicas"].as_u64())
+        .collect();
+    assert_eq!(sizes, vec![1, 2, 4, 8]);
+    for r in results {
+        assert!(r["false_rollbacks"].as_f64().is_some(), "{r:#}");
+        assert!(
+            r["error_rate_x2"]["median_candidate_requests"].as_u64() > Some(0),
+            "{r:#}"
+        );
+    }
+}

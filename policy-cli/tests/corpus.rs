@@ -90,6 +90,7 @@ const WARNING_CODES: &[&str] = &[
     "provider/probe-timeout",
     "rule/unused-weights",
     "canary/sticky-split",
+    "canary/long-rollout",
     "model/no-max-output",
 ];
 

@@ -244,6 +244,7 @@ fn scenarios() -> Vec<Scenario> {
                 median_ms: 800.0,
                 sigma: 0.5,
                 factor: 1.3,
+                margin: 1.0,
                 requests: REQUESTS,
             },
         ),
@@ -254,7 +255,9 @@ fn scenarios() -> Vec<Scenario> {
 pub fn simulate(cfg: &SimConfig) -> SimReport {
     let mut results = Vec::new();
     for (stream, scenario) in scenarios().iter().enumerate() {
-        let outcomes = run_parallel(cfg, stream as u64, |rng| scenario.run(rng));
+        let outcomes = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream as u64, |rng| {
+            scenario.run(rng)
+        });
         results.extend(report::summarise(scenario, &outcomes));
     }
     SimReport {
@@ -265,23 +268,32 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
     }
 }
 
-/// `cfg.sims` outcomes of `f`, computed on `cfg.threads` threads, in simulation order.
-fn run_parallel<F>(cfg: &SimConfig, stream: u64, f: F) -> Vec<Outcome>
+/// `sims` results of `f`, computed on `threads` threads (0: one per core), in simulation
+/// order; simulation `k` of stream `stream` draws from its own RNG, so the results do not
+/// depend on the thread count.
+pub(crate) fn run_parallel<T, F>(
+    sims: usize,
+    seed: u64,
+    threads: usize,
+    stream: u64,
+    f: F,
+) -> Vec<T>
 where
-    F: Fn(&mut StdRng) -> Outcome + Sync,
+    T: Default + Clone + Send,
+    F: Fn(&mut StdRng) -> T + Sync,
 {
-    let threads = match cfg.threads {
+    let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut out = vec![Outcome::default(); cfg.sims];
-    let chunk = cfg.sims.div_ceil(threads).max(1);
+    let mut out = vec![T::default(); sims];
+    let chunk = sims.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (c, slice) in out.chunks_mut(chunk).enumerate() {
             let f = &f;
             scope.spawn(move || {
                 for (k, slot) in slice.iter_mut().enumerate() {
-                    let mut rng = sim_rng(cfg.seed, stream, (c * chunk + k) as u64);
+                    let mut rng = sim_rng(seed, stream, (c * chunk + k) as u64);
                     *slot = f(&mut rng);
                 }
             });
@@ -325,14 +337,7 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let scenario = &scenarios()[3];
-        let run = |threads| {
-            let cfg = SimConfig {
-                sims: 12,
-                seed: 7,
-                threads,
-            };
-            run_parallel(&cfg, 3, |rng| scenario.run(rng))
-        };
+        let run = |threads| run_parallel(12, 7, threads, 3, |rng| scenario.run(rng));
         assert_eq!(run(1), run(5));
     }
 

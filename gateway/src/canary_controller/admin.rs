@@ -43,6 +43,9 @@ fn command_error(e: &CommandFailure) -> ApiError {
         CommandFailure::NotRunning => {
             ApiError::unavailable("canary_controller_stopped", e.to_string())
         }
+        CommandFailure::Store(_) => {
+            ApiError::unavailable("canary_state_unavailable", e.to_string())
+        }
     }
 }
 

@@ -1,24 +1,34 @@
 //! The controller task: one [`Controller`] per canary of the live policy, all owned by one task
-//! that receives outcomes and commands, ticks, follows reloads, saves and publishes.
+//! that receives outcomes and commands, ticks, follows reloads and the shared state, and
+//! publishes.
+//!
+//! The rollout of a canary lives in the state store, one record for the whole fleet, changed
+//! only by compare-and-set. A replica queues its outcomes and, every [`TICK`], adds them to the
+//! latest stored rollout and writes the result if no other replica wrote first (else it reads
+//! the newer rollout and adds them to that). The e-processes are sums over events, so the
+//! record holds one test over every replica's traffic in one order of events; transitions are
+//! decided only on the record, and a rolled-back or promoted rollout stays so, since every
+//! write starts from the record it replaces. Between its writes a replica looks at the
+//! record's version every tick, so a rollback or a step change made elsewhere reaches it
+//! within a tick or two. A replica that crashes loses only its unwritten outcomes.
 
 use super::metrics::{
     phase_name, CanaryArmLabels, CanaryLabels, CanaryMetricLabels, CanaryMetrics,
     CanaryTransitionLabels,
 };
 use super::{
-    now_ms, state_key, CommandFailure, Control, Observed, Slot, Slots, NAMESPACE, SAVE_INTERVAL,
-    TICK,
+    now_ms, state_key, CommandFailure, Control, Observed, Slot, Slots, NAMESPACE, QUEUE, TICK,
 };
 use crate::app::App;
 use crate::store::{Store, StoreError};
-use llmgw_canary::{Command, Observation, Phase, Reason, Rollout, Transition};
+use llmgw_canary::{CanarySpec, Command, Observation, Phase, Reason, Rollout, Transition};
 use llmgw_engine::policy::CanaryInfo;
 use llmgw_engine::CompiledPolicy;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -28,13 +38,26 @@ const HISTORY: usize = 32;
 const BATCH: usize = 1024;
 /// Policy revisions whose canary specs are remembered, to attribute late outcomes.
 const REVISIONS: usize = 8;
+/// Outcomes kept unwritten per canary while the store cannot be written; later ones are
+/// dropped (and counted).
+const MAX_PENDING: usize = 8 * QUEUE;
+/// Compare-and-set attempts per update before waiting for the next tick.
+const ATTEMPTS: usize = 8;
 
 /// The spec hash of each canary of a policy revision, by name.
 type SpecHashes = HashMap<Arc<str>, String>;
 
+/// A canary's record in the state store, shared by every replica: the rollout and its recent
+/// transitions.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    rollout: Rollout,
+    transitions: VecDeque<Transition>,
+}
+
 /// Where a canary's rollout is, as far as the controller can tell.
 enum State {
-    /// A rollout in progress (or finished).
+    /// A rollout in progress (or finished), as last read or written.
     Live(Box<Rollout>),
     /// The stored state could not be used: held on the baseline, with the reason.
     Held(String),
@@ -44,19 +67,21 @@ enum State {
 struct Controller {
     name: Arc<str>,
     spec_hash: String,
+    spec: CanarySpec,
     key: String,
     model: String,
     baseline: String,
     candidate: String,
     slot: Arc<Slot>,
     state: State,
+    /// Version of the stored record `state` is (0: nothing stored yet).
+    version: u64,
+    /// Recent transitions, fleet-wide.
     history: VecDeque<Transition>,
+    /// Outcomes of this replica not in the stored record yet.
+    pending: Vec<Observation>,
     /// When the current step began and the candidate requests seen then.
     step_base: (u64, u64),
-    /// Outcomes or transitions not saved yet.
-    dirty: bool,
-    /// A transition not saved yet: save at once.
-    save_now: bool,
     /// Outcomes the rollout refused as impossible.
     rejected: u64,
 }
@@ -87,6 +112,15 @@ fn step_base(r: &Rollout) -> (u64, u64) {
     (field("step_started_ms"), field("step_start_candidates"))
 }
 
+/// A stored record read back for a canary of `spec`: its rollout and transitions, or why it cannot
+/// be used.
+fn decode(text: &str, spec: &CanarySpec) -> Result<Record, String> {
+    match serde_json::from_str::<Record>(text) {
+        Ok(r) if r.rollout.spec() == spec => Ok(r),
+        Ok(_) => Err("the stored rollout is of another spec".to_owned()),
+        Err(e) => Err(format!("the stored rollout cannot be read: {e}")),
+    }
+}
 /// A transition in words, for the log line.
 fn describe(name: &str, t: &Transition, weight: f64) -> String {
     let at = |p: Phase| match p {
@@ -159,7 +193,8 @@ fn log_transition(name: &str, spec_hash: &str, t: &Transition, weight: f64) {
 }
 
 impl Controller {
-    /// The controller of a canary: its stored rollout, or a new one started now.
+    /// The controller of a canary: the stored rollout, or a new one started now (stored at
+    /// once, unless another replica stored one first: then that one).
     async fn load(
         info: &CanaryInfo,
         policy: &CompiledPolicy,
@@ -167,19 +202,19 @@ impl Controller {
         metrics: &CanaryMetrics,
     ) -> Result<Controller, StoreError> {
         let key = state_key(&info.name, &info.spec_hash);
-        let stored = store.get(NAMESPACE, &key).await?;
-        let state = match stored {
-            Some(text) => match serde_json::from_str::<Rollout>(&text) {
-                Ok(r) if *r.spec() == info.spec => {
+        let (version, stored) = store.get_versioned(NAMESPACE, &key).await?;
+        let (state, history) = match stored {
+            Some(text) => match decode(&text, &info.spec) {
+                Ok(record) => {
+                    let r = &record.rollout;
                     tracing::info!(target: "llmgw::canary", canary = &*info.name, state = phase_name(r.phase()), step = step_of(r.phase()), weight_percent = r.current_weight(), "canary `{}` resumed from the state store", info.name);
-                    State::Live(Box::new(r))
+                    (State::Live(Box::new(record.rollout)), record.transitions)
                 }
-                Ok(_) => State::Held("the stored rollout is of another spec".to_owned()),
-                Err(e) => State::Held(format!("the stored rollout cannot be read: {e}")),
+                Err(reason) => (State::Held(reason), VecDeque::new()),
             },
             None => match Rollout::new(info.spec.clone()) {
-                Ok(r) => State::Live(Box::new(r)),
-                Err(e) => State::Held(e.to_string()),
+                Ok(r) => (State::Live(Box::new(r)), VecDeque::new()),
+                Err(e) => (State::Held(e.to_string()), VecDeque::new()),
             },
         };
         if let State::Held(reason) = &state {
@@ -194,6 +229,7 @@ impl Controller {
         let mut ctl = Controller {
             name: info.name.clone(),
             spec_hash: info.spec_hash.clone(),
+            spec: info.spec.clone(),
             key,
             model: policy
                 .models()
@@ -203,62 +239,177 @@ impl Controller {
             candidate: deployment(info.candidate),
             slot: Arc::new(Slot::new(&info.spec_hash, 0.0)),
             state,
-            history: VecDeque::new(),
+            version,
+            history,
+            pending: Vec::new(),
             step_base: (0, 0),
-            dirty: false,
-            save_now: false,
             rejected: 0,
         };
-        if let State::Live(r) = &mut ctl.state {
+        if let State::Live(r) = &ctl.state {
             ctl.slot.set(r.current_weight());
             ctl.step_base = step_base(r);
             if r.phase() == Phase::Pending {
-                if let Ok(ts) = r.command(Command::Start, now_ms()) {
-                    ctl.transitioned(ts, metrics);
-                }
+                // Refused when another replica started it first: it is then loaded as is.
+                let _ = ctl.update(store, Some(Command::Start), metrics).await;
             }
         }
         ctl.publish_gauges(metrics);
         Ok(ctl)
     }
 
-    /// Adds one outcome.
-    fn observe(&mut self, obs: &Observation, metrics: &CanaryMetrics) {
-        let State::Live(r) = &mut self.state else {
+    /// Queues one outcome for the next update.
+    fn observe(&mut self, obs: Observation, metrics: &CanaryMetrics) {
+        if !matches!(self.state, State::Live(_)) {
             return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            metrics.dropped.inc();
+            return;
+        }
+        self.pending.push(obs);
+    }
+
+    /// Reads the stored record again when its version is not the one held.
+    async fn refresh(&mut self, store: &Store, metrics: &CanaryMetrics) -> Result<(), StoreError> {
+        if store.version(NAMESPACE, &self.key).await? == self.version {
+            return Ok(());
+        }
+        let (version, stored) = store.get_versioned(NAMESPACE, &self.key).await?;
+        let Some(text) = stored else {
+            return Ok(());
         };
-        match r.observe(obs) {
-            Ok(ts) => {
-                self.dirty = true;
-                if !ts.is_empty() {
-                    self.transitioned(ts, metrics);
+        let before = self.phase();
+        self.version = version;
+        match decode(&text, &self.spec) {
+            Ok(record) => {
+                self.state = State::Live(Box::new(record.rollout));
+                self.history = record.transitions;
+            }
+            Err(reason) => {
+                tracing::error!(target: "llmgw::canary", canary = &*self.name, error = reason.as_str(), "canary `{}` is held on the baseline", self.name);
+                self.state = State::Held(reason);
+            }
+        }
+        let State::Live(r) = &self.state else {
+            self.slot.set(0.0);
+            self.publish_gauges(metrics);
+            return Ok(());
+        };
+        self.slot.set(r.current_weight());
+        self.step_base = step_base(r);
+        if before != Some(r.phase()) {
+            tracing::info!(target: "llmgw::canary", event = "canary_followed", canary = &*self.name, spec_hash = self.spec_hash.as_str(), to = phase_name(r.phase()), step = step_of(r.phase()), weight_percent = r.current_weight(), "canary `{}` is now {} at {}% (changed by another replica)", self.name, phase_name(r.phase()).replace('_', " "), r.current_weight());
+        }
+        self.publish_gauges(metrics);
+        Ok(())
+    }
+
+    /// The phase held, if the rollout is live.
+    fn phase(&self) -> Option<Phase> {
+        match &self.state {
+            State::Live(r) => Some(r.phase()),
+            State::Held(_) => None,
+        }
+    }
+
+    /// Adds the queued outcomes (and `command`) to the stored rollout, lets time pass, and
+    /// writes the result by compare-and-set; on a conflict, reads the newer record and does it
+    /// again on that. Writes nothing when nothing changed.
+    async fn update(
+        &mut self,
+        store: &Store,
+        command: Option<Command>,
+        metrics: &CanaryMetrics,
+    ) -> Result<(), CommandFailure> {
+        for _ in 0..ATTEMPTS {
+            let State::Live(base) = &self.state else {
+                self.pending.clear();
+                return Err(CommandFailure::StateError(self.name.to_string()));
+            };
+            let mut next = Rollout::clone(base);
+            let now = now_ms();
+            let mut transitions = Vec::new();
+            let mut rejected = 0;
+            for obs in &self.pending {
+                match next.observe(obs) {
+                    Ok(ts) => transitions.extend(ts),
+                    Err(e) => {
+                        rejected += 1;
+                        tracing::debug!(target: "llmgw::canary", canary = &*self.name, error = %e, "outcome refused");
+                    }
                 }
             }
-            Err(e) => {
-                self.rejected += 1;
-                tracing::debug!(target: "llmgw::canary", canary = &*self.name, error = %e, "outcome refused");
+            if let Some(command) = command {
+                let ts =
+                    next.command(command, now)
+                        .map_err(|error| CommandFailure::NotApplicable {
+                            canary: self.name.to_string(),
+                            error,
+                        })?;
+                transitions.extend(ts);
+            }
+            transitions.extend(next.tick(now));
+            if self.pending.is_empty() && transitions.is_empty() {
+                return Ok(());
+            }
+            let mut history = self.history.clone();
+            for t in &transitions {
+                if history.len() == HISTORY {
+                    history.pop_front();
+                }
+                history.push_back(*t);
+            }
+            let record = Record {
+                rollout: next,
+                transitions: history,
+            };
+            let text = serde_json::to_string(&record).map_err(StoreError::from);
+            let written = match text {
+                Ok(text) => {
+                    store
+                        .put_if_version(NAMESPACE, &self.key, self.version, &text)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(Some(version)) => {
+                    self.version = version;
+                    self.state = State::Live(Box::new(record.rollout));
+                    self.history = record.transitions;
+                    self.pending.clear();
+                    self.rejected += rejected;
+                    self.transitioned(transitions, metrics);
+                    return Ok(());
+                }
+                // Another replica wrote first: start again from its record.
+                Ok(None) => self
+                    .refresh(store, metrics)
+                    .await
+                    .map_err(|e| CommandFailure::Store(e.to_string()))?,
+                Err(e) => {
+                    tracing::warn!(target: "llmgw::canary", canary = &*self.name, error = %e, "cannot save the canary state; retrying later");
+                    return Err(CommandFailure::Store(e.to_string()));
+                }
             }
         }
+        tracing::warn!(target: "llmgw::canary", canary = &*self.name, "the canary state kept changing under this replica's update; retrying later");
+        Err(CommandFailure::Store(
+            "the state kept changing; try again".to_owned(),
+        ))
     }
 
-    /// Lets time pass.
-    fn tick(&mut self, now_ms: u64, metrics: &CanaryMetrics) {
-        if let State::Live(r) = &mut self.state {
-            let ts = r.tick(now_ms);
-            if !ts.is_empty() {
-                self.transitioned(ts, metrics);
-            }
-        }
-    }
-
-    /// Publishes the weight after transitions (first: the next decision sees it), then logs,
-    /// counts and remembers them.
+    /// Publishes the weight after transitions this replica wrote, then logs and counts them.
     fn transitioned(&mut self, ts: Vec<Transition>, metrics: &CanaryMetrics) {
         let State::Live(r) = &self.state else {
             return;
         };
         let weight = r.current_weight();
         self.slot.set(weight);
+        self.step_base = step_base(r);
+        if ts.is_empty() {
+            return;
+        }
         for t in ts {
             log_transition(&self.name, &self.spec_hash, &t, weight);
             metrics
@@ -269,38 +420,8 @@ impl Controller {
                     reason: reason_name(&t.reason),
                 })
                 .inc();
-            if self.history.len() == HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(t);
         }
-        self.step_base = step_base(r);
-        self.dirty = true;
-        self.save_now = true;
         self.publish_gauges(metrics);
-    }
-
-    /// Saves the rollout in the state store.
-    async fn save(&mut self, store: &Store) {
-        let State::Live(r) = &self.state else {
-            self.dirty = false;
-            self.save_now = false;
-            return;
-        };
-        self.save_now = false;
-        let text = match serde_json::to_string(r) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(target: "llmgw::canary", canary = &*self.name, error = %e, "cannot serialise the rollout");
-                return;
-            }
-        };
-        match store.put(NAMESPACE, &self.key, &text).await {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                tracing::warn!(target: "llmgw::canary", canary = &*self.name, error = %e, "cannot save the canary state; retrying later")
-            }
-        }
     }
 
     /// Sets every gauge of the canary.
@@ -395,6 +516,7 @@ impl Controller {
                     "threshold": monitor.log_threshold(),
                     "margin": ms.margin,
                     "events": mm.events(),
+                    "skipped_events": mm.skipped_events(),
                     "tested": mm.tested(),
                     "baseline_threshold_ms": monitor.baseline_threshold_ms(mm.metric()),
                 })
@@ -411,6 +533,8 @@ impl Controller {
         v["alarm"] = json!(monitor.alarm());
         v["transitions"] = json!(self.history);
         v["observations_rejected"] = json!(self.rejected);
+        v["observations_pending"] = json!(self.pending.len());
+        v["store_version"] = json!(self.version);
         v
     }
 }
@@ -424,9 +548,6 @@ struct Supervisor {
     complete: bool,
     /// Recent revisions and the spec hash of each of their canaries.
     revisions: VecDeque<(Arc<str>, SpecHashes)>,
-    last_periodic_save: Instant,
-    /// Outcomes arrived since the gauges were last set.
-    gauges_stale: bool,
 }
 
 /// Loads the canaries of the live policy (resuming stored rollouts, starting new ones), then
@@ -445,8 +566,6 @@ pub async fn start(app: Arc<App>) -> Option<JoinHandle<()>> {
         synced: None,
         complete: false,
         revisions: VecDeque::new(),
-        last_periodic_save: Instant::now(),
-        gauges_stale: false,
     };
     sup.sync().await;
     app.canaries.running.store(true, Ordering::Relaxed);
@@ -472,7 +591,6 @@ impl Supervisor {
                             Err(_) => break,
                         }
                     }
-                    self.save().await;
                 }
                 _ = tick.tick() => self.on_tick().await,
                 else => break,
@@ -509,28 +627,37 @@ impl Supervisor {
         let metrics = &self.app.metrics.canary;
         if let Some(ctl) = self.controllers.get_mut(&o.canary) {
             if ctl.spec_hash == hash {
-                ctl.observe(&o.obs, metrics);
-                self.gauges_stale = true;
+                ctl.observe(o.obs, metrics);
             }
         }
     }
 
+    /// Follows the policy, then brings every canary in line with the shared record: reads a
+    /// newer one, adds this replica's outcomes and lets time pass.
     async fn on_tick(&mut self) {
         self.sync().await;
-        let now = now_ms();
-        let metrics = &self.app.metrics.canary;
-        for ctl in self.controllers.values_mut() {
-            ctl.tick(now, metrics);
-        }
-        self.save().await;
-        if self.gauges_stale {
-            self.gauges_stale = false;
-            for ctl in self.controllers.values() {
-                ctl.publish_gauges(self.metrics());
-            }
-        }
+        self.update_all().await;
         // Every tick: the status shows how long the current steps have run.
         self.publish_status();
+    }
+
+    async fn update_all(&mut self) {
+        let store = self.app.state.clone();
+        let metrics = &self.app.metrics.canary;
+        for ctl in self.controllers.values_mut() {
+            if let Err(e) = ctl.refresh(&store, metrics).await {
+                tracing::warn!(target: "llmgw::canary", canary = &*ctl.name, error = %e, "cannot read the canary state; retrying");
+                continue;
+            }
+            // A rollout that could not be started when loaded starts now.
+            let start = (ctl.phase() == Some(Phase::Pending)).then_some(Command::Start);
+            let had = ctl.pending.len();
+            // Failures are logged where they happen; the outcomes wait for the next tick.
+            let _ = ctl.update(&store, start, metrics).await;
+            if had > 0 && ctl.pending.is_empty() {
+                ctl.publish_gauges(metrics);
+            }
+        }
     }
 
     async fn on_control(&mut self, control: Control) {
@@ -540,8 +667,7 @@ impl Supervisor {
                 command,
                 reply,
             } => {
-                let result = self.command(&canary, command);
-                self.save().await;
+                let result = self.command(&canary, command).await;
                 self.publish_status();
                 let now = now_ms();
                 let answer = result.map(|()| {
@@ -552,49 +678,27 @@ impl Supervisor {
                 let _ = reply.send(answer);
             }
             Control::Flush(done) => {
-                let store = self.app.state.clone();
-                for ctl in self.controllers.values_mut() {
-                    if ctl.dirty {
-                        ctl.save(&store).await;
-                    }
-                }
+                self.update_all().await;
                 let _ = done.send(());
             }
         }
     }
 
-    fn command(&mut self, canary: &str, command: Command) -> Result<(), CommandFailure> {
+    /// Applies an operator's command to the shared record (with this replica's outcomes).
+    async fn command(&mut self, canary: &str, command: Command) -> Result<(), CommandFailure> {
+        let store = self.app.state.clone();
         let metrics = &self.app.metrics.canary;
         let ctl = self
             .controllers
             .get_mut(canary)
             .ok_or_else(|| CommandFailure::Unknown(canary.to_owned()))?;
-        let State::Live(r) = &mut ctl.state else {
+        if let State::Held(_) = ctl.state {
             return Err(CommandFailure::StateError(canary.to_owned()));
-        };
-        let ts = r
-            .command(command, now_ms())
-            .map_err(|error| CommandFailure::NotApplicable {
-                canary: canary.to_owned(),
-                error,
-            })?;
-        ctl.transitioned(ts, metrics);
-        Ok(())
-    }
-
-    /// Saves rollouts with an unsaved transition, and every few seconds those with unsaved
-    /// outcomes.
-    async fn save(&mut self) {
-        let periodic = self.last_periodic_save.elapsed() >= SAVE_INTERVAL;
-        if periodic {
-            self.last_periodic_save = Instant::now();
         }
-        let store = self.app.state.clone();
-        for ctl in self.controllers.values_mut() {
-            if ctl.save_now || (periodic && ctl.dirty) {
-                ctl.save(&store).await;
-            }
-        }
+        ctl.refresh(&store, metrics)
+            .await
+            .map_err(|e| CommandFailure::Store(e.to_string()))?;
+        ctl.update(&store, Some(command), metrics).await
     }
 
     fn remember(&mut self, policy: &CompiledPolicy) {
@@ -636,9 +740,8 @@ impl Supervisor {
             .collect();
         for name in gone {
             if let Some(mut ctl) = self.controllers.remove(&name) {
-                if ctl.dirty {
-                    ctl.save(&store).await;
-                }
+                // Its last outcomes go to the record; a failure is logged where it happens.
+                let _ = ctl.update(&store, None, self.metrics()).await;
                 self.metrics().remove(&name, &ctl.metric_names());
                 tracing::info!(target: "llmgw::canary", canary = &*name, spec_hash = ctl.spec_hash.as_str(), "canary `{name}` left the policy (removed or changed); its state stays in the store");
             }
@@ -649,10 +752,7 @@ impl Supervisor {
                 continue;
             }
             match Controller::load(info, &policy, &store, self.metrics()).await {
-                Ok(mut ctl) => {
-                    if ctl.save_now {
-                        ctl.save(&store).await;
-                    }
+                Ok(ctl) => {
                     self.controllers.insert(info.name.clone(), ctl);
                 }
                 Err(e) => {

@@ -14,19 +14,19 @@
 //!   outcomes, ticks them every [`TICK`] for the steps' minimum durations, follows policy
 //!   reloads, applies operator commands, and publishes weights, metrics and `/admin/status`.
 //!   A rollback sets the weight to 0 before anything else, so the next decision sees 0.
-//! - **Persistence.** The rollout state is saved in the state store (namespace [`NAMESPACE`],
-//!   key `<name>:<spec hash>`) on every transition and at most every [`SAVE_INTERVAL`] while
-//!   outcomes arrive. A restarted gateway resumes each canary where it stopped; a changed spec
-//!   has another key and starts a new rollout; a rolled-back or promoted spec stays so until the
-//!   spec changes. A stored state that cannot be read back holds the canary on the baseline
-//!   (reported as `state_error`) rather than start over a rollout an operator may have stopped.
+//! - **One rollout per canary for the fleet.** The rollout lives in the state store (namespace
+//!   [`NAMESPACE`], key `<name>:<spec hash>`), one versioned record changed only by
+//!   compare-and-set: every [`TICK`] each replica adds its outcomes to the latest record, so
+//!   the e-processes test the whole fleet's traffic at once, and looks for other replicas'
+//!   changes (see `controller`). A restarted gateway resumes each canary where the fleet is;
+//!   a changed spec has another key and starts a new rollout; a rolled-back or promoted spec
+//!   stays so until the spec changes. A stored state that cannot be read back holds the canary
+//!   on the baseline (reported as `state_error`) rather than start over a rollout an operator
+//!   may have stopped.
 //! - **Promotion** is final for a spec: the candidate then takes 100% of the model's traffic
 //!   (weight 100; a candidate whose circuit is open still falls back to the baseline) until the
 //!   policy makes the candidate the model's regular deployment and drops the canary. Dropping
 //!   the canary without that change sends the traffic back to the baseline.
-//!
-//! Several replicas sharing one Redis each run their own controller on their own traffic;
-//! the last one to save a canary's state wins.
 
 mod admin;
 mod controller;
@@ -54,10 +54,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Namespace of rollout states in the state store.
 pub const NAMESPACE: &str = "canary";
-/// How often rollouts are ticked (for minimum durations) and policy reloads looked for.
+/// How often each replica adds its outcomes to the shared rollouts, ticks them (for minimum
+/// durations), looks for another replica's changes and for policy reloads.
 pub const TICK: Duration = Duration::from_millis(200);
-/// Longest time the state of a rollout receiving outcomes goes unsaved.
-pub const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Outcomes queued for the controller before new ones are dropped.
 pub const QUEUE: usize = 8192;
 
@@ -139,6 +138,9 @@ pub enum CommandFailure {
     /// The canary's stored state cannot be read; it is held on the baseline.
     #[error("canary `{0}` is held on the baseline: its stored state cannot be read")]
     StateError(String),
+    /// The state store could not be read or written.
+    #[error("the canary state could not be saved: {0}")]
+    Store(String),
 }
 
 fn command_name(command: Command) -> &'static str {

@@ -392,6 +392,35 @@ impl Store {
         dispatch!(self.delete_expiring(ns, key))
     }
 
+    /// A versioned value of a namespace and its version (0 and `None` when absent). Versioned
+    /// values are apart from [`Store::get`]'s: they change only by [`Store::put_if_version`].
+    pub async fn get_versioned(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        dispatch!(self.get_versioned(ns, key))
+    }
+
+    /// The version of a versioned value (0 when absent): a cheap look for another writer's
+    /// change.
+    pub async fn version(&self, ns: &str, key: &str) -> Result<u64, StoreError> {
+        dispatch!(self.version(ns, key))
+    }
+
+    /// Compare-and-set: writes `value` when the stored version is still `expected` (0: the
+    /// value must not exist yet) and returns the new version, or `None` when another writer
+    /// changed it first (read it again and redo the update on it).
+    pub async fn put_if_version(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        value: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        dispatch!(self.put_if_version(ns, key, expected, value))
+    }
+
     /// Records a signature until `expires_ms`; false when it was already seen (a replay).
     pub async fn first_use(
         &self,

@@ -101,6 +101,19 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Compare-and-set of a versioned value, a hash of `version` and `value`: ARGV[1] is the
+/// version expected (0: absent), ARGV[2] the new value; returns the new version or -1.
+static PUT_IF_VERSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+        if v ~= tonumber(ARGV[1]) then return -1 end
+        redis.call('HSET', KEYS[1], 'version', v + 1, 'value', ARGV[2])
+        return v + 1
+        ",
+    )
+});
+
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -475,6 +488,44 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let n: u64 = c.del(self.k(&["exp", ns, key])).await?;
         Ok(n > 0)
+    }
+
+    pub(super) async fn get_versioned(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let mut c = self.conn.clone();
+        let (version, value): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.k(&["vkv", ns, key]))
+            .arg("version")
+            .arg("value")
+            .query_async(&mut c)
+            .await?;
+        Ok((version.unwrap_or(0), value))
+    }
+
+    pub(super) async fn version(&self, ns: &str, key: &str) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let version: Option<u64> = c.hget(self.k(&["vkv", ns, key]), "version").await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    pub(super) async fn put_if_version(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        value: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn.clone();
+        let version: i64 = PUT_IF_VERSION
+            .key(self.k(&["vkv", ns, key]))
+            .arg(expected)
+            .arg(value)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(u64::try_from(version).ok())
     }
 
     pub(super) async fn first_use(

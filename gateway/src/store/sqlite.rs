@@ -33,6 +33,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE expiring (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
          expires_at INTEGER NOT NULL, PRIMARY KEY (ns, key));
      CREATE INDEX expiring_expiry ON expiring (expires_at);",
+    // Values changed only by compare-and-set (canary rollouts), apart from `kv`.
+    "CREATE TABLE vkv (ns TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+         value TEXT NOT NULL, PRIMARY KEY (ns, key));",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -775,6 +778,56 @@ impl SqliteStore {
                 "DELETE FROM expiring WHERE ns = ?1 AND key = ?2",
                 params![ns, key],
             )? > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn get_versioned(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.with(move |c| {
+            let row: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT version, value FROM vkv WHERE ns = ?1 AND key = ?2",
+                    params![ns, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.map_or((0, None), |(v, value)| (v.unsigned_abs(), Some(value))))
+        })
+        .await
+    }
+
+    pub(super) async fn version(&self, ns: &str, key: &str) -> Result<u64, StoreError> {
+        Ok(self.get_versioned(ns, key).await?.0)
+    }
+
+    pub(super) async fn put_if_version(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        value: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_owned());
+        self.batched(move |c| {
+            let changed = if expected == 0 {
+                c.execute(
+                    "INSERT INTO vkv (ns, key, version, value) VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT DO NOTHING",
+                    params![ns, key, value],
+                )?
+            } else {
+                c.execute(
+                    "UPDATE vkv SET version = version + 1, value = ?3
+                     WHERE ns = ?1 AND key = ?2 AND version = ?4",
+                    params![ns, key, value, i64::try_from(expected).unwrap_or(i64::MAX)],
+                )?
+            };
+            Ok((changed == 1).then_some(expected + 1))
         })
         .await
     }

@@ -347,6 +347,41 @@ async fn ledger_kv_and_replays(store: &Store) {
         Some("{\"step\":2}")
     );
 
+    // Versioned values: compare-and-set, apart from plain ones.
+    assert_eq!(
+        store.get_versioned("canary", "c1").await.unwrap(),
+        (0, None)
+    );
+    assert_eq!(
+        store.put_if_version("canary", "c1", 1, "a").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.put_if_version("canary", "c1", 0, "a").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.put_if_version("canary", "c1", 0, "b").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.put_if_version("canary", "c1", 1, "b").await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.put_if_version("canary", "c1", 1, "c").await.unwrap(),
+        None
+    );
+    assert_eq!(store.version("canary", "c1").await.unwrap(), 2);
+    assert_eq!(
+        store.get_versioned("canary", "c1").await.unwrap(),
+        (2, Some("b".to_owned()))
+    );
+    assert_eq!(
+        store.get("canary", "c1").await.unwrap().as_deref(),
+        Some("{\"step\":2}")
+    );
+
     assert!(store.first_use("sig-1", 10_000, 1_000).await.unwrap());
     assert!(!store.first_use("sig-1", 10_000, 2_000).await.unwrap());
 }
