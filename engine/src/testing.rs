@@ -118,6 +118,21 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
             actual: d.cache_ttl_secs.to_string(),
         });
     }
+    if let Some(want) = &expect.rate_limits {
+        let mut got: Vec<String> = Vec::new();
+        for c in &d.rate_charges {
+            if !got.iter().any(|g| **g == *c.rule) {
+                got.push(c.rule.to_string());
+            }
+        }
+        if *want != got {
+            out.push(Mismatch {
+                field: "rate_limits",
+                expected: want.join(", "),
+                actual: got.join(", "),
+            });
+        }
+    }
     if let Some(want) = &expect.attempts {
         let got: Vec<String> = d
             .attempts

@@ -160,7 +160,7 @@ impl DeploymentLive {
             ttft_ms: quantile(&ttft, 0.50),
             error_rate: errors as f64 / (ok + errors) as f64,
             in_flight: self.in_flight(),
-            circuit: Default::default(),
+            ..DeploymentStats::default()
         })
     }
 }
