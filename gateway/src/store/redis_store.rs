@@ -101,6 +101,61 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// The GCRA check of [`super::rates::admit`] on the Redis clock: KEYS are the cells (each a
+/// string holding its TAT in microseconds), ARGV two values per cell: increment and capacity.
+/// Every cell is checked before any is updated; an updated cell expires when it is full
+/// again. Returns the refusing cell's index (-1: none) and then, per cell, how far its TAT is
+/// ahead of now.
+static RATE_CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local tats = {}
+        local refused = -1
+        for i = 1, #KEYS do
+          local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), now)
+          tats[i] = tat
+          if refused < 0 and tat + tonumber(ARGV[2 * i - 1]) - now > tonumber(ARGV[2 * i]) then
+            refused = i - 1
+          end
+        end
+        local out = {refused}
+        for i = 1, #KEYS do
+          if refused < 0 then
+            tats[i] = tats[i] + tonumber(ARGV[2 * i - 1])
+            redis.call('SET', KEYS[i], string.format('%d', tats[i]),
+              'PX', math.floor((tats[i] - now) / 1000) + 1)
+          end
+          out[i + 1] = tats[i] - now
+        end
+        return out
+        ",
+    )
+});
+
+/// The correction of [`super::rates::adjust`] on the Redis clock: KEYS are cells, ARGV their
+/// deltas in microseconds.
+static RATE_ADJUST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        for i = 1, #KEYS do
+          local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+          local delta = tonumber(ARGV[i])
+          if delta >= 0 then tat = math.max(tat, now) + delta else tat = math.max(tat + delta, now) end
+          if tat > now then
+            redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+          else
+            redis.call('DEL', KEYS[i])
+          end
+        end
+        return 0
+        ",
+    )
+});
+
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -311,6 +366,35 @@ impl RedisStore {
                 .invoke_async(&mut c)
                 .await?;
         }
+        Ok(())
+    }
+
+    pub(super) async fn rate_check(
+        &self,
+        cells: &[super::rates::Cell],
+    ) -> Result<super::rates::Checked, StoreError> {
+        let mut inv = RATE_CHECK.prepare_invoke();
+        for c in cells {
+            inv.key(self.k(&["rate", &c.key]))
+                .arg(c.increment_us)
+                .arg(c.capacity_us);
+        }
+        let mut conn = self.conn.clone();
+        let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        let (refused, ahead) = out.split_first().unwrap_or((&-1, &[]));
+        Ok(super::rates::Checked {
+            refused: usize::try_from(*refused).ok(),
+            ahead_us: ahead.to_vec(),
+        })
+    }
+
+    pub(super) async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut inv = RATE_ADJUST.prepare_invoke();
+        for (key, delta) in deltas {
+            inv.key(self.k(&["rate", key])).arg(*delta);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await?;
         Ok(())
     }
 

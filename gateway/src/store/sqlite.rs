@@ -38,6 +38,8 @@ pub struct SqliteStore {
     ledger: Arc<Ledger>,
     /// Operations waiting for the next group commit ([`write_batches`]).
     batch: mpsc::Sender<Job>,
+    /// Rate limit cells: in memory, since one replica alone uses this store.
+    rates: Arc<super::rates::LocalRates>,
 }
 
 /// An operation for the group-commit writer: it runs inside the batch's transaction and returns
@@ -360,7 +362,20 @@ impl SqliteStore {
             db,
             ledger: Arc::default(),
             batch,
+            rates: Arc::default(),
         })
+    }
+
+    pub(super) async fn rate_check(
+        &self,
+        cells: &[super::rates::Cell],
+    ) -> Result<super::rates::Checked, StoreError> {
+        Ok(self.rates.check(cells))
+    }
+
+    pub(super) async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
+        self.rates.adjust(deltas);
+        Ok(())
     }
 
     pub(super) async fn check(&self) -> Result<(), StoreError> {

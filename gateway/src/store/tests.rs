@@ -351,6 +351,35 @@ async fn ledger_kv_and_replays(store: &Store) {
     assert!(!store.first_use("sig-1", 10_000, 2_000).await.unwrap());
 }
 
+/// GCRA cells on the store: all or none, the refusing cell named, corrections given back.
+/// Intervals are an hour long, so the milliseconds the test takes do not matter.
+async fn rate_cells_admit_all_or_none(store: &Store, prefix: &str) {
+    const HOUR: i64 = 3_600_000_000;
+    let cell = |name: &str, capacity_hours: i64| rates::Cell {
+        key: format!("{prefix}:{name}"),
+        increment_us: HOUR,
+        capacity_us: capacity_hours * HOUR,
+    };
+    let near = |ahead: i64, hours: i64| (ahead - hours * HOUR).abs() < 60_000_000;
+    let (a, b) = (cell("a", 3), cell("b", 1));
+    let first = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(first.refused, None);
+    assert!(
+        near(first.ahead_us[0], 1) && near(first.ahead_us[1], 1),
+        "{first:?}"
+    );
+    let second = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(second.refused, Some(1), "b holds one at a time");
+    assert!(near(second.ahead_us[0], 1), "a took nothing: {second:?}");
+    store.rate_adjust(&[(b.key.clone(), -HOUR)]).await.unwrap();
+    let third = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(third.refused, None, "b's hour was given back");
+    assert!(near(third.ahead_us[0], 2), "{third:?}");
+    store.rate_adjust(&[(a.key.clone(), HOUR)]).await.unwrap();
+    let fourth = store.rate_check(std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(fourth.refused, Some(0), "a's debt fills it");
+}
+
 #[tokio::test]
 async fn sqlite_store_behaves() {
     let dir = tempfile::tempdir().unwrap();
@@ -363,6 +392,7 @@ async fn sqlite_store_behaves() {
     let clock = Clock(Some(now_ms().into()));
     renewed_leases_outlive_their_first_term(&store, "b:renew", clock).await;
     ledger_kv_and_replays(&store).await;
+    rate_cells_admit_all_or_none(&store, "rl").await;
     // A reopened store keeps everything (migrations are not re-run).
     drop(store);
     let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
@@ -470,4 +500,5 @@ async fn redis_store_behaves() {
     leases_expire_and_late_settlements_stay_exact(&store, "b:lease", Clock(None)).await;
     renewed_leases_outlive_their_first_term(&store, "b:renew", Clock(None)).await;
     ledger_kv_and_replays(&store).await;
+    rate_cells_admit_all_or_none(&store, "rl").await;
 }
