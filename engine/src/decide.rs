@@ -370,7 +370,8 @@ impl CompiledPolicy {
             for &d in &self.models[m].deployments {
                 let dep = &self.deployments[d];
                 let stats = live.stats(d, &dep.name).unwrap_or_default();
-                let tokens = self.estimated_tokens(&self.models[m], ctx, TokenCount::Total);
+                let tokens =
+                    self.estimated_tokens(&self.models[m], &ctx.request, TokenCount::Total);
                 if stats.circuit != CircuitState::Open && !quota_fits(dep, &stats, tokens) {
                     trace.push(|| Step::DeploymentSkipped {
                         deployment: dep.name.to_string(),
@@ -542,12 +543,12 @@ impl CompiledPolicy {
     pub fn estimated_tokens(
         &self,
         model: &ModelInfo,
-        ctx: &RequestContext,
+        request: &RequestFacts,
         count: TokenCount,
     ) -> u64 {
-        let input = ctx.request.input_tokens;
-        let output = match ctx.request.endpoint {
-            Endpoint::Chat => worst_case_output(model, ctx.request.max_tokens),
+        let input = request.input_tokens;
+        let output = match request.endpoint {
+            Endpoint::Chat => worst_case_output(model, request.max_tokens),
             Endpoint::Embeddings => 0,
         };
         match count {
@@ -655,7 +656,7 @@ impl CompiledPolicy {
                     .iter()
                     .map(|a| {
                         let model = &self.models[self.deployments[a.index].model];
-                        self.estimated_tokens(model, ctx, rate.count)
+                        self.estimated_tokens(model, &ctx.request, rate.count)
                     })
                     .max()
                     .unwrap_or(0);

@@ -91,6 +91,7 @@ async fn probe(app: Arc<App>, rt: Arc<Runtime>, index: usize) {
         prefill: None,
         stream: false,
         max_output_tokens: Some(1),
+        quota: None,
     };
     let started = Instant::now();
     let limit = Duration::from_millis(settings.timeout_ms);

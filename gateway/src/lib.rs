@@ -32,6 +32,7 @@ pub mod phases;
 pub mod policy_source;
 pub mod providers;
 pub mod proxy;
+pub mod quota;
 pub mod ratelimit;
 pub mod reload;
 pub mod request_body;

@@ -1008,6 +1008,9 @@ async fn pump(
             r.record(live.started.elapsed(), Some(live.ttft), true);
         }
         charge(&mut bill, live.idx, reported, attempt_chars);
+        if let Some(c) = bill.charges.last() {
+            attempt::quota_settle(&plan, live.idx, c.usage);
+        }
         if let Some(c) = capture.take() {
             let a = plan.attempt(live.idx);
             c.finish(

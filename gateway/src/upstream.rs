@@ -342,6 +342,8 @@ pub struct UpstreamRequest<'a> {
     /// The most output the model can write (its `max_output_tokens` in the policy), for APIs
     /// that require a limit when the client set none.
     pub max_output_tokens: Option<u64>,
+    /// The deployment's provider quota, which reads the provider's rate limit headers.
+    pub quota: Option<&'a crate::quota::QuotaCell>,
 }
 
 /// The future an adapter returns.

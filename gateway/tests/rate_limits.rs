@@ -2,7 +2,9 @@
 //! token rate hold within 5% under bounded concurrent traffic, on one replica with SQLite state
 //! (in-process cells) and on two replicas sharing one Redis (one Lua script per check); a
 //! client that waits the `Retry-After` it was given is served; every answer carries OpenAI's
-//! `x-ratelimit-*` headers; a refusal is logged and counted under the limit's name.
+//! `x-ratelimit-*` headers; a refusal is logged and counted under the limit's name; and a
+//! deployment nearing its declared provider TPM sheds its traffic to an equivalent before the
+//! provider answers 429.
 //!
 //! The issue asks for 60 s of traffic against per-minute limits. These tests use per-second
 //! limits over 4 s instead: GCRA treats both alike (a rate is an emission interval and a burst
@@ -292,5 +294,48 @@ async fn a_request_larger_than_a_token_burst_is_refused_without_retry_after() {
             .is_some_and(|m| m.contains("request too large")),
         "{}",
         a.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_nearing_its_provider_tpm_sheds_to_its_equivalent_before_a_429() {
+    let mock = mock().await;
+    // The mock's `primary` takes 1,000 tokens and then answers 429; each request below takes
+    // 44 of them (4 prompt tokens, 40 answer tokens), so the 23rd would be refused.
+    let primary = "p+tpm-1000";
+    let (gw, _dir) = gateway_for(|d| {
+        primary_and_backup(d, &mock.base_url(), "tpm-1000");
+        let models = std::fs::read_to_string(d.join("models.yaml")).expect("models");
+        let declared = models.replace(
+            &format!("upstream_model: \"{primary}\"\n"),
+            &format!("upstream_model: \"{primary}\"\n        quota: {{tokens_per_minute: 1000}}\n"),
+        );
+        assert_ne!(models, declared);
+        std::fs::write(d.join("models.yaml"), declared).expect("write models");
+    });
+    let mut served_by = Vec::new();
+    for i in 0..30 {
+        let a = post(&gw.url("/v1/chat/completions"), &chat("primary", false, 40)).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+        served_by.push(a.header("x-llmgw-model").to_owned());
+    }
+    let on_primary = served_by.iter().filter(|m| *m == "primary").count();
+    assert!(
+        on_primary >= 20,
+        "the quota was used before shedding: {served_by:?}"
+    );
+    assert!(
+        served_by[on_primary..].iter().all(|m| m == "backup"),
+        "once near the quota, the backup serves: {served_by:?}"
+    );
+    assert_eq!(
+        mock.stats.attempts(primary),
+        on_primary as u64,
+        "every call to the primary was answered: none got the provider's 429"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains(r#"llmgw_upstream_errors_total{provider="mock-a""#),
+        "{metrics}"
     );
 }

@@ -444,6 +444,7 @@ mod tests {
             prefill: Some("It is a "),
             stream: true,
             max_output_tokens: Some(64_000),
+            quota: None,
         });
         assert_eq!(out["system"], "Be brief.");
         assert_eq!(out["model"], "claude-x");
@@ -460,6 +461,7 @@ mod tests {
             prefill: None,
             stream: false,
             max_output_tokens,
+            quota: None,
         };
         assert_eq!(to_messages(&req(Some(64_000)))["max_tokens"], 64_000);
         assert_eq!(to_messages(&req(None))["max_tokens"], DEFAULT_MAX_TOKENS);

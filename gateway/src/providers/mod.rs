@@ -128,6 +128,7 @@ mod tests {
             prefill: None,
             stream,
             max_output_tokens: None,
+            quota: None,
         };
         let Err(e) = provider.send(request(false)).await else {
             panic!("an error");

@@ -152,6 +152,9 @@ impl Provider for OpenAi {
                 first,
             )
             .await?;
+            if let Some(q) = req.quota {
+                q.observe(resp.headers());
+            }
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }
@@ -340,6 +343,7 @@ mod tests {
             prefill: Some("part"),
             stream: true,
             max_output_tokens: None,
+            quota: None,
         };
         let out: Value = serde_json::from_slice(&adapter.body(&req)).expect("json");
         assert_eq!(out["model"], "up");

@@ -298,6 +298,7 @@ mod tests {
             prefill: None,
             stream: false,
             max_output_tokens: None,
+            quota: None,
         };
         let Ok(UpstreamResponse::Full(a)) = sim.send(req).await else {
             panic!("full answer")
