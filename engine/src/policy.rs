@@ -245,6 +245,16 @@ impl CompiledPolicy {
     pub fn rate_limits(&self) -> &[RateLimitRule] {
         &self.rate_limits
     }
+    /// Whether a routing rule reads `ratelimit.*`: only then must the shares left of the rate
+    /// limits be known before deciding.
+    pub fn reads_ratelimit(&self) -> bool {
+        self.rules.iter().any(|r| {
+            [&r.when, &r.filter]
+                .into_iter()
+                .flatten()
+                .any(|e| e.reads("ratelimit"))
+        })
+    }
     /// Downgrade rules in order.
     pub fn downgrades(&self) -> &[DowngradeRuleInfo] {
         &self.downgrades

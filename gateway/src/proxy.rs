@@ -299,6 +299,36 @@ pub async fn handle(
         &app.canaries,
         captured.as_mut(),
     );
+    // Routing that reads `ratelimit.*` decides again with the shares left of the limits the
+    // first decision counts the request against (the same limits: a limit's own condition
+    // does not see the shares).
+    let (spend, decided) = match decided {
+        Ok(d)
+            if rt.policy.reads_ratelimit()
+                && !d.rate_charges.is_empty()
+                && (fault.is_none() || app.state.rates_in_process()) =>
+        {
+            match ratelimit::shares(&app.state, &d).await {
+                Ok(shares) => {
+                    let spend = spend.with_rate_shares(shares);
+                    let again = decide::decide(
+                        &rt,
+                        &request,
+                        identity.clone(),
+                        &spend,
+                        &app.canaries,
+                        captured.as_mut(),
+                    );
+                    (spend, again)
+                }
+                Err(e) => {
+                    tracing::warn!(target: "llmgw::ratelimit", error = %e, "cannot read rate limit shares; routing sees them as full");
+                    (spend, Ok(d))
+                }
+            }
+        }
+        other => (spend, other),
+    };
     let decision = match decided {
         Ok(d) => d,
         Err(e) => {

@@ -167,6 +167,34 @@ impl Charged {
     }
 }
 
+/// The share left of each rate limit a decision charges, in its bucket: the smaller share of
+/// its rates (`(limit, bucket, share)`), for routing rules that read `ratelimit.*`. One store
+/// read (none on SQLite state).
+pub async fn shares(
+    store: &Store,
+    decision: &Decision,
+) -> Result<Vec<(std::sync::Arc<str>, String, f64)>, crate::store::StoreError> {
+    let cells: Vec<Cell> = decision.rate_charges.iter().map(cell).collect();
+    let keys: Vec<String> = cells.iter().map(|c| c.key.clone()).collect();
+    let ahead = store.rate_peek(&keys).await?;
+    let mut out: Vec<(std::sync::Arc<str>, String, f64)> = Vec::new();
+    for ((c, cell), ahead) in decision.rate_charges.iter().zip(&cells).zip(ahead) {
+        let share = if cell.capacity_us > 0 {
+            ((cell.capacity_us - ahead) as f64 / cell.capacity_us as f64).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        match out
+            .iter_mut()
+            .find(|(r, b, _)| *r == c.rule && *b == c.bucket)
+        {
+            Some(entry) => entry.2 = entry.2.min(share),
+            None => out.push((c.rule.clone(), c.bucket.clone(), share)),
+        }
+    }
+    Ok(out)
+}
+
 /// Who a check is for, for its log line.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {

@@ -4,7 +4,7 @@
 //! client that waits the `Retry-After` it was given is served; every answer carries OpenAI's
 //! `x-ratelimit-*` headers; a refusal is logged and counted under the limit's name; and a
 //! deployment nearing its declared provider TPM sheds its traffic to an equivalent before the
-//! provider answers 429.
+//! provider answers 429; and routing rules read the share left of the limits (`ratelimit.*`).
 //!
 //! The issue asks for 60 s of traffic against per-minute limits. These tests use per-second
 //! limits over 4 s instead: GCRA treats both alike (a rate is an emission interval and a burst
@@ -338,4 +338,37 @@ async fn a_deployment_nearing_its_provider_tpm_sheds_to_its_equivalent_before_a_
         !metrics.contains(r#"llmgw_upstream_errors_total{provider="mock-a""#),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_moves_traffic_off_a_model_before_its_rate_limit_bites() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        budget_policy(
+            d,
+            &mock.base_url(),
+            &[("lead", "a", "a+ok"), ("spare", "b", "b+ok")],
+            "",
+        );
+        std::fs::write(
+            d.join("ratelimits.yaml"),
+            "apiVersion: llmgw.dev/v1\nkind: RateLimits\nlimits:\n  - name: lead-rate\n    scope: key\n    when: 'request.model == \"lead\"'\n    requests: {limit: 4, per: minute}\n",
+        )
+        .expect("write rate limits");
+        std::fs::write(
+            d.join("routing.yaml"),
+            "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: spare-the-lead\n    when: 'ratelimit.requests < 0.5'\n    candidates: [spare]\n",
+        )
+        .expect("write routing");
+    });
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let a = post(&gw.url("/v1/chat/completions"), &chat("lead", false, 4)).await;
+        seen.push(match a.status {
+            200 => a.header("x-llmgw-model").to_owned(),
+            s => format!("{s} {}", a.header("x-llmgw-rule")),
+        });
+    }
+    // Shares left before each request: 1, 0.75, 0.5, 0.25, 0.
+    assert_eq!(seen, ["lead", "lead", "lead", "spare", "429 lead-rate"]);
 }

@@ -319,6 +319,11 @@ impl Store {
         dispatch!(self.rate_check(cells))
     }
 
+    /// How far each rate limit cell's TAT is ahead of now, in microseconds (0: full).
+    pub async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.rate_peek(keys))
+    }
+
     /// Corrects rate limit cells after the fact: `(cell, microseconds)`, positive for units
     /// used beyond the reservation, negative for units given back.
     pub async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {

@@ -126,6 +126,15 @@ impl LocalRates {
         checked
     }
 
+    /// How far each cell's TAT is ahead of now, in microseconds (0 for a full cell).
+    pub fn peek(&self, keys: &[String]) -> Vec<i64> {
+        let now = self.now_us();
+        let state = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|k| state.tats.get(k).map_or(0, |t| (t - now).max(0)))
+            .collect()
+    }
+
     /// Corrects cells after the fact: `(cell, delta in microseconds)`.
     pub fn adjust(&self, deltas: &[(String, i64)]) {
         let now = self.now_us();

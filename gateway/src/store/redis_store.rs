@@ -156,6 +156,21 @@ static RATE_ADJUST: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// How far each cell's TAT is ahead of the Redis clock, in microseconds (0 for a full cell).
+static RATE_PEEK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local out = {}
+        for i = 1, #KEYS do
+          out[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or '0') - now, 0)
+        end
+        return out
+        ",
+    )
+});
+
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -386,6 +401,15 @@ impl RedisStore {
             refused: usize::try_from(*refused).ok(),
             ahead_us: ahead.to_vec(),
         })
+    }
+
+    pub(super) async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut inv = RATE_PEEK.prepare_invoke();
+        for key in keys {
+            inv.key(self.k(&["rate", key]));
+        }
+        let mut conn = self.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
     }
 
     pub(super) async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {

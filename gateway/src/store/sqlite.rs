@@ -373,6 +373,10 @@ impl SqliteStore {
         Ok(self.rates.check(cells))
     }
 
+    pub(super) async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        Ok(self.rates.peek(keys))
+    }
+
     pub(super) async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
         self.rates.adjust(deltas);
         Ok(())

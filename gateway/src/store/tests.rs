@@ -368,6 +368,11 @@ async fn rate_cells_admit_all_or_none(store: &Store, prefix: &str) {
         near(first.ahead_us[0], 1) && near(first.ahead_us[1], 1),
         "{first:?}"
     );
+    let peeked = store
+        .rate_peek(&[a.key.clone(), format!("{prefix}:never")])
+        .await
+        .unwrap();
+    assert!(near(peeked[0], 1) && peeked[1] == 0, "{peeked:?}");
     let second = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
     assert_eq!(second.refused, Some(1), "b holds one at a time");
     assert!(near(second.ahead_us[0], 1), "a took nothing: {second:?}");
