@@ -94,20 +94,23 @@ impl RateHeaders {
 
     /// Sets the headers on a response.
     pub fn apply(&self, h: &mut HeaderMap) {
-        for (measure, standing) in [("requests", self.requests), ("tokens", self.tokens)] {
+        const REQUESTS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ];
+        const TOKENS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ];
+        for (names, standing) in [(REQUESTS, self.requests), (TOKENS, self.tokens)] {
             let Some(s) = standing else { continue };
-            for (what, value) in [
-                ("limit", s.limit.to_string()),
-                ("remaining", s.remaining.to_string()),
-                ("reset", reset_text(s.reset)),
-            ] {
-                let name = format!("x-ratelimit-{what}-{measure}");
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::try_from(name),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    h.insert(n, v);
-                }
+            let [limit, remaining, reset] = names;
+            h.insert(limit, HeaderValue::from(s.limit));
+            h.insert(remaining, HeaderValue::from(s.remaining));
+            if let Ok(v) = HeaderValue::try_from(reset_text(s.reset)) {
+                h.insert(reset, v);
             }
         }
     }
@@ -139,8 +142,8 @@ pub struct Charged {
 }
 
 impl Charged {
-    /// Moves each token cell by the tokens used beyond (or below) its reservation, in the
-    /// background: the answer does not wait for it.
+    /// Moves each token cell by the tokens used beyond (or below) its reservation; the answer
+    /// does not wait for the store ([`Store::rate_correct`]).
     pub fn settle(self, usage: Usage) {
         let Some(store) = self.store else { return };
         let deltas: Vec<(String, i64)> = self
@@ -156,14 +159,9 @@ impl Charged {
                 (delta != 0).then_some((key, delta))
             })
             .collect();
-        if deltas.is_empty() {
-            return;
+        if !deltas.is_empty() {
+            store.rate_correct(&deltas);
         }
-        tokio::spawn(async move {
-            if let Err(e) = store.rate_adjust(&deltas).await {
-                tracing::warn!(target: "llmgw::ratelimit", error = %e, "cannot correct token rate limits from usage");
-            }
-        });
     }
 }
 

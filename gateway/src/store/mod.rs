@@ -325,9 +325,15 @@ impl Store {
     }
 
     /// Corrects rate limit cells after the fact: `(cell, microseconds)`, positive for units
-    /// used beyond the reservation, negative for units given back.
-    pub async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
-        dispatch!(self.rate_adjust(deltas))
+    /// used beyond the reservation, negative for units given back. Returns at once: in
+    /// process the cells are corrected now; on Redis the corrections ride on the next check
+    /// this replica sends (one script, no round trip of their own), or go alone within a
+    /// second when no check comes.
+    pub fn rate_correct(&self, deltas: &[(String, i64)]) {
+        match self {
+            Store::Sqlite(s) => s.rate_correct(deltas),
+            Store::Redis(s) => s.rate_correct(deltas),
+        }
     }
 
     /// Whether rate limit cells live in this process (SQLite state), where they need no store

@@ -377,9 +377,8 @@ impl SqliteStore {
         Ok(self.rates.peek(keys))
     }
 
-    pub(super) async fn rate_adjust(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
+    pub(super) fn rate_correct(&self, deltas: &[(String, i64)]) {
         self.rates.adjust(deltas);
-        Ok(())
     }
 
     pub(super) async fn check(&self) -> Result<(), StoreError> {

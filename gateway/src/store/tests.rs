@@ -351,7 +351,8 @@ async fn ledger_kv_and_replays(store: &Store) {
     assert!(!store.first_use("sig-1", 10_000, 2_000).await.unwrap());
 }
 
-/// GCRA cells on the store: all or none, the refusing cell named, corrections given back.
+/// GCRA cells on the store: all or none, the refusing cell named, corrections applied before
+/// the next check.
 /// Intervals are an hour long, so the milliseconds the test takes do not matter.
 async fn rate_cells_admit_all_or_none(store: &Store, prefix: &str) {
     const HOUR: i64 = 3_600_000_000;
@@ -376,11 +377,11 @@ async fn rate_cells_admit_all_or_none(store: &Store, prefix: &str) {
     let second = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
     assert_eq!(second.refused, Some(1), "b holds one at a time");
     assert!(near(second.ahead_us[0], 1), "a took nothing: {second:?}");
-    store.rate_adjust(&[(b.key.clone(), -HOUR)]).await.unwrap();
+    store.rate_correct(&[(b.key.clone(), -HOUR)]);
     let third = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
     assert_eq!(third.refused, None, "b's hour was given back");
     assert!(near(third.ahead_us[0], 2), "{third:?}");
-    store.rate_adjust(&[(a.key.clone(), HOUR)]).await.unwrap();
+    store.rate_correct(&[(a.key.clone(), HOUR)]);
     let fourth = store.rate_check(std::slice::from_ref(&a)).await.unwrap();
     assert_eq!(fourth.refused, Some(0), "a's debt fills it");
 }
