@@ -71,6 +71,8 @@ pub enum Site {
     When,
     /// A routing rule's candidate `filter` (may read `m`).
     Filter,
+    /// A rate limit's `bucket`: yields a string.
+    Bucket,
 }
 
 impl Site {
@@ -78,6 +80,7 @@ impl Site {
         match self {
             Site::When => "when",
             Site::Filter => "filter",
+            Site::Bucket => "bucket",
         }
     }
 }

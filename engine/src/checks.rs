@@ -3,7 +3,7 @@
 use crate::diag::Diagnostic;
 use crate::load::Parsed;
 use crate::model::{self, ProviderType, Strategy};
-use crate::policy::{BudgetRule, DowngradeRuleInfo, ModelInfo, Rule};
+use crate::policy::{BudgetRule, DowngradeRuleInfo, ModelInfo, RateLimitRule, Rule};
 use crate::{index, source};
 
 /// A name as one JSON pointer segment (`/` and `~` escaped).
@@ -203,6 +203,87 @@ pub(crate) fn shadowed(diags: &mut Vec<Diagnostic>, rules: &[Rule], broken: &[bo
                         Some(later.location.clone()),
                     )
                     .with_help("move the broader rule below the narrower one, or give it a condition"),
+                );
+            }
+        }
+    }
+}
+
+/// A rate limit's own problems: rates and bursts that are not above 0, a bucket expression on
+/// a scope that does not read it.
+pub(crate) fn rate_limit(
+    diags: &mut Vec<Diagnostic>,
+    l: &model::RateLimit,
+    doc: &Parsed,
+    base: &str,
+) {
+    for (field, rate) in [("requests", &l.requests), ("tokens", &l.tokens)] {
+        let Some(rate) = rate else { continue };
+        for (what, value) in [("limit", Some(rate.limit)), ("burst", rate.burst)] {
+            let Some(value) = value.filter(|v| !(*v > 0.0 && v.is_finite())) else {
+                continue;
+            };
+            diags.push(
+                Diagnostic::error(
+                    "ratelimit/not-positive",
+                    format!(
+                        "rate limit `{}`: `{field}.{what}` must be above 0, got {value}",
+                        l.name
+                    ),
+                    Some(doc.loc(&format!("{base}/{field}/{what}"))),
+                )
+                .with_help("a rate that admits nothing is a block: remove the rule's traffic with a key's `allowed_models`, or write the rate the provider or plan allows"),
+            );
+        }
+    }
+    if l.bucket.is_some() && l.scope != model::LimitScope::Expression {
+        diags.push(
+            Diagnostic::warning(
+                "ratelimit/unused-bucket",
+                format!(
+                    "rate limit `{}` has a `bucket` but its scope is `{}`, which ignores it",
+                    l.name,
+                    l.scope.as_str()
+                ),
+                Some(doc.loc(&format!("{base}/bucket"))),
+            )
+            .with_help("set `scope: expression` to count per value of `bucket`, or remove it"),
+        );
+    }
+}
+
+/// Rate limits that can never refuse a request: an earlier limit on the same scope and bucket,
+/// with no condition or the same one, is at least as strict for every rate they both count.
+pub(crate) fn redundant_rate_limits(diags: &mut Vec<Diagnostic>, limits: &[RateLimitRule]) {
+    let src = |e: &Option<crate::expr::CompiledExpr>| e.as_ref().map(|e| e.source.clone());
+    // At most as much per period and at once, over the same kind of units.
+    let stricter = |a: &Option<model::Rate>, b: &Option<model::Rate>| match (a, b) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(a), Some(b)) => {
+            a.count == b.count && a.per_ms() <= b.per_ms() && a.burst() <= b.burst()
+        }
+    };
+    for (i, earlier) in limits.iter().enumerate() {
+        for later in &limits[i + 1..] {
+            let same_scope = earlier.spec.scope == later.spec.scope
+                && src(&earlier.bucket) == src(&later.bucket);
+            let covers = earlier.when.is_none() || src(&earlier.when) == src(&later.when);
+            if same_scope
+                && covers
+                && stricter(&earlier.spec.requests, &later.spec.requests)
+                && stricter(&earlier.spec.tokens, &later.spec.tokens)
+            {
+                diags.push(
+                    Diagnostic::warning(
+                        "ratelimit/shadowed",
+                        format!(
+                            "rate limit `{}` can never refuse a request: rate limit `{}` at {} counts every request it does, per the same bucket, and is at least as strict",
+                            later.name, earlier.name, earlier.location
+                        ),
+                        Some(later.location.clone()),
+                    )
+                    .with_help("remove it, loosen the earlier limit, or give the earlier one a narrower condition"),
                 );
             }
         }

@@ -5,15 +5,19 @@
 //! into deployments with failover, and the canary split.
 
 use crate::decision::{
-    Arm, Attempt, BudgetAction, CanaryAssignment, Decision, Downgrade, Reservation,
+    Arm, Attempt, BudgetAction, CanaryAssignment, Decision, Downgrade, Measure, RateCharge,
+    Reservation,
 };
 use crate::input::{
-    CircuitState, Endpoint, Identity, LiveView, RequestContext, RequestFacts, StateView,
+    CircuitState, DeploymentStats, Endpoint, Identity, LiveView, RequestContext, RequestFacts,
+    StateView,
 };
-use crate::model::{Capability, Failover, LatencyMetric, OnExceed, Scope, Strategy};
-use crate::policy::{CompiledPolicy, ModelInfo, Rule};
+use crate::model::{
+    Capability, Failover, LatencyMetric, LimitScope, OnExceed, Rate, Scope, Strategy, TokenCount,
+};
+use crate::policy::{CompiledPolicy, DeploymentInfo, ModelInfo, Rule};
 use crate::trace::{Step, Trace};
-use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use crate::views::{BudgetVars, Candidate, Facts, RateVars, Spend};
 use llmgw_canary::spec::Split;
 use llmgw_canary::split;
 use std::sync::Arc;
@@ -136,6 +140,7 @@ impl CompiledPolicy {
             model: &request.model,
             identity,
             budget: &vars,
+            ratelimit: RateVars::default(),
             now: chrono::DateTime::from_timestamp_millis(now_ms)
                 .unwrap_or_default()
                 .fixed_offset(),
@@ -175,7 +180,11 @@ impl CompiledPolicy {
             let applies = match &budget.when {
                 None => true,
                 // A budget whose condition cannot be evaluated applies: spend stays bounded.
-                Some(when) => trace.holds(when, &self.facts(ctx, &req.model, &vars, now), true),
+                Some(when) => trace.holds(
+                    when,
+                    &self.facts(ctx, &req.model, &vars, RateVars::default(), now),
+                    true,
+                ),
             };
             let principal = &ctx.identity.of(budget.spec.scope).id;
             if !applies || principal.is_empty() {
@@ -222,7 +231,13 @@ impl CompiledPolicy {
                     None => vars.exceeded,
                     Some(when) => trace.holds(
                         when,
-                        &self.facts(ctx, &self.models[model].name, &vars, now),
+                        &self.facts(
+                            ctx,
+                            &self.models[model].name,
+                            &vars,
+                            RateVars::default(),
+                            now,
+                        ),
                         false,
                     ),
                 };
@@ -281,9 +296,13 @@ impl CompiledPolicy {
             }
         }
 
-        // Routing: the first matching rule among those indexed for this model.
+        // Rate limits that count the request, and what is left of them for routing to read.
         let model_name = self.models[model].name.clone();
-        let facts = self.facts(ctx, &model_name, &vars, now);
+        let (limited, rates) =
+            self.rate_limits_applying(ctx, &model_name, &vars, now, state, trace);
+
+        // Routing: the first matching rule among those indexed for this model.
+        let facts = self.facts(ctx, &model_name, &vars, rates, now);
         let list = self
             .rules_by_model
             .get(&*model_name)
@@ -341,17 +360,31 @@ impl CompiledPolicy {
             }
         }
 
-        // Deployments: closed circuits first, half-open after, open ones skipped.
+        // Deployments: closed circuits first, half-open after, then those whose provider quota
+        // cannot take the request (the provider may still; nothing else is left); open ones
+        // skipped.
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut probing: Vec<Attempt> = Vec::new();
+        let mut over_quota: Vec<Attempt> = Vec::new();
         for &m in &models {
             for &d in &self.models[m].deployments {
                 let dep = &self.deployments[d];
-                match live
-                    .stats(d, &dep.name)
-                    .map(|s| s.circuit)
-                    .unwrap_or_default()
-                {
+                let stats = live.stats(d, &dep.name).unwrap_or_default();
+                let tokens =
+                    self.estimated_tokens(&self.models[m], &ctx.request, TokenCount::Total);
+                if stats.circuit != CircuitState::Open && !quota_fits(dep, &stats, tokens) {
+                    trace.push(|| Step::DeploymentSkipped {
+                        deployment: dep.name.to_string(),
+                        reason: format!(
+                            "provider quota nearly used: {} requests, {} tokens left this minute; tried last",
+                            shown(stats.quota_requests_left),
+                            shown(stats.quota_tokens_left)
+                        ),
+                    });
+                    over_quota.push(self.attempt(d));
+                    continue;
+                }
+                match stats.circuit {
                     CircuitState::Closed => attempts.push(self.attempt(d)),
                     CircuitState::HalfOpen => probing.push(self.attempt(d)),
                     CircuitState::Open => trace.push(|| Step::DeploymentSkipped {
@@ -362,6 +395,7 @@ impl CompiledPolicy {
             }
         }
         attempts.extend(probing);
+        attempts.extend(over_quota);
 
         // Canary split on the model that serves first.
         let mut canary = None;
@@ -460,6 +494,7 @@ impl CompiledPolicy {
                 }
             })
             .collect();
+        let rate_charges = self.rate_charges(ctx, &limited, &attempts);
         let budget = downgrade.as_ref().and_then(|d| d.budget.clone());
         Ok(Decision {
             revision: self.revision.clone(),
@@ -477,6 +512,7 @@ impl CompiledPolicy {
             },
             budget,
             reservations,
+            rate_charges,
             downgrade,
             canary,
             estimated_cost_usd: estimated,
@@ -489,6 +525,7 @@ impl CompiledPolicy {
         ctx: &'a RequestContext,
         model: &'a str,
         vars: &'a BudgetVars,
+        ratelimit: RateVars,
         now: chrono::DateTime<chrono::FixedOffset>,
     ) -> Facts<'a> {
         Facts {
@@ -496,8 +533,151 @@ impl CompiledPolicy {
             model,
             identity: &ctx.identity,
             budget: vars,
+            ratelimit,
             now,
         }
+    }
+
+    /// Tokens of a kind the request may use on a model: its input estimate, the worst-case
+    /// output ([`worst_case_output`]; none on the embeddings endpoint), or both.
+    pub fn estimated_tokens(
+        &self,
+        model: &ModelInfo,
+        request: &RequestFacts,
+        count: TokenCount,
+    ) -> u64 {
+        let input = request.input_tokens;
+        let output = match request.endpoint {
+            Endpoint::Chat => worst_case_output(model, request.max_tokens),
+            Endpoint::Embeddings => 0,
+        };
+        match count {
+            TokenCount::Input => input,
+            TokenCount::Output => output,
+            TokenCount::Total => input.saturating_add(output),
+        }
+    }
+
+    /// The rate limits that count a request routed from `model`, each with its bucket, and
+    /// the smallest shares left of their request and token rates. A limit whose condition
+    /// cannot be evaluated applies (as a budget does); a bucket expression that cannot be
+    /// evaluated counts the request in the rule's one `expression:(error)` bucket.
+    fn rate_limits_applying(
+        &self,
+        ctx: &RequestContext,
+        model: &str,
+        vars: &BudgetVars,
+        now: chrono::DateTime<chrono::FixedOffset>,
+        state: &dyn StateView,
+        trace: &mut Trace,
+    ) -> (Vec<(usize, String)>, RateVars) {
+        let mut applying = Vec::new();
+        let mut rates = RateVars::default();
+        if self.rate_limits.is_empty() {
+            return (applying, rates);
+        }
+        let facts = self.facts(ctx, model, vars, RateVars::default(), now);
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            if let Some(when) = &limit.when {
+                if !trace.holds(when, &facts, true) {
+                    continue;
+                }
+            }
+            let spec = &limit.spec;
+            let value = match (spec.scope.principal(), &limit.bucket) {
+                (Some(scope), _) => {
+                    let id = &ctx.identity.of(scope).id;
+                    if id.is_empty() {
+                        continue;
+                    }
+                    match scope {
+                        // Users and projects are named within their tenant.
+                        Scope::User | Scope::Project => {
+                            format!("{}/{id}", ctx.identity.tenant.id)
+                        }
+                        Scope::Key | Scope::Tenant => id.clone(),
+                    }
+                }
+                (None, _) if spec.scope == LimitScope::Model => model.to_owned(),
+                (None, Some(bucket)) => match trace.value(bucket, &facts) {
+                    Some(v) if v.is_empty() => continue,
+                    Some(v) => v,
+                    None => "(error)".to_owned(),
+                },
+                (None, None) => continue,
+            };
+            let bucket = format!("{}:{value}", spec.scope.as_str());
+            let left = state
+                .ratelimit_remaining(&limit.name, &bucket)
+                .clamp(0.0, 1.0);
+            if spec.requests.is_some() {
+                rates.requests = rates.requests.min(left);
+            }
+            if spec.tokens.is_some() {
+                rates.tokens = rates.tokens.min(left);
+            }
+            trace.push(|| Step::RateLimit {
+                limit: spec.name.clone(),
+                bucket: bucket.clone(),
+                remaining: left,
+            });
+            applying.push((i, bucket));
+        }
+        (applying, rates)
+    }
+
+    /// The charges of the applying rate limits: one request, and the tokens estimated on the
+    /// attempt list's hungriest model.
+    fn rate_charges(
+        &self,
+        ctx: &RequestContext,
+        applying: &[(usize, String)],
+        attempts: &[Attempt],
+    ) -> Vec<RateCharge> {
+        let mut out = Vec::new();
+        for (i, bucket) in applying {
+            let limit = &self.rate_limits[*i];
+            let spec = &limit.spec;
+            let charge = |rate: &Rate, measure: Measure, amount: u64| RateCharge {
+                rule: limit.name.clone(),
+                measure,
+                bucket: bucket.clone(),
+                amount,
+                limit: rate.limit,
+                period_ms: rate.per.millis(),
+                burst: rate.burst(),
+                on_store_unavailable: spec.on_store_unavailable,
+            };
+            if let Some(rate) = &spec.requests {
+                out.push(charge(rate, Measure::Requests, 1));
+            }
+            if let Some(rate) = &spec.tokens {
+                let tokens = attempts
+                    .iter()
+                    .map(|a| {
+                        let model = &self.models[self.deployments[a.index].model];
+                        self.estimated_tokens(model, &ctx.request, rate.count)
+                    })
+                    .max()
+                    .unwrap_or(0);
+                out.push(charge(rate, Measure::Tokens(rate.count), tokens));
+            }
+        }
+        out
+    }
+
+    /// Share of a deployment's declared provider quota still free: the tighter of its RPM and
+    /// TPM as live stats report them; 1 when it declares none or nothing is known.
+    pub fn quota_headroom(&self, d: usize, stats: &DeploymentStats) -> f64 {
+        let Some(q) = self.deployments.get(d).and_then(|d| d.quota) else {
+            return 1.0;
+        };
+        let share = |left: Option<f64>, quota: Option<f64>| match (left, quota) {
+            (Some(left), Some(quota)) if quota > 0.0 => (left / quota).clamp(0.0, 1.0),
+            _ => 1.0,
+        };
+        share(stats.quota_requests_left, q.requests_per_minute)
+            .min(share(stats.quota_tokens_left, q.tokens_per_minute))
     }
 
     fn attempt(&self, d: usize) -> Attempt {
@@ -545,6 +725,7 @@ impl CompiledPolicy {
             budget_action: BudgetAction::Block,
             budget: Some(budget),
             reservations: Vec::new(),
+            rate_charges: Vec::new(),
             downgrade,
             canary: None,
             estimated_cost_usd: cost,
@@ -612,6 +793,7 @@ impl CompiledPolicy {
                 stats,
                 healthy,
                 estimated_cost: cost,
+                quota_headroom: first.map_or(1.0, |d| self.quota_headroom(d, &stats)),
             };
             if !trace.holds(filter, &view, false) {
                 trace.push(|| Step::CandidateDropped {
@@ -685,6 +867,23 @@ struct Ranked {
     latency: Option<f64>,
     cost: f64,
     context: u64,
+}
+
+/// Whether a deployment's provider quota, as far as it is known, can take one more request of
+/// `tokens` tokens this minute.
+fn quota_fits(dep: &DeploymentInfo, stats: &DeploymentStats, tokens: u64) -> bool {
+    if dep.quota.is_none() {
+        return true;
+    }
+    stats.quota_requests_left.is_none_or(|left| left >= 1.0)
+        && stats
+            .quota_tokens_left
+            .is_none_or(|left| left >= tokens as f64)
+}
+
+/// A quota figure for the trace.
+fn shown(left: Option<f64>) -> String {
+    left.map_or_else(|| "unknown".to_owned(), |l| format!("{}", l.floor()))
 }
 
 fn scope_slot(scope: Scope) -> usize {

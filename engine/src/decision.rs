@@ -1,6 +1,6 @@
 //! What the engine decides for one request.
 
-use crate::model::{OnStoreUnavailable, Scope, Strategy};
+use crate::model::{OnStoreUnavailable, Scope, Strategy, TokenCount};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -62,6 +62,49 @@ pub struct Reservation {
     /// that this request was downgraded for).
     pub strict: bool,
     /// What the budget does while the state store is unavailable.
+    pub on_store_unavailable: OnStoreUnavailable,
+}
+
+/// What a rate counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Requests.
+    Requests,
+    /// Tokens of the given kind.
+    Tokens(TokenCount),
+}
+
+impl Measure {
+    /// `requests` or `tokens`: the suffix of the `x-ratelimit-*` headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Requests => "requests",
+            Measure::Tokens(_) => "tokens",
+        }
+    }
+}
+
+/// One rate a request is counted against: the gateway checks it (GCRA) before the upstream
+/// call and corrects a token charge from `usage` after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateCharge {
+    /// The rate limit.
+    pub rule: Arc<str>,
+    /// What it counts.
+    pub measure: Measure,
+    /// The bucket: `<scope>:<principal, model or expression value>`.
+    pub bucket: String,
+    /// Units the request takes: 1 request, or its estimated tokens (input, and the worst-case
+    /// output over its attempt list).
+    pub amount: u64,
+    /// Units per period.
+    pub limit: f64,
+    /// The period, milliseconds.
+    pub period_ms: u64,
+    /// Most units at once.
+    pub burst: f64,
+    /// What the rate does while the state store is unavailable.
     pub on_store_unavailable: OnStoreUnavailable,
 }
 
@@ -130,6 +173,8 @@ pub struct Decision {
     pub budget: Option<Arc<str>>,
     /// Reservations to make before the call.
     pub reservations: Vec<Reservation>,
+    /// Rates to check before the call, in policy order.
+    pub rate_charges: Vec<RateCharge>,
     /// The downgrade applied, if any.
     pub downgrade: Option<Downgrade>,
     /// The canary split, if one applied.

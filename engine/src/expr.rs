@@ -79,7 +79,8 @@ impl CompiledExpr {
         ast_reads(&self.ast, root)
     }
 
-    /// Parses and checks `source` written at `site`; a condition must be boolean.
+    /// Parses and checks `source` written at `site`; a condition must be boolean, a bucket a
+    /// string.
     ///
     /// Expressions are bounded (length, nesting, depth of the syntax tree) so that no input can
     /// exhaust the stack; they are parsed on a thread with a large stack, since the CEL parser
@@ -130,7 +131,15 @@ impl CompiledExpr {
             })
         };
         let ty = celenv::check(&mut ast, site, &offsets)?;
-        if !matches!(ty, Ty::Bool | Ty::Dyn) {
+        if site == Site::Bucket && !matches!(ty, Ty::String | Ty::Dyn) {
+            return Err(vec![CompileError {
+                code: "cel/not-string",
+                message: format!("a bucket must be a string, but this is {}", ty_name(&ty)),
+                offset: 0,
+                help: Some("convert it with `string(...)`, or join ids with `+`".into()),
+            }]);
+        }
+        if site != Site::Bucket && !matches!(ty, Ty::Bool | Ty::Dyn) {
             return Err(vec![CompileError {
                 code: "cel/not-boolean",
                 message: format!("a condition must be bool, but this is {}", ty_name(&ty)),
@@ -147,6 +156,28 @@ impl CompiledExpr {
 
     /// Evaluates the condition against the variables `vars` resolves.
     pub fn eval(&self, vars: &dyn VariableResolver) -> Result<bool, EvalError> {
+        self.eval_as(
+            vars,
+            |v| v.downcast_ref::<CelBool>().map(|b| *b.inner()),
+            "bool",
+        )
+    }
+
+    /// Evaluates a string-valued expression (a rate limit's bucket).
+    pub fn eval_string(&self, vars: &dyn VariableResolver) -> Result<String, EvalError> {
+        self.eval_as(
+            vars,
+            |v| v.downcast_ref::<CelString>().map(|s| s.inner().to_owned()),
+            "string",
+        )
+    }
+
+    fn eval_as<T>(
+        &self,
+        vars: &dyn VariableResolver,
+        take: impl FnOnce(&dyn cel::common::value::Val) -> Option<T>,
+        what: &str,
+    ) -> Result<T, EvalError> {
         let mut ctx = Context::with_env(ENV.clone());
         ctx.set_variable_resolver(vars);
         let fail = |message: String| EvalError {
@@ -155,9 +186,9 @@ impl CompiledExpr {
             message,
         };
         match Value::resolve_val(&self.ast, &ctx) {
-            Ok(v) => match v.downcast_ref::<CelBool>() {
-                Some(b) => Ok(*b.inner()),
-                None => Err(fail(format!("the result is not a bool but {:?}", v))),
+            Ok(v) => match take(&*v) {
+                Some(t) => Ok(t),
+                None => Err(fail(format!("the result is not a {what} but {:?}", v))),
             },
             Err(e) => Err(fail(e.to_string())),
         }

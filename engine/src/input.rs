@@ -150,6 +150,12 @@ pub struct DeploymentStats {
     /// Circuit breaker state.
     #[serde(default)]
     pub circuit: CircuitState,
+    /// Requests left of its declared provider RPM in the current minute, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_requests_left: Option<f64>,
+    /// Tokens left of its declared provider TPM in the current minute, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_tokens_left: Option<f64>,
 }
 
 /// Live stats as the gateway sees them at decision time.
@@ -165,6 +171,11 @@ pub trait StateView {
     fn spent_usd(&self, budget: &str, scope: Scope, id: &str) -> f64;
     /// The current candidate weight in percent of a canary, `None` when it has no state yet.
     fn canary_weight(&self, canary: &str) -> Option<f64>;
+    /// The share in [0, 1] of rate limit `rule` still available in `bucket` (both its rates,
+    /// the tighter); 1 when unknown. What `ratelimit.*` reads.
+    fn ratelimit_remaining(&self, _rule: &str, _bucket: &str) -> f64 {
+        1.0
+    }
 }
 
 /// A request plus the context a decision needs besides live stats and state.
@@ -199,6 +210,9 @@ pub struct DecisionInput {
     /// Spend so far by budget name (for the request's principal of that budget's scope).
     #[serde(default)]
     pub spent_usd: BTreeMap<String, f64>,
+    /// Share of each rate limit still available in the request's bucket, by rate limit name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ratelimit_remaining: BTreeMap<String, f64>,
     /// Canary weights in percent by canary name.
     #[serde(default)]
     pub canary_weights: BTreeMap<String, f64>,
@@ -239,5 +253,9 @@ impl StateView for DecisionInput {
 
     fn canary_weight(&self, canary: &str) -> Option<f64> {
         self.canary_weights.get(canary).copied()
+    }
+
+    fn ratelimit_remaining(&self, rule: &str, _bucket: &str) -> f64 {
+        self.ratelimit_remaining.get(rule).copied().unwrap_or(1.0)
     }
 }

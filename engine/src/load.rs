@@ -9,7 +9,7 @@ use crate::expr::CompiledExpr;
 use crate::model::{self, Document};
 use crate::policy::{
     BudgetRule, CanaryInfo, CompiledPolicy, DeploymentInfo, DowngradeRuleInfo, Location, ModelInfo,
-    Rule,
+    RateLimitRule, Rule,
 };
 use crate::source::{content_revision, PolicyFile};
 use crate::yaml::{self, Node};
@@ -186,6 +186,7 @@ fn typed(
         "Models" => Document::Models(de(json)?),
         "Routing" => Document::Routing(de(json)?),
         "Budgets" => Document::Budgets(de(json)?),
+        "RateLimits" => Document::RateLimits(de(json)?),
         "Downgrades" => Document::Downgrades(de(json)?),
         "Canaries" => Document::Canaries(de(json)?),
         "Cache" => Document::Cache(de(json)?),
@@ -359,6 +360,7 @@ impl<'d> Builder<'d> {
                         region: intern(&providers[provider].region),
                         upstream_model: intern(&dep.upstream_model),
                         canary_only: dep.canary_only,
+                        quota: dep.quota,
                     });
                 }
                 if routable.is_empty() {
@@ -479,6 +481,42 @@ impl<'d> Builder<'d> {
         }
 
         checks::max_output(self.diags, &models, &budgets);
+
+        // Rate limits.
+        let mut rate_limits = Vec::new();
+        let mut rate_limit_names = Names::default();
+        for doc in docs {
+            let Document::RateLimits(r) = &doc.doc else {
+                continue;
+            };
+            for (i, limit) in r.limits.iter().enumerate() {
+                let base = format!("/limits/{i}");
+                let loc = doc.loc(&format!("{base}/name"));
+                rate_limit_names.claim(
+                    self.diags,
+                    "ref/duplicate-name",
+                    "rate limit",
+                    &limit.name,
+                    &loc,
+                );
+                checks::rate_limit(self.diags, limit, doc, &base);
+                let when = self.expr(doc, &format!("{base}/when"), Site::When);
+                let bucket = self.expr(doc, &format!("{base}/bucket"), Site::Bucket);
+                let broken = (limit.when.is_some() && when.is_none())
+                    || (limit.bucket.is_some() && bucket.is_none());
+                if broken {
+                    continue;
+                }
+                rate_limits.push(RateLimitRule {
+                    spec: limit.clone(),
+                    name: intern(&limit.name),
+                    when,
+                    bucket,
+                    location: loc,
+                });
+            }
+        }
+        checks::redundant_rate_limits(self.diags, &rate_limits);
 
         // Downgrades.
         let mut downgrades = Vec::new();
@@ -692,6 +730,7 @@ impl<'d> Builder<'d> {
             rules_by_model,
             rules_for_other,
             budgets,
+            rate_limits,
             downgrades,
             canaries,
             canary_by_model,

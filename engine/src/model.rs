@@ -22,6 +22,8 @@ pub enum Document {
     Routing(RoutingDoc),
     /// Spend limits.
     Budgets(BudgetsDoc),
+    /// Request and token rate limits.
+    RateLimits(RateLimitsDoc),
     /// Model downgrades.
     Downgrades(DowngradesDoc),
     /// Canary rollouts of new deployments.
@@ -319,6 +321,20 @@ pub struct Deployment {
     /// Only reachable through a canary: ordinary routing never picks it.
     #[serde(default)]
     pub canary_only: bool,
+    /// The provider's own limits on this deployment, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<ProviderQuota>,
+}
+
+/// A provider's rate limits on one deployment (its account's RPM and TPM for the model).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct ProviderQuota {
+    /// Requests per minute the provider accepts.
+    #[serde(default)]
+    pub requests_per_minute: Option<f64>,
+    /// Tokens (input plus output) per minute the provider accepts.
+    #[serde(default)]
+    pub tokens_per_minute: Option<f64>,
 }
 
 /// `kind: Routing`.
@@ -512,6 +528,146 @@ fn default_true() -> bool {
     true
 }
 
+/// `kind: RateLimits`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitsDoc {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The rate limits declared by this file.
+    pub limits: Vec<RateLimit>,
+}
+
+/// Whose traffic one bucket of a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Each gateway key.
+    Key,
+    /// Each user.
+    User,
+    /// Each project.
+    Project,
+    /// Each tenant.
+    Tenant,
+    /// Each logical model (the one routing starts from), across all clients.
+    Model,
+    /// Each value of the rule's `bucket` CEL expression.
+    Expression,
+}
+
+impl LimitScope {
+    /// The scope's name as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Model => "model",
+            LimitScope::Expression => "expression",
+            other => other.principal().map_or("", Scope::as_str),
+        }
+    }
+
+    /// The principal kind of a key, user, project or tenant scope.
+    pub fn principal(self) -> Option<Scope> {
+        match self {
+            LimitScope::Key => Some(Scope::Key),
+            LimitScope::User => Some(Scope::User),
+            LimitScope::Project => Some(Scope::Project),
+            LimitScope::Tenant => Some(Scope::Tenant),
+            LimitScope::Model | LimitScope::Expression => None,
+        }
+    }
+}
+
+/// The period a rate is written per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// A second.
+    Second,
+    /// A minute.
+    Minute,
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
+}
+
+impl Per {
+    /// The period in milliseconds.
+    pub fn millis(self) -> u64 {
+        match self {
+            Per::Second => 1_000,
+            Per::Minute => 60_000,
+            Per::Hour => 3_600_000,
+            Per::Day => 86_400_000,
+        }
+    }
+}
+
+/// Which tokens a token rate counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCount {
+    /// Input (prompt) tokens.
+    Input,
+    /// Output (completion) tokens.
+    Output,
+    /// Both.
+    #[default]
+    Total,
+}
+
+/// A rate: at most `limit` per `per`, of which up to `burst` may come at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct Rate {
+    /// Requests or tokens per period (> 0; the lint checks).
+    pub limit: f64,
+    /// The period.
+    pub per: Per,
+    /// Most that may be used at once after a quiet spell; `limit` when absent.
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Token rates: which tokens count.
+    #[serde(default)]
+    pub count: TokenCount,
+}
+
+impl Rate {
+    /// The burst, `limit` when absent.
+    pub fn burst(&self) -> f64 {
+        self.burst.unwrap_or(self.limit)
+    }
+
+    /// Units per millisecond.
+    pub fn per_ms(&self) -> f64 {
+        self.limit / self.per.millis() as f64
+    }
+}
+
+/// One rate limit: requests and/or tokens per period per bucket of a scope.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RateLimit {
+    /// Unique name, reported when it refuses a request.
+    pub name: String,
+    /// Whose traffic one bucket counts.
+    pub scope: LimitScope,
+    /// Scope `expression`: CEL yielding the bucket (a string).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// CEL condition selecting the requests it applies to; absent means all.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Requests per period.
+    #[serde(default)]
+    pub requests: Option<Rate>,
+    /// Tokens per period, reserved from the estimate and corrected from `usage`.
+    #[serde(default)]
+    pub tokens: Option<Rate>,
+    /// While the state store is unavailable: refuse (default) or serve unlimited.
+    #[serde(default)]
+    pub on_store_unavailable: OnStoreUnavailable,
+}
+
 /// `kind: Downgrades`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DowngradesDoc {
@@ -642,4 +798,7 @@ pub struct Expectation {
     /// The whole ordered list of deployments.
     #[serde(default)]
     pub attempts: Option<Vec<String>>,
+    /// The rate limits the request is counted against, in policy order.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<String>>,
 }

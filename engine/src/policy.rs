@@ -2,7 +2,8 @@
 
 use crate::expr::CompiledExpr;
 use crate::model::{
-    Budget, Capability, Failover, LatencyMetric, OnExceed, Price, Provider, Strategy,
+    Budget, Capability, Failover, LatencyMetric, OnExceed, Price, Provider, ProviderQuota,
+    RateLimit, Strategy,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub struct DeploymentInfo {
     pub upstream_model: Arc<str>,
     /// Only reachable through a canary.
     pub canary_only: bool,
+    /// The provider's declared limits on it.
+    pub quota: Option<ProviderQuota>,
 }
 
 /// A compiled routing rule.
@@ -120,6 +123,21 @@ impl BudgetRule {
     pub fn downgrades(&self) -> bool {
         self.spec.on_exceed == OnExceed::Downgrade
     }
+}
+
+/// A compiled rate limit.
+#[derive(Debug)]
+pub struct RateLimitRule {
+    /// The rate limit as written.
+    pub spec: RateLimit,
+    /// Its name, shared.
+    pub name: Arc<str>,
+    /// Condition; `None` means all requests.
+    pub(crate) when: Option<CompiledExpr>,
+    /// Scope `expression`: the bucket.
+    pub(crate) bucket: Option<CompiledExpr>,
+    /// Where it was declared.
+    pub location: Location,
 }
 
 /// A compiled downgrade rule.
@@ -173,6 +191,7 @@ pub struct CompiledPolicy {
     /// Rules for a model no rule names: those not indexed on a model.
     pub(crate) rules_for_other: Vec<usize>,
     pub(crate) budgets: Vec<BudgetRule>,
+    pub(crate) rate_limits: Vec<RateLimitRule>,
     pub(crate) downgrades: Vec<DowngradeRuleInfo>,
     pub(crate) canaries: Vec<CanaryInfo>,
     /// Per model index: the canary splitting its traffic.
@@ -221,6 +240,20 @@ impl CompiledPolicy {
     /// Budgets.
     pub fn budgets(&self) -> &[BudgetRule] {
         &self.budgets
+    }
+    /// Rate limits in order.
+    pub fn rate_limits(&self) -> &[RateLimitRule] {
+        &self.rate_limits
+    }
+    /// Whether a routing rule reads `ratelimit.*`: only then must the shares left of the rate
+    /// limits be known before deciding.
+    pub fn reads_ratelimit(&self) -> bool {
+        self.rules.iter().any(|r| {
+            [&r.when, &r.filter]
+                .into_iter()
+                .flatten()
+                .any(|e| e.reads("ratelimit"))
+        })
     }
     /// Downgrade rules in order.
     pub fn downgrades(&self) -> &[DowngradeRuleInfo] {

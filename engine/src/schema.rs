@@ -25,6 +25,10 @@ pub const KINDS: &[(&str, &str)] = &[
     ("Routing", include_str!("../../schemas/routing.schema.json")),
     ("Budgets", include_str!("../../schemas/budgets.schema.json")),
     (
+        "RateLimits",
+        include_str!("../../schemas/ratelimits.schema.json"),
+    ),
+    (
         "Downgrades",
         include_str!("../../schemas/downgrades.schema.json"),
     ),

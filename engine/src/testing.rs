@@ -127,6 +127,22 @@ pub fn compare(expect: &crate::model::Expectation, d: &Decision) -> Vec<Mismatch
             actual_value: d.cache_ttl_secs.into(),
         });
     }
+    if let Some(want) = &expect.rate_limits {
+        let mut got: Vec<String> = Vec::new();
+        for c in &d.rate_charges {
+            if !got.iter().any(|g| **g == *c.rule) {
+                got.push(c.rule.to_string());
+            }
+        }
+        if *want != got {
+            out.push(Mismatch {
+                field: "rate_limits",
+                expected: want.join(", "),
+                actual: got.join(", "),
+                actual_value: got.into(),
+            });
+        }
+    }
     if let Some(want) = &expect.attempts {
         let got: Vec<String> = d
             .attempts

@@ -21,6 +21,15 @@ pub enum Step {
         /// Worst-case cost of the request on the requested model.
         request_usd: f64,
     },
+    /// A rate limit counts the request.
+    RateLimit {
+        /// The rate limit.
+        limit: String,
+        /// The bucket it counts the request in.
+        bucket: String,
+        /// The share of it still available.
+        remaining: f64,
+    },
     /// A downgrade rule was considered.
     Downgrade {
         /// The rule.
@@ -130,6 +139,28 @@ impl Trace {
                 });
                 self.errors.push(e);
                 fallback
+            }
+        }
+    }
+
+    /// Evaluates a string-valued expression; `None` when it fails, which is recorded as a
+    /// condition's failure is.
+    pub(crate) fn value(
+        &mut self,
+        expr: &CompiledExpr,
+        vars: &dyn VariableResolver,
+    ) -> Option<String> {
+        match expr.eval_string(vars) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.push(|| Step::EvalError {
+                    location: e.location.to_string(),
+                    expression: e.expression.to_string(),
+                    message: e.message.clone(),
+                    taken_as: true,
+                });
+                self.errors.push(e);
+                None
             }
         }
     }

@@ -44,6 +44,25 @@ pub struct BudgetVars {
     pub exceeded: bool,
 }
 
+/// The `ratelimit` variable: the smallest share still available of the request and token
+/// rates that apply; 1 when none applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateVars {
+    /// Of the request rates.
+    pub requests: f64,
+    /// Of the token rates.
+    pub tokens: f64,
+}
+
+impl Default for RateVars {
+    fn default() -> Self {
+        RateVars {
+            requests: 1.0,
+            tokens: 1.0,
+        }
+    }
+}
+
 /// Everything a `when` may read.
 pub struct Facts<'a> {
     /// The request.
@@ -54,6 +73,8 @@ pub struct Facts<'a> {
     pub identity: &'a Identity,
     /// Budget figures.
     pub budget: &'a BudgetVars,
+    /// Rate limit shares.
+    pub ratelimit: RateVars,
     /// The decision time.
     pub now: chrono::DateTime<chrono::FixedOffset>,
 }
@@ -126,6 +147,11 @@ impl VariableResolver for Facts<'_> {
                     }
                 }
             }
+            "ratelimit" => match rest {
+                "requests" => d(self.ratelimit.requests),
+                "tokens" => d(self.ratelimit.tokens),
+                _ => None,
+            },
             "now" => Some(CowVal::owned(CelTimestamp::from(self.now))),
             _ => None,
         }
@@ -142,6 +168,8 @@ pub struct Candidate<'a> {
     pub healthy: bool,
     /// Worst-case cost of the request on it.
     pub estimated_cost: f64,
+    /// Share of its first deployment's provider quota still free; 1 without a quota.
+    pub quota_headroom: f64,
 }
 
 impl VariableResolver for Candidate<'_> {
@@ -177,6 +205,7 @@ impl VariableResolver for Candidate<'_> {
             "error_rate" => d(st.error_rate),
             "circuit" => s(st.circuit.as_str()),
             "healthy" => b(self.healthy),
+            "quota_headroom" => d(self.quota_headroom),
             _ => None,
         }
     }

@@ -140,11 +140,31 @@ impl Runtime {
                     .unwrap_or_else(|| Arc::new(DeploymentLive::default()))
             })
             .collect();
+        // A quota's use carries over to the next revision when the deployment and its quota
+        // stay the same.
+        let quotas = policy
+            .deployments()
+            .iter()
+            .map(|d| {
+                let quota = d.quota?;
+                previous
+                    .and_then(|prev| {
+                        let old = prev.policy.deployment(&d.name)?;
+                        let i = prev
+                            .policy
+                            .deployments()
+                            .iter()
+                            .position(|q| q.name == d.name)?;
+                        (old.quota == Some(quota)).then(|| prev.live.quota(i).cloned())?
+                    })
+                    .or_else(|| Some(Arc::new(crate::quota::QuotaCell::new(quota))))
+            })
+            .collect();
         Runtime {
             policy: Arc::new(policy),
             location,
             providers,
-            live: LiveStats::new(recorders, breakers.clone()),
+            live: LiveStats::new(recorders, breakers.clone(), quotas),
             breakers,
             served: (0..n).map(|_| OnceLock::new()).collect(),
             served_ok: RwLock::default(),

@@ -215,6 +215,8 @@ pub struct Spend {
     /// One per budget whose scope has a principal in the request.
     pub windows: Vec<Window>,
     overrides: Vec<(Arc<str>, i64)>,
+    /// Shares left of rate limits, by limit and bucket, when routing reads them.
+    rate_shares: Vec<(Arc<str>, String, f64)>,
 }
 
 impl Spend {
@@ -229,6 +231,13 @@ impl Spend {
         let mut s = self.clone();
         s.overrides.push((budget.clone(), committed));
         s
+    }
+
+    /// The same spend, with the shares left of rate limits (`(limit, bucket, share)`) that
+    /// `ratelimit.*` reads.
+    pub fn with_rate_shares(mut self, shares: Vec<(Arc<str>, String, f64)>) -> Spend {
+        self.rate_shares = shares;
+        self
     }
 }
 
@@ -245,6 +254,13 @@ impl StateView for Spend {
 
     fn canary_weight(&self, _canary: &str) -> Option<f64> {
         None
+    }
+
+    fn ratelimit_remaining(&self, rule: &str, bucket: &str) -> f64 {
+        self.rate_shares
+            .iter()
+            .find(|(r, b, _)| &**r == rule && b == bucket)
+            .map_or(1.0, |s| s.2)
     }
 }
 
@@ -321,6 +337,7 @@ impl Spend {
             now,
             windows,
             overrides: Vec::new(),
+            rate_shares: Vec::new(),
         }
     }
 }

@@ -326,6 +326,7 @@ pub struct Capture<'a> {
     seen_live: RefCell<BTreeMap<String, DeploymentStats>>,
     seen_spent: RefCell<BTreeMap<String, f64>>,
     seen_weights: RefCell<BTreeMap<String, f64>>,
+    seen_ratelimit: RefCell<BTreeMap<String, f64>>,
 }
 
 impl<'a> Capture<'a> {
@@ -337,6 +338,7 @@ impl<'a> Capture<'a> {
             seen_live: RefCell::default(),
             seen_spent: RefCell::default(),
             seen_weights: RefCell::default(),
+            seen_ratelimit: RefCell::default(),
         }
     }
 
@@ -347,6 +349,7 @@ impl<'a> Capture<'a> {
             identity: ctx.identity.clone(),
             live: self.seen_live.into_inner(),
             spent_usd: self.seen_spent.into_inner(),
+            ratelimit_remaining: self.seen_ratelimit.into_inner(),
             canary_weights: self.seen_weights.into_inner(),
             random: Some(ctx.random),
             canary_random: Some(ctx.canary_random),
@@ -380,6 +383,14 @@ impl StateView for Capture<'_> {
             self.seen_weights.borrow_mut().insert(canary.to_owned(), w);
         }
         weight
+    }
+
+    fn ratelimit_remaining(&self, rule: &str, bucket: &str) -> f64 {
+        let left = self.state.ratelimit_remaining(rule, bucket);
+        self.seen_ratelimit
+            .borrow_mut()
+            .insert(rule.to_owned(), left);
+        left
     }
 }
 

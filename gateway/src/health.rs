@@ -94,6 +94,7 @@ async fn probe(app: Arc<App>, rt: Arc<Runtime>, index: usize) {
         stream: false,
         max_output_tokens: Some(1),
         traceparent: None,
+        quota: None,
     };
     let started = Instant::now();
     let limit = Duration::from_millis(settings.timeout_ms);

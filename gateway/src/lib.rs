@@ -35,6 +35,8 @@ pub mod phases;
 pub mod policy_source;
 pub mod providers;
 pub mod proxy;
+pub mod quota;
+pub mod ratelimit;
 pub mod reload;
 pub mod request_body;
 pub mod retry_budget;

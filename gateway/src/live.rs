@@ -226,7 +226,7 @@ impl DeploymentLive {
             ttft_ms: quantile(&t.ttft, 0.50),
             error_rate: t.errors as f64 / t.calls() as f64,
             in_flight: self.in_flight(),
-            circuit: Default::default(),
+            ..DeploymentStats::default()
         })
     }
 }
@@ -250,20 +250,33 @@ fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<f64> {
 /// Live stats of every deployment of a policy revision, with a periodically refreshed snapshot.
 pub struct LiveStats {
     deployments: Vec<Arc<DeploymentLive>>,
+    /// Per deployment: what is left of its declared provider quota.
+    quotas: Vec<Option<Arc<crate::quota::QuotaCell>>>,
     /// The breakers (deployment and region level).
     breakers: Arc<Breakers>,
     snapshot: ArcSwap<Vec<Option<DeploymentStats>>>,
 }
 
 impl LiveStats {
-    /// Stats for deployments whose recorders are given in order, with their breakers.
-    pub fn new(deployments: Vec<Arc<DeploymentLive>>, breakers: Arc<Breakers>) -> Self {
+    /// Stats for deployments whose recorders are given in order, with their breakers and
+    /// provider quotas.
+    pub fn new(
+        deployments: Vec<Arc<DeploymentLive>>,
+        breakers: Arc<Breakers>,
+        quotas: Vec<Option<Arc<crate::quota::QuotaCell>>>,
+    ) -> Self {
         let n = deployments.len();
         LiveStats {
             deployments,
+            quotas,
             breakers,
             snapshot: ArcSwap::from_pointee(vec![None; n]),
         }
+    }
+
+    /// The provider quota of deployment `index`, when it declares one.
+    pub fn quota(&self, index: usize) -> Option<&Arc<crate::quota::QuotaCell>> {
+        self.quotas.get(index).and_then(Option::as_ref)
     }
 
     /// The recorder of deployment `index`.
@@ -278,8 +291,22 @@ impl LiveStats {
         self.snapshot.store(Arc::new(snap));
     }
 
-    /// The stats of deployment `index` as of the last refresh, with live in-flight and circuit.
+    /// The stats of deployment `index` as of the last refresh, with live in-flight, circuit
+    /// and provider quota.
     pub fn get(&self, index: usize) -> Option<DeploymentStats> {
+        let stats = self.get_without_quota(index);
+        let Some(quota) = self.quota(index) else {
+            return stats;
+        };
+        let (requests, tokens) = quota.left();
+        Some(DeploymentStats {
+            quota_requests_left: requests,
+            quota_tokens_left: tokens,
+            ..stats.unwrap_or_default()
+        })
+    }
+
+    fn get_without_quota(&self, index: usize) -> Option<DeploymentStats> {
         let circuit = self.breakers.routing_state(index);
         let in_flight = self.deployments.get(index).map_or(0, |d| d.in_flight());
         let base = self.snapshot.load().get(index).copied().flatten();

@@ -120,6 +120,15 @@ pub struct AlertLabels {
     pub threshold: String,
 }
 
+/// Labels of a rate limit refusal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// The rate limit.
+    pub limit: String,
+    /// `requests` or `tokens`.
+    pub measure: &'static str,
+}
+
 /// Labels of the policy in force.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -182,6 +191,11 @@ pub struct Metrics {
     /// Requests served without budget holds while the state store was unavailable, because
     /// every budget that applied said `on_store_unavailable: allow`.
     pub unbudgeted_requests: Counter,
+    /// Requests refused by a rate limit, by limit and measure.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// Requests served without counting them against rate limits while the state store was
+    /// unavailable, because every rate limit that applied said `on_store_unavailable: allow`.
+    pub unlimited_requests: Counter,
     /// Policy reloads by result.
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Decision-log records written.
@@ -289,6 +303,8 @@ impl Metrics {
             spend: Family::default(),
             budget_alerts: Family::default(),
             unbudgeted_requests: Counter::default(),
+            rate_limited: Family::default(),
+            unlimited_requests: Counter::default(),
             policy_reloads: Family::default(),
             decision_log_written: Counter::default(),
             decision_log_dropped: Counter::default(),
@@ -402,6 +418,16 @@ impl Metrics {
             "Budget alert thresholds crossed",
             m.budget_alerts.clone(),
         );
+        registry.register(
+            "ratelimit_refused",
+            "Requests refused by a rate limit, by limit and measure",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "ratelimit_unlimited_requests",
+            "Requests served without rate limits while the state store was unavailable",
+            m.unlimited_requests.clone(),
+        );
         m.canary.register(&mut registry);
         m.cache.register(&mut registry);
         Metrics { registry, ..m }
@@ -414,6 +440,16 @@ impl Metrics {
                 budget: budget.to_owned(),
                 tenant: tenant.to_owned(),
                 threshold: threshold.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by a rate limit.
+    pub fn rate_limited(&self, limit: &str, measure: &'static str) {
+        self.rate_limited
+            .get_or_create(&RateLimitLabels {
+                limit: limit.to_owned(),
+                measure,
             })
             .inc();
     }

@@ -15,6 +15,7 @@ use crate::phases::attempt::{self, LiveStream, Plan, Success, Trace};
 use crate::phases::record::{record, RequestRecord};
 use crate::phases::settle::{format_cost, Bill, Charge};
 use crate::phases::{authenticate, decide, identify, reserve};
+use crate::ratelimit;
 use crate::request_body;
 use crate::upstream::{Delta, ErrorClass, StreamEvent, UpstreamError, Usage};
 use crate::wire::{self, estimate_tokens};
@@ -347,6 +348,36 @@ pub async fn handle(
         &app.canaries,
         captured.as_mut(),
     );
+    // Routing that reads `ratelimit.*` decides again with the shares left of the limits the
+    // first decision counts the request against (the same limits: a limit's own condition
+    // does not see the shares).
+    let (spend, decided) = match decided {
+        Ok(d)
+            if rt.policy.reads_ratelimit()
+                && !d.rate_charges.is_empty()
+                && (fault.is_none() || app.state.rates_in_process()) =>
+        {
+            match ratelimit::shares(&app.state, &d).await {
+                Ok(shares) => {
+                    let spend = spend.with_rate_shares(shares);
+                    let again = decide::decide(
+                        &rt,
+                        &request,
+                        identity.clone(),
+                        &spend,
+                        &app.canaries,
+                        captured.as_mut(),
+                    );
+                    (spend, again)
+                }
+                Err(e) => {
+                    tracing::warn!(target: "llmgw::ratelimit", error = %e, "cannot read rate limit shares; routing sees them as full");
+                    (spend, Ok(d))
+                }
+            }
+        }
+        other => (spend, other),
+    };
     let decision = match decided {
         Ok(d) => d,
         Err(e) => {
@@ -411,7 +442,25 @@ pub async fn handle(
         cache::Lookup::Miss(store) => Some(store),
         cache::Lookup::Bypass => None,
     };
-    // Phase 4: reserve.
+    // Phase 4: reserve, the rate limits first (a hit of the cache above sent nothing
+    // upstream and counts against none), then the budgets.
+    let caller = ratelimit::Caller {
+        request_id: &info.request_id,
+        tenant: &identity.tenant.id,
+        key_id: &identity.key.id,
+    };
+    let limited =
+        ratelimit::check(&app.state, &decision, fault.as_ref(), &app.metrics, caller).await;
+    let (charged, rate_headers) = match limited {
+        Ok(v) => v,
+        Err(refusal) => {
+            let model = request.facts.model.clone();
+            let stream = request.facts.stream;
+            let mut resp = reject(&app, &info, refusal.error, &model, stream, Some(&identity));
+            refusal.headers.apply(resp.headers_mut());
+            return resp;
+        }
+    };
     let redecide = |s: &budgets::Spend| {
         decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
     };
@@ -420,8 +469,10 @@ pub async fn handle(
     let (decision, held) = match reserved {
         Ok(v) => v,
         Err(e) => {
+            // Refused by a budget: nothing goes upstream, so no tokens are used.
+            charged.settle(Usage::default());
             let model = request.facts.model.clone();
-            return reject(
+            let mut resp = reject(
                 &app,
                 &info,
                 e,
@@ -429,6 +480,8 @@ pub async fn handle(
                 request.facts.stream,
                 Some(&identity),
             );
+            rate_headers.apply(resp.headers_mut());
+            return resp;
         }
     };
     if let Some(g) = &decision.downgrade {
@@ -486,6 +539,7 @@ pub async fn handle(
                 cost_usd: 0.0,
             };
             held.settle(&app.state, &app.metrics, settlement).await;
+            charged.settle(Usage::default());
             finish(
                 &plan,
                 &info,
@@ -498,7 +552,9 @@ pub async fn handle(
                 "error",
                 Some(&err.message),
             );
-            error_response(&err, &info, Some(&plan.decision))
+            let mut resp = error_response(&err, &info, Some(&plan.decision));
+            rate_headers.apply(resp.headers_mut());
+            resp
         }
         Ok(Success::Full { idx, mut response }) => {
             // Phase 6: settle.
@@ -519,6 +575,7 @@ pub async fn handle(
                 cost_usd: cost,
             };
             held.settle(&app.state, &app.metrics, settlement).await;
+            charged.settle(bill.usage());
             if let Some(store) = cache_store {
                 let a = plan.attempt(idx);
                 let served = (&a.model, &a.provider);
@@ -546,6 +603,7 @@ pub async fn handle(
                 &format_cost(cost),
                 info.cache,
             );
+            rate_headers.apply(resp.headers_mut());
             // Phase 7: record.
             finish(
                 &plan,
@@ -581,9 +639,14 @@ pub async fn handle(
                 info.cache,
             );
             set(h, headers::COST_ESTIMATED, "true");
+            rate_headers.apply(h);
             let capture = cache_store.map(cache::Store::capture);
+            let holds = Holds {
+                budgets: held,
+                rates: charged,
+            };
             tokio::spawn(pump(
-                plan, live, tx, trace, info, identity, in_flight, held, capture,
+                plan, live, tx, trace, info, identity, in_flight, holds, capture,
             ));
             resp
         }
@@ -730,6 +793,12 @@ async fn serve_cached(
     resp
 }
 
+/// What a streamed request holds until its stream ends: budget holds and rate limit tokens.
+struct Holds {
+    budgets: Held,
+    rates: ratelimit::Charged,
+}
+
 /// Keeps the in-flight gauge up while a request (or its stream) lives.
 struct InFlightGauge(Arc<App>);
 
@@ -814,9 +883,13 @@ async fn pump(
     mut info: Info,
     identity: Identity,
     _in_flight: InFlightGauge,
-    mut held: Held,
+    holds: Holds,
     mut capture: Option<cache::Capture>,
 ) {
+    let Holds {
+        budgets: mut held,
+        rates,
+    } = holds;
     held.keep_alive();
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1012,6 +1085,9 @@ async fn pump(
             r.record(live.started.elapsed(), Some(live.ttft), true);
         }
         charge(&mut bill, live.idx, reported, attempt_chars, attempt_sent);
+        if let Some(c) = bill.charges.last() {
+            attempt::quota_settle(&plan, live.idx, c.usage);
+        }
         if let Some(c) = capture.take() {
             let a = plan.attempt(live.idx);
             c.finish(
@@ -1052,6 +1128,7 @@ async fn pump(
     };
     held.settle(&plan.app.state, &plan.app.metrics, settlement)
         .await;
+    rates.settle(bill.usage());
     finish(
         &plan,
         &info,

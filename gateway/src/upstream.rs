@@ -344,6 +344,8 @@ pub struct UpstreamRequest<'a> {
     pub max_output_tokens: Option<u64>,
     /// The W3C `traceparent` to send, when traces are exported.
     pub traceparent: Option<&'a str>,
+    /// The deployment's provider quota, which reads the provider's rate limit headers.
+    pub quota: Option<&'a crate::quota::QuotaCell>,
 }
 
 /// The future an adapter returns.

@@ -269,6 +269,63 @@ async fn a_budget_that_allows_it_serves_during_a_redis_outage_and_a_default_one_
     }
 }
 
+#[tokio::test]
+#[ignore = "starts its own redis-server; run with --include-ignored"]
+async fn rate_limits_follow_the_budgets_during_a_redis_outage() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut redis = OwnRedis::ready(data.path()).await;
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    budget_policy(
+        dir.path(),
+        &upstream.base_url(),
+        &[
+            ("open", "open", "open+ok"),
+            ("closed", "closed", "closed+ok"),
+        ],
+        concat!(
+            "  - name: any-cap\n    scope: key\n    period: daily\n    limit_usd: 100\n",
+            "    on_exceed: block\n    on_store_unavailable: allow\n",
+        ),
+    );
+    std::fs::write(
+        dir.path().join("ratelimits.yaml"),
+        concat!(
+            "apiVersion: llmgw.dev/v1\nkind: RateLimits\nlimits:\n",
+            "  - name: open-rate\n    scope: key\n    when: 'request.model == \"open\"'\n",
+            "    requests: {limit: 100, per: second}\n    on_store_unavailable: allow\n",
+            "  - name: closed-rate\n    scope: key\n    when: 'request.model == \"closed\"'\n",
+            "    requests: {limit: 100, per: second}\n",
+        ),
+    )
+    .expect("write rate limits");
+    let gw = redis.gateway(dir.path());
+    let first = chat_with(&gw, "closed").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("x-ratelimit-limit-requests"), "100");
+
+    redis.kill();
+    until(Duration::from_secs(5), "/readyz fails", || async {
+        ready_status(&gw).await.0 == 503
+    })
+    .await;
+    let open = chat_with(&gw, "open").await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let closed = chat_with(&gw, "closed").await;
+    assert!(
+        is_store_refusal(&closed),
+        "{} {}",
+        closed.status,
+        closed.body
+    );
+    let metrics = gw.metrics().await;
+    let unlimited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("llmgw_ratelimit_unlimited_requests_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(unlimited, Some(1), "{metrics}");
+}
+
 /// A gateway with the dev key on a SQLite state store of its own, with model `m` under
 /// `budgets`, that has answered one request.
 struct OnSqlite {

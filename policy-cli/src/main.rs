@@ -622,6 +622,14 @@ fn describe(step: &llmgw_engine::trace::Step) -> String {
         } => format!(
             "budget `{budget}` for `{principal}`: spent ${spent_usd:.4} of ${limit_usd:.2}, this request up to ${request_usd:.6}"
         ),
+        Step::RateLimit {
+            limit,
+            bucket,
+            remaining,
+        } => format!(
+            "rate limit `{limit}` counts the request in `{bucket}`: {:.0}% left",
+            remaining * 100.0
+        ),
         Step::Downgrade {
             rule,
             from,

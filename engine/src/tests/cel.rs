@@ -5,7 +5,7 @@ use crate::expr::CompiledExpr;
 use crate::input::{DeploymentStats, Identity, Principal, RequestFacts};
 use crate::model::{Capability, Price};
 use crate::policy::{Location, ModelInfo};
-use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use crate::views::{BudgetVars, Candidate, Facts, RateVars, Spend};
 use cel::context::VariableResolver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,6 +53,7 @@ fn eval(text: &str) -> bool {
         model: &req.model,
         identity: &id,
         budget: &budget,
+        ratelimit: RateVars::default(),
         now: chrono::DateTime::from_timestamp(1_790_000_000, 0)
             .unwrap()
             .fixed_offset(),
@@ -148,6 +149,7 @@ fn every_declared_leaf_resolves() {
         model: &req.model,
         identity: &id,
         budget: &budget,
+        ratelimit: RateVars::default(),
         now: chrono::DateTime::from_timestamp(0, 0)
             .unwrap()
             .fixed_offset(),
@@ -172,6 +174,7 @@ fn every_declared_leaf_resolves() {
         stats: DeploymentStats::default(),
         healthy: true,
         estimated_cost: 0.1,
+        quota_headroom: 1.0,
     };
     let leaves = ENVIRONMENT.leaves();
     assert!(

@@ -18,7 +18,7 @@ use crate::input::{DeploymentStats, Identity, Principal, RequestFacts};
 use crate::load::{load_files, LoadOutcome};
 use crate::policy::Location;
 use crate::source::{is_policy_file, policy_files, PolicyFile};
-use crate::views::{BudgetVars, Candidate, Facts, Spend};
+use crate::views::{BudgetVars, Candidate, Facts, RateVars, Spend};
 use crate::{testing, CompiledPolicy};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -1187,6 +1187,7 @@ fn compile_and_eval(text: &str, request: &RequestFacts, spent: f64) {
         model: &request.model,
         identity: &identity,
         budget: &budget,
+        ratelimit: RateVars::default(),
         now: chrono::DateTime::from_timestamp(1_790_000_000, 0)
             .expect("a valid time")
             .fixed_offset(),
@@ -1201,6 +1202,7 @@ fn compile_and_eval(text: &str, request: &RequestFacts, spent: f64) {
                 stats: DeploymentStats::default(),
                 healthy: true,
                 estimated_cost: 0.01,
+                quota_headroom: 1.0,
             };
             let _ = expr.eval(&candidate);
         }

@@ -11,7 +11,9 @@
 //! time (about a minute; `--quick` for about fifteen seconds).
 //!
 //! `--callgrind` measures instructions per request instead, under `valgrind --tool=callgrind`,
-//! for the pass-through and llmgw ([`instructions`]).
+//! for the pass-through and llmgw ([`instructions`]). `--callgrind-ratelimit [REDIS_URL]`
+//! measures what the rate limit check costs: llmgw with and without a limit on every request,
+//! on SQLite state and, given a Redis, on Redis ([`ratelimit_instructions`]).
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
@@ -46,6 +48,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--callgrind") {
         std::process::exit(rt.block_on(instructions()));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--callgrind-ratelimit") {
+        let redis = args.get(i + 1).cloned();
+        std::process::exit(rt.block_on(ratelimit_instructions(redis)));
     }
     let quick = args.iter().any(|a| a == "--quick");
     std::process::exit(rt.block_on(harness(quick)));
@@ -399,44 +405,22 @@ async fn instructions() -> i32 {
     println!("|---|---:|");
     let mut per_request = Vec::new();
     for name in ["pass-through", "llmgw"] {
-        let mut totals = Vec::new();
-        for (run, n) in CALLGRIND_RUNS.iter().enumerate() {
-            let out = dir.join(format!("{name}-{run}.callgrind"));
-            let mut cmd = Command::new("valgrind");
-            cmd.arg("--tool=callgrind")
-                .arg(format!("--callgrind-out-file={}", out.display()));
-            let proc = if name == "llmgw" {
+        let per = callgrind_per_request(&dir, name, |mut cmd, run| {
+            if name == "llmgw" {
                 cmd.arg(bin("llmgw"));
-                spawn(
-                    gateway(cmd, &policy, &dir.join(format!("state-{run}"))),
-                    GATEWAY_READY,
-                )
+                let state = dir.join(format!("state-{run}"));
+                (gateway(cmd, &policy, &state), GATEWAY_READY, "gpt-4o")
             } else {
                 cmd.arg(std::env::current_exe().expect("exe")).args([
                     "passthrough",
                     "127.0.0.1:0",
                     &mock.addr,
                 ]);
-                spawn(cmd, "listening on ")
-            };
-            let target = Target::new(
-                "measured",
-                &proc.addr,
-                if name == "llmgw" {
-                    "gpt-4o"
-                } else {
-                    "bench+ok"
-                },
-            );
-            for _ in 0..*n {
-                if target.call(false).await.is_none() {
-                    eprintln!("{name}: a request failed under callgrind");
-                    return 1;
-                }
+                (cmd, "listening on ", "bench+ok")
             }
-            totals.push(stop_and_count(proc, &out));
-        }
-        let per = (totals[1] - totals[0]) as f64 / (CALLGRIND_RUNS[1] - CALLGRIND_RUNS[0]) as f64;
+        })
+        .await;
+        let Some(per) = per else { return 1 };
         println!("| {name} | {per:.0} |");
         per_request.push(per);
     }
@@ -444,6 +428,98 @@ async fn instructions() -> i32 {
         "\nllmgw instructions per request / pass-through: **{:.2}×**",
         per_request[1] / per_request[0]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    0
+}
+
+/// Instructions per request of one target under callgrind: `make` completes a `valgrind`
+/// command for run 0 or 1 and says what line announces the target and which model to ask
+/// for; each run sends its [`CALLGRIND_RUNS`] requests. `None` (reported) when a request fails.
+async fn callgrind_per_request(
+    dir: &Path,
+    name: &str,
+    make: impl Fn(Command, usize) -> (Command, &'static str, &'static str),
+) -> Option<f64> {
+    let mut totals = Vec::new();
+    for (run, n) in CALLGRIND_RUNS.iter().enumerate() {
+        let out = dir.join(format!("{name}-{run}.callgrind"));
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()));
+        let (cmd, ready, model) = make(cmd, run);
+        let proc = spawn(cmd, ready);
+        let target = Target::new("measured", &proc.addr, model);
+        for _ in 0..*n {
+            if target.call(false).await.is_none() {
+                eprintln!("{name}: a request failed under callgrind");
+                return None;
+            }
+        }
+        totals.push(stop_and_count(proc, &out));
+    }
+    Some((totals[1] - totals[0]) as f64 / (CALLGRIND_RUNS[1] - CALLGRIND_RUNS[0]) as f64)
+}
+
+/// A rate limit on every request of the harness's key, far above what it sends: a request
+/// and a token rate, so every request checks two cells and corrects one from `usage`.
+const EVERY_KEY_LIMIT: &str = "apiVersion: llmgw.dev/v1
+kind: RateLimits
+limits:
+  - name: every-key
+    scope: key
+    requests: {limit: 1000000, per: second}
+    tokens: {limit: 1000000000, per: second}
+";
+
+/// What the rate limit check costs: llmgw's instructions per request under callgrind on the
+/// bundled policies (none of whose limits applies to the harness's key) with and without
+/// [`EVERY_KEY_LIMIT`], on SQLite state and, with `redis`, on Redis.
+async fn ratelimit_instructions(redis: Option<String>) -> i32 {
+    let mut mock_cmd = Command::new(bin("mock-provider"));
+    mock_cmd.args(["--listen", "127.0.0.1:0", "--token-interval-ms", "0"]);
+    let mock = spawn(mock_cmd, "listening on ");
+    let dir = std::env::temp_dir().join(format!("llmgw-callgrind-rl-{}", std::process::id()));
+    let plain = dir.join("plain");
+    let limited = dir.join("limited");
+    write_policy(&plain, &mock.addr);
+    write_policy(&limited, &mock.addr);
+    std::fs::write(limited.join("ratelimits-every-key.yaml"), EVERY_KEY_LIMIT)
+        .expect("write the limit");
+    println!("# The rate limit check under callgrind (sequential, non-streamed chat)\n");
+    println!("| state | without a limit | with one (2 cells) | the check's share |");
+    println!("|---|---:|---:|---:|");
+    let mut stores = vec![("sqlite", None)];
+    if let Some(url) = redis {
+        stores.push(("redis", Some(url)));
+    }
+    for (store, url) in &stores {
+        let mut per = Vec::new();
+        for (label, policy) in [("plain", &plain), ("limited", &limited)] {
+            let name = format!("{store}-{label}");
+            let measured = callgrind_per_request(&dir, &name, |mut cmd, run| {
+                cmd.arg(bin("llmgw"));
+                let state = match url {
+                    Some(url) => PathBuf::from(url),
+                    None => dir.join(format!("state-{name}-{run}")),
+                };
+                let mut cmd = gateway(cmd, policy, &state);
+                if url.is_some() {
+                    let prefix = format!("llmgw-load-{}-{name}-{run}:", std::process::id());
+                    cmd.args(["--state-prefix", &prefix]);
+                }
+                (cmd, GATEWAY_READY, "gpt-4o")
+            })
+            .await;
+            let Some(p) = measured else { return 1 };
+            per.push(p);
+        }
+        println!(
+            "| {store} | {:.0} | {:.0} | {:.1}% |",
+            per[0],
+            per[1],
+            100.0 * (per[1] - per[0]) / per[1]
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     0
 }

@@ -27,6 +27,7 @@
 //! | `context-length` | 400 `context_length_exceeded` |
 //! | `content-filter` | 400 `content_filter` |
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
+//! | `tpm-N` | a provider token quota of N: every answer carries `x-ratelimit-limit-tokens: N` and `x-ratelimit-remaining-tokens`; a request whose prompt and answer would take the model's tokens past N answers 429 `rate_limit_exceeded` (the quota is counted from the model's first attempt and never replenished: a test lasts less than the provider's minute) |
 //! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
 //! | `echo-text-STATUS` | STATUS with a `text/plain` body quoting the credentials |
 //! | `tool` | when the request declares tools and its last message is not a tool result: a call of the first tool with the arguments `{"q":"t0"}` (5 output tokens), JSON or streamed, in the request's protocol; otherwise a normal answer |
@@ -119,6 +120,8 @@ pub enum Fault {
     NoPrefill(Continuation),
     /// A call of the request's first tool, unless it answers a tool call.
     ToolCall,
+    /// A provider token quota of this many tokens, counted from the model's first attempt.
+    TokenQuota(u64),
     /// An error quoting the credentials the request carried.
     Echo {
         /// The HTTP status (or, for a stream, the kind of the in-band error).
@@ -202,6 +205,8 @@ impl Fault {
             Fault::Flap(n)
         } else if let Some(n) = num("no-prefill-restate-") {
             Fault::NoPrefill(Continuation::Restate(Some(n)))
+        } else if let Some(n) = num("tpm-") {
+            Fault::TokenQuota(n)
         } else if let Some((form, status)) = [
             ("echo-text-", EchoForm::Text),
             ("echo-stream-", EchoForm::Stream),
@@ -257,6 +262,8 @@ impl Fault {
 struct ModelStats {
     attempts: u64,
     first_seen: Option<Instant>,
+    /// Tokens taken of a `tpm-N` quota.
+    tokens: u64,
 }
 
 /// Attempt counters, shared by every connection of one mock.
@@ -275,6 +282,16 @@ impl Stats {
         entry.attempts += 1;
         let first = *entry.first_seen.get_or_insert_with(Instant::now);
         (entry.attempts, first)
+    }
+
+    /// Takes `n` tokens of `model`'s quota of `quota` when they fit; returns the tokens left
+    /// after it, or `None` (nothing taken) when they do not fit.
+    fn take_tokens(&self, model: &str, n: u64, quota: u64) -> Option<u64> {
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = models.entry(model.to_owned()).or_default();
+        let after = entry.tokens.checked_add(n).filter(|t| *t <= quota)?;
+        entry.tokens = after;
+        Some(quota - after)
     }
 
     /// Attempts made so far for `model`.
@@ -535,13 +552,54 @@ async fn handle(
             ));
         }
     }
+    let quota = match fault {
+        Fault::TokenQuota(quota) => {
+            let n = answer.prompt_tokens + answer.end - answer.start;
+            match stats.take_tokens(&model, n, quota) {
+                Some(left) => Some((quota, left)),
+                None => return Ok(rate_limited(None)),
+            }
+        }
+        _ => None,
+    };
+    let mut resp = answer_response(
+        dialect,
+        answer,
+        model,
+        fault,
+        attempt,
+        options,
+        &request,
+        &credentials,
+    )
+    .await;
+    if let (Ok(resp), Some((quota, left))) = (&mut resp, quota) {
+        let h = resp.headers_mut();
+        h.insert("x-ratelimit-limit-tokens", quota.into());
+        h.insert("x-ratelimit-remaining-tokens", left.into());
+    }
+    resp
+}
+
+/// The answer of a chat request that no error fault refused.
+#[allow(clippy::too_many_arguments)]
+async fn answer_response(
+    dialect: Dialect,
+    answer: Answer,
+    model: String,
+    fault: Fault,
+    attempt: u64,
+    options: Options,
+    request: &Value,
+    credentials: &Credentials,
+) -> Result<Response<MockBody>, DropConnection> {
     let delay = fault.first_token_delay(attempt);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if streamed(&request) {
+    if streamed(request) {
         let echo = match fault {
-            Fault::Echo { status, .. } => Some(echo_event(dialect, status, &credentials)),
+            Fault::Echo { status, .. } => Some(echo_event(dialect, status, credentials)),
             _ => None,
         };
         Ok(stream(dialect, answer, model, fault, options, echo))
@@ -1303,6 +1361,7 @@ mod tests {
         assert_eq!(Fault::parse("429-once-ra-1"), Fault::RateLimitOnce(Some(1)));
         assert_eq!(Fault::parse("429-ra-30"), Fault::RateLimit(Some(30)));
         assert_eq!(Fault::parse("cut-3"), Fault::Cut(3));
+        assert_eq!(Fault::parse("p+tpm-1000"), Fault::TokenQuota(1000));
         assert_eq!(Fault::parse("gpt-4o"), Fault::None);
         let echo = |status, form| Fault::Echo { status, form };
         assert_eq!(Fault::parse("e+echo-422"), echo(422, EchoForm::Json));

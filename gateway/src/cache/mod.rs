@@ -643,6 +643,7 @@ mod tests {
             budget_action: llmgw_engine::decision::BudgetAction::Allow,
             budget: None,
             reservations: Vec::new(),
+            rate_charges: Vec::new(),
             downgrade: None,
             canary: None,
             estimated_cost_usd: 0.0,

@@ -292,6 +292,10 @@ impl StateView for DecisionState<'_> {
         let info = self.policy.canaries().iter().find(|c| &*c.name == canary)?;
         self.canaries.weight(canary, &info.spec_hash)
     }
+
+    fn ratelimit_remaining(&self, rule: &str, bucket: &str) -> f64 {
+        self.spend.ratelimit_remaining(rule, bucket)
+    }
 }
 
 #[cfg(test)]

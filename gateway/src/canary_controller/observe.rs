@@ -103,6 +103,7 @@ mod tests {
             budget_action: BudgetAction::Allow,
             budget: None,
             reservations: Vec::new(),
+            rate_charges: Vec::new(),
             downgrade: None,
             canary: Some(CanaryAssignment {
                 canary: "c".into(),

@@ -26,12 +26,12 @@ use crate::live::InFlight;
 use crate::metrics::{ErrorLabels, ModelLabels, UpstreamLabels};
 use crate::upstream::{
     ChunkStream, ErrorClass, FullResponse, StreamEvent, UpstreamError, UpstreamRequest,
-    UpstreamResponse,
+    UpstreamResponse, Usage,
 };
 use crate::wire::ClientRequest;
 use http::StatusCode;
 use llmgw_engine::decision::{Attempt, Decision};
-use llmgw_engine::model::Capability;
+use llmgw_engine::model::{Capability, TokenCount};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -489,6 +489,7 @@ async fn call(
             (&reasked, None)
         }
     };
+    let quota = plan.rt.live.quota(attempt.index).map(|q| &**q);
     let request = UpstreamRequest {
         endpoint: plan.request.facts.endpoint,
         body,
@@ -497,7 +498,54 @@ async fn call(
         stream,
         max_output_tokens: plan.rt.policy.models()[deployment.model].max_output_tokens,
         traceparent: traceparent.as_deref(),
+        quota,
     };
+    let estimated = quota_estimate(plan, idx);
+    if let Some(q) = quota {
+        q.take(estimated);
+    }
+    let called = send(plan, idx, provider, request, stream, timeouts, trace).await;
+    if let Some(q) = quota {
+        match &called {
+            // Nothing was produced: the provider counts no tokens.
+            Err(_) => q.correct(-(estimated as i64)),
+            Ok(Called::Full(full)) => {
+                let used = full.usage.input_tokens + full.usage.output_tokens;
+                q.correct(used as i64 - estimated as i64);
+            }
+            // Corrected when the stream ends ([`quota_settle`]).
+            Ok(Called::Stream(..)) => {}
+        }
+    }
+    called
+}
+
+/// The tokens an attempt takes of its deployment's provider quota when it is sent: the
+/// request's input and worst-case output on the deployment's model.
+fn quota_estimate(plan: &Plan, idx: usize) -> u64 {
+    let policy = &plan.rt.policy;
+    let model = &policy.models()[plan.model_index(idx)];
+    policy.estimated_tokens(model, &plan.request.facts, TokenCount::Total)
+}
+
+/// Corrects the provider quota of a streamed attempt from the tokens it used.
+pub fn quota_settle(plan: &Plan, idx: usize, used: Usage) {
+    if let Some(q) = plan.rt.live.quota(plan.attempt(idx).index) {
+        let used = used.input_tokens + used.output_tokens;
+        q.correct(used as i64 - quota_estimate(plan, idx) as i64);
+    }
+}
+
+/// Sends one call and waits for its answer or first token.
+async fn send(
+    plan: &Plan,
+    idx: usize,
+    provider: &Arc<dyn crate::upstream::Provider>,
+    request: UpstreamRequest<'_>,
+    stream: bool,
+    timeouts: llmgw_engine::model::Timeouts,
+    trace: &mut Trace,
+) -> Result<Called, UpstreamError> {
     let first_token = Duration::from_millis(timeouts.first_token_ms);
     let limit = if stream {
         first_token

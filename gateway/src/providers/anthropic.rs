@@ -516,6 +516,7 @@ mod tests {
             stream: true,
             max_output_tokens: Some(64_000),
             traceparent: None,
+            quota: None,
         });
         assert_eq!(out["system"], "Be brief.");
         assert_eq!(out["model"], "claude-x");
@@ -533,6 +534,7 @@ mod tests {
             stream: false,
             max_output_tokens,
             traceparent: None,
+            quota: None,
         };
         assert_eq!(to_messages(&req(Some(64_000)))["max_tokens"], 64_000);
         assert_eq!(to_messages(&req(None))["max_tokens"], DEFAULT_MAX_TOKENS);

@@ -129,6 +129,7 @@ mod tests {
             stream,
             max_output_tokens: None,
             traceparent: None,
+            quota: None,
         };
         let Err(e) = provider.send(request(false)).await else {
             panic!("an error");

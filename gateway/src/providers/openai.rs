@@ -153,6 +153,9 @@ impl Provider for OpenAi {
                 first,
             )
             .await?;
+            if let Some(q) = req.quota {
+                q.observe(resp.headers());
+            }
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }
@@ -342,6 +345,7 @@ mod tests {
             stream: true,
             max_output_tokens: None,
             traceparent: None,
+            quota: None,
         };
         let out: Value = serde_json::from_slice(&adapter.body(&req)).expect("json");
         assert_eq!(out["model"], "up");

@@ -299,6 +299,7 @@ mod tests {
             stream: false,
             max_output_tokens: None,
             traceparent: None,
+            quota: None,
         };
         let Ok(UpstreamResponse::Full(a)) = sim.send(req).await else {
             panic!("full answer")

@@ -7,6 +7,7 @@
 //! concurrent additions never drift.
 
 pub mod health;
+pub mod rates;
 mod redis_store;
 // A signal handler and `mmap`: the crate's only `unsafe` code.
 #[allow(unsafe_code)]
@@ -310,6 +311,35 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         dispatch!(self.renew(counters, lease, now_ms))
+    }
+
+    /// The GCRA check of rate limit cells, all or none ([`rates`]): atomic in Redis (one
+    /// script), in this process's memory on SQLite state (one replica).
+    pub async fn rate_check(&self, cells: &[rates::Cell]) -> Result<rates::Checked, StoreError> {
+        dispatch!(self.rate_check(cells))
+    }
+
+    /// How far each rate limit cell's TAT is ahead of now, in microseconds (0: full).
+    pub async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.rate_peek(keys))
+    }
+
+    /// Corrects rate limit cells after the fact: `(cell, microseconds)`, positive for units
+    /// used beyond the reservation, negative for units given back. Returns at once: in
+    /// process the cells are corrected now; on Redis the corrections ride on the next check
+    /// this replica sends (one script, no round trip of their own), or go alone within a
+    /// second when no check comes.
+    pub fn rate_correct(&self, deltas: &[(String, i64)]) {
+        match self {
+            Store::Sqlite(s) => s.rate_correct(deltas),
+            Store::Redis(s) => s.rate_correct(deltas),
+        }
+    }
+
+    /// Whether rate limit cells live in this process (SQLite state), where they need no store
+    /// round trip and never fail.
+    pub fn rates_in_process(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
     }
 
     /// Spent (settled) nano-dollars on counters.

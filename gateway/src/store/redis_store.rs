@@ -114,6 +114,73 @@ static PUT_IF_VERSION: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// The corrections of [`super::rates::adjust`] waiting to be sent, then the GCRA check of
+/// [`super::rates::admit`], on the Redis clock. ARGV[1] is the number m of corrections: KEYS[1..m]
+/// are their cells and ARGV[2..m+1] their deltas in microseconds. The other KEYS are the cells
+/// to check (each a string holding its TAT in microseconds), with two more ARGV per cell:
+/// increment and capacity. Every cell is checked before any is updated; an updated cell
+/// expires when it is full again. Returns the refusing cell's index (-1: none) and then, per
+/// checked cell, how far its TAT is ahead of now. With no cell to check, it only corrects.
+static RATE_CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local function store(key, tat)
+          if tat > now then
+            redis.call('SET', key, string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+          else
+            redis.call('DEL', key)
+          end
+        end
+        local m = tonumber(ARGV[1])
+        for i = 1, m do
+          local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+          local delta = tonumber(ARGV[i + 1])
+          if delta >= 0 then tat = math.max(tat, now) + delta else tat = math.max(tat + delta, now) end
+          store(KEYS[i], tat)
+        end
+        local tats = {}
+        local refused = -1
+        local n = #KEYS - m
+        for i = 1, n do
+          local tat = math.max(tonumber(redis.call('GET', KEYS[m + i]) or '0'), now)
+          tats[i] = tat
+          if refused < 0 and tat + tonumber(ARGV[m + 2 * i]) - now > tonumber(ARGV[m + 2 * i + 1]) then
+            refused = i - 1
+          end
+        end
+        local out = {refused}
+        for i = 1, n do
+          if refused < 0 then
+            tats[i] = tats[i] + tonumber(ARGV[m + 2 * i])
+            store(KEYS[m + i], tats[i])
+          end
+          out[i + 1] = tats[i] - now
+        end
+        return out
+        ",
+    )
+});
+
+/// How long a correction waits for a check to carry it before it is sent alone.
+const CORRECTION_DELAY: Duration = Duration::from_secs(1);
+
+/// How far each cell's TAT is ahead of the Redis clock, in microseconds (0 for a full cell).
+static RATE_PEEK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local out = {}
+        for i = 1, #KEYS do
+          out[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or '0') - now, 0)
+        end
+        return out
+        ",
+    )
+});
+
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -126,6 +193,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     ledger: Arc<Ledger>,
+    /// Rate limit corrections waiting for the next check to carry them (full cell names).
+    corrections: Arc<std::sync::Mutex<Vec<(String, i64)>>>,
 }
 
 /// Ledger rows on their way to Redis: how many, who waits for none to be left, and the count
@@ -179,11 +248,68 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             prefix: prefix.to_owned(),
             ledger: Arc::default(),
-        })
+            corrections: Arc::default(),
+        };
+        // Corrections ride on the next check; without one for a while, they go alone.
+        let flusher = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CORRECTION_DELAY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = flusher.rate_flush().await {
+                    tracing::warn!(target: "llmgw::ratelimit", error = %e, "cannot send rate limit corrections");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    fn take_corrections(&self) -> Vec<(String, i64)> {
+        std::mem::take(&mut *self.corrections.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs [`RATE_CHECK`]: the waiting corrections, then the cells.
+    async fn rate_script(&self, cells: &[super::rates::Cell]) -> Result<Vec<i64>, StoreError> {
+        let corrections = self.take_corrections();
+        let mut inv = RATE_CHECK.prepare_invoke();
+        inv.arg(corrections.len());
+        for (key, delta) in &corrections {
+            inv.key(key).arg(*delta);
+        }
+        for c in cells {
+            inv.key(self.k(&["rate", &c.key]))
+                .arg(c.increment_us)
+                .arg(c.capacity_us);
+        }
+        let mut conn = self.conn.clone();
+        match inv.invoke_async(&mut conn).await {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // Kept for the next try: a correction is never lost to one failed call.
+                self.corrections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(corrections);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Sends the waiting corrections, if any.
+    async fn rate_flush(&self) -> Result<(), StoreError> {
+        if self
+            .corrections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return Ok(());
+        }
+        self.rate_script(&[]).await.map(drop)
     }
 
     pub(super) async fn check(&self) -> Result<(), StoreError> {
@@ -325,6 +451,32 @@ impl RedisStore {
                 .await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn rate_check(
+        &self,
+        cells: &[super::rates::Cell],
+    ) -> Result<super::rates::Checked, StoreError> {
+        let out = self.rate_script(cells).await?;
+        let (refused, ahead) = out.split_first().unwrap_or((&-1, &[]));
+        Ok(super::rates::Checked {
+            refused: usize::try_from(*refused).ok(),
+            ahead_us: ahead.to_vec(),
+        })
+    }
+
+    pub(super) async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut inv = RATE_PEEK.prepare_invoke();
+        for key in keys {
+            inv.key(self.k(&["rate", key]));
+        }
+        let mut conn = self.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    pub(super) fn rate_correct(&self, deltas: &[(String, i64)]) {
+        let mut waiting = self.corrections.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.extend(deltas.iter().map(|(k, d)| (self.k(&["rate", k]), *d)));
     }
 
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {

@@ -45,6 +45,8 @@ pub struct SqliteStore {
     ledger: Arc<Ledger>,
     /// Operations waiting for the next group commit ([`write_batches`]).
     batch: mpsc::Sender<Job>,
+    /// Rate limit cells: in memory, since one replica alone uses this store.
+    rates: Arc<super::rates::LocalRates>,
 }
 
 /// An operation for the group-commit writer: it runs inside the batch's transaction and returns
@@ -367,7 +369,23 @@ impl SqliteStore {
             db,
             ledger: Arc::default(),
             batch,
+            rates: Arc::default(),
         })
+    }
+
+    pub(super) async fn rate_check(
+        &self,
+        cells: &[super::rates::Cell],
+    ) -> Result<super::rates::Checked, StoreError> {
+        Ok(self.rates.check(cells))
+    }
+
+    pub(super) async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        Ok(self.rates.peek(keys))
+    }
+
+    pub(super) fn rate_correct(&self, deltas: &[(String, i64)]) {
+        self.rates.adjust(deltas);
     }
 
     pub(super) async fn check(&self) -> Result<(), StoreError> {

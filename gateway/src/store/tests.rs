@@ -434,6 +434,41 @@ async fn sqlite_expiring_values_expire_by_the_gateway_clock() {
     assert!(!store.delete_expiring("resp", "old").await.unwrap());
 }
 
+/// GCRA cells on the store: all or none, the refusing cell named, corrections applied before
+/// the next check.
+/// Intervals are an hour long, so the milliseconds the test takes do not matter.
+async fn rate_cells_admit_all_or_none(store: &Store, prefix: &str) {
+    const HOUR: i64 = 3_600_000_000;
+    let cell = |name: &str, capacity_hours: i64| rates::Cell {
+        key: format!("{prefix}:{name}"),
+        increment_us: HOUR,
+        capacity_us: capacity_hours * HOUR,
+    };
+    let near = |ahead: i64, hours: i64| (ahead - hours * HOUR).abs() < 60_000_000;
+    let (a, b) = (cell("a", 3), cell("b", 1));
+    let first = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(first.refused, None);
+    assert!(
+        near(first.ahead_us[0], 1) && near(first.ahead_us[1], 1),
+        "{first:?}"
+    );
+    let peeked = store
+        .rate_peek(&[a.key.clone(), format!("{prefix}:never")])
+        .await
+        .unwrap();
+    assert!(near(peeked[0], 1) && peeked[1] == 0, "{peeked:?}");
+    let second = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(second.refused, Some(1), "b holds one at a time");
+    assert!(near(second.ahead_us[0], 1), "a took nothing: {second:?}");
+    store.rate_correct(&[(b.key.clone(), -HOUR)]);
+    let third = store.rate_check(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(third.refused, None, "b's hour was given back");
+    assert!(near(third.ahead_us[0], 2), "{third:?}");
+    store.rate_correct(&[(a.key.clone(), HOUR)]);
+    let fourth = store.rate_check(std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(fourth.refused, Some(0), "a's debt fills it");
+}
+
 #[tokio::test]
 async fn sqlite_store_behaves() {
     let dir = tempfile::tempdir().unwrap();
@@ -446,6 +481,7 @@ async fn sqlite_store_behaves() {
     let clock = Clock(Some(now_ms().into()));
     renewed_leases_outlive_their_first_term(&store, "b:renew", clock).await;
     ledger_kv_and_replays(&store).await;
+    rate_cells_admit_all_or_none(&store, "rl").await;
     // A reopened store keeps everything (migrations are not re-run).
     drop(store);
     let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
@@ -554,4 +590,5 @@ async fn redis_store_behaves() {
     renewed_leases_outlive_their_first_term(&store, "b:renew", Clock(None)).await;
     ledger_kv_and_replays(&store).await;
     expiring_values(&store).await;
+    rate_cells_admit_all_or_none(&store, "rl").await;
 }
