@@ -9,6 +9,8 @@
 //! | `GET /admin/decisions` | the admin token (every tenant, or `tenant=`); a tenant admin key (its own tenant) — see [`crate::decision_query`] |
 //! | `/admin/keys…`, `/admin/spend`, `/admin/tenants/…` | the admin token; a tenant admin key for its own tenant — see [`crate::admin`] |
 //! | `/admin/canaries…` | the admin token |
+//! | `GET /admin/decisions/{id}/trace`, `GET /admin/history` | the admin token — see [`crate::decision_trace`], [`crate::dashboard::history`] |
+//! | `GET /ui` (and `/ui/app.js`, `/ui/app.css`) | anyone: the dashboard's static files, which hold no data ([`crate::dashboard`]) |
 //!
 //! Without a credential (or with an unknown one) the answer is 401; a gateway key that is
 //! not an admin key gets 403, and so does a tenant admin key on a route of the admin token.
@@ -23,7 +25,7 @@ use crate::store;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use llmgw_engine::input::{Identity, Principal};
+use llmgw_engine::input::{DeploymentStats, Identity, Principal};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -42,7 +44,20 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, "/metrics") => metrics(&app, &parts.headers).await,
         (&Method::GET, "/admin/status") => status(&app, &parts.headers).await,
         (&Method::GET, "/admin/decisions") => crate::decision_query::handle(&app, &parts).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/decisions") => {
+        (&Method::GET, "/admin/history") => crate::dashboard::history::handle(&app, &parts).await,
+        (&Method::GET, p) if crate::decision_trace::trace_id(p).is_some() => {
+            let id = crate::decision_trace::trace_id(p).unwrap_or_default();
+            crate::decision_trace::handle(&app, &parts, id).await
+        }
+        (&Method::GET, p) if crate::dashboard::is_ui_path(p) => {
+            return crate::dashboard::serve(p)
+                .unwrap_or_else(|| error(&ApiError::route_not_found(&parts.method, p)))
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/decisions")
+        | (_, "/admin/history") => Err(method_not_allowed(&parts.method, path)),
+        (_, p)
+            if crate::dashboard::is_ui_path(p) || crate::decision_trace::trace_id(p).is_some() =>
+        {
             Err(method_not_allowed(&parts.method, path))
         }
         (_, p) if admin::is_admin_path(p) => return admin::handle(&app, parts, body).await,
@@ -116,15 +131,7 @@ fn global_status(app: &App) -> Value {
                 "model": &*d.model_name,
                 "provider": &*d.provider_name,
                 "region": &*d.region,
-                "live": s.map(|s| json!({
-                    "p50_ms": s.p50_ms,
-                    "p95_ms": s.p95_ms,
-                    "p99_ms": s.p99_ms,
-                    "ttft_ms": s.ttft_ms,
-                    "error_rate": s.error_rate,
-                    "in_flight": s.in_flight,
-                    "circuit": s.circuit.as_str(),
-                })),
+                "live": s.as_ref().map(live_json),
             })
         })
         .collect();
@@ -139,6 +146,19 @@ fn global_status(app: &App) -> Value {
         "circuits": circuits,
         "deployments": deployments,
         "canaries": app.canaries.status_json(),
+    })
+}
+
+/// A deployment's live stats as `/admin/status` and `/admin/history` show them.
+pub fn live_json(s: &DeploymentStats) -> Value {
+    json!({
+        "p50_ms": s.p50_ms,
+        "p95_ms": s.p95_ms,
+        "p99_ms": s.p99_ms,
+        "ttft_ms": s.ttft_ms,
+        "error_rate": s.error_rate,
+        "in_flight": s.in_flight,
+        "circuit": s.circuit.as_str(),
     })
 }
 
@@ -183,6 +203,7 @@ pub async fn tenant_status(app: &App, tenant: &str) -> Result<Value, ApiError> {
                 "limit_usd": store::to_usd(w.limit),
                 "spent_usd": store::to_usd(w.total()),
                 "on_exceed": w.on_exceed,
+                "alert_at": rt.policy.budgets().iter().find(|b| b.name == w.budget).map(|b| &b.spec.alert_at),
                 "resets_at": w.resets_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             })
         })

@@ -206,6 +206,8 @@ pub struct App {
     pub cache: crate::cache::ResponseCache,
     /// The keys tenant tokens are opened with (`--tenant-token-key`); none by default.
     pub tenant_tokens: crate::tenant_token::TenantTokens,
+    /// Recent snapshots of live stats and canaries, for the dashboard's charts.
+    pub history: crate::dashboard::history::History,
     draining: AtomicBool,
 }
 
@@ -231,6 +233,7 @@ impl App {
             canaries: crate::canary_controller::Canaries::new(),
             cache,
             tenant_tokens: Default::default(),
+            history: Default::default(),
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();
