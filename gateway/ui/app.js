@@ -319,6 +319,7 @@ function decisionsPage(root) {
       records = page.data;
       document.getElementById("page-error").textContent = "";
       render();
+      body.dataset.query = q.toString();
     } catch (e) {
       if (e.code === "decision_log_disabled") {
         document.getElementById("page-error").textContent = "The decision log is off: start the gateway with --decision-log PATH to see decisions here.";
