@@ -77,6 +77,12 @@ function isAdmin() { return state.who && state.who.kind === "admin"; }
 
 /* ---------- charts ---------- */
 
+/* Tick labels with as many decimals as the step between ticks needs. */
+function tickFormat(step) {
+  const decimals = step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
+  return (v) => v.toFixed(decimals);
+}
+
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -103,7 +109,7 @@ function lineChart(opts) {
   for (let i = 0; i <= 4; i++) {
     const v = ymin + ((ymax - ymin) * i) / 4;
     root.append(svg("line", { class: "gridline", x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
-    root.append(svg("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end", text: (opts.yFormat || String)(v) }));
+    root.append(svg("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end", text: (opts.yFormat || tickFormat((ymax - ymin) / 4))(v) }));
   }
   root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
   root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
@@ -151,7 +157,7 @@ function barChart(opts) {
   for (let i = 0; i <= 4; i++) {
     const v = (ymax * i) / 4;
     root.append(svg("line", { class: "gridline", x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
-    root.append(svg("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end", text: (opts.yFormat || String)(v) }));
+    root.append(svg("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end", text: tickFormat(ymax / 4)(v) }));
   }
   root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
   root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
@@ -162,7 +168,7 @@ function barChart(opts) {
       const v = s.values[i] || 0;
       if (v > 0) {
         root.append(svg("rect", { x: sx(i), width: bw, y: sy(base + v), height: sy(base) - sy(base + v), fill: COLORS[j % COLORS.length] },
-          svg("title", { text: `${s.name} ${c}: ${(opts.yFormat || String)(v)}` })));
+          svg("title", { text: `${s.name} ${c}: ${v}` })));
       }
       base += v;
     });
@@ -397,7 +403,7 @@ function modelsPage(root) {
   root.append(el("h1", { text: "Models and providers" }),
     el("p", { class: "muted", text: "Live view per deployment; latency is the gateway's whole request, TTFT the first streamed token. Charts: the last 15 minutes, one point every 2 s." }));
   const tableBox = el("div", { class: "scroll" });
-  const charts = el("div", { class: "grid", id: "model-charts" });
+  const charts = el("div", { class: "grid two", id: "model-charts" });
   root.append(tableBox, el("h2", { text: "Over time" }), charts);
   let samples = [];
   let last = 0;
@@ -428,10 +434,10 @@ function modelsPage(root) {
         .map((s) => [s.t, s.deployments[n][field] * (scale || 1)]),
     }));
     charts.replaceChildren(
-      el("div", { class: "panel" }, lineChart({ title: "Latency p95", unit: "ms", series: series("p95_ms"), yFormat: (v) => Math.round(v) })),
-      el("div", { class: "panel" }, lineChart({ title: "Latency p50", unit: "ms", series: series("p50_ms"), yFormat: (v) => Math.round(v) })),
-      el("div", { class: "panel" }, lineChart({ title: "Time to first token", unit: "ms", series: series("ttft_ms"), yFormat: (v) => Math.round(v) })),
-      el("div", { class: "panel" }, lineChart({ title: "Error rate", unit: "%", series: series("error_rate", 100), yFormat: (v) => v.toFixed(0), yFloor: 1 })),
+      el("div", { class: "panel" }, lineChart({ title: "Latency p95", unit: "ms", series: series("p95_ms") })),
+      el("div", { class: "panel" }, lineChart({ title: "Latency p50", unit: "ms", series: series("p50_ms") })),
+      el("div", { class: "panel" }, lineChart({ title: "Time to first token", unit: "ms", series: series("ttft_ms") })),
+      el("div", { class: "panel" }, lineChart({ title: "Error rate", unit: "%", series: series("error_rate", 100), yFloor: 1 })),
     );
   }
   poll(refresh, 2000);
@@ -449,7 +455,7 @@ function spendPage(root) {
     el("div", { class: "filters" }, el("label", { for: "spend-group", text: "group by" }), select,
       el("span", { class: "muted", text: `ledger since ${since}` })));
   const budgetsBox = el("div", { class: "panel", id: "spend-budgets" });
-  const chartBox = el("div", { class: "grid" });
+  const chartBox = el("div", { class: "grid two" });
   const tableBox = el("div", { class: "scroll" });
   root.append(budgetsBox, chartBox, el("h2", { text: "Totals" }), tableBox);
 
@@ -484,8 +490,8 @@ function spendPage(root) {
     const lines = scoped.flatMap((b) => [{ value: b.limit_usd, label: `${b.name} limit` }]
       .concat((b.alert_at || []).map((a) => ({ value: b.limit_usd * a, label: `${b.name} alert ${Math.round(a * 100)} %`, kind: "alert" }))));
     chartBox.replaceChildren(
-      el("div", { class: "panel" }, barChart({ title: `Spend per day by ${groupBy}`, unit: "USD", categories: days.map((d) => d.slice(5)), series, yFormat: (v) => v.toFixed(v < 1 ? 3 : 2) })),
-      el("div", { class: "panel" }, lineChart({ title: `Spend this month by ${groupBy}, cumulative`, unit: "USD", series: cumulative, lines, yFormat: (v) => v.toFixed(v < 1 ? 3 : 2), xFormat: (t) => new Date(t).toISOString().slice(5, 10), xLabel: "day (UTC)" })),
+      el("div", { class: "panel" }, barChart({ title: `Spend per day by ${groupBy}`, unit: "USD", categories: days.map((d) => d.slice(5)), series })),
+      el("div", { class: "panel" }, lineChart({ title: `Spend this month by ${groupBy}, cumulative`, unit: "USD", series: cumulative, lines, xFormat: (t) => new Date(t).toISOString().slice(5, 10), xLabel: "day (UTC)" })),
     );
     tableBox.replaceChildren(el("table", { id: "spend-totals" },
       el("thead", {}, el("tr", {}, [groupBy, "requests", "tokens in", "tokens out", "cost"].map((h, i) => el("th", { class: i ? "num" : null, text: h })))),
@@ -520,8 +526,19 @@ function spendPage(root) {
 
 /* ---------- Canaries ---------- */
 
+/* A phase ({state, step}) or reason ({kind, …}) of a canary transition, in words. */
 function name(x) {
-  return typeof x === "string" ? x : x === null || x === undefined ? "—" : JSON.stringify(x);
+  if (typeof x === "string") return x;
+  if (x === null || x === undefined) return "—";
+  if (x.state) return x.state + (typeof x.step === "number" ? ` (step ${x.step + 1})` : "");
+  if (x.kind) return x.kind.replace(/_/g, " ");
+  return JSON.stringify(x);
+}
+
+/* Per-arm counts ({baseline, candidate}) in words. */
+function counts(v) {
+  if (v === null || typeof v !== "object") return String(v);
+  return Object.entries(v).map(([k, n]) => `${k} ${n}`).join(", ");
 }
 
 function canariesPage(root) {
@@ -551,7 +568,7 @@ function canariesPage(root) {
           el("dt", { text: "model" }), el("dd", { text: `${c.model}: ${c.baseline} (baseline) → ${c.candidate} (candidate)` }),
           el("dt", { text: "step" }), el("dd", { class: "canary-step", text: c.step === null || c.step === undefined ? "—" : `${c.step + 1} of ${c.steps}` }),
           el("dt", { text: "candidate weight" }), el("dd", { class: "canary-weight", text: `${c.weight_percent} %` }),
-          el("dt", { text: "requests" }), el("dd", { text: `baseline ${r.baseline || 0}, candidate ${r.candidate || 0}` }),
+          el("dt", { text: "requests" }), el("dd", { text: counts(r) }),
           c.alarm ? [el("dt", { text: "alarm" }), el("dd", { class: "error", text: JSON.stringify(c.alarm) })] : null,
           c.error ? [el("dt", { text: "error" }), el("dd", { class: "error", text: c.error })] : null),
         el("div", { class: "actions" },
@@ -560,14 +577,14 @@ function canariesPage(root) {
       if (metrics.length) {
         card.append(el("table", {}, el("thead", {}, el("tr", {}, ["metric", "log E", "threshold", "events", "tested"].map((h) => el("th", { text: h })))),
           el("tbody", {}, metrics.map((m) => el("tr", {}, el("td", { text: m.metric }), el("td", { class: "num", text: Number(m.log_e).toFixed(3) }),
-            el("td", { class: "num", text: Number(m.threshold).toFixed(3) }), el("td", { class: "num", text: m.events }), el("td", { class: "num", text: m.tested }))))));
+            el("td", { class: "num", text: Number(m.threshold).toFixed(3) }), el("td", { class: "num", text: counts(m.events) }), el("td", { class: "num", text: counts(m.tested) }))))));
       }
       const mine = samples.filter((s) => s.canaries[c.canary]);
       const threshold = metrics.length ? metrics[0].threshold : null;
       const series = metrics.map((m, i) => ({ name: "log E " + m.metric, points: mine.map((s) => [s.t, (s.canaries[c.canary].metrics[i] || {}).log_e]).filter((p) => typeof p[1] === "number") }));
       card.append(el("div", { class: "grid" },
-        lineChart({ title: "log E against the threshold", unit: "nats", series, lines: threshold !== null ? [{ value: threshold, label: "rollback threshold" }] : [], yFormat: (v) => v.toFixed(1) }),
-        lineChart({ title: "Candidate weight", unit: "%", series: [{ name: "weight", points: mine.map((s) => [s.t, s.canaries[c.canary].weight_percent || 0]) }], yFormat: (v) => v.toFixed(0), yFloor: 10 })));
+        lineChart({ title: "log E against the threshold", unit: "nats", series, lines: threshold !== null ? [{ value: threshold, label: "rollback threshold" }] : [] }),
+        lineChart({ title: "Candidate weight", unit: "%", series: [{ name: "weight", points: mine.map((s) => [s.t, s.canaries[c.canary].weight_percent || 0]) }], yFloor: 10 })));
       const transitions = c.transitions || [];
       if (transitions.length) {
         card.append(el("h3", { text: "Transitions" }), el("ol", { class: "muted canary-transitions" }, transitions.map((t) => el("li", { text: `${t.at_ms ? new Date(t.at_ms).toISOString().slice(11, 19) + " " : ""}${name(t.from)} → ${name(t.to)}: ${name(t.reason)}` }))));
@@ -587,7 +604,8 @@ function policyPage(root) {
   const revisionRow = (r, when) => el("tr", { "data-revision": r.id },
     el("td", {}, badge(r.result || "applied")), el("td", { class: "loc", text: (r.id || "").slice(0, 12) }),
     el("td", { text: r.summary || "—" }), el("td", { text: r.author || "—" }), el("td", { text: r[when] || r.time || "—" }));
-  const diagnostics = (r) => (r.diagnostics && r.diagnostics.diagnostics ? r.diagnostics.diagnostics : Array.isArray(r.diagnostics) ? r.diagnostics : []);
+  const rank = (d) => (d.severity === "error" ? 0 : 1);
+  const diagnostics = (r) => (Array.isArray(r.diagnostics) ? r.diagnostics : []).slice().sort((a, b) => rank(a) - rank(b));
   async function refresh() {
     const status = await api("/admin/status");
     if (!isAdmin()) {
@@ -616,7 +634,7 @@ function policyPage(root) {
       const d = diagnostics(r);
       if (r.result === "failed" && d.length) {
         parts.push(el("div", { class: "panel", "data-rejected": r.id }, el("h3", { text: `Rejected ${String(r.id).slice(0, 12)}: ${r.summary || ""}` }),
-          d.map((x) => el("pre", { class: "diag", text: `${x.severity || ""} ${x.code || ""} ${x.file || ""}${x.line ? ":" + x.line : ""}\n${x.message || JSON.stringify(x)}` }))));
+          d.map((x) => el("pre", { class: "diag " + (x.severity || ""), text: `${x.severity || ""} ${x.code || ""} ${x.file || ""}${x.line ? ":" + x.line : ""}\n${x.message || JSON.stringify(x)}` }))));
       }
     }
     box.replaceChildren(...parts);
