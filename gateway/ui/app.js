@@ -279,7 +279,7 @@ function decisionsPage(root) {
   );
   const body = el("tbody", { id: "decisions" });
   const table = el("table", {},
-    el("thead", {}, el("tr", {}, ["time", "tenant", "rule", "requested → served", "provider", "canary arm", "budget", "cache", "status", "cost", "latency", "failovers"]
+    el("thead", {}, el("tr", {}, ["time", "tenant", "rule", "requested → served", "provider", "arm", "budget", "cache", "status", "cost", "latency", "failovers"]
       .map((h, i) => el("th", { class: i >= 9 ? "num" : null, text: h })))),
     body);
   const detail = el("div", { class: "panel trace", id: "decision-detail" }, el("p", { class: "muted", text: "Choose a decision to see its trace." }));

@@ -113,11 +113,32 @@ impl Browser {
             .as_str()
             .expect("a session id")
             .to_owned();
-        Browser {
+        let browser = Browser {
             driver,
             base,
             session,
-        }
+        };
+        // The window's frame takes some of --window-size: grow it so that the page itself
+        // (what people read, and the screenshots) is WIDTH×HEIGHT.
+        let frame = browser
+            .run(
+                "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];",
+                json!([]),
+            )
+            .await;
+        let (dx, dy) = (
+            frame[0].as_u64().unwrap_or(0),
+            frame[1].as_u64().unwrap_or(0),
+        );
+        browser
+            .call(
+                "POST",
+                "/window/rect",
+                Some(json!({ "width": u64::from(WIDTH) + dx, "height": u64::from(HEIGHT) + dy })),
+            )
+            .await
+            .expect("sizes the window");
+        browser
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
