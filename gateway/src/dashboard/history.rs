@@ -36,7 +36,11 @@ impl History {
     /// Takes one snapshot of `app` at `now_ms` (unix milliseconds), dropping the oldest past
     /// [`KEEP`].
     pub fn sample(&self, app: &App, now_ms: u64) {
-        let snapshot = snapshot(app, now_ms);
+        self.push(snapshot(app, now_ms));
+    }
+
+    /// Keeps `snapshot` (whose `t` is unix milliseconds), dropping the oldest past [`KEEP`].
+    fn push(&self, snapshot: Value) {
         let mut ring = self.lock();
         if ring.len() == KEEP {
             ring.pop_front();
@@ -159,4 +163,29 @@ pub async fn handle(
             "budgets": budgets,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_keeps_the_newest_snapshots_and_answers_those_after_since() {
+        let h = History::default();
+        for t in 1..=(KEEP as u64 + 10) {
+            h.push(json!({ "t": t }));
+        }
+        let all = h.since(0);
+        assert_eq!(all.len(), KEEP);
+        assert_eq!(all[0]["t"], 11, "the 10 oldest were dropped");
+        let newest: Vec<u64> = h
+            .since(KEEP as u64 + 7)
+            .iter()
+            .filter_map(|s| s["t"].as_u64())
+            .collect();
+        assert_eq!(
+            newest,
+            vec![KEEP as u64 + 8, KEEP as u64 + 9, KEEP as u64 + 10]
+        );
+    }
 }
