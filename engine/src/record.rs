@@ -42,6 +42,31 @@ pub struct DecisionRecord {
     /// HTTP status returned to the client.
     #[serde(default)]
     pub status: u16,
+    /// How the request went at the gateway: latency, failovers, the response cache. Absent
+    /// from records written before it was logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RecordOutcome>,
+}
+
+/// What the gateway saw of a request after its decision (what the dashboard shows per
+/// decision); not read when a decision is replayed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordOutcome {
+    /// Milliseconds from the request's arrival to its last byte.
+    pub latency_ms: f64,
+    /// Milliseconds to the first token of a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Moves to a later attempt that made an upstream call.
+    #[serde(default)]
+    pub failovers: u32,
+    /// Same-provider retries.
+    #[serde(default)]
+    pub retries: u32,
+    /// What the response cache did: `hit`, `near_hit`, `miss` or `bypass` (empty when it was
+    /// not consulted).
+    #[serde(default)]
+    pub cache: String,
 }
 
 impl DecisionRecord {
@@ -67,6 +92,7 @@ impl DecisionRecord {
             tokens_out: 0,
             cost_usd: 0.0,
             status: 0,
+            outcome: None,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! | `/admin/keys…`, `/admin/spend`, `/admin/tenants/…` | the admin token; a tenant admin key for its own tenant — see [`crate::admin`] |
 //! | `/admin/canaries…` | the admin token |
 //! | `POST /hooks/git` | a git host's signed push notification (`--webhook-secret`) — see [`crate::webhook`] |
+//! | `GET /admin/decisions/{id}/trace`, `GET /admin/history` | the admin token — see [`crate::decision_trace`], [`crate::dashboard::history`] |
+//! | `GET /ui` (and `/ui/app.js`, `/ui/app.css`) | anyone: the dashboard's static files, which hold no data ([`crate::dashboard`]) |
 //!
 //! Without a credential (or with an unknown one) the answer is 401; a gateway key that is
 //! not an admin key gets 403, and so does a tenant admin key on a route of the admin token.
@@ -24,7 +26,7 @@ use crate::store;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use llmgw_engine::input::{Identity, Principal};
+use llmgw_engine::input::{DeploymentStats, Identity, Principal};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -46,6 +48,15 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::POST, crate::webhook::PATH) => {
             return crate::webhook::handle(&app, parts, body).await
         }
+        (&Method::GET, "/admin/history") => crate::dashboard::history::handle(&app, &parts).await,
+        (&Method::GET, p) if crate::decision_trace::trace_id(p).is_some() => {
+            let id = crate::decision_trace::trace_id(p).unwrap_or_default();
+            crate::decision_trace::handle(&app, &parts, id).await
+        }
+        (&Method::GET, p) if crate::dashboard::is_ui_path(p) => {
+            return crate::dashboard::serve(p)
+                .unwrap_or_else(|| error(&ApiError::route_not_found(&parts.method, p)))
+        }
         (
             _,
             "/healthz"
@@ -53,8 +64,14 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             | "/metrics"
             | "/admin/status"
             | "/admin/decisions"
+            | "/admin/history"
             | crate::webhook::PATH,
         ) => Err(method_not_allowed(&parts.method, path)),
+        (_, p)
+            if crate::dashboard::is_ui_path(p) || crate::decision_trace::trace_id(p).is_some() =>
+        {
+            Err(method_not_allowed(&parts.method, path))
+        }
         (_, p) if admin::is_admin_path(p) => return admin::handle(&app, parts, body).await,
         (_, p) if crate::canary_controller::is_admin_path(p) => {
             return crate::canary_controller::admin(&app, parts).await
@@ -126,15 +143,7 @@ fn global_status(app: &App) -> Value {
                 "model": &*d.model_name,
                 "provider": &*d.provider_name,
                 "region": &*d.region,
-                "live": s.map(|s| json!({
-                    "p50_ms": s.p50_ms,
-                    "p95_ms": s.p95_ms,
-                    "p99_ms": s.p99_ms,
-                    "ttft_ms": s.ttft_ms,
-                    "error_rate": s.error_rate,
-                    "in_flight": s.in_flight,
-                    "circuit": s.circuit.as_str(),
-                })),
+                "live": s.as_ref().map(live_json),
             })
         })
         .collect();
@@ -149,6 +158,19 @@ fn global_status(app: &App) -> Value {
         "circuits": circuits,
         "deployments": deployments,
         "canaries": app.canaries.status_json(),
+    })
+}
+
+/// A deployment's live stats as `/admin/status` and `/admin/history` show them.
+pub fn live_json(s: &DeploymentStats) -> Value {
+    json!({
+        "p50_ms": s.p50_ms,
+        "p95_ms": s.p95_ms,
+        "p99_ms": s.p99_ms,
+        "ttft_ms": s.ttft_ms,
+        "error_rate": s.error_rate,
+        "in_flight": s.in_flight,
+        "circuit": s.circuit.as_str(),
     })
 }
 
@@ -193,6 +215,7 @@ pub async fn tenant_status(app: &App, tenant: &str) -> Result<Value, ApiError> {
                 "limit_usd": store::to_usd(w.limit),
                 "spent_usd": store::to_usd(w.total()),
                 "on_exceed": w.on_exceed,
+                "alert_at": rt.policy.budgets().iter().find(|b| b.name == w.budget).map(|b| &b.spec.alert_at),
                 "resets_at": w.resets_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             })
         })

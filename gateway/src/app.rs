@@ -239,6 +239,8 @@ pub struct App {
     /// The secret `POST /hooks/git` notifications are checked with (`--webhook-secret`);
     /// the route is off without one.
     pub webhook_secret: Option<crate::providers::secret::Secret>,
+    /// Recent snapshots of live stats and canaries, for the dashboard's charts.
+    pub history: crate::dashboard::history::History,
     draining: AtomicBool,
 }
 
@@ -267,6 +269,7 @@ impl App {
             otel: None,
             policy_fetch: Default::default(),
             webhook_secret: None,
+            history: Default::default(),
             draining: AtomicBool::new(false),
         };
         let revision = app.runtime.load().policy.revision().to_owned();

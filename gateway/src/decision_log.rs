@@ -9,11 +9,12 @@
 //! Identity is written as ids and labels; a gateway key's secret never reaches a decision.
 
 use crate::metrics::Metrics;
+use crate::phases::attempt::Trace;
 use crate::upstream::Usage;
 use llmgw_engine::decision::Decision;
 use llmgw_engine::input::{DecisionInput, DeploymentStats, LiveView, RequestContext, StateView};
 use llmgw_engine::model::Scope;
-use llmgw_engine::record::DecisionRecord;
+use llmgw_engine::record::{DecisionRecord, RecordOutcome};
 use prometheus_client::metrics::counter::Counter;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -415,6 +416,12 @@ pub struct Outcome<'a> {
     pub usage: Usage,
     /// Cost in USD.
     pub cost_usd: f64,
+    /// From arrival to the last byte.
+    pub latency: Duration,
+    /// To the first token of a stream.
+    pub ttft: Option<Duration>,
+    /// The attempts, when any were made (or the cache answered).
+    pub trace: Option<&'a Trace>,
 }
 
 /// Writes the decision-log line of a decided request (nothing when the log is disabled or
@@ -442,6 +449,14 @@ pub fn record(
     r.tokens_out = outcome.usage.output_tokens;
     r.cost_usd = outcome.cost_usd;
     r.status = outcome.status;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    r.outcome = Some(RecordOutcome {
+        latency_ms: ms(outcome.latency),
+        ttft_ms: outcome.ttft.map(ms),
+        failovers: outcome.trace.map_or(0, |t| t.failovers),
+        retries: outcome.trace.map_or(0, |t| t.retries),
+        cache: outcome.trace.map_or("", |t| t.cache).to_owned(),
+    });
     log.write(r);
 }
 

@@ -77,6 +77,8 @@ pub struct Query {
     pub since: Option<DateTime<Utc>>,
     /// Only decisions of this rule.
     pub rule: Option<String>,
+    /// Only the decision with this id (the request id).
+    pub id: Option<String>,
     /// Only decisions that asked for or were served by this model.
     pub model: Option<String>,
     /// Records per page.
@@ -93,6 +95,7 @@ impl Query {
             tenant: None,
             since: None,
             rule: None,
+            id: None,
             model: None,
             limit: DEFAULT_LIMIT,
             cursor: None,
@@ -110,6 +113,7 @@ impl Query {
             match &*name {
                 "tenant" => asked_tenant = Some(text(&value)?),
                 "rule" => q.rule = Some(text(&value)?),
+                "id" => q.id = Some(text(&value)?),
                 "model" => q.model = Some(text(&value)?),
                 "since" => {
                     q.since = Some(parse_since(&value).ok_or_else(|| {
@@ -140,7 +144,7 @@ impl Query {
                 other => {
                     return Err(bad(format!(
                         "unknown parameter `{other}`; the parameters are since, rule, model, \
-                         tenant, limit and cursor"
+                         id, tenant, limit and cursor"
                     )))
                 }
             }
@@ -189,6 +193,8 @@ pub enum ReadError {
 /// The fields a query filters on (the rest of a record is not parsed to filter).
 #[derive(Deserialize)]
 struct Head {
+    #[serde(default)]
+    id: String,
     time: DateTime<Utc>,
     #[serde(default)]
     rule: String,
@@ -226,6 +232,7 @@ impl Query {
             .is_none_or(|t| *t == h.input.identity.tenant.id)
             && self.since.is_none_or(|s| h.time >= s)
             && self.rule.as_ref().is_none_or(|r| *r == h.rule)
+            && self.id.as_ref().is_none_or(|i| *i == h.id)
             && self
                 .model
                 .as_ref()
@@ -428,12 +435,9 @@ impl<'f> Backward<'f> {
     }
 }
 
-/// Answers `GET /admin/decisions`.
-pub async fn handle(
-    app: &App,
-    parts: &http::request::Parts,
-) -> Result<Response<GatewayBody>, ApiError> {
-    let who = authority(app, &parts.headers).await?;
+/// Reads one page of the gateway's decision log for `query`, off the async threads: 409
+/// without a decision log, 410 for a cursor rotation deleted.
+pub async fn read_page(app: &App, query: Query) -> Result<Page, ApiError> {
     let Some(files) = app.decision_log.files().cloned() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -442,26 +446,33 @@ pub async fn handle(
             "the decision log is not enabled on this gateway; start it with `--decision-log PATH`",
         ));
     };
-    let query = Query::parse(parts.uri.query(), &who)?;
     let page = tokio::task::spawn_blocking(move || read(&files, &query))
         .await
         .map_err(|e| ApiError::internal(format!("reading the decision log failed: {e}")))?;
-    let page = match page {
-        Ok(p) => p,
-        Err(ReadError::Expired) => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "invalid_request_error",
-                "cursor_expired",
-                ReadError::Expired.to_string(),
-            )
-            .with_param("cursor"))
-        }
+    match page {
+        Ok(p) => Ok(p),
+        Err(ReadError::Expired) => Err(ApiError::new(
+            StatusCode::GONE,
+            "invalid_request_error",
+            "cursor_expired",
+            ReadError::Expired.to_string(),
+        )
+        .with_param("cursor")),
         Err(e) => {
             tracing::error!(target: "llmgw::admin", error = %e, "decision log query failed");
-            return Err(ApiError::internal("cannot read the decision log"));
+            Err(ApiError::internal("cannot read the decision log"))
         }
-    };
+    }
+}
+
+/// Answers `GET /admin/decisions`.
+pub async fn handle(
+    app: &App,
+    parts: &http::request::Parts,
+) -> Result<Response<GatewayBody>, ApiError> {
+    let who = authority(app, &parts.headers).await?;
+    let query = Query::parse(parts.uri.query(), &who)?;
+    let page = read_page(app, query).await?;
     Ok(json(
         StatusCode::OK,
         &json!({

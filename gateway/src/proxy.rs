@@ -407,6 +407,9 @@ pub async fn handle(
                     served: None,
                     usage: Usage::default(),
                     cost_usd: 0.0,
+                    latency: info.started.elapsed(),
+                    ttft: None,
+                    trace: None,
                 };
                 decision_log::record(
                     &app.decision_log,
@@ -743,6 +746,10 @@ async fn serve_cached(
     if let Some(s) = hit.similarity() {
         set(h, headers::CACHE_SIMILARITY, &format!("{s:.4}"));
     }
+    let trace = Trace {
+        cache: hit.outcome(),
+        ..Trace::default()
+    };
     decision_log::record(
         &app.decision_log,
         &info.request_id,
@@ -753,16 +760,15 @@ async fn serve_cached(
             served: Some((hit.model(), "cache")),
             usage: Usage::default(),
             cost_usd: 0.0,
+            latency: info.started.elapsed(),
+            ttft: None,
+            trace: Some(&trace),
         },
     );
     let served = Decision {
         canary: None,
         downgrade: None,
         ..decision.clone()
-    };
-    let trace = Trace {
-        cache: hit.outcome(),
-        ..Trace::default()
     };
     record(
         app,
@@ -839,6 +845,9 @@ fn finish(
             served,
             usage: bill.usage(),
             cost_usd,
+            latency: info.started.elapsed(),
+            ttft,
+            trace: Some(trace),
         },
     );
     record(

@@ -71,11 +71,16 @@ pub struct Attempt {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Revisions tried that `/admin/status` lists (`policy.history`), newest first.
+pub const HISTORY: usize = 20;
+
 #[derive(Debug, Clone, Default)]
 struct StatusState {
     applied: Option<RevisionInfo>,
     applied_at: Option<chrono::DateTime<chrono::Utc>>,
     attempted: Option<Attempt>,
+    /// The last [`HISTORY`] attempts, oldest first.
+    history: std::collections::VecDeque<Attempt>,
     serving_last_known_good: bool,
     counts: BTreeMap<&'static str, u64>,
     source_error: Option<String>,
@@ -86,6 +91,17 @@ struct StatusState {
 #[derive(Debug, Default)]
 pub struct PolicyStatus {
     inner: Mutex<StatusState>,
+}
+
+impl StatusState {
+    /// Records a revision tried: the last attempt, and in the history.
+    fn attempt(&mut self, attempt: Attempt) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(attempt.clone());
+        self.attempted = Some(attempt);
+    }
 }
 
 impl PolicyStatus {
@@ -129,19 +145,15 @@ impl PolicyStatus {
             .applied
             .clone()
             .unwrap_or_else(|| RevisionInfo::content(policy.revision().to_owned(), &rt.location));
-        let attempted = s.attempted.as_ref().map(|a| {
-            let mut v = revision_json(&a.revision);
-            v["result"] = json!(a.result.as_str());
-            v["attempted_at"] = json!(a.at);
-            v["diagnostics"] = diagnostics_json(&a.diagnostics);
-            v
-        });
+        let attempted = s.attempted.as_ref().map(attempt_json);
+        let history: Vec<Value> = s.history.iter().rev().map(attempt_json).collect();
         let mut applied_json = revision_json(&applied);
         applied_json["applied_at"] = json!(s.applied_at);
         let count = |r: ReloadResult| s.counts.get(r.as_str()).copied().unwrap_or(0);
         json!({
             "applied_revision": applied_json,
             "attempted_revision": attempted,
+            "history": history,
             "serving_last_known_good": s.serving_last_known_good,
             "reloads": {
                 "applied": count(ReloadResult::Applied),
@@ -155,6 +167,14 @@ impl PolicyStatus {
             "providers": policy.providers().len(),
         })
     }
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    let mut v = revision_json(&a.revision);
+    v["result"] = json!(a.result.as_str());
+    v["attempted_at"] = json!(a.at);
+    v["diagnostics"] = diagnostics_json(&a.diagnostics);
+    v
 }
 
 fn revision_json(r: &RevisionInfo) -> Value {
@@ -408,7 +428,7 @@ pub fn start(
                     let mut s = status.lock();
                     s.applied = Some(head.clone());
                     s.applied_at = Some(now);
-                    s.attempted = Some(Attempt {
+                    s.attempt(Attempt {
                         revision: head.clone(),
                         result: ReloadResult::Applied,
                         diagnostics: warnings,
@@ -460,7 +480,7 @@ pub fn start(
                 "the head revision does not load; serving the last known good revision"
             );
             let mut s = status.lock();
-            s.attempted = Some(Attempt {
+            s.attempt(Attempt {
                 revision: head.clone(),
                 result: ReloadResult::Failed,
                 diagnostics,
@@ -709,7 +729,7 @@ impl Reloader {
             s.applied = Some(head.clone());
             s.applied_at = Some(now);
             s.serving_last_known_good = false;
-            s.attempted = Some(Attempt {
+            s.attempt(Attempt {
                 revision: head.clone(),
                 result: ReloadResult::Applied,
                 diagnostics: warnings.clone(),
@@ -764,7 +784,7 @@ impl Reloader {
         let mut s = app.policy_status.lock();
         *s.counts.entry(ReloadResult::Failed.as_str()).or_default() += 1;
         s.serving_last_known_good = true;
-        s.attempted = Some(Attempt {
+        s.attempt(Attempt {
             revision: head.clone(),
             result: ReloadResult::Failed,
             diagnostics,

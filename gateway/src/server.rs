@@ -95,6 +95,7 @@ pub async fn serve(
     };
     let prober = app.store_health.spawn(app.state.clone());
     let health_probes = crate::health::spawn(app.clone());
+    let history = crate::dashboard::history::spawn(app.clone());
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -123,6 +124,7 @@ pub async fn serve(
     }
     app.start_draining();
     health_probes.abort();
+    history.abort();
     let _ = stop_tx.send(true);
     let grace = app.limits.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
