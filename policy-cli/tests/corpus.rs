@@ -91,6 +91,7 @@ const WARNING_CODES: &[&str] = &[
     "rule/unused-weights",
     "canary/sticky-split",
     "model/no-max-output",
+    "provider/unused-settings",
 ];
 
 fn corpus() -> PathBuf {
