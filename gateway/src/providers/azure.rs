@@ -4,7 +4,7 @@
 
 use crate::providers::http;
 use crate::providers::openai::{path_of, OpenAi};
-use crate::providers::secret::{self, Secret, SecretError};
+use crate::providers::secret::{Secret, SecretError};
 use crate::upstream::{
     ErrorClass, FullResponse, Provider, SendFuture, UpstreamError, UpstreamRequest,
     UpstreamResponse,
@@ -22,15 +22,21 @@ pub struct Azure {
 }
 
 impl Azure {
-    /// The adapter of a policy provider of type `azure_openai`, with its resolved key.
-    pub fn new(provider: &model::Provider, key: Option<Result<Secret, SecretError>>) -> Self {
-        let settings = provider.azure.as_ref();
+    /// The adapter of a policy provider of type `azure_openai`, with its resolved key and
+    /// Entra ID token (`None` when it names none).
+    pub fn new(
+        provider: &model::Provider,
+        key: Option<Result<Secret, SecretError>>,
+        entra_token: Option<Result<Secret, SecretError>>,
+    ) -> Self {
         Azure {
             openai: OpenAi::new(provider, key),
-            api_version: settings.map(|s| s.api_version.clone()).unwrap_or_default(),
-            entra_token: settings
-                .and_then(|s| s.entra_token.as_deref())
-                .map(secret::resolve),
+            api_version: provider
+                .azure
+                .as_ref()
+                .map(|s| s.api_version.clone())
+                .unwrap_or_default(),
+            entra_token,
         }
     }
 

@@ -40,18 +40,16 @@ pub fn build(provider: &model::Provider) -> Arc<dyn Provider> {
         }
         ProviderType::Gemini => Scrubbing::wrap(gemini::Gemini::new(provider, key), redactor),
         ProviderType::AzureOpenai => {
-            let redactor = match provider
+            let token = provider
                 .azure
                 .as_ref()
                 .and_then(|a| a.entra_token.as_deref())
-            {
-                Some(reference) => match secret::resolve(reference) {
-                    Ok(token) => Redactor::for_key(token.expose()),
-                    Err(_) => redactor,
-                },
-                None => redactor,
+                .map(secret::resolve);
+            let redactor = match &token {
+                Some(Ok(token)) => Redactor::for_key(token.expose()),
+                _ => redactor,
             };
-            Scrubbing::wrap(azure::Azure::new(provider, key), redactor)
+            Scrubbing::wrap(azure::Azure::new(provider, key, token), redactor)
         }
     }
 }
