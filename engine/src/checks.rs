@@ -31,8 +31,10 @@ pub(crate) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// Provider settings that cannot work.
 pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &Parsed, i: usize) {
     let base = format!("/providers/{i}");
+    let azure_token = p.azure.as_ref().and_then(|a| a.entra_token.as_ref());
     match p.kind {
         ProviderType::Simulated => {}
+        ProviderType::AzureOpenai if azure_token.is_some() => {}
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
             format!(
@@ -42,6 +44,38 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
             Some(doc.loc(&base)),
         )),
         _ => {}
+    }
+    for (field, present, kind) in [("azure", p.azure.is_some(), ProviderType::AzureOpenai)] {
+        if present && p.kind != kind {
+            diags.push(
+                Diagnostic::warning(
+                    "provider/unused-settings",
+                    format!(
+                        "provider `{}` of type `{}` has `{field}` settings, which only a \
+                         provider of type `{}` reads",
+                        p.name,
+                        type_name(p.kind),
+                        type_name(kind)
+                    ),
+                    Some(doc.loc(&format!("{base}/{field}"))),
+                )
+                .with_help("remove them, or change the provider's `type`"),
+            );
+        }
+    }
+    if p.kind == ProviderType::AzureOpenai && p.api_key.is_some() && azure_token.is_some() {
+        diags.push(
+            Diagnostic::warning(
+                "provider/unused-settings",
+                format!(
+                    "provider `{}` names both `api_key` and `azure.entra_token`; the Entra ID \
+                     token is sent and the key is not",
+                    p.name
+                ),
+                Some(doc.loc(&format!("{base}/api_key"))),
+            )
+            .with_help("keep one of the two"),
+        );
     }
     if let Some(probe) = p.health_probe {
         if probe.timeout_ms > probe.interval_secs.saturating_mul(1000) {
@@ -59,6 +93,14 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
             );
         }
     }
+}
+
+/// The policy spelling of a provider type.
+fn type_name(kind: ProviderType) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Prices of a model.

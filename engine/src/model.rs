@@ -56,6 +56,8 @@ pub enum ProviderType {
     Anthropic,
     /// Google Gemini `generateContent`.
     Gemini,
+    /// Azure OpenAI: OpenAI's chat API behind deployment URLs, `api-key` or Entra ID auth.
+    AzureOpenai,
     /// A simulated provider inside the gateway: no network, no key.
     Simulated,
 }
@@ -89,6 +91,21 @@ pub struct Provider {
     /// Active health probes of the provider's deployments; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_probe: Option<HealthProbe>,
+    /// Azure OpenAI settings (type `azure_openai`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSettings>,
+}
+
+/// How an Azure OpenAI resource is called. The deployment's `upstream_model` is the Azure
+/// deployment name: requests go to `{base_url}/openai/deployments/{deployment}/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AzureSettings {
+    /// The `api-version` query parameter, e.g. `2024-10-21`.
+    pub api_version: String,
+    /// A secret reference to an Entra ID access token sent as a bearer token instead of the
+    /// `api-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_token: Option<String>,
 }
 
 /// Active health probes: a one-token chat completion sent to a deployment whose breaker is

@@ -92,6 +92,7 @@ const WARNING_CODES: &[&str] = &[
     "canary/sticky-split",
     "canary/long-rollout",
     "model/no-max-output",
+    "provider/unused-settings",
 ];
 
 fn corpus() -> PathBuf {

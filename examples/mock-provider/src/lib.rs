@@ -25,7 +25,8 @@
 //! | `malformed-N` | one malformed SSE event after N tokens, then the rest |
 //! | `no-done` | a complete stream without the final `data: [DONE]` |
 //! | `context-length` | 400 `context_length_exceeded` |
-//! | `content-filter` | 400 `content_filter` |
+//! | `content-filter` | 400 `content_filter` (Azure's shape, with `innererror`, on Azure paths) |
+//! | `filtered-answer` | 200 whose only choice the content filter withheld (`finish_reason: content_filter`, no content, `content_filter_results`), as Azure OpenAI answers |
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
 //! | `tpm-N` | a provider token quota of N: every answer carries `x-ratelimit-limit-tokens: N` and `x-ratelimit-remaining-tokens`; a request whose prompt and answer would take the model's tokens past N answers 429 `rate_limit_exceeded` (the quota is counted from the model's first attempt and never replenished: a test lasts less than the provider's minute) |
 //! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
@@ -39,7 +40,10 @@
 //!
 //! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
 //! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
-//! `:streamGenerateContent?alt=sse`, with the same faults.
+//! `:streamGenerateContent?alt=sse`, and Azure OpenAI's
+//! `POST /openai/deployments/{deployment}/chat/completions?api-version=…` (see [`azure`]: the
+//! deployment stands for the model, the `api-version` and the `api-key` header or bearer token
+//! are checked and a malformed request gets Azure's error), with the same faults.
 //!
 //! The rate and spread faults depend only on the attempt number, never on a clock or a random
 //! source: the same sequence of attempts always fails and waits the same way, and any 100
@@ -50,6 +54,8 @@
 //! The continuation of a `no-prefill` model counts as much: restated words and the words after
 //! them, up to `max_tokens` new words.
 #![forbid(unsafe_code)]
+
+pub mod azure;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -114,6 +120,8 @@ pub enum Fault {
     ContextLength,
     /// 400 `content_filter`.
     ContentFilter,
+    /// A whole answer withheld by the content filter.
+    FilteredAnswer,
     /// 503 for this many milliseconds after the first attempt, then normal.
     Flap(u64),
     /// A model without prefill; a re-ask to continue is answered with the rest of the answer.
@@ -176,6 +184,7 @@ impl Fault {
             "no-prefill-restate" => return Fault::NoPrefill(Continuation::Restate(None)),
             "no-prefill-misaligned" => return Fault::NoPrefill(Continuation::Misaligned),
             "tool" => return Fault::ToolCall,
+            "filtered-answer" => return Fault::FilteredAnswer,
             _ => {}
         }
         if let Some(n) = num("429-once-ra-") {
@@ -422,6 +431,15 @@ async fn handle(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let azure_target = azure::target(&path);
+    let azure_problem = azure_target.as_ref().and_then(|_| {
+        azure::check(
+            req.uri().query(),
+            header("api-key"),
+            header("authorization"),
+        )
+    });
     match (method, path.as_str()) {
         (Method::GET, "/_stats") => {
             return Ok(json_response(
@@ -447,6 +465,12 @@ async fn handle(
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
         (Method::POST, "/v1/messages") => {}
         (Method::POST, p) if gemini_target(p).is_some() => {}
+        (Method::POST, _) if azure_target.is_some() => {
+            if let Some((status, body)) = azure_problem {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                return Ok(json_response(status, body));
+            }
+        }
         _ => {
             return Ok(error_response(
                 StatusCode::NOT_FOUND,
@@ -472,11 +496,15 @@ async fn handle(
         }
     };
     let received = request.clone();
-    let (dialect, request) = match (path.as_str(), gemini_target(&path)) {
+    let (dialect, mut request) = match (path.as_str(), gemini_target(&path)) {
         ("/v1/messages", _) => (Dialect::Anthropic, request),
         (_, Some((model, stream))) => (Dialect::Gemini, from_gemini(&request, &model, stream)),
         _ => (Dialect::OpenAi, request),
     };
+    if let Some((deployment, _)) = &azure_target {
+        // Azure ignores the body's `model`: the deployment is the model.
+        request["model"] = Value::from(deployment.as_str());
+    }
     let model = request["model"].as_str().unwrap_or("").to_owned();
     let to_call = tool_to_call(dialect, &received);
     let (attempt, first_seen) = stats.count(&model);
@@ -493,7 +521,28 @@ async fn handle(
             .insert(model.clone(), t);
     }
     let fault = Fault::parse(header_fault.as_deref().unwrap_or(&model));
+    let azure = azure_target.is_some();
     match fault {
+        Fault::RateLimit(ra) | Fault::RateLimitOnce(ra)
+            if azure && (attempt == 1 || fault == Fault::RateLimit(ra)) =>
+        {
+            let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, azure::rate_limited());
+            resp.headers_mut()
+                .insert("retry-after", ra.unwrap_or(1).into());
+            return Ok(resp);
+        }
+        Fault::ContentFilter if azure => {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                azure::prompt_filtered(),
+            ))
+        }
+        Fault::FilteredAnswer => {
+            return Ok(json_response(
+                StatusCode::OK,
+                azure::answer_filtered(&model),
+            ))
+        }
         Fault::RateLimit(ra) => return Ok(rate_limited(ra)),
         Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(ra)),
         Fault::ServerError | Fault::ServerErrorOnce | Fault::ErrorRate(_)
@@ -537,7 +586,7 @@ async fn handle(
         )),
         _ => {}
     }
-    if path == "/v1/embeddings" {
+    if path == "/v1/embeddings" || azure_target.as_ref().is_some_and(|t| t.1) {
         return Ok(embeddings(&request, &model));
     }
     let answer = Answer::of(&request, fault);
@@ -776,7 +825,7 @@ fn streamed(request: &Value) -> bool {
     request["stream"].as_bool().unwrap_or(false)
 }
 
-/// The credentials a request carried: `Authorization`, `x-api-key`, `x-goog-api-key` and the
+/// The credentials a request carried: `Authorization`, `x-api-key`, `x-goog-api-key`, `api-key` and the
 /// `key` query parameter, as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
@@ -787,7 +836,7 @@ pub struct Credentials {
 impl Credentials {
     fn of<B>(req: &Request<B>) -> Credentials {
         let mut values = Vec::new();
-        for name in ["authorization", "x-api-key", "x-goog-api-key"] {
+        for name in ["authorization", "x-api-key", "x-goog-api-key", "api-key"] {
             if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
                 values.push((name, v.to_owned()));
             }

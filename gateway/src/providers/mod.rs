@@ -1,6 +1,7 @@
 //! Provider adapters, one per wire protocol, all behind [`crate::upstream::Provider`].
 
 pub mod anthropic;
+pub mod azure;
 pub mod gemini;
 pub mod http;
 pub mod openai;
@@ -38,6 +39,18 @@ pub fn build(provider: &model::Provider) -> Arc<dyn Provider> {
             Scrubbing::wrap(anthropic::Anthropic::new(provider, key), redactor)
         }
         ProviderType::Gemini => Scrubbing::wrap(gemini::Gemini::new(provider, key), redactor),
+        ProviderType::AzureOpenai => {
+            let token = provider
+                .azure
+                .as_ref()
+                .and_then(|a| a.entra_token.as_deref())
+                .map(secret::resolve);
+            let redactor = match &token {
+                Some(Ok(token)) => Redactor::for_key(token.expose()),
+                _ => redactor,
+            };
+            Scrubbing::wrap(azure::Azure::new(provider, key, token), redactor)
+        }
     }
 }
 

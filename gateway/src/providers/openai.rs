@@ -7,7 +7,7 @@ use crate::upstream::{
     Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
     UpstreamRequest, UpstreamResponse, Usage,
 };
-use ::http::header::AUTHORIZATION;
+use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use llmgw_engine::input::Endpoint;
 use llmgw_engine::model::{self, ProviderType};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -125,16 +125,55 @@ impl Serialize for WithPrefill<'_> {
     }
 }
 
+impl OpenAi {
+    /// Sends `req` to `url` with `headers` (the authentication) and reads the answer: a whole
+    /// chat completion or embeddings list, or a stream of chat completion chunks. Shared with
+    /// the APIs that speak OpenAI's bodies behind other URLs and credentials (Azure OpenAI).
+    pub async fn exchange(
+        &self,
+        url: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut headers = headers;
+        http::traceparent(req, &mut headers);
+        let body = self.body(req);
+        let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
+        let resp = http::post(&self.conn.client, url, headers, body, first).await?;
+        if let Some(q) = req.quota {
+            q.observe(resp.headers());
+        }
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp).await);
+        }
+        if req.stream && http::is_event_stream(&resp) {
+            return Ok(UpstreamResponse::Stream(http::spawn_sse(
+                resp,
+                OpenAiStream::default(),
+            )));
+        }
+        let total = Duration::from_millis(self.conn.timeouts.total_ms);
+        let body = http::read_json(resp, total).await?;
+        let usage = usage_of(&body["usage"]);
+        if req.stream {
+            // A provider that ignored `stream`: replay its answer as a stream.
+            return Ok(UpstreamResponse::Stream(replay(&body, usage)));
+        }
+        Ok(UpstreamResponse::Full(FullResponse { body, usage }))
+    }
+
+    /// The connection (client, base URL, key, timeouts).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 impl Provider for OpenAi {
     fn send<'a>(&'a self, req: UpstreamRequest<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let base = self.conn.base_url.as_deref().ok_or_else(|| {
                 UpstreamError::new(ErrorClass::Unsupported, "the provider has no base_url")
             })?;
-            let path = match req.endpoint {
-                Endpoint::Chat => "chat/completions",
-                Endpoint::Embeddings => "embeddings",
-            };
             let mut headers = Vec::new();
             if let Some(key) = &self.conn.key {
                 let key = http::key_or_error(key)?;
@@ -142,38 +181,17 @@ impl Provider for OpenAi {
                     headers.push((AUTHORIZATION, v));
                 }
             }
-            http::traceparent(&req, &mut headers);
-            let body = self.body(&req);
-            let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
-            let resp = http::post(
-                &self.conn.client,
-                &http::join(base, path),
-                headers,
-                body,
-                first,
-            )
-            .await?;
-            if let Some(q) = req.quota {
-                q.observe(resp.headers());
-            }
-            if !resp.status().is_success() {
-                return Err(http::error_from(resp).await);
-            }
-            if req.stream && http::is_event_stream(&resp) {
-                return Ok(UpstreamResponse::Stream(http::spawn_sse(
-                    resp,
-                    OpenAiStream::default(),
-                )));
-            }
-            let total = Duration::from_millis(self.conn.timeouts.total_ms);
-            let body = http::read_json(resp, total).await?;
-            let usage = usage_of(&body["usage"]);
-            if req.stream {
-                // A provider that ignored `stream`: replay its answer as a stream.
-                return Ok(UpstreamResponse::Stream(replay(&body, usage)));
-            }
-            Ok(UpstreamResponse::Full(FullResponse { body, usage }))
+            let url = http::join(base, path_of(req.endpoint));
+            self.exchange(&url, headers, &req).await
         })
+    }
+}
+
+/// The path of an endpoint under an OpenAI base URL.
+pub fn path_of(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Chat => "chat/completions",
+        Endpoint::Embeddings => "embeddings",
     }
 }
 

@@ -37,12 +37,24 @@ impl std::fmt::Debug for Redactor {
 impl Redactor {
     /// A redactor of `key`; one that changes nothing when `key` is empty.
     pub fn for_key(key: &str) -> Self {
-        let key = key.as_bytes();
-        if key.is_empty() {
+        Redactor::for_keys([key])
+    }
+
+    /// A redactor of several secrets (a provider whose requests carry more than one: an
+    /// access key id and a session token); one that changes nothing when all are empty.
+    pub fn for_keys<'k>(keys: impl IntoIterator<Item = &'k str>) -> Self {
+        let mut windows: Vec<&[u8]> = Vec::new();
+        for key in keys
+            .into_iter()
+            .map(str::as_bytes)
+            .filter(|k| !k.is_empty())
+        {
+            windows.extend(key.windows(MIN_FRAGMENT.min(key.len())));
+        }
+        if windows.is_empty() {
             return Redactor::default();
         }
-        let width = MIN_FRAGMENT.min(key.len());
-        let windows = AhoCorasick::new(key.windows(width)).ok().map(Arc::new);
+        let windows = AhoCorasick::new(windows).ok().map(Arc::new);
         Redactor { windows }
     }
 
@@ -52,12 +64,17 @@ impl Redactor {
         let Some(windows) = &self.windows else {
             return Cow::Borrowed(text);
         };
-        // Every window has the same length, so overlapping matches come in order of start.
+        // Windows of keys of different lengths may differ in length: sort before merging.
+        let mut found: Vec<(usize, usize)> = windows
+            .find_overlapping_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        found.sort_unstable();
         let mut spans: Vec<(usize, usize)> = Vec::new();
-        for m in windows.find_overlapping_iter(text) {
+        for (start, end) in found {
             match spans.last_mut() {
-                Some(last) if m.start() <= last.1 => last.1 = last.1.max(m.end()),
-                _ => spans.push((m.start(), m.end())),
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => spans.push((start, end)),
             }
         }
         if spans.is_empty() {
@@ -121,6 +138,18 @@ mod tests {
             &KEY[3..20]
         );
         assert_eq!(r.scrub(&text), "[redacted]…[redacted] and [redacted]");
+    }
+
+    #[test]
+    fn removes_every_key_of_several() {
+        let token = "entra-0123456789-token";
+        let r = Redactor::for_keys([KEY, "short", token]);
+        let text = format!("{} and {} and short!", &KEY[5..30], &token[3..15]);
+        assert_eq!(r.scrub(&text), "[redacted] and [redacted] and [redacted]!");
+        assert!(matches!(
+            Redactor::for_keys(["", ""]).scrub("x"),
+            Cow::Borrowed("x")
+        ));
     }
 
     #[test]

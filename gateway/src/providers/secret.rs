@@ -26,10 +26,10 @@ pub enum SecretError {
     #[error("secret reference `{0}` must start with `env:` or `file:`")]
     BadReference(String),
     /// The environment variable is unset or empty.
-    #[error("environment variable `{0}` named by the provider's api_key is not set")]
+    #[error("environment variable `{0}` named by a secret reference of the provider is not set")]
     MissingEnv(String),
     /// The file could not be read or is empty.
-    #[error("cannot read the provider's api_key file `{0}`")]
+    #[error("cannot read the file `{0}` named by a secret reference of the provider")]
     MissingFile(String),
 }
 
