@@ -519,6 +519,26 @@ async fn a_near_duplicate_prompt_hits_and_a_different_one_does_not() {
     hotter["temperature"] = 1.5.into();
     assert_eq!(w.chat(&hotter).await.header("x-llmgw-cache"), "miss");
     assert_eq!(w.upstream("near"), 3);
+    // …and a near miss whose answer differs: another target language, the other option.
+    let email = "Hi Anna, the invoice for March is attached; please confirm the payment date.";
+    for (first, second) in [
+        (
+            format!("Translate this email into French: {email}"),
+            format!("Translate this email into German: {email}"),
+        ),
+        (
+            "Reply YES if this is a complaint: my order arrived late.".to_owned(),
+            "Reply NO if this is a complaint: my order arrived late.".to_owned(),
+        ),
+    ] {
+        let mut a = ask("near", &first, 6);
+        a["temperature"] = 0.5.into();
+        assert_eq!(w.chat(&a).await.header("x-llmgw-cache"), "miss");
+        let mut b = ask("near", &second, 6);
+        b["temperature"] = 0.5.into();
+        assert_eq!(w.chat(&b).await.header("x-llmgw-cache"), "miss", "{second}");
+    }
+    assert_eq!(w.upstream("near"), 7);
     // …and on a model whose cache rule matches exactly only.
     assert_eq!(
         w.chat(&ask("chat-a", ticket, 6))
@@ -532,7 +552,7 @@ async fn a_near_duplicate_prompt_hits_and_a_different_one_does_not() {
             .header("x-llmgw-cache"),
         "miss"
     );
-    let logs = w.gw.wait_request_logs(7);
+    let logs = w.gw.wait_request_logs(11);
     assert_eq!(logs[1]["cache"], "near_hit", "{:?}", logs[1]);
     let metrics = w.gw.metrics().await;
     assert!(
