@@ -22,6 +22,7 @@
 //!   are never served.
 
 pub mod answer;
+pub mod eval;
 pub mod facts;
 pub mod key;
 pub mod similar;
