@@ -608,3 +608,34 @@ async fn a_hit_reserves_and_spends_nothing() {
         mock_cost(100)
     );
 }
+
+#[test]
+fn cache_eval_reports_precision_and_recall_and_names_a_bad_line() {
+    let pairs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cache-eval/pairs.jsonl");
+    let pairs = pairs.to_str().expect("utf-8");
+    let out = llmgw(&["cache-eval", "--pairs", pairs, "--thresholds", "0.9,0.95"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The bundled thresholds: every hit with the guard is a paraphrase.
+    for t in ["0.9", "0.95"] {
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {t} | facts |")))
+            .unwrap_or_else(|| panic!("no row for {t}: {}", out.stdout));
+        assert!(row.contains("| 1.000 |") && row.contains("| 0/"), "{row}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"a\":\"x\",\"b\":\"y\",\"label\":\"paraphrase\",\"kind\":\"k\"}\n{\"a\":1}\n",
+    )
+    .expect("write");
+    let out = llmgw(&["cache-eval", "--pairs", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("pairs.jsonl:2: not a labelled pair"),
+        "{}",
+        out.stderr
+    );
+}
