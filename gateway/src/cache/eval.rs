@@ -115,7 +115,7 @@ fn score_pairs(path: &str, text: &str) -> Result<Vec<Scored>, CmdError> {
             label: pair.label,
             kind: pair.kind,
             similarity: a.vector.cosine(&b.vector.dense()),
-            guarded: a.similarity(&b).is_some(),
+            guarded: a.facts == b.facts,
         });
     }
     if out.is_empty() {

@@ -205,16 +205,6 @@ impl Facts {
         facts
     }
 
-    /// How many facts there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Bytes held (approximately).
     pub fn bytes(&self) -> usize {
         self.0.iter().map(|f| f.len() + 32).sum()
@@ -223,11 +213,6 @@ impl Facts {
     /// The facts, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
-    }
-
-    /// Facts from their list (as [`Facts::iter`] gave them).
-    pub fn from_list<I: IntoIterator<Item = String>>(list: I) -> Facts {
-        Facts(list.into_iter().collect())
     }
 
     fn add(&mut self, kind: &str, value: &str) {

@@ -9,8 +9,9 @@
 //! a word that changes the answer ("capital of France" / "capital of Spain") if the threshold
 //! is set low. No model, no network.
 //!
-//! The index keeps, per bucket (tenant, model and every parameter but the prompt text), the
-//! [`BUCKET_CAP`] most recent prompts stored; a lookup compares against those only.
+//! The index keeps, per bucket (tenant, model, every parameter and every message but the final
+//! user turn), the [`BUCKET_CAP`] most recent final turns stored, each with its
+//! [`Facts`]; a lookup compares against those with the same facts only.
 
 use super::facts::Facts;
 use super::key::{self, Digest};
@@ -122,12 +123,6 @@ impl Prompt {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.vector.bytes() + self.facts.bytes()
-    }
-
-    /// The similarity of two prompts when their facts are equal; `None` when the guard refuses
-    /// the pair.
-    pub fn similarity(&self, other: &Prompt) -> Option<f32> {
-        (self.facts == other.facts).then(|| self.vector.cosine(&other.vector.dense()))
     }
 }
 
