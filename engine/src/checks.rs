@@ -28,6 +28,27 @@ pub(crate) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     )
 }
 
+/// The lowest `semantic_threshold` at which `llmgw cache-eval` served no wrong answer on its
+/// labelled near-miss set (README, "Response cache").
+pub(crate) const TESTED_SEMANTIC_FLOOR: f64 = 0.85;
+
+/// A cache rule whose near-duplicate threshold is below the tested floor.
+pub(crate) fn cache_threshold(diags: &mut Vec<Diagnostic>, threshold: f64, doc: &Parsed, i: usize) {
+    if threshold < TESTED_SEMANTIC_FLOOR {
+        diags.push(
+            Diagnostic::warning(
+                "cache/low-threshold",
+                format!(
+                    "semantic_threshold {threshold} is below {TESTED_SEMANTIC_FLOOR}, the lowest \
+                     threshold measured to serve no wrong near-duplicate answer"
+                ),
+                Some(doc.loc(&format!("/rules/{i}/semantic_threshold"))),
+            )
+            .with_help("measure it with `llmgw cache-eval`, or raise it to 0.85 or more"),
+        );
+    }
+}
+
 /// Provider settings that cannot work.
 pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &Parsed, i: usize) {
     let base = format!("/providers/{i}");

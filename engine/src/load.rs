@@ -689,6 +689,7 @@ impl<'d> Builder<'d> {
                 if let Some(m) = resolve_model(&mut self, &rule.model, l, "cache rule") {
                     cache_ttl.insert(m, rule.ttl_secs);
                     if let Some(t) = rule.semantic_threshold {
+                        checks::cache_threshold(self.diags, t, doc, i);
                         cache_semantic.insert(m, t);
                     }
                 }

@@ -48,6 +48,9 @@ pub enum Command {
     /// Print the `x-llmgw-signature` header value of a request body, signed with a key's
     /// private Ed25519 signing key.
     Sign(SignArgs),
+    /// Measure near-duplicate cache matching on a labelled set of prompt pairs: precision
+    /// and recall per threshold, with and without the guard.
+    CacheEval(crate::cache::eval::EvalArgs),
 }
 
 /// Options of `llmgw serve`.
@@ -158,6 +161,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Sign(args) => report(crate::keys_cmd::sign(args)),
+        Command::CacheEval(args) => report(crate::cache::eval::run(args)),
     }
 }
 

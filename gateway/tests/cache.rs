@@ -519,6 +519,26 @@ async fn a_near_duplicate_prompt_hits_and_a_different_one_does_not() {
     hotter["temperature"] = 1.5.into();
     assert_eq!(w.chat(&hotter).await.header("x-llmgw-cache"), "miss");
     assert_eq!(w.upstream("near"), 3);
+    // …and a near miss whose answer differs: another target language, the other option.
+    let email = "Hi Anna, the invoice for March is attached; please confirm the payment date.";
+    for (first, second) in [
+        (
+            format!("Translate this email into French: {email}"),
+            format!("Translate this email into German: {email}"),
+        ),
+        (
+            "Reply YES if this is a complaint: my order arrived late.".to_owned(),
+            "Reply NO if this is a complaint: my order arrived late.".to_owned(),
+        ),
+    ] {
+        let mut a = ask("near", &first, 6);
+        a["temperature"] = 0.5.into();
+        assert_eq!(w.chat(&a).await.header("x-llmgw-cache"), "miss");
+        let mut b = ask("near", &second, 6);
+        b["temperature"] = 0.5.into();
+        assert_eq!(w.chat(&b).await.header("x-llmgw-cache"), "miss", "{second}");
+    }
+    assert_eq!(w.upstream("near"), 7);
     // …and on a model whose cache rule matches exactly only.
     assert_eq!(
         w.chat(&ask("chat-a", ticket, 6))
@@ -532,7 +552,7 @@ async fn a_near_duplicate_prompt_hits_and_a_different_one_does_not() {
             .header("x-llmgw-cache"),
         "miss"
     );
-    let logs = w.gw.wait_request_logs(7);
+    let logs = w.gw.wait_request_logs(11);
     assert_eq!(logs[1]["cache"], "near_hit", "{:?}", logs[1]);
     let metrics = w.gw.metrics().await;
     assert!(
@@ -586,5 +606,36 @@ async fn a_hit_reserves_and_spends_nothing() {
         (total - mock_cost(100)).abs() < 1e-9,
         "spent {total}, one answer costs {}",
         mock_cost(100)
+    );
+}
+
+#[test]
+fn cache_eval_reports_precision_and_recall_and_names_a_bad_line() {
+    let pairs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cache-eval/pairs.jsonl");
+    let pairs = pairs.to_str().expect("utf-8");
+    let out = llmgw(&["cache-eval", "--pairs", pairs, "--thresholds", "0.9,0.95"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The bundled thresholds: every hit with the guard is a paraphrase.
+    for t in ["0.9", "0.95"] {
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {t} | facts |")))
+            .unwrap_or_else(|| panic!("no row for {t}: {}", out.stdout));
+        assert!(row.contains("| 1.000 |") && row.contains("| 0/"), "{row}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"a\":\"x\",\"b\":\"y\",\"label\":\"paraphrase\",\"kind\":\"k\"}\n{\"a\":1}\n",
+    )
+    .expect("write");
+    let out = llmgw(&["cache-eval", "--pairs", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("pairs.jsonl:2: not a labelled pair"),
+        "{}",
+        out.stderr
     );
 }

@@ -88,6 +88,7 @@ const ERROR_CODES: &[&str] = &[
 const WARNING_CODES: &[&str] = &[
     "provider/no-key",
     "provider/probe-timeout",
+    "cache/low-threshold",
     "rule/unused-weights",
     "canary/sticky-split",
     "canary/long-rollout",

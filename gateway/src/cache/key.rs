@@ -59,63 +59,59 @@ pub fn digest(tenant: &str, request: &ClientRequest) -> Digest {
     h.finish()
 }
 
-/// For a chat request whose messages are plain text: the digest of its near-duplicate bucket
-/// (everything but the text of the messages) and its normalised prompt text. `None` for
-/// other requests (embeddings, images, tool calls or results, very long prompts), which match
-/// exactly only.
+/// For a chat request ending in a plain-text user turn: the digest of its near-duplicate
+/// bucket (everything but the text of that final turn: model, parameters, system prompt and
+/// every earlier message, compared exactly) and that final turn as the client wrote it (text
+/// parts joined by a space). `None` for other requests (embeddings, a final turn that is not
+/// the user's, images, very long prompts), which match exactly only.
 pub fn near(tenant: &str, request: &ClientRequest) -> Option<(Digest, String)> {
     if request.facts.endpoint != Endpoint::Chat {
         return None;
     }
-    let messages = request.body.get("messages")?.as_array()?;
-    let mut text = String::new();
-    for m in messages {
-        let obj = m.as_object()?;
-        if obj.keys().any(|k| k != "role" && k != "content") {
-            return None;
-        }
-        let role = obj.get("role")?.as_str()?;
-        if !matches!(role, "system" | "developer" | "user" | "assistant") {
-            return None;
-        }
-        text.push_str(role);
-        text.push_str(": ");
-        match obj.get("content")? {
-            Value::String(s) => normalise_into(&mut text, s),
-            Value::Array(parts) => {
-                for p in parts {
-                    if p.get("type").and_then(Value::as_str) != Some("text") {
-                        return None;
-                    }
-                    normalise_into(&mut text, p.get("text")?.as_str()?);
-                }
-            }
-            _ => return None,
-        }
-        text.push('\n');
-        if text.len() > MAX_NEAR_CHARS * 4 {
-            return None;
-        }
-    }
-    if text.chars().count() > MAX_NEAR_CHARS {
+    let last = request
+        .body
+        .get("messages")?
+        .as_array()?
+        .last()?
+        .as_object()?;
+    if last.keys().any(|k| k != "role" && k != "content") || last.get("role")? != "user" {
         return None;
     }
-    let mut h = Canonical::new(b"llmgw-cache-near-v1", tenant, request.facts.endpoint);
+    let text = match last.get("content")? {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                if p.get("type").and_then(Value::as_str) != Some("text") {
+                    return None;
+                }
+                texts.push(p.get("text")?.as_str()?);
+            }
+            texts.join(" ")
+        }
+        _ => return None,
+    };
+    if text.len() > MAX_NEAR_CHARS * 4 || text.chars().count() > MAX_NEAR_CHARS {
+        return None;
+    }
+    let mut h = Canonical::new(b"llmgw-cache-near-v2", tenant, request.facts.endpoint);
     h.body(&request.body, Part::AllButPrompt);
     Some((h.finish(), text))
 }
 
-/// Appends `s` lowercased, with runs of whitespace (and the gap between two text parts)
-/// written as one space.
-fn normalise_into(out: &mut String, s: &str) {
+/// A prompt lowercased, with runs of whitespace written as one space: the text the lexical
+/// vector is made of.
+pub fn normalise(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
     for word in s.split_whitespace() {
-        if !out.is_empty() && !out.ends_with([' ', '\n']) {
+        if !out.is_empty() {
             out.push(' ');
         }
         for c in word.chars() {
             out.extend(c.to_lowercase());
         }
     }
+    out
 }
 
 /// Which part of the body a digest covers.
@@ -123,7 +119,7 @@ fn normalise_into(out: &mut String, s: &str) {
 enum Part {
     /// Every field that can change the answer.
     Whole,
-    /// The same, with each message reduced to its role.
+    /// The same, with the content of the final message left out.
     AllButPrompt,
 }
 
@@ -173,7 +169,7 @@ impl Canonical {
         for (k, v) in fields {
             self.str(k);
             match (k, part) {
-                ("messages", Part::AllButPrompt) => self.roles(v),
+                ("messages", Part::AllButPrompt) => self.prefix(v),
                 ("messages", Part::Whole) => self.messages(v),
                 _ => self.value(v),
             }
@@ -182,10 +178,13 @@ impl Canonical {
 
     /// Messages with a content array of one text part spelled as a string.
     fn messages(&mut self, messages: &Value) {
-        let Some(list) = messages.as_array() else {
-            self.value(messages);
-            return;
-        };
+        match messages.as_array() {
+            Some(list) => self.message_list(list),
+            None => self.value(messages),
+        }
+    }
+
+    fn message_list(&mut self, list: &[Value]) {
         self.0.update(b"[");
         self.len(list.len());
         for m in list {
@@ -219,14 +218,16 @@ impl Canonical {
         }
     }
 
-    /// The roles of the messages, in order.
-    fn roles(&mut self, messages: &Value) {
+    /// The messages but the last, and the last one's role.
+    fn prefix(&mut self, messages: &Value) {
         let list = messages.as_array().map_or(&[][..], Vec::as_slice);
-        self.0.update(b"r");
-        self.len(list.len());
-        for m in list {
-            self.str(m.get("role").and_then(Value::as_str).unwrap_or(""));
-        }
+        let Some((last, earlier)) = list.split_last() else {
+            self.value(messages);
+            return;
+        };
+        self.0.update(b"p");
+        self.message_list(earlier);
+        self.str(last.get("role").and_then(Value::as_str).unwrap_or(""));
     }
 
     fn value(&mut self, v: &Value) {
@@ -336,12 +337,42 @@ mod tests {
         let (bc, _) = near("t", &c).expect("text only");
         assert_eq!(ba, bb);
         assert_ne!(ba, bc);
-        assert_eq!(ta, "user: hello world\n");
-        assert_eq!(tb, "user: hello world!\n");
+        assert_eq!(normalise(&ta), "hello world");
+        assert_eq!(tb, "hello world!");
         let image = chat(
             r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
         );
         assert!(near("t", &image).is_none());
+    }
+
+    #[test]
+    fn the_bucket_holds_the_conversation_and_only_the_final_user_turn_is_compared() {
+        let turn = |system: &str, earlier: &str, last: &str| {
+            chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},
+                    {{"role":"user","content":"{earlier}"}},
+                    {{"role":"assistant","content":"ok"}},
+                    {{"role":"user","content":"{last}"}}]}}"#
+            ))
+        };
+        let (b, text) = near("t", &turn("Be brief.", "Hi", "Translate it")).expect("text");
+        assert_eq!(text, "Translate it");
+        let (same, _) = near("t", &turn("Be brief.", "Hi", "Please translate it")).expect("t");
+        assert_eq!(b, same);
+        let (system, _) = near("t", &turn("Be verbose.", "Hi", "Translate it")).expect("t");
+        let (earlier, _) = near("t", &turn("Be brief.", "Hello", "Translate it")).expect("t");
+        assert_ne!(b, system);
+        assert_ne!(b, earlier);
+        assert_ne!(
+            b,
+            near("u", &turn("Be brief.", "Hi", "Translate it"))
+                .expect("t")
+                .0
+        );
+        let ends_with_assistant = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#,
+        );
+        assert!(near("t", &ends_with_assistant).is_none());
     }
 
     #[test]

@@ -12,14 +12,18 @@
 //! - **Client control**: `cache-control: no-cache` skips the cache both ways, `no-store` only
 //!   the write (`x-llmgw-cache: bypass` when the cache was not used).
 //! - **Near duplicates**: where the model's cache rule sets `semantic_threshold`, a chat request
-//!   whose exact key misses is compared with the recent prompts of its bucket (same tenant,
-//!   model and parameters) by a lexical vector ([`similar`]); the most similar one at or above
-//!   the threshold is a hit.
+//!   ending in a user turn whose exact key misses is compared with the recent prompts of its
+//!   bucket (same tenant, model, parameters, system prompt and earlier messages, [`key::near`]):
+//!   only the final user turns are compared, by a lexical vector ([`similar`]), and only those
+//!   with the same [`facts`] (numbers, negations, names, languages, quotes, code) may match;
+//!   the most similar one at or above the threshold is a hit.
 //! - **Bounds**: entries are weighed in bytes (answer, vector, bookkeeping) against
 //!   `--cache-max-bytes` by [`moka`], which evicts by recency and frequency; expired entries
 //!   are never served.
 
 pub mod answer;
+pub mod eval;
+pub mod facts;
 pub mod key;
 pub mod similar;
 
@@ -40,7 +44,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use similar::{Index, Slot, Vector};
+use similar::{Index, Prompt, Slot};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -124,8 +128,8 @@ struct Entry {
     answer: Answer,
     ttl: Duration,
     stored: Instant,
-    /// Its near-duplicate bucket and prompt vector, when indexed.
-    near: Option<(Digest, Arc<Vector>)>,
+    /// Its near-duplicate bucket and final user turn, when indexed.
+    near: Option<(Digest, Arc<Prompt>)>,
     weight: u32,
 }
 
@@ -299,10 +303,10 @@ impl ResponseCache {
         }
         let near = terms.semantic_threshold.and_then(|t| {
             let (bucket, text) = key::near(tenant, request)?;
-            Some((bucket, Arc::new(Vector::of(&text)), t))
+            Some((bucket, Arc::new(Prompt::of(&text)), t))
         });
-        if let Some((bucket, vector, threshold)) = &near {
-            if let Some(hit) = inner.nearest(bucket, vector, *threshold, tenant) {
+        if let Some((bucket, prompt, threshold)) = &near {
+            if let Some(hit) = inner.nearest(bucket, prompt, *threshold, tenant) {
                 return Lookup::Hit(hit);
             }
         }
@@ -346,11 +350,11 @@ impl ResponseCache {
         }
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some((bucket, vector)) = &store.near {
+        if let Some((bucket, prompt)) = &store.near {
             let slot = Slot {
                 key: store.digest,
                 id,
-                vector: vector.clone(),
+                prompt: prompt.clone(),
             };
             inner.index.add(*bucket, slot);
         }
@@ -371,12 +375,12 @@ impl ResponseCache {
 }
 
 impl Inner {
-    /// The most similar prompt of the bucket at or above `threshold` whose answer is still
-    /// cached.
+    /// The most similar prompt of the bucket at or above `threshold`, with the same facts,
+    /// whose answer is still cached.
     fn nearest(
         &self,
         bucket: &Digest,
-        vector: &Vector,
+        prompt: &Prompt,
         threshold: f64,
         tenant: &str,
     ) -> Option<Hit> {
@@ -386,10 +390,11 @@ impl Inner {
         if slots.is_empty() {
             return None;
         }
-        let dense = vector.dense();
+        let dense = prompt.vector.dense();
         let mut scored: Vec<(f32, Slot)> = slots
             .into_iter()
-            .map(|s| (s.vector.cosine(&dense), s))
+            .filter(|s| s.prompt.facts == prompt.facts)
+            .map(|s| (s.prompt.vector.cosine(&dense), s))
             .filter(|(sim, _)| f64::from(*sim) >= threshold - 1e-6)
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -531,7 +536,7 @@ impl Hit {
 pub struct Store {
     digest: Digest,
     tenant: Box<str>,
-    near: Option<(Digest, Arc<Vector>)>,
+    near: Option<(Digest, Arc<Prompt>)>,
     limit: usize,
 }
 
@@ -733,6 +738,66 @@ mod tests {
             off.lookup(&HeaderMap::new(), &req, &who, Terms::of(&decision(60))),
             Lookup::Bypass
         ));
+    }
+
+    fn chat_body(prompt: &str) -> String {
+        serde_json::json!({ "model": "m", "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": prompt }] })
+        .to_string()
+    }
+
+    /// Whether `second` is served the answer stored for `first` at `threshold`.
+    fn near_hit(first: &str, second: &str, threshold: f64) -> bool {
+        let cache = ResponseCache::new(1 << 20, CacheMetrics::default());
+        let mut d = decision(60);
+        d.cache_semantic_threshold = Some(threshold);
+        let who = identity("a");
+        let Lookup::Miss(s) = cache.lookup(
+            &HeaderMap::new(),
+            &request(&chat_body(first)),
+            &who,
+            Terms::of(&d),
+        ) else {
+            panic!("expected a miss");
+        };
+        let (m, p): (Arc<str>, Arc<str>) = ("m".into(), "p".into());
+        s.full(
+            &cache,
+            &d,
+            Endpoint::Chat,
+            &completion("x"),
+            Usage::default(),
+            (&m, &p),
+        );
+        let found = cache.lookup(
+            &HeaderMap::new(),
+            &request(&chat_body(second)),
+            &who,
+            Terms::of(&d),
+        );
+        matches!(found, Lookup::Hit(h) if h.similarity().is_some())
+    }
+
+    #[test]
+    fn near_misses_that_change_the_answer_never_hit() {
+        let email = "Hi Anna, thanks for the quick delivery. The invoice is attached; \
+                     could you confirm the payment date? Best regards, Tom";
+        let french = format!("Translate this email into French: {email}");
+        let german = format!("Translate this email into German: {email}");
+        let yes = "Reply YES if this is a complaint: my order arrived two weeks late.";
+        let no = "Reply NO if this is a complaint: my order arrived two weeks late.";
+        for threshold in [0.5, 0.8, 0.9] {
+            assert!(!near_hit(&french, &german, threshold), "{threshold}");
+            assert!(!near_hit(yes, no, threshold), "{threshold}");
+        }
+        // The same prompts retyped do hit.
+        assert!(near_hit(
+            &french,
+            &french.replace("Translate", "translate").replace("?", " ?"),
+            0.9
+        ));
+        assert!(near_hit(yes, &format!("{yes} "), 0.9));
     }
 
     #[test]

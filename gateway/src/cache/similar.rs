@@ -9,10 +9,12 @@
 //! a word that changes the answer ("capital of France" / "capital of Spain") if the threshold
 //! is set low. No model, no network.
 //!
-//! The index keeps, per bucket (tenant, model and every parameter but the prompt text), the
-//! [`BUCKET_CAP`] most recent prompts stored; a lookup compares against those only.
+//! The index keeps, per bucket (tenant, model, every parameter and every message but the final
+//! user turn), the [`BUCKET_CAP`] most recent final turns stored, each with its
+//! [`Facts`]; a lookup compares against those with the same facts only.
 
-use super::key::Digest;
+use super::facts::Facts;
+use super::key::{self, Digest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -100,15 +102,39 @@ fn hash(gram: &[char]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// A prompt of the index: the cache key of its answer and its vector.
+/// A final user turn as near-duplicate matching sees it: its vector and its facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The lexical vector of the normalised text.
+    pub vector: Vector,
+    /// What must be equal for a hit ([`Facts`]).
+    pub facts: Facts,
+}
+
+impl Prompt {
+    /// The prompt of a final user turn, as the client wrote it.
+    pub fn of(text: &str) -> Prompt {
+        Prompt {
+            vector: Vector::of(&key::normalise(text)),
+            facts: Facts::of(text),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.vector.bytes() + self.facts.bytes()
+    }
+}
+
+/// A prompt of the index: the cache key of its answer and the prompt.
 #[derive(Debug, Clone)]
 pub struct Slot {
     /// The cache key of the answer.
     pub key: Digest,
     /// Which storing of that key (a key stored again is a new entry).
     pub id: u64,
-    /// The prompt's vector.
-    pub vector: Arc<Vector>,
+    /// The prompt.
+    pub prompt: Arc<Prompt>,
 }
 
 /// Recent prompts per bucket. Every slot belongs to a live cache entry or to one that has just
@@ -200,13 +226,13 @@ mod tests {
     #[test]
     fn the_index_keeps_the_most_recent_prompts_of_a_bucket() {
         let index = Index::default();
-        let v = Arc::new(Vector::of("x"));
+        let v = Arc::new(Prompt::of("x"));
         let bucket = [1u8; 32];
         for i in 0..(BUCKET_CAP as u8 + 5) {
             let slot = Slot {
                 key: [i; 32],
                 id: u64::from(i),
-                vector: v.clone(),
+                prompt: v.clone(),
             };
             index.add(bucket, slot);
         }
