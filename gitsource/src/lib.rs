@@ -4,8 +4,9 @@
 //! straight from the object database: no checkout, no work tree, so a revision is exactly what
 //! was committed. A remote (`file://`, `https://`, `ssh://` or scp-like `user@host:path`) is
 //! mirrored into a local bare repository: only the followed branch is fetched, shallow over
-//! HTTPS and SSH. HTTPS goes through rustls ([`https`]), SSH through libssh2 with the host key
-//! checked against a `known_hosts` file ([`ssh`]); credentials come in [`RemoteOptions`] and
+//! HTTPS and SSH. Both transports are pure Rust, so nothing links the system's OpenSSL: HTTPS
+//! goes through rustls ([`https`]), SSH through russh with the host key checked against a
+//! `known_hosts` file ([`known_hosts`]) and a bound on every wait ([`ssh`]); credentials come in [`RemoteOptions`] and
 //! never appear in an error. A commit's SSH signature can be checked against allowed keys
 //! ([`AllowedSigners`]). A plain directory ([`files_in_dir`]) yields the same (path, bytes)
 //! list, for `llmgw serve --policies` and `llmgw-policy lint`.
@@ -13,6 +14,7 @@
 
 mod dir;
 mod https;
+mod known_hosts;
 mod remote;
 mod signature;
 mod ssh;
@@ -110,9 +112,24 @@ impl PolicyRepo {
                 options,
             });
         }
-        set_connect_timeout();
-        if transport == Transport::Https {
-            https::register(location, &options)?;
+        match &transport {
+            Transport::Https => https::register(location, &options)?,
+            Transport::Ssh {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let target = ssh::Target {
+                    user: user.as_deref(),
+                    host,
+                    port: *port,
+                    path,
+                };
+                ssh::register(location, &target, &options)
+                    .map_err(ctx("setting up the SSH transport"))?;
+            }
+            Transport::Local => {}
         }
         let dir = cache.join(mirror_name(location));
         let repo = match Repository::open_bare(&dir) {
@@ -139,33 +156,16 @@ impl PolicyRepo {
         let Some(url) = &self.remote else {
             return Ok(());
         };
-        // Why an SSH callback refused, which libgit2 reports with a generic message.
-        let refused = std::cell::RefCell::new(None);
         let failed = |e: git2::Error| GitError::Fetch {
             branch: branch.to_owned(),
-            message: remote::scrub(
-                &refused.take().unwrap_or_else(|| e.message().to_owned()),
-                &self.options.secrets(),
-            ),
+            message: remote::scrub(e.message(), &self.options.secrets()),
         };
         let mut remote = self.repo.remote_anonymous(url).map_err(failed)?;
         let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
         let mut fetch = git2::FetchOptions::new();
         fetch.download_tags(git2::AutotagOption::None);
-        match &self.transport {
-            Transport::Https => {
-                fetch.depth(1);
-            }
-            Transport::Ssh { user, host, port } => {
-                fetch.depth(1);
-                fetch.remote_callbacks(ssh::callbacks(
-                    &self.options,
-                    user.clone(),
-                    ssh::known_hosts_name(host, *port),
-                    &refused,
-                ));
-            }
-            Transport::Local => {}
+        if self.transport != Transport::Local {
+            fetch.depth(1);
         }
         remote
             .fetch(&[spec.as_str()], Some(&mut fetch), None)
@@ -255,23 +255,6 @@ impl PolicyRepo {
     pub fn git_dir(&self) -> PathBuf {
         self.repo.path().to_path_buf()
     }
-}
-
-/// How long connecting to an SSH server may take (HTTPS has its own timeouts, see [`https`]).
-const CONNECT_TIMEOUT_MS: i32 = 10_000;
-
-/// Bounds libgit2's connection attempts, once per process.
-fn set_connect_timeout() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: libgit2's options are process globals without synchronisation; `Once`
-        // makes this the only write, before this crate opens its first remote.
-        #[allow(unsafe_code)]
-        let set =
-            unsafe { git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS) };
-        // Without it, connecting is bounded by the system's TCP timeout instead.
-        drop(set);
-    });
 }
 
 /// A directory name for the mirror of a URL: readable and unique.
