@@ -325,4 +325,44 @@ mod tests {
         assert_eq!(mirror.resolve("main").unwrap().id, head.id);
         assert!(repo.resolve("no-such-branch").is_err());
     }
+
+    #[test]
+    fn an_ssh_server_that_accepts_and_never_speaks_fails_the_fetch_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds the connection without a byte, until the test ends.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((socket, _)) = listener.accept() {
+                let _ = held_tx.send(socket);
+            }
+        });
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, "").unwrap();
+        let options = RemoteOptions {
+            known_hosts: Some(known_hosts),
+            ..RemoteOptions::default()
+        };
+        let url = format!("ssh://git@127.0.0.1:{port}/srv/p.git");
+        let repo = PolicyRepo::open_with(&url, &dir.path().join("cache"), options).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(repo.fetch("main").map_err(|e| e.to_string()));
+        });
+        let bound = ssh::CONNECT_TIMEOUT * 6;
+        let fetched = match done_rx.recv_timeout(bound) {
+            Ok(fetched) => fetched,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the fetch still hangs after {bound:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the fetch panicked"),
+        };
+        let err = fetched.expect_err("nothing can be fetched from a silent server");
+        assert!(err.contains("no SSH session within"), "{err}");
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        let _held = held_rx
+            .try_recv()
+            .expect("the server accepted the connection");
+    }
 }

@@ -221,7 +221,8 @@ impl UploadPack {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the SSH client: {e}"))?;
-        let setup = tokio::time::timeout(CONNECT_TIMEOUT, connect(settings, key));
+        // Timers are made inside `block_on`: they belong to this runtime, not the caller's.
+        let setup = async { tokio::time::timeout(CONNECT_TIMEOUT, connect(settings, key)).await };
         let (session, channel) = runtime.block_on(setup).map_err(|_| {
             format!(
                 "cannot reach {}: no SSH session within {} s (the server accepted no connection, or did not answer)",
@@ -344,7 +345,7 @@ impl Read for UploadPack {
             }
             let next = self
                 .runtime
-                .block_on(tokio::time::timeout(READ_TIMEOUT, self.channel.wait()))
+                .block_on(async { tokio::time::timeout(READ_TIMEOUT, self.channel.wait()).await })
                 .map_err(|_| {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -379,10 +380,10 @@ impl Read for UploadPack {
 
 impl Write for UploadPack {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            READ_TIMEOUT,
-            self.channel.data_bytes(data.to_vec()),
-        ));
+        let send = self.channel.data_bytes(data.to_vec());
+        let sent = self
+            .runtime
+            .block_on(async { tokio::time::timeout(READ_TIMEOUT, send).await });
         match sent {
             Ok(Ok(())) => Ok(data.len()),
             Ok(Err(e)) => Err(io::Error::other(format!(
