@@ -365,4 +365,25 @@ mod tests {
             .try_recv()
             .expect("the server accepted the connection");
     }
+
+    #[test]
+    fn an_scp_like_location_goes_through_the_ssh_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, "").unwrap();
+        let options = RemoteOptions {
+            known_hosts: Some(known_hosts),
+            ..RemoteOptions::default()
+        };
+        let repo = PolicyRepo::open_with("git@127.0.0.1:srv/p.git", &dir.path().join("c"), options)
+            .unwrap();
+        let err = repo.fetch("main").unwrap_err().to_string();
+        // Port 22 on this machine: nothing listens (refused), or a server whose host key is
+        // not in the empty known_hosts. Either way the message is this transport's.
+        assert!(
+            err.contains("cannot reach 127.0.0.1:22")
+                || err.contains("host key verification failed: the host key of 127.0.0.1 "),
+            "{err}"
+        );
+    }
 }
