@@ -414,6 +414,26 @@ async fn an_ssh_remote_with_a_deploy_key_and_known_hosts() {
         &[],
     );
     fails_with(&failed, &["refused the key"]);
+
+    // The deploy key with a wrong passphrase: refused naming the key, the passphrase unshown.
+    let wrong = "not-the-passphrase-5521";
+    let failed = serve_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &url,
+            "--repo-ssh-key",
+            &key_arg,
+            "--repo-ssh-passphrase",
+            "env:PASS",
+            "--repo-known-hosts",
+            &known,
+        ],
+        &[("PASS", wrong)],
+    );
+    fails_with(&failed, &["cannot use the SSH key", &key_arg]);
+    assert!(!failed.stderr.contains(wrong), "{}", failed.stderr);
 }
 
 /// The HMAC-SHA256 signature GitHub sends for `body`.

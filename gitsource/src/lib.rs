@@ -4,8 +4,9 @@
 //! straight from the object database: no checkout, no work tree, so a revision is exactly what
 //! was committed. A remote (`file://`, `https://`, `ssh://` or scp-like `user@host:path`) is
 //! mirrored into a local bare repository: only the followed branch is fetched, shallow over
-//! HTTPS and SSH. HTTPS goes through rustls ([`https`]), SSH through libssh2 with the host key
-//! checked against a `known_hosts` file ([`ssh`]); credentials come in [`RemoteOptions`] and
+//! HTTPS and SSH. Both transports are pure Rust, so nothing links the system's OpenSSL: HTTPS
+//! goes through rustls ([`https`]), SSH through russh with the host key checked against a
+//! `known_hosts` file ([`known_hosts`]) and a bound on every wait ([`ssh`]); credentials come in [`RemoteOptions`] and
 //! never appear in an error. A commit's SSH signature can be checked against allowed keys
 //! ([`AllowedSigners`]). A plain directory ([`files_in_dir`]) yields the same (path, bytes)
 //! list, for `llmgw serve --policies` and `llmgw-policy lint`.
@@ -13,6 +14,7 @@
 
 mod dir;
 mod https;
+mod known_hosts;
 mod remote;
 mod signature;
 mod ssh;
@@ -110,9 +112,24 @@ impl PolicyRepo {
                 options,
             });
         }
-        set_connect_timeout();
-        if transport == Transport::Https {
-            https::register(location, &options)?;
+        match &transport {
+            Transport::Https => https::register(location, &options)?,
+            Transport::Ssh {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let target = ssh::Target {
+                    user: user.as_deref(),
+                    host,
+                    port: *port,
+                    path,
+                };
+                ssh::register(location, &target, &options)
+                    .map_err(ctx("setting up the SSH transport"))?;
+            }
+            Transport::Local => {}
         }
         let dir = cache.join(mirror_name(location));
         let repo = match Repository::open_bare(&dir) {
@@ -139,33 +156,16 @@ impl PolicyRepo {
         let Some(url) = &self.remote else {
             return Ok(());
         };
-        // Why an SSH callback refused, which libgit2 reports with a generic message.
-        let refused = std::cell::RefCell::new(None);
         let failed = |e: git2::Error| GitError::Fetch {
             branch: branch.to_owned(),
-            message: remote::scrub(
-                &refused.take().unwrap_or_else(|| e.message().to_owned()),
-                &self.options.secrets(),
-            ),
+            message: remote::scrub(e.message(), &self.options.secrets()),
         };
         let mut remote = self.repo.remote_anonymous(url).map_err(failed)?;
         let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
         let mut fetch = git2::FetchOptions::new();
         fetch.download_tags(git2::AutotagOption::None);
-        match &self.transport {
-            Transport::Https => {
-                fetch.depth(1);
-            }
-            Transport::Ssh { user, host, port } => {
-                fetch.depth(1);
-                fetch.remote_callbacks(ssh::callbacks(
-                    &self.options,
-                    user.clone(),
-                    ssh::known_hosts_name(host, *port),
-                    &refused,
-                ));
-            }
-            Transport::Local => {}
+        if self.transport != Transport::Local {
+            fetch.depth(1);
         }
         remote
             .fetch(&[spec.as_str()], Some(&mut fetch), None)
@@ -257,23 +257,6 @@ impl PolicyRepo {
     }
 }
 
-/// How long connecting to an SSH server may take (HTTPS has its own timeouts, see [`https`]).
-const CONNECT_TIMEOUT_MS: i32 = 10_000;
-
-/// Bounds libgit2's connection attempts, once per process.
-fn set_connect_timeout() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: libgit2's options are process globals without synchronisation; `Once`
-        // makes this the only write, before this crate opens its first remote.
-        #[allow(unsafe_code)]
-        let set =
-            unsafe { git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS) };
-        // Without it, connecting is bounded by the system's TCP timeout instead.
-        drop(set);
-    });
-}
-
 /// A directory name for the mirror of a URL: readable and unique.
 fn mirror_name(url: &str) -> String {
     let readable: String = url
@@ -341,5 +324,66 @@ mod tests {
         mirror.fetch("main").unwrap();
         assert_eq!(mirror.resolve("main").unwrap().id, head.id);
         assert!(repo.resolve("no-such-branch").is_err());
+    }
+
+    #[test]
+    fn an_ssh_server_that_accepts_and_never_speaks_fails_the_fetch_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds the connection without a byte, until the test ends.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((socket, _)) = listener.accept() {
+                let _ = held_tx.send(socket);
+            }
+        });
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, "").unwrap();
+        let options = RemoteOptions {
+            known_hosts: Some(known_hosts),
+            ..RemoteOptions::default()
+        };
+        let url = format!("ssh://git@127.0.0.1:{port}/srv/p.git");
+        let repo = PolicyRepo::open_with(&url, &dir.path().join("cache"), options).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(repo.fetch("main").map_err(|e| e.to_string()));
+        });
+        let bound = ssh::CONNECT_TIMEOUT * 6;
+        let fetched = match done_rx.recv_timeout(bound) {
+            Ok(fetched) => fetched,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the fetch still hangs after {bound:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the fetch panicked"),
+        };
+        let err = fetched.expect_err("nothing can be fetched from a silent server");
+        assert!(err.contains("no SSH session within"), "{err}");
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        let _held = held_rx
+            .try_recv()
+            .expect("the server accepted the connection");
+    }
+
+    #[test]
+    fn an_scp_like_location_goes_through_the_ssh_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, "").unwrap();
+        let options = RemoteOptions {
+            known_hosts: Some(known_hosts),
+            ..RemoteOptions::default()
+        };
+        let repo = PolicyRepo::open_with("git@127.0.0.1:srv/p.git", &dir.path().join("c"), options)
+            .unwrap();
+        let err = repo.fetch("main").unwrap_err().to_string();
+        // Port 22 on this machine: nothing listens (refused), or a server whose host key is
+        // not in the empty known_hosts. Either way the message is this transport's.
+        assert!(
+            err.contains("cannot reach 127.0.0.1:22")
+                || err.contains("host key verification failed: the host key of 127.0.0.1 "),
+            "{err}"
+        );
     }
 }

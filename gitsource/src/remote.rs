@@ -71,6 +71,8 @@ pub enum Transport {
         host: String,
         /// Port, if not 22.
         port: Option<u16>,
+        /// Repository path on the server (`~user/…` relative to a home directory).
+        path: String,
     },
 }
 
@@ -113,11 +115,12 @@ fn scp_like(location: &str) -> Option<(Option<&str>, &str, &str)> {
 
 /// How `location` is reached; refuses URLs with a password and unsupported schemes.
 pub fn transport(location: &str) -> Result<Transport, LocationError> {
-    if let Some((user, host, _)) = scp_like(location) {
+    if let Some((user, host, path)) = scp_like(location) {
         return Ok(Transport::Ssh {
             user: user.map(str::to_owned),
             host: host.to_owned(),
             port: None,
+            path: path.to_owned(),
         });
     }
     if !location.contains("://") {
@@ -138,11 +141,21 @@ pub fn transport(location: &str) -> Result<Transport, LocationError> {
                 .ok_or_else(|| LocationError::Invalid(redact_url(location)))?
                 .to_owned(),
             port: url.port(),
+            path: ssh_path(&url),
         }),
         other => Err(LocationError::Unsupported {
             url: redact_url(location),
             scheme: other.to_owned(),
         }),
+    }
+}
+
+/// The repository path of an `ssh://` URL, decoded; `/~user/p` is `~user/p`, as git reads it.
+fn ssh_path(url: &url::Url) -> String {
+    let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
+    match path.strip_prefix("/~") {
+        Some(home) => format!("~{home}"),
+        None => path.into_owned(),
     }
 }
 
@@ -194,7 +207,8 @@ mod tests {
             Ok(Transport::Ssh {
                 user: Some("git".into()),
                 host: "github.com".into(),
-                port: None
+                port: None,
+                path: "org/policies.git".into()
             })
         );
         assert_eq!(
@@ -202,7 +216,17 @@ mod tests {
             Ok(Transport::Ssh {
                 user: Some("deploy".into()),
                 host: "127.0.0.1".into(),
-                port: Some(2222)
+                port: Some(2222),
+                path: "/srv/p.git".into()
+            })
+        );
+        assert_eq!(
+            transport("ssh://h/~deploy/my%20p.git"),
+            Ok(Transport::Ssh {
+                user: None,
+                host: "h".into(),
+                port: None,
+                path: "~deploy/my p.git".into()
             })
         );
         let err = transport("https://bob:hunter2@git.example.com/p.git").unwrap_err();
