@@ -202,7 +202,13 @@ impl Controller {
         metrics: &CanaryMetrics,
     ) -> Result<Controller, StoreError> {
         let key = state_key(&info.name, &info.spec_hash);
-        let (version, stored) = store.get_versioned(NAMESPACE, &key).await?;
+        let (version, mut stored) = store.get_versioned(NAMESPACE, &key).await?;
+        if version == 0 && stored.is_none() {
+            // A rollout an earlier release saved as a plain value: adopted as it stands (a
+            // rolled-back or promoted canary is never started again), or, when it no longer
+            // reads, held on the baseline like any unreadable record.
+            stored = store.get(NAMESPACE, &key).await?;
+        }
         let (state, history) = match stored {
             Some(text) => match decode(&text, &info.spec) {
                 Ok(record) => {
