@@ -7,8 +7,6 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
-use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_anthropic_python_client_works_unchanged() {
@@ -34,20 +32,8 @@ async fn the_official_anthropic_python_client_works_unchanged() {
             }],
         )
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/anthropic_client.py");
-    let url = format!("http://{}", gw.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("LLMGW_URL", url)
-            .env("LLMGW_KEY", KEY)
-            .output()
-            .expect("python runs")
-    })
-    .await
-    .expect("joined");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("all ok"), "{stdout}");
+    let addr = gw.addr.clone();
+    tokio::task::spawn_blocking(move || python::run_script(&python, "anthropic_client.py", &addr))
+        .await
+        .expect("the script's thread");
 }

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::path::PathBuf;
-use std::process::Command;
 
 #[test]
 fn the_official_openai_python_client_works_unchanged() {
@@ -19,17 +18,7 @@ fn the_official_openai_python_client_works_unchanged() {
     };
     let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/policies/simulated");
     let gw = Gateway::start(&["--policies", policy.to_str().expect("utf-8")]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let out = Command::new(python)
-        .arg(script)
-        .env("LLMGW_URL", format!("http://{}", gw.addr))
-        .env("LLMGW_KEY", KEY)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("all ok"), "{stdout}");
+    python::run_script(&python, "openai_client.py", &gw.addr);
 }
 
 /// The Responses API of the official client (`responses.create`, streaming, function calls,
@@ -64,20 +53,8 @@ async fn the_official_openai_python_client_speaks_the_responses_api() {
         let text = text.replace("[chat, tools, prefill]", "[chat, tools, prefill, vision]");
         std::fs::write(&models, text).expect("models");
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_responses.py");
-    let url = format!("http://{}", gw.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("LLMGW_URL", url)
-            .env("LLMGW_KEY", KEY)
-            .output()
-            .expect("python runs")
-    })
-    .await
-    .expect("joined");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("all ok"), "{stdout}");
+    let addr = gw.addr.clone();
+    tokio::task::spawn_blocking(move || python::run_script(&python, "openai_responses.py", &addr))
+        .await
+        .expect("the script's thread");
 }

@@ -189,20 +189,6 @@ async fn one_replica_on_sqlite_holds_a_key_rate_and_a_tenant_token_rate() {
     rates_hold(&[&gw]).await;
 }
 
-fn replica(policies: &Path, url: &str, prefix: &str) -> Gateway {
-    Gateway::start_on(
-        &[
-            "--policies",
-            policies.to_str().expect("utf-8"),
-            "--state-prefix",
-            prefix,
-        ],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(url),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
 async fn two_replicas_on_one_redis_hold_a_key_rate_and_a_tenant_token_rate_together() {

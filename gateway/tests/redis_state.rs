@@ -16,20 +16,6 @@ fn key_cap(limit: f64) -> String {
     )
 }
 
-fn replica(policies: &std::path::Path, url: &str, prefix: &str) -> Gateway {
-    Gateway::start_on(
-        &[
-            "--policies",
-            policies.to_str().expect("utf-8"),
-            "--state-prefix",
-            prefix,
-        ],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-        true,
-        Some(url),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
 async fn two_replicas_on_one_redis_enforce_one_budget_together() {

@@ -55,3 +55,22 @@ pub fn venv(name: &str, requirement: &str, module: &str) -> Result<PathBuf, Stri
         Err(format!("the `{module}` package does not import"))
     }
 }
+
+/// Runs `gateway/tests/{script}` with `python` against the gateway at `addr` (its URL and the
+/// test key in `LLMGW_URL` and `LLMGW_KEY`); fails the test unless the script exits 0 and
+/// prints `all ok`.
+pub fn run_script(python: &Path, script: &str, addr: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = Command::new(python)
+        .arg(script)
+        .env("LLMGW_URL", format!("http://{addr}"))
+        .env("LLMGW_KEY", crate::common::KEY)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("all ok"), "{stdout}");
+}

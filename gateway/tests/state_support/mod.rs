@@ -196,6 +196,22 @@ pub fn sqlite_bytes(dir: &Path) -> String {
     all
 }
 
+/// A gateway on the Redis at `url`, its keys under `prefix`, serving the policies in
+/// `policies` with the test upstream key.
+pub fn replica(policies: &Path, url: &str, prefix: &str) -> Gateway {
+    Gateway::start_on(
+        &[
+            "--policies",
+            policies.to_str().expect("utf-8"),
+            "--state-prefix",
+            prefix,
+        ],
+        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        true,
+        Some(url),
+    )
+}
+
 /// The Redis URL of the Redis tests; panics with a clear message when it is not set.
 pub fn redis_url() -> String {
     std::env::var("LLMGW_TEST_REDIS_URL").expect(
