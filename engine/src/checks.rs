@@ -56,6 +56,8 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     match p.kind {
         ProviderType::Simulated => {}
         ProviderType::AzureOpenai if azure_token.is_some() => {}
+        // Signed with the `bedrock` settings' keys, never an `api_key`.
+        ProviderType::Bedrock => {}
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
             format!(
@@ -66,7 +68,10 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
         )),
         _ => {}
     }
-    for (field, present, kind) in [("azure", p.azure.is_some(), ProviderType::AzureOpenai)] {
+    for (field, present, kind) in [
+        ("azure", p.azure.is_some(), ProviderType::AzureOpenai),
+        ("bedrock", p.bedrock.is_some(), ProviderType::Bedrock),
+    ] {
         if present && p.kind != kind {
             diags.push(
                 Diagnostic::warning(
@@ -96,6 +101,21 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
                 Some(doc.loc(&format!("{base}/api_key"))),
             )
             .with_help("keep one of the two"),
+        );
+    }
+    if p.kind == ProviderType::Bedrock && p.api_key.is_some() {
+        diags.push(
+            Diagnostic::warning(
+                "provider/unused-settings",
+                format!(
+                    "provider `{}` of type `bedrock` names an `api_key`, which is never sent; \
+                     requests are signed with `bedrock.access_key_id` and \
+                     `bedrock.secret_access_key`",
+                    p.name
+                ),
+                Some(doc.loc(&format!("{base}/api_key"))),
+            )
+            .with_help("remove `api_key`"),
         );
     }
     if let Some(probe) = p.health_probe {

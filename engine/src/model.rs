@@ -58,6 +58,8 @@ pub enum ProviderType {
     Gemini,
     /// Azure OpenAI: OpenAI's chat API behind deployment URLs, `api-key` or Entra ID auth.
     AzureOpenai,
+    /// AWS Bedrock Converse: SigV4-signed requests, event-stream answers.
+    Bedrock,
     /// A simulated provider inside the gateway: no network, no key.
     Simulated,
 }
@@ -94,6 +96,24 @@ pub struct Provider {
     /// Azure OpenAI settings (type `azure_openai`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
+    /// AWS Bedrock settings (type `bedrock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockSettings>,
+}
+
+/// How an AWS Bedrock account is called. The deployment's `upstream_model` is the Bedrock model
+/// or inference profile id: requests go to `{base_url}/model/{id}/converse`, signed with SigV4.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BedrockSettings {
+    /// The AWS region, e.g. `us-east-1`: part of the signature and of the default endpoint.
+    pub region: String,
+    /// A secret reference to the access key id.
+    pub access_key_id: String,
+    /// A secret reference to the secret access key.
+    pub secret_access_key: String,
+    /// A secret reference to the session token of temporary credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
 }
 
 /// How an Azure OpenAI resource is called. The deployment's `upstream_model` is the Azure

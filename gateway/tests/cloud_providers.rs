@@ -6,24 +6,49 @@
 //! `Authorization: Bearer` token; anything else gets Azure's 400/401/404 body, which would show
 //! here as a failover to the backup. Errors, content-filter answers and throttling come in
 //! Azure's own shapes.
+//!
+//! AWS Bedrock: the mock answers only Converse and ConverseStream requests whose SigV4
+//! signature its own verifier (checked against botocore's signer below) accepts, with one of
+//! its key pairs; anything else gets Bedrock's 403 exception. Streams come in AWS's binary
+//! event-stream framing, errors as Bedrock's exceptions, in-band ones as exception messages.
 
 mod common;
 
 use common::*;
+use serde_json::{json, Value};
 use std::path::Path;
+
+/// Model `m` on a provider `name` of type `kind` at the mock whose upstream model is `upstream`
+/// (`settings` are the provider's own lines), and model `alt` on an OpenAI-compatible backup.
+fn cloud_policy(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    mock_root: &str,
+    upstream: &str,
+    settings: &str,
+) {
+    let timeouts = "{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }";
+    let providers = format!(
+        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n  - name: {name}\n    type: {kind}\n    region: cloud\n    base_url: {mock_root}\n{settings}    timeouts: {timeouts}\n  - name: compat\n    type: openai_compatible\n    region: r2\n    base_url: {mock_root}/v1\n    timeouts: {timeouts}\n"
+    );
+    let models = format!(
+        "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: m\n    class: chat\n    quality: 0.9\n    context_window: 100000\n    capabilities: [chat, tools, prefill]\n    price: {{ input_per_mtok: 3, output_per_mtok: 15 }}\n    deployments:\n      - provider: {name}\n        upstream_model: \"{upstream}\"\n  - name: alt\n    class: chat\n    quality: 0.5\n    context_window: 100000\n    capabilities: [chat, tools, prefill]\n    price: {{ input_per_mtok: 1, output_per_mtok: 2 }}\n    deployments:\n      - provider: compat\n        upstream_model: \"alt+ok\"\n"
+    );
+    std::fs::write(dir.join("providers.yaml"), providers).expect("write");
+    std::fs::write(dir.join("models.yaml"), models).expect("write");
+}
 
 /// Model `m` on an Azure OpenAI provider whose deployment is `deployment` (`auth` is the
 /// provider's authentication lines), and model `alt` on an OpenAI-compatible backup.
 fn azure_policy(dir: &Path, mock_root: &str, deployment: &str, auth: &str) {
-    let timeouts = "{ connect_ms: 500, first_token_ms: 1000, idle_ms: 500, total_ms: 3000 }";
-    let providers = format!(
-        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n  - name: azure\n    type: azure_openai\n    region: eastus\n    base_url: {mock_root}\n{auth}    timeouts: {timeouts}\n  - name: compat\n    type: openai_compatible\n    region: r2\n    base_url: {mock_root}/v1\n    timeouts: {timeouts}\n"
-    );
-    let models = format!(
-        "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: m\n    class: chat\n    quality: 0.9\n    context_window: 100000\n    capabilities: [chat, tools, prefill]\n    price: {{ input_per_mtok: 3, output_per_mtok: 15 }}\n    deployments:\n      - provider: azure\n        upstream_model: \"{deployment}\"\n  - name: alt\n    class: chat\n    quality: 0.5\n    context_window: 100000\n    capabilities: [chat, tools, prefill]\n    price: {{ input_per_mtok: 1, output_per_mtok: 2 }}\n    deployments:\n      - provider: compat\n        upstream_model: \"alt+ok\"\n"
-    );
-    std::fs::write(dir.join("providers.yaml"), providers).expect("write");
-    std::fs::write(dir.join("models.yaml"), models).expect("write");
+    cloud_policy(dir, "azure", "azure_openai", mock_root, deployment, auth);
+}
+
+/// Model `m` on a Bedrock provider whose model id is `model_id` (`settings` are its `bedrock`
+/// lines), and model `alt` on an OpenAI-compatible backup.
+fn bedrock_policy(dir: &Path, mock_root: &str, model_id: &str, settings: &str) {
+    cloud_policy(dir, "bedrock", "bedrock", mock_root, model_id, settings);
 }
 
 /// The `api-key` authentication of [`azure_policy`].
@@ -157,4 +182,319 @@ async fn a_stream_cut_on_azure_resumes_on_another_provider() {
     assert!(a.done() && !a.stream_error());
     assert_eq!(mock.stats.attempts("gpt-4o+cut-3"), 1);
     assert_eq!(mock.stats.attempts("alt+ok"), 1);
+}
+
+/// A Bedrock model id with a `:`, which goes percent-encoded into the URL path (and encoded
+/// twice into the signature).
+const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+
+/// The `bedrock` settings of a provider signing with the mock's temporary keys, with or
+/// without their session token.
+fn temporary_keys(with_token: bool) -> String {
+    let token = if with_token {
+        "      session_token: env:LLMGW_TEST_AWS_SESSION_TOKEN\n"
+    } else {
+        ""
+    };
+    format!("    bedrock:\n      region: eu-west-3\n      access_key_id: env:LLMGW_TEST_AWS_TEMP_ACCESS_KEY_ID\n      secret_access_key: env:LLMGW_TEST_AWS_TEMP_SECRET_ACCESS_KEY\n{token}")
+}
+
+/// A chat request for model `m` asking for usage in streams.
+fn bedrock_chat(stream: bool, max_tokens: u64) -> String {
+    json!({
+        "model": "m", "stream": stream, "max_tokens": max_tokens,
+        "stream_options": { "include_usage": true },
+        "temperature": 0.2, "top_p": 0.9, "stop": ["END"],
+        "messages": [
+            { "role": "system", "content": "Be brief." },
+            { "role": "user", "content": "Say something." },
+        ],
+    })
+    .to_string()
+}
+
+/// The cost of `input` and `output` tokens of model `m` (3 and 15 USD per million).
+fn cost_of_m(input: u64, output: u64) -> f64 {
+    (3.0 * input as f64 + 15.0 * output as f64) / 1e6
+}
+
+/// Whether any of the mock's AWS secrets, or the test upstream key, shows in `text`.
+fn shows_a_secret(text: &str) -> bool {
+    use llmgw_mock_provider::bedrock;
+    [
+        UPSTREAM_SECRET,
+        bedrock::SECRET_ACCESS_KEY,
+        bedrock::TEMP_SECRET_ACCESS_KEY,
+        &bedrock::SESSION_TOKEN[..12],
+        &bedrock::SESSION_TOKEN[bedrock::SESSION_TOKEN.len() - 8..],
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_converse_whole_and_streamed_with_usage_and_cost() {
+    let mock = mock().await;
+    let id = format!("{HAIKU}+ok");
+    let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, BEDROCK_SETTINGS));
+    let a = post(&gw.url("/v1/chat/completions"), &bedrock_chat(false, 5)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-llmgw-provider"), "bedrock");
+    let v = a.json();
+    assert_eq!(v["model"], "m");
+    assert_eq!(v["choices"][0]["message"]["content"], expected_text(5));
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // "Say something." is 4 tokens to the mock.
+    assert_eq!(v["usage"]["prompt_tokens"], 4);
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let cost: f64 = a.header("x-llmgw-cost-usd").parse().expect("a cost");
+    assert!((cost - cost_of_m(4, 5)).abs() < 1e-12, "{cost}");
+    // Bedrock got Converse's body: system apart, sampling settings in inferenceConfig.
+    let sent = mock.stats.last_body(&id).expect("a request");
+    assert_eq!(sent["system"], json!([{ "text": "Be brief." }]));
+    assert_eq!(
+        sent["messages"],
+        json!([{ "role": "user", "content": [{ "text": "Say something." }] }])
+    );
+    assert_eq!(
+        sent["inferenceConfig"],
+        json!({ "maxTokens": 5, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"] })
+    );
+    assert!(
+        sent.get("model").is_none(),
+        "the model is in the path: {sent}"
+    );
+
+    let s = post(&gw.url("/v1/chat/completions"), &bedrock_chat(true, 6)).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.streamed_text(), expected_text(6));
+    assert_eq!(s.streamed_models(), vec!["m"]);
+    assert!(s.done() && !s.stream_error(), "{}", s.body);
+    let usage = s
+        .events()
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .expect("a usage chunk");
+    assert_eq!(usage["prompt_tokens"], 4);
+    assert_eq!(usage["completion_tokens"], 6);
+    let told: f64 = s
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(": x-llmgw-cost-usd="))
+        .expect("a cost comment")
+        .parse()
+        .expect("a cost");
+    assert!((told - cost_of_m(4, 6)).abs() < 1e-12, "{told}");
+    assert_eq!(mock.stats.attempts(&id), 2, "both signatures were accepted");
+    assert_eq!(mock.stats.attempts("alt+ok"), 0);
+    let logs = gw.wait_request_logs(2);
+    assert_eq!(logs[1]["output_tokens"], 6, "{}", logs[1]);
+    assert!(!shows_a_secret(&gw.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_tool_calls_and_results_round_trip() {
+    let mock = mock().await;
+    let id = format!("{HAIKU}+tool");
+    let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, BEDROCK_SETTINGS));
+    let tools = json!([{ "type": "function", "function": {
+        "name": "lookup", "description": "Looks a word up.",
+        "parameters": { "type": "object", "properties": { "q": { "type": "string" } } } } }]);
+    let ask = |stream: bool| {
+        json!({ "model": "m", "stream": stream, "max_tokens": 5, "tools": tools,
+            "tool_choice": "required",
+            "messages": [{ "role": "user", "content": "Look up t0." }] })
+        .to_string()
+    };
+    let a = post(&gw.url("/v1/chat/completions"), &ask(false)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "lookup");
+    assert_eq!(call["id"], "tooluse_mock");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().expect("args")).expect("JSON");
+    assert_eq!(args, json!({ "q": "t0" }));
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let sent = mock.stats.last_body(&id).expect("a request");
+    assert_eq!(sent["toolConfig"]["tools"][0]["toolSpec"]["name"], "lookup");
+    assert_eq!(
+        sent["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]["q"],
+        json!({ "type": "string" })
+    );
+    assert_eq!(sent["toolConfig"]["toolChoice"], json!({ "any": {} }));
+
+    // Streamed: the call's name first, then its arguments in pieces.
+    let s = post(&gw.url("/v1/chat/completions"), &ask(true)).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let chunks: Vec<Value> = s
+        .events()
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str(d).ok())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]
+                .as_object()
+                .map(|_| &c["choices"][0]["delta"]["tool_calls"][0])
+        })
+        .collect();
+    assert_eq!(calls[0]["function"]["name"], "lookup", "{}", s.body);
+    let streamed_args: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(streamed_args, "{\"q\":\"t0\"}");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    assert!(s.done(), "{}", s.body);
+
+    // The result goes back as a toolResult in a user turn, after the assistant's toolUse.
+    let answer = json!({ "model": "m", "max_tokens": 3, "tools": tools, "messages": [
+        { "role": "user", "content": "Look up t0." },
+        { "role": "assistant", "content": null, "tool_calls": [{ "id": "tooluse_mock",
+            "type": "function", "function": { "name": "lookup", "arguments": "{\"q\":\"t0\"}" } }] },
+        { "role": "tool", "tool_call_id": "tooluse_mock", "content": "a word" },
+    ]});
+    let r = post(&gw.url("/v1/chat/completions"), &answer.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        expected_text(3)
+    );
+    let sent = mock.stats.last_body(&id).expect("a request");
+    assert_eq!(
+        sent["messages"][1]["content"][0]["toolUse"],
+        json!({ "toolUseId": "tooluse_mock", "name": "lookup", "input": { "q": "t0" } })
+    );
+    assert_eq!(
+        sent["messages"][2],
+        json!({ "role": "user", "content": [{ "toolResult": {
+            "toolUseId": "tooluse_mock", "content": [{ "text": "a word" }] } }] })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_throttling_is_rate_limited_and_fails_over() {
+    let mock = mock().await;
+    let id = format!("{HAIKU}+429-ra-30");
+    let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, BEDROCK_SETTINGS));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("m", true, 4)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_models(), vec!["alt"]);
+    assert_eq!(a.streamed_text(), expected_text(4));
+    assert_eq!(mock.stats.attempts(&id), 1);
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert!(log.to_string().contains("rate_limited"), "{log}");
+    assert!(
+        log.to_string().contains("ThrottlingException"),
+        "Bedrock's exception is the code: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bedrock_stream_broken_mid_way_resumes_on_another_provider() {
+    // Cut on the wire after 3 tokens, and an in-band throttlingException (quoting the
+    // request's credentials) after 2.
+    for fault in ["cut-3", "echo-stream-429"] {
+        let mock = mock().await;
+        let id = format!("{HAIKU}+{fault}");
+        let settings = temporary_keys(true);
+        let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, &settings));
+        let a = post(&gw.url("/v1/chat/completions"), &chat("m", true, 8)).await;
+        assert_eq!(a.status, 200, "{fault}: {}", a.body);
+        assert_eq!(a.streamed_text(), expected_text(8), "{fault}");
+        assert_eq!(a.streamed_models(), vec!["m", "alt"], "{fault}");
+        assert!(a.done() && !a.stream_error(), "{fault}: {}", a.body);
+        assert_eq!(mock.stats.attempts(&id), 1, "{fault}");
+        assert_eq!(mock.stats.attempts("alt+ok"), 1, "{fault}");
+        gw.wait_request_logs(1);
+        assert!(!shows_a_secret(&a.body), "{fault}: {}", a.body);
+        assert!(!shows_a_secret(&gw.logs()), "{fault}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_temporary_credentials_send_the_session_token() {
+    // The mock refuses the temporary key without its session token (as AWS does), so the
+    // answer comes from Bedrock only when the token was sent and signed.
+    for (with_token, provider) in [(true, "bedrock"), (false, "compat")] {
+        let mock = mock().await;
+        let id = format!("{HAIKU}+ok");
+        let settings = temporary_keys(with_token);
+        let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, &settings));
+        for stream in [false, true] {
+            let a = post(&gw.url("/v1/chat/completions"), &chat("m", stream, 3)).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(a.header("x-llmgw-provider"), provider, "token {with_token}");
+        }
+        let expected = if with_token { 2 } else { 0 };
+        assert_eq!(mock.stats.attempts(&id), expected, "token {with_token}");
+        gw.wait_request_logs(2);
+        assert!(!shows_a_secret(&gw.logs()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_bedrock_secret_is_an_auth_error_and_never_shown() {
+    // The test upstream key stands in for the secret access key: the mock's verifier computes
+    // another signature and answers 403 InvalidSignatureException.
+    let mock = mock().await;
+    let id = format!("{HAIKU}+ok");
+    let settings = "    bedrock:\n      region: us-east-1\n      access_key_id: env:LLMGW_TEST_AWS_ACCESS_KEY_ID\n      secret_access_key: env:LLMGW_TEST_UPSTREAM_KEY\n";
+    let (gw, _dir) = gateway_for(|d| bedrock_policy(d, &root(&mock), &id, settings));
+    let a = post(&gw.url("/v1/chat/completions"), &chat("m", false, 3)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-llmgw-provider"), "compat");
+    assert_eq!(mock.stats.attempts(&id), 0, "refused before counting");
+    let log = gw.wait_request_logs(1).pop().expect("request log");
+    assert!(log.to_string().contains("auth"), "{log}");
+    assert!(!shows_a_secret(&a.body) && !shows_a_secret(&gw.logs()));
+    let metrics = gw.metrics().await;
+    assert!(!shows_a_secret(&metrics));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn botocore_signatures_are_accepted_by_the_mock_and_tampered_ones_refused() {
+    use llmgw_mock_provider::bedrock;
+    let python = match python::venv("botocore-venv", "botocore>=1.34", "botocore.auth") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED botocore_signatures_are_accepted_by_the_mock_and_tampered_ones_refused: {why}"
+            );
+            return;
+        }
+    };
+    let mock = mock().await;
+    let addr = mock.addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        python::run_script_with_env(
+            &python,
+            "bedrock_sigv4.py",
+            &addr,
+            &[
+                ("AWS_ACCESS_KEY_ID", bedrock::ACCESS_KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", bedrock::SECRET_ACCESS_KEY),
+                ("AWS_TEMP_ACCESS_KEY_ID", bedrock::TEMP_ACCESS_KEY_ID),
+                (
+                    "AWS_TEMP_SECRET_ACCESS_KEY",
+                    bedrock::TEMP_SECRET_ACCESS_KEY,
+                ),
+                ("AWS_SESSION_TOKEN", bedrock::SESSION_TOKEN),
+            ],
+        )
+    })
+    .await
+    .expect("the script ran");
+    assert_eq!(
+        mock.stats.attempts(&format!("{HAIKU}+ok")),
+        2,
+        "the two well-signed requests, and only they, were answered"
+    );
 }

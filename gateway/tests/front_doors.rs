@@ -1,6 +1,6 @@
 //! The front doors (OpenAI chat completions, Anthropic Messages, OpenAI Responses) over every
-//! upstream type (OpenAI-compatible, Anthropic and Gemini, all spoken by the mock provider,
-//! and the simulated provider), JSON and streamed: the answer, the usage the client sees, the
+//! upstream type (OpenAI-compatible, Anthropic, Gemini and Bedrock, all spoken by the mock
+//! provider, and the simulated provider), JSON and streamed: the answer, the usage the client sees, the
 //! cost header or comment, and the request log agree. Then failover and budgets for requests
 //! that enter by `/v1/messages`, and stored responses.
 
@@ -21,8 +21,13 @@ fn matrix_policy(dir: &Path, base_url: &str) {
             "  - name: {name}\n    type: {kind}\n    region: local\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n"
         )
     };
+    // Bedrock's paths start at the root, and its requests are signed with the mock's keys.
+    let bedrock = format!(
+        "  - name: up-bedrock\n    type: bedrock\n    region: local\n    base_url: {}\n{BEDROCK_SETTINGS}",
+        base_url.trim_end_matches("/v1")
+    );
     let providers = format!(
-        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}{}  - name: up-simulated\n    type: simulated\n    region: local\n    simulated: {{ ttft_ms: 1, tokens_per_second: 5000, output_tokens: 16 }}\n",
+        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}{}{bedrock}  - name: up-simulated\n    type: simulated\n    region: local\n    simulated: {{ ttft_ms: 1, tokens_per_second: 5000, output_tokens: 16 }}\n",
         provider("up-openai", "openai_compatible"),
         provider("up-anthropic", "anthropic"),
         provider("up-gemini", "gemini"),
@@ -38,10 +43,15 @@ fn matrix_policy(dir: &Path, base_url: &str) {
 }
 
 /// (model, provider, upstream model) of [`matrix_policy`].
-const UPSTREAMS: [(&str, &str, &str); 4] = [
+const UPSTREAMS: [(&str, &str, &str); 5] = [
     ("via-openai", "up-openai", "o+ok"),
     ("via-anthropic", "up-anthropic", "a+ok"),
     ("via-gemini", "up-gemini", "g+ok"),
+    (
+        "via-bedrock",
+        "up-bedrock",
+        "anthropic.claude-3-haiku-20240307-v1:0+ok",
+    ),
     ("via-simulated", "up-simulated", "sim"),
 ];
 
@@ -302,7 +312,7 @@ async fn a_budget_refuses_a_messages_request_in_anthropic_shape() {
     );
     let gw = Gateway::start_with(
         &["--policies", policies.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        &UPSTREAM_ENV,
         true,
     );
     let body = Door::Messages.body("chat-a", false, 100);
@@ -433,7 +443,7 @@ async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted()
     let globex = create_key(&s, &["--tenant", "globex"]);
     let gw = Gateway::start_on(
         &["--policies", policies.path().to_str().expect("utf-8")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        &UPSTREAM_ENV,
         false,
         Some(location),
     );
@@ -459,7 +469,7 @@ async fn stored_responses_are_shared_by_replicas_on_redis() {
                 "--state-prefix",
                 prefix.as_str(),
             ],
-            &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+            &UPSTREAM_ENV,
             false,
             Some(&url),
         )

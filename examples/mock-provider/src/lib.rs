@@ -40,10 +40,13 @@
 //!
 //! Besides OpenAI's `POST /v1/chat/completions` and `/v1/embeddings`, it speaks Anthropic's
 //! `POST /v1/messages` and Gemini's `POST /v1beta/models/{model}:generateContent` and
-//! `:streamGenerateContent?alt=sse`, and Azure OpenAI's
+//! `:streamGenerateContent?alt=sse`, Azure OpenAI's
 //! `POST /openai/deployments/{deployment}/chat/completions?api-version=…` (see [`azure`]: the
 //! deployment stands for the model, the `api-version` and the `api-key` header or bearer token
-//! are checked and a malformed request gets Azure's error), with the same faults.
+//! are checked and a malformed request gets Azure's error), and AWS Bedrock's
+//! `POST /model/{modelId}/converse` and `/converse-stream` (see [`bedrock`]: the SigV4
+//! signature is verified, errors are Bedrock's exceptions and streams use AWS's binary
+//! event-stream framing, in-band errors being exception messages), with the same faults.
 //!
 //! The rate and spread faults depend only on the attempt number, never on a clock or a random
 //! source: the same sequence of attempts always fails and waits the same way, and any 100
@@ -56,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod bedrock;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -433,6 +437,27 @@ async fn handle(
         .map(str::to_owned);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let azure_target = azure::target(&path);
+    let bedrock_target = bedrock::target(&path);
+    // What a SigV4 signature covers besides the body, kept before the body is read.
+    let signed_parts = bedrock_target.as_ref().map(|_| {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        (req.uri().query().unwrap_or("").to_owned(), headers)
+    });
+    let path_dialect = match (path.as_str(), gemini_target(&path), &bedrock_target) {
+        ("/v1/messages", _, _) => Dialect::Anthropic,
+        (_, Some(_), _) => Dialect::Gemini,
+        (_, _, Some(_)) => Dialect::Bedrock,
+        _ => Dialect::OpenAi,
+    };
     let azure_problem = azure_target.as_ref().and_then(|_| {
         azure::check(
             req.uri().query(),
@@ -465,6 +490,7 @@ async fn handle(
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
         (Method::POST, "/v1/messages") => {}
         (Method::POST, p) if gemini_target(p).is_some() => {}
+        (Method::POST, _) if bedrock_target.is_some() => {}
         (Method::POST, _) if azure_target.is_some() => {
             if let Some((status, body)) = azure_problem {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -473,6 +499,7 @@ async fn handle(
         }
         _ => {
             return Ok(error_response(
+                Dialect::OpenAi,
                 StatusCode::NOT_FOUND,
                 "no such route",
                 "not_found",
@@ -484,10 +511,24 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(DropConnection),
     };
+    if let Some((query, headers)) = signed_parts {
+        let signed = bedrock::Signed {
+            method: "POST",
+            path: &path,
+            query: &query,
+            headers,
+            body: &body,
+        };
+        if let Err((status, name, message)) = bedrock::verify(&signed) {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            return Ok(bedrock_error(status, name, &message));
+        }
+    }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             return Ok(error_response(
+                path_dialect,
                 StatusCode::BAD_REQUEST,
                 &e.to_string(),
                 "invalid_json",
@@ -496,10 +537,11 @@ async fn handle(
         }
     };
     let received = request.clone();
-    let (dialect, mut request) = match (path.as_str(), gemini_target(&path)) {
-        ("/v1/messages", _) => (Dialect::Anthropic, request),
-        (_, Some((model, stream))) => (Dialect::Gemini, from_gemini(&request, &model, stream)),
-        _ => (Dialect::OpenAi, request),
+    let dialect = path_dialect;
+    let mut request = match (gemini_target(&path), &bedrock_target) {
+        (Some((model, stream)), _) => from_gemini(&request, &model, stream),
+        (_, Some((model, stream))) => bedrock::to_openai(&request, model, *stream),
+        _ => request,
     };
     if let Some((deployment, _)) = &azure_target {
         // Azure ignores the body's `model`: the deployment is the model.
@@ -543,16 +585,16 @@ async fn handle(
                 azure::answer_filtered(&model),
             ))
         }
-        Fault::RateLimit(ra) => return Ok(rate_limited(ra)),
-        Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(ra)),
+        Fault::RateLimit(ra) => return Ok(rate_limited(dialect, ra)),
+        Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(dialect, ra)),
         Fault::ServerError | Fault::ServerErrorOnce | Fault::ErrorRate(_)
             if fault.fails(attempt) =>
         {
-            return Ok(server_error(StatusCode::INTERNAL_SERVER_ERROR))
+            return Ok(server_error(dialect, StatusCode::INTERNAL_SERVER_ERROR))
         }
-        Fault::Unavailable => return Ok(server_error(StatusCode::SERVICE_UNAVAILABLE)),
+        Fault::Unavailable => return Ok(server_error(dialect, StatusCode::SERVICE_UNAVAILABLE)),
         Fault::Flap(ms) if first_seen.elapsed() < Duration::from_millis(ms) => {
-            return Ok(server_error(StatusCode::SERVICE_UNAVAILABLE))
+            return Ok(server_error(dialect, StatusCode::SERVICE_UNAVAILABLE))
         }
         Fault::Reset => return Err(DropConnection),
         Fault::Hang => {
@@ -561,6 +603,7 @@ async fn handle(
         }
         Fault::ContextLength => {
             return Ok(error_response(
+                dialect,
                 StatusCode::BAD_REQUEST,
                 "This model's maximum context length is 8 tokens.",
                 "context_length_exceeded",
@@ -569,6 +612,7 @@ async fn handle(
         }
         Fault::NoPrefill(_) if ends_with_assistant(&request) => {
             return Ok(error_response(
+                dialect,
                 StatusCode::BAD_REQUEST,
                 "This model does not support assistant message prefill. The conversation must end with a user message.",
                 "invalid_request_error",
@@ -579,6 +623,7 @@ async fn handle(
             return Ok(echo_response(dialect, status, form, &credentials))
         }
         Fault::ContentFilter => return Ok(error_response(
+            dialect,
             StatusCode::BAD_REQUEST,
             "The response was filtered due to the prompt triggering the content management policy.",
             "content_filter",
@@ -606,7 +651,7 @@ async fn handle(
             let n = answer.prompt_tokens + answer.end - answer.start;
             match stats.take_tokens(&model, n, quota) {
                 Some(left) => Some((quota, left)),
-                None => return Ok(rate_limited(None)),
+                None => return Ok(rate_limited(dialect, None)),
             }
         }
         _ => None,
@@ -691,6 +736,7 @@ fn ends_with_assistant(request: &Value) -> bool {
 /// carries a tool result.
 fn tool_to_call(dialect: Dialect, request: &Value) -> Option<String> {
     let (name, answered) = match dialect {
+        Dialect::Bedrock => return bedrock::tool_to_call(request),
         Dialect::OpenAi => (
             &request["tools"][0]["function"]["name"],
             request["messages"]
@@ -754,6 +800,14 @@ fn tool_call(
                     { "functionCall": { "name": name, "args": args } }] }, "finishReason": "STOP" }],
                 "usageMetadata": { "promptTokenCount": input, "candidatesTokenCount": out },
             }),
+            Dialect::Bedrock => bedrock::answer(
+                vec![
+                    json!({ "toolUse": { "toolUseId": "tooluse_mock", "name": name, "input": args } }),
+                ],
+                "tool_use",
+                input,
+                out,
+            ),
         };
         return json_response(StatusCode::OK, body);
     }
@@ -810,13 +864,39 @@ fn tool_call(
                 { "functionCall": { "name": name, "args": args } }] }, "finishReason": "STOP" }],
             "usageMetadata": { "promptTokenCount": input, "candidatesTokenCount": out },
         }))],
+        Dialect::Bedrock => {
+            let mut v = vec![
+                bedrock::event("messageStart", json!({ "role": "assistant" })),
+                bedrock::event(
+                    "contentBlockStart",
+                    json!({ "contentBlockIndex": 0,
+                    "start": { "toolUse": { "toolUseId": "tooluse_mock", "name": name } } }),
+                ),
+            ];
+            for p in pieces {
+                v.push(bedrock::event(
+                    "contentBlockDelta",
+                    json!({ "contentBlockIndex": 0, "delta": { "toolUse": { "input": p } } }),
+                ));
+            }
+            v.push(bedrock::event(
+                "contentBlockStop",
+                json!({ "contentBlockIndex": 0 }),
+            ));
+            v.push(bedrock::event(
+                "messageStop",
+                json!({ "stopReason": "tool_use" }),
+            ));
+            v.push(bedrock::metadata(input, out));
+            v
+        }
     };
     let body = Full::new(Bytes::from(events.concat()))
         .map_err(|e: Infallible| match e {})
         .boxed();
     let mut resp = Response::new(body);
     resp.headers_mut()
-        .insert("content-type", "text/event-stream".parse().expect("static"));
+        .insert("content-type", dialect.stream_type());
     resp
 }
 
@@ -825,8 +905,8 @@ fn streamed(request: &Value) -> bool {
     request["stream"].as_bool().unwrap_or(false)
 }
 
-/// The credentials a request carried: `Authorization`, `x-api-key`, `x-goog-api-key`, `api-key` and the
-/// `key` query parameter, as received.
+/// The credentials a request carried: `Authorization`, `x-api-key`, `x-goog-api-key`, `api-key`,
+/// `x-amz-security-token` and the `key` query parameter, as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     /// Every credential present, by where it came from.
@@ -836,7 +916,13 @@ pub struct Credentials {
 impl Credentials {
     fn of<B>(req: &Request<B>) -> Credentials {
         let mut values = Vec::new();
-        for name in ["authorization", "x-api-key", "x-goog-api-key", "api-key"] {
+        for name in [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "api-key",
+            "x-amz-security-token",
+        ] {
             if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
                 values.push((name, v.to_owned()));
             }
@@ -896,6 +982,10 @@ fn echo_response(
             .insert("content-type", "text/plain".parse().expect("static"));
         return resp;
     }
+    if dialect == Dialect::Bedrock {
+        let name = bedrock::exception_name(status.as_u16());
+        return bedrock_error(status, name, &credentials.message());
+    }
     json_response(status, echo_error(dialect, status.as_u16(), credentials))
 }
 
@@ -928,6 +1018,7 @@ fn echo_error(dialect: Dialect, status: u16, credentials: &Credentials) -> Value
             "status": if status < 500 { "INVALID_ARGUMENT" } else { "INTERNAL" },
             "details": [{ "reason": "API_KEY_INVALID", "metadata": { "key": fragment } }],
         }}),
+        Dialect::Bedrock => bedrock::error_body(&message),
     }
 }
 
@@ -938,6 +1029,7 @@ fn echo_event(dialect: Dialect, status: u16, credentials: &Credentials) -> Bytes
         Dialect::OpenAi => Bytes::from(format!("data: {error}\n\n")),
         Dialect::Anthropic => anthropic_event(error),
         Dialect::Gemini => gemini_chunk(error),
+        Dialect::Bedrock => bedrock::exception_event(status, &credentials.message()),
     }
 }
 
@@ -947,6 +1039,31 @@ enum Dialect {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
+}
+
+impl Dialect {
+    /// The content type of a streamed answer.
+    fn stream_type(self) -> hyper::header::HeaderValue {
+        hyper::header::HeaderValue::from_static(match self {
+            Dialect::Bedrock => "application/vnd.amazon.eventstream",
+            _ => "text/event-stream",
+        })
+    }
+
+    /// An event whose data is not the protocol's JSON.
+    fn malformed_event(self) -> Bytes {
+        match self {
+            Dialect::Bedrock => bedrock::frame(
+                &[
+                    (":event-type", "contentBlockDelta"),
+                    (":message-type", "event"),
+                ],
+                b"{\"delta\": [oops",
+            ),
+            _ => Bytes::from_static(b"data: {\"choices\": [oops\n\n"),
+        }
+    }
 }
 
 /// `(model, stream)` of a Gemini `models/{model}:generateContent` path.
@@ -1092,6 +1209,14 @@ impl Answer {
                     },
                 })
             }
+            Dialect::Bedrock => {
+                return bedrock::answer(
+                    vec![json!({ "text": self.text() })],
+                    "end_turn",
+                    self.prompt_tokens,
+                    completion,
+                )
+            }
             Dialect::OpenAi => {}
         }
         json!({
@@ -1155,6 +1280,10 @@ fn head(dialect: Dialect, model: &str, answer: &Answer) -> Vec<Bytes> {
             })),
         ],
         Dialect::Gemini => vec![],
+        Dialect::Bedrock => vec![bedrock::event(
+            "messageStart",
+            json!({ "role": "assistant" }),
+        )],
     }
 }
 
@@ -1169,6 +1298,10 @@ fn token(dialect: Dialect, model: &str, word: &str) -> Bytes {
         Dialect::Gemini => gemini_chunk(json!({
             "candidates": [{ "content": { "role": "model", "parts": [{ "text": word }] } }],
         })),
+        Dialect::Bedrock => bedrock::event(
+            "contentBlockDelta",
+            json!({ "contentBlockIndex": 0, "delta": { "text": word } }),
+        ),
     }
 }
 
@@ -1202,11 +1335,16 @@ fn tail(dialect: Dialect, model: &str, answer: &Answer, done: bool) -> Vec<Bytes
             "candidates": [{ "content": { "role": "model", "parts": [{ "text": "" }] }, "finishReason": "STOP" }],
             "usageMetadata": { "promptTokenCount": answer.prompt_tokens, "candidatesTokenCount": completion },
         }))],
+        Dialect::Bedrock => vec![
+            bedrock::event("contentBlockStop", json!({ "contentBlockIndex": 0 })),
+            bedrock::event("messageStop", json!({ "stopReason": "end_turn" })),
+        ],
     };
     if done {
         match dialect {
             Dialect::OpenAi => out.push(Bytes::from_static(b"data: [DONE]\n\n")),
             Dialect::Anthropic => out.push(anthropic_event(json!({ "type": "message_stop" }))),
+            Dialect::Bedrock => out.push(bedrock::metadata(answer.prompt_tokens, completion)),
             Dialect::Gemini => {}
         }
     }
@@ -1257,12 +1395,7 @@ fn stream(
                     }
                     return;
                 }
-                Fault::Malformed(k)
-                    if n == k
-                        && send(Bytes::from_static(b"data: {\"choices\": [oops\n\n"))
-                            .await
-                            .is_err() =>
-                {
+                Fault::Malformed(k) if n == k && send(dialect.malformed_event()).await.is_err() => {
                     return;
                 }
                 _ => {}
@@ -1286,7 +1419,7 @@ fn stream(
     });
     let mut resp = Response::new(ChannelBody { rx }.boxed());
     resp.headers_mut()
-        .insert("content-type", "text/event-stream".parse().expect("static"));
+        .insert("content-type", dialect.stream_type());
     resp
 }
 
@@ -1337,11 +1470,15 @@ fn json_response(status: StatusCode, value: Value) -> Response<MockBody> {
 }
 
 fn error_response(
+    dialect: Dialect,
     status: StatusCode,
     message: &str,
     code: &str,
     param: Option<&str>,
 ) -> Response<MockBody> {
+    if dialect == Dialect::Bedrock {
+        return bedrock_error(status, bedrock::exception_name(status.as_u16()), message);
+    }
     json_response(
         status,
         json!({ "error": {
@@ -1353,23 +1490,35 @@ fn error_response(
     )
 }
 
-fn rate_limited(retry_after: Option<u64>) -> Response<MockBody> {
-    let mut resp = json_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        json!({ "error": {
-            "message": "Rate limit reached",
-            "type": "requests",
-            "code": "rate_limit_exceeded",
-            "param": null,
-        }}),
-    );
+fn rate_limited(dialect: Dialect, retry_after: Option<u64>) -> Response<MockBody> {
+    let mut resp = if dialect == Dialect::Bedrock {
+        bedrock_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        )
+    } else {
+        json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "error": {
+                "message": "Rate limit reached",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
+                "param": null,
+            }}),
+        )
+    };
     if let Some(secs) = retry_after {
         resp.headers_mut().insert("retry-after", secs.into());
     }
     resp
 }
 
-fn server_error(status: StatusCode) -> Response<MockBody> {
+fn server_error(dialect: Dialect, status: StatusCode) -> Response<MockBody> {
+    if dialect == Dialect::Bedrock {
+        let name = bedrock::exception_name(status.as_u16());
+        return bedrock_error(status, name, "The server could not process the request.");
+    }
     json_response(
         status,
         json!({ "error": {
@@ -1379,6 +1528,16 @@ fn server_error(status: StatusCode) -> Response<MockBody> {
             "param": null,
         }}),
     )
+}
+
+/// Bedrock's answer of an exception: `{"message"}` and the exception's name in
+/// `x-amzn-ErrorType`.
+fn bedrock_error(status: StatusCode, name: &str, message: &str) -> Response<MockBody> {
+    let mut resp = json_response(status, bedrock::error_body(message));
+    if let Ok(v) = bedrock::error_type(name).parse() {
+        resp.headers_mut().insert("x-amzn-errortype", v);
+    }
+    resp
 }
 
 /// A response body fed by a channel; an `Err` item aborts the connection.

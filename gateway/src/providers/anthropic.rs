@@ -210,7 +210,7 @@ pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
 
 /// Appends a message, merging it into the previous one of the same role (the API wants
 /// alternating roles).
-fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
+pub(crate) fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
     if content.is_empty() {
         return;
     }

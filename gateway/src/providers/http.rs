@@ -225,21 +225,52 @@ pub fn malformed(e: &serde_json::Error) -> StreamEvent {
     StreamEvent::Malformed(format!("malformed stream event: {e}"))
 }
 
-/// Maps one provider's SSE events to normalised events.
-pub trait StreamTranslator: Send + 'static {
-    /// Events for one SSE event (empty to skip it).
-    fn event(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, UpstreamError>;
+/// Maps one provider's stream events (SSE events unless said otherwise) to normalised events.
+pub trait StreamTranslator<E = SseEvent>: Send + 'static {
+    /// Events for one provider event (empty to skip it).
+    fn event(&mut self, event: E) -> Result<Vec<StreamEvent>, UpstreamError>;
     /// Events at the end of the body (a `Done` if the answer was complete, else an error).
     fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError>;
 }
 
-/// Spawns the task that reads an SSE answer into a [`ChunkStream`]. Errors after the
-/// translator produced output are marked as after the first byte.
-pub fn spawn_sse(resp: Response<Incoming>, mut translator: impl StreamTranslator) -> ChunkStream {
+/// How a streamed body is cut into a provider's events: SSE lines or binary frames.
+pub trait Framing: Send + 'static {
+    /// One provider event.
+    type Event: Send;
+    /// Feeds bytes; returns the events they complete, or why the body is not this framing.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Self::Event>, String>;
+    /// The event left when the body ends without its terminator.
+    fn finish(&mut self) -> Option<Self::Event>;
+}
+
+impl Framing for SseParser {
+    type Event = SseEvent;
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        SseParser::feed(self, bytes).map_err(|e| e.to_string())
+    }
+
+    fn finish(&mut self) -> Option<SseEvent> {
+        SseParser::finish(self)
+    }
+}
+
+/// Spawns the task that reads an SSE answer into a [`ChunkStream`] (see [`spawn_framed`]).
+pub fn spawn_sse(resp: Response<Incoming>, translator: impl StreamTranslator) -> ChunkStream {
+    spawn_framed(resp, SseParser::default(), translator)
+}
+
+/// Spawns the task that reads a streamed answer, cut into events by `framing`, into a
+/// [`ChunkStream`]. Errors after the translator produced output are marked as after the first
+/// byte.
+pub fn spawn_framed<F: Framing>(
+    resp: Response<Incoming>,
+    mut framing: F,
+    mut translator: impl StreamTranslator<F::Event>,
+) -> ChunkStream {
     let (tx, stream) = ChunkStream::channel();
     tokio::spawn(async move {
         let mut body = resp.into_body();
-        let mut parser = SseParser::default();
         let mut produced = false;
         let mark =
             |e: UpstreamError, produced: bool| if produced { e.after_first_byte() } else { e };
@@ -256,10 +287,10 @@ pub fn spawn_sse(resp: Response<Incoming>, mut translator: impl StreamTranslator
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let events = match parser.feed(&data) {
+            let events = match framing.feed(&data) {
                 Ok(ev) => ev,
                 Err(e) => {
-                    let err = UpstreamError::new(ErrorClass::Protocol, e.to_string());
+                    let err = UpstreamError::new(ErrorClass::Protocol, e);
                     let _ = tx.send(Err(mark(err, produced))).await;
                     return;
                 }
@@ -282,7 +313,7 @@ pub fn spawn_sse(resp: Response<Incoming>, mut translator: impl StreamTranslator
                 }
             }
         }
-        let tail = parser.finish().map(|ev| translator.event(ev)).transpose();
+        let tail = framing.finish().map(|ev| translator.event(ev)).transpose();
         let end = tail.and_then(|t| {
             let mut out = t.unwrap_or_default();
             if !out.contains(&StreamEvent::Done) {

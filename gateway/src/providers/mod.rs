@@ -2,6 +2,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod gemini;
 pub mod http;
 pub mod openai;
@@ -50,6 +51,11 @@ pub fn build(provider: &model::Provider) -> Arc<dyn Provider> {
                 _ => redactor,
             };
             Scrubbing::wrap(azure::Azure::new(provider, key, token), redactor)
+        }
+        ProviderType::Bedrock => {
+            let bedrock = bedrock::Bedrock::new(provider);
+            let redactor = bedrock.redactor();
+            Scrubbing::wrap(bedrock, redactor)
         }
     }
 }

@@ -503,7 +503,7 @@ pub fn gateway_for(write: impl FnOnce(&Path)) -> (Gateway, tempfile::TempDir) {
     write(dir.path());
     let gw = Gateway::start_with(
         &["--policies", dir.path().to_str().expect("utf-8 path")],
-        &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+        &UPSTREAM_ENV,
         true,
     );
     (gw, dir)
@@ -511,6 +511,32 @@ pub fn gateway_for(write: impl FnOnce(&Path)) -> (Gateway, tempfile::TempDir) {
 
 /// The upstream key given to test gateways; it must never show up in answers or logs.
 pub const UPSTREAM_SECRET: &str = "sk-upstream-SECRET-7f3a9c";
+
+/// The environment of [`gateway_for`]'s gateways: [`UPSTREAM_SECRET`], and the mock's AWS
+/// keys (long-term, and temporary with their session token) for Bedrock providers.
+pub const UPSTREAM_ENV: [(&str, &str); 6] = {
+    use llmgw_mock_provider::bedrock;
+    [
+        ("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET),
+        ("LLMGW_TEST_AWS_ACCESS_KEY_ID", bedrock::ACCESS_KEY_ID),
+        (
+            "LLMGW_TEST_AWS_SECRET_ACCESS_KEY",
+            bedrock::SECRET_ACCESS_KEY,
+        ),
+        (
+            "LLMGW_TEST_AWS_TEMP_ACCESS_KEY_ID",
+            bedrock::TEMP_ACCESS_KEY_ID,
+        ),
+        (
+            "LLMGW_TEST_AWS_TEMP_SECRET_ACCESS_KEY",
+            bedrock::TEMP_SECRET_ACCESS_KEY,
+        ),
+        ("LLMGW_TEST_AWS_SESSION_TOKEN", bedrock::SESSION_TOKEN),
+    ]
+};
+
+/// The `bedrock` settings of a provider signing with the mock's long-term AWS keys.
+pub const BEDROCK_SETTINGS: &str = "    bedrock:\n      region: us-east-1\n      access_key_id: env:LLMGW_TEST_AWS_ACCESS_KEY_ID\n      secret_access_key: env:LLMGW_TEST_AWS_SECRET_ACCESS_KEY\n";
 
 /// Read a text file fully (helper for assertions).
 pub fn read(path: &Path) -> String {

@@ -60,6 +60,11 @@ pub fn venv(name: &str, requirement: &str, module: &str) -> Result<PathBuf, Stri
 /// test key in `LLMGW_URL` and `LLMGW_KEY`); fails the test unless the script exits 0 and
 /// prints `all ok`.
 pub fn run_script(python: &Path, script: &str, addr: &str) {
+    run_script_with_env(python, script, addr, &[]);
+}
+
+/// [`run_script`] with more environment variables for the script.
+pub fn run_script_with_env(python: &Path, script: &str, addr: &str, env: &[(&str, &str)]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(script);
@@ -67,6 +72,7 @@ pub fn run_script(python: &Path, script: &str, addr: &str) {
         .arg(script)
         .env("LLMGW_URL", format!("http://{addr}"))
         .env("LLMGW_KEY", crate::common::KEY)
+        .envs(env.iter().copied())
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
