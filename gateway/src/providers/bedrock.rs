@@ -118,7 +118,7 @@ impl Bedrock {
             secret_access_key.expose(),
             session_token.map(|t| t.expose().to_owned()),
             None,
-            "llmgw-policy",
+            "policy",
         )
         .into();
         let unsigned = |e: &dyn std::fmt::Display| {
