@@ -56,6 +56,8 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     match p.kind {
         ProviderType::Simulated => {}
         ProviderType::AzureOpenai if azure_token.is_some() => {}
+        // A Vertex provider authenticates with its service account (the schema requires it).
+        ProviderType::Vertex => {}
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
             format!(
@@ -66,7 +68,10 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
         )),
         _ => {}
     }
-    for (field, present, kind) in [("azure", p.azure.is_some(), ProviderType::AzureOpenai)] {
+    for (field, present, kind) in [
+        ("azure", p.azure.is_some(), ProviderType::AzureOpenai),
+        ("vertex", p.vertex.is_some(), ProviderType::Vertex),
+    ] {
         if present && p.kind != kind {
             diags.push(
                 Diagnostic::warning(
@@ -96,6 +101,20 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
                 Some(doc.loc(&format!("{base}/api_key"))),
             )
             .with_help("keep one of the two"),
+        );
+    }
+    if p.kind == ProviderType::Vertex && p.api_key.is_some() {
+        diags.push(
+            Diagnostic::warning(
+                "provider/unused-settings",
+                format!(
+                    "provider `{}` of type `vertex` has an `api_key`; Vertex AI is called with \
+                     access tokens of `vertex.service_account` and the key is not sent",
+                    p.name
+                ),
+                Some(doc.loc(&format!("{base}/api_key"))),
+            )
+            .with_help("remove `api_key`"),
         );
     }
     if let Some(probe) = p.health_probe {

@@ -58,6 +58,9 @@ pub enum ProviderType {
     Gemini,
     /// Azure OpenAI: OpenAI's chat API behind deployment URLs, `api-key` or Entra ID auth.
     AzureOpenai,
+    /// Gemini on Google Vertex AI: `generateContent` under a project and region, with OAuth
+    /// access tokens obtained for a service account.
+    Vertex,
     /// A simulated provider inside the gateway: no network, no key.
     Simulated,
 }
@@ -94,6 +97,26 @@ pub struct Provider {
     /// Azure OpenAI settings (type `azure_openai`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
+    /// Vertex AI settings (type `vertex`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSettings>,
+}
+
+/// Where a Vertex AI model is and who calls it. Requests go to
+/// `https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}/publishers/google/models/{upstream_model}:generateContent`
+/// (host `aiplatform.googleapis.com` for region `global`); a provider's `base_url` replaces the
+/// scheme and host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct VertexSettings {
+    /// The Google Cloud project id.
+    pub project: String,
+    /// The Vertex AI location, such as `us-central1`, or `global`.
+    pub region: String,
+    /// A secret reference (`env:NAME` or `file:PATH`) to the service account's JSON key.
+    pub service_account: String,
+    /// Where access tokens are obtained instead of the key's `token_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
 }
 
 /// How an Azure OpenAI resource is called. The deployment's `upstream_model` is the Azure

@@ -43,7 +43,12 @@
 //! `:streamGenerateContent?alt=sse`, and Azure OpenAI's
 //! `POST /openai/deployments/{deployment}/chat/completions?api-version=…` (see [`azure`]: the
 //! deployment stands for the model, the `api-version` and the `api-key` header or bearer token
-//! are checked and a malformed request gets Azure's error), with the same faults.
+//! are checked and a malformed request gets Azure's error), and Google Vertex AI's
+//! `POST /v1/projects/{project}/locations/{region}/publishers/google/models/{model}:generateContent`
+//! and `:streamGenerateContent?alt=sse` with its OAuth token endpoint `POST /token` (see
+//! [`vertex`]: Gemini's protocol, for a request with an access token the mock granted to a
+//! verified JWT assertion), with the same faults. Gemini and Vertex AI throttle with Google's
+//! 429 `RESOURCE_EXHAUSTED`.
 //!
 //! The rate and spread faults depend only on the attempt number, never on a clock or a random
 //! source: the same sequence of attempts always fails and waits the same way, and any 100
@@ -56,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod vertex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -281,6 +287,8 @@ pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
     bodies: Mutex<BTreeMap<String, Value>>,
     traceparents: Mutex<BTreeMap<String, String>>,
+    /// Vertex AI's token endpoint: its grants, and how it answers.
+    pub vertex: vertex::Vertex,
 }
 
 impl Stats {
@@ -433,6 +441,13 @@ async fn handle(
         .map(str::to_owned);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let azure_target = azure::target(&path);
+    let on_vertex = vertex::models_path(&path).is_some();
+    let vertex_authorized = on_vertex && stats.vertex.authorized(header("authorization"));
+    let token_audience = format!(
+        "http://{}{}",
+        header("host").unwrap_or(""),
+        vertex::TOKEN_PATH
+    );
     let azure_problem = azure_target.as_ref().and_then(|_| {
         azure::check(
             req.uri().query(),
@@ -464,6 +479,20 @@ async fn handle(
         }
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
         (Method::POST, "/v1/messages") => {}
+        (Method::POST, vertex::TOKEN_PATH) => {
+            let Ok(body) = req.into_body().collect().await else {
+                return Err(DropConnection);
+            };
+            let (status, answer) = stats.vertex.grant(&body.to_bytes(), &token_audience);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok(json_response(status, answer));
+        }
+        (Method::POST, _) if on_vertex && !vertex_authorized => {
+            return Ok(json_response(
+                StatusCode::UNAUTHORIZED,
+                vertex::unauthenticated(),
+            ))
+        }
         (Method::POST, p) if gemini_target(p).is_some() => {}
         (Method::POST, _) if azure_target.is_some() => {
             if let Some((status, body)) = azure_problem {
@@ -543,8 +572,8 @@ async fn handle(
                 azure::answer_filtered(&model),
             ))
         }
-        Fault::RateLimit(ra) => return Ok(rate_limited(ra)),
-        Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(ra)),
+        Fault::RateLimit(ra) => return Ok(rate_limited(dialect, ra)),
+        Fault::RateLimitOnce(ra) if attempt == 1 => return Ok(rate_limited(dialect, ra)),
         Fault::ServerError | Fault::ServerErrorOnce | Fault::ErrorRate(_)
             if fault.fails(attempt) =>
         {
@@ -606,7 +635,7 @@ async fn handle(
             let n = answer.prompt_tokens + answer.end - answer.start;
             match stats.take_tokens(&model, n, quota) {
                 Some(left) => Some((quota, left)),
-                None => return Ok(rate_limited(None)),
+                None => return Ok(rate_limited(dialect, None)),
             }
         }
         _ => None,
@@ -949,11 +978,13 @@ enum Dialect {
     Gemini,
 }
 
-/// `(model, stream)` of a Gemini `models/{model}:generateContent` path.
+/// `(model, stream)` of a Gemini `models/{model}:generateContent` path, on Google AI or on
+/// Vertex AI.
 fn gemini_target(path: &str) -> Option<(String, bool)> {
     let rest = path
         .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"))?;
+        .or_else(|| path.strip_prefix("/v1/models/"))
+        .or_else(|| vertex::models_path(path))?;
     let (model, action) = rest.split_once(':')?;
     match action {
         "generateContent" => Some((model.to_owned(), false)),
@@ -1353,16 +1384,21 @@ fn error_response(
     )
 }
 
-fn rate_limited(retry_after: Option<u64>) -> Response<MockBody> {
-    let mut resp = json_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        json!({ "error": {
+fn rate_limited(dialect: Dialect, retry_after: Option<u64>) -> Response<MockBody> {
+    let body = match dialect {
+        Dialect::Gemini => vertex::error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource exhausted. Please try again later.",
+        ),
+        _ => json!({ "error": {
             "message": "Rate limit reached",
             "type": "requests",
             "code": "rate_limit_exceeded",
             "param": null,
         }}),
-    );
+    };
+    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, body);
     if let Some(secs) = retry_after {
         resp.headers_mut().insert("retry-after", secs.into());
     }

@@ -8,6 +8,7 @@ pub mod openai;
 pub mod redact;
 pub mod secret;
 pub mod simulated;
+pub mod vertex;
 
 use crate::upstream::{Provider, SendFuture, UpstreamRequest, UpstreamResponse};
 use llmgw_engine::model::{self, ProviderType};
@@ -50,6 +51,11 @@ pub fn build(provider: &model::Provider) -> Arc<dyn Provider> {
                 _ => redactor,
             };
             Scrubbing::wrap(azure::Azure::new(provider, key, token), redactor)
+        }
+        ProviderType::Vertex => {
+            let vertex = vertex::Vertex::new(provider);
+            let redactor = vertex.redactor();
+            Scrubbing::wrap(vertex, redactor)
         }
     }
 }
