@@ -58,6 +58,8 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
         ProviderType::AzureOpenai if azure_token.is_some() => {}
         // Signed with the `bedrock` settings' keys, never an `api_key`.
         ProviderType::Bedrock => {}
+        // A Vertex provider authenticates with its service account (the schema requires it).
+        ProviderType::Vertex => {}
         _ if p.api_key.is_none() => diags.push(Diagnostic::warning(
             "provider/no-key",
             format!(
@@ -71,6 +73,7 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
     for (field, present, kind) in [
         ("azure", p.azure.is_some(), ProviderType::AzureOpenai),
         ("bedrock", p.bedrock.is_some(), ProviderType::Bedrock),
+        ("vertex", p.vertex.is_some(), ProviderType::Vertex),
     ] {
         if present && p.kind != kind {
             diags.push(
@@ -103,16 +106,24 @@ pub(crate) fn provider(diags: &mut Vec<Diagnostic>, p: &model::Provider, doc: &P
             .with_help("keep one of the two"),
         );
     }
-    if p.kind == ProviderType::Bedrock && p.api_key.is_some() {
+    let unsent_key = match p.kind {
+        ProviderType::Bedrock => Some((
+            "bedrock",
+            "names an `api_key`, which is never sent; requests are signed with \
+             `bedrock.access_key_id` and `bedrock.secret_access_key`",
+        )),
+        ProviderType::Vertex => Some((
+            "vertex",
+            "has an `api_key`; Vertex AI is called with access tokens of \
+             `vertex.service_account` and the key is not sent",
+        )),
+        _ => None,
+    };
+    if let (Some((kind, why)), Some(_)) = (unsent_key, &p.api_key) {
         diags.push(
             Diagnostic::warning(
                 "provider/unused-settings",
-                format!(
-                    "provider `{}` of type `bedrock` names an `api_key`, which is never sent; \
-                     requests are signed with `bedrock.access_key_id` and \
-                     `bedrock.secret_access_key`",
-                    p.name
-                ),
+                format!("provider `{}` of type `{kind}` {why}", p.name),
                 Some(doc.loc(&format!("{base}/api_key"))),
             )
             .with_help("remove `api_key`"),

@@ -60,6 +60,9 @@ pub enum ProviderType {
     AzureOpenai,
     /// AWS Bedrock Converse: SigV4-signed requests, event-stream answers.
     Bedrock,
+    /// Gemini on Google Vertex AI: `generateContent` under a project and region, with OAuth
+    /// access tokens obtained for a service account.
+    Vertex,
     /// A simulated provider inside the gateway: no network, no key.
     Simulated,
 }
@@ -99,6 +102,9 @@ pub struct Provider {
     /// AWS Bedrock settings (type `bedrock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bedrock: Option<BedrockSettings>,
+    /// Vertex AI settings (type `vertex`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSettings>,
 }
 
 /// How an AWS Bedrock account is called. The deployment's `upstream_model` is the Bedrock model
@@ -114,6 +120,23 @@ pub struct BedrockSettings {
     /// A secret reference to the session token of temporary credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token: Option<String>,
+}
+
+/// Where a Vertex AI model is and who calls it. Requests go to
+/// `https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}/publishers/google/models/{upstream_model}:generateContent`
+/// (host `aiplatform.googleapis.com` for region `global`); a provider's `base_url` replaces the
+/// scheme and host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct VertexSettings {
+    /// The Google Cloud project id.
+    pub project: String,
+    /// The Vertex AI location, such as `us-central1`, or `global`.
+    pub region: String,
+    /// A secret reference (`env:NAME` or `file:PATH`) to the service account's JSON key.
+    pub service_account: String,
+    /// Where access tokens are obtained instead of the key's `token_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
 }
 
 /// How an Azure OpenAI resource is called. The deployment's `upstream_model` is the Azure

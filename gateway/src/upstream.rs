@@ -272,11 +272,11 @@ pub enum StreamEvent {
 
 /// A stream of normalised events; fed by a task that reads the provider's answer, which stops
 /// (and drops the upstream connection) when this is dropped. Errors it yields are scrubbed by
-/// its redactor.
+/// each of its redactors.
 #[derive(Debug)]
 pub struct ChunkStream {
     rx: mpsc::Receiver<Result<StreamEvent, UpstreamError>>,
-    redactor: Redactor,
+    redactors: Vec<Redactor>,
 }
 
 impl ChunkStream {
@@ -290,21 +290,27 @@ impl ChunkStream {
             tx,
             ChunkStream {
                 rx,
-                redactor: Redactor::default(),
+                redactors: Vec::new(),
             },
         )
     }
 
-    /// The stream with its errors scrubbed of the key of `redactor`.
+    /// The stream with its errors scrubbed of the key of `redactor` too (an adapter scrubs
+    /// the secret of one request, such as an access token, before [`crate::providers::Scrubbing`]
+    /// scrubs its provider's key).
     pub fn scrubbed(mut self, redactor: Redactor) -> Self {
-        self.redactor = redactor;
+        self.redactors.push(redactor);
         self
     }
 
     /// The next event; `None` when the feeding task ended without `Done` (a broken stream).
     pub async fn next(&mut self) -> Option<Result<StreamEvent, UpstreamError>> {
         let event = self.rx.recv().await?;
-        Some(event.map_err(|e| e.scrubbed(&self.redactor)))
+        Some(event.map_err(|e| {
+            self.redactors
+                .iter()
+                .fold(e, |e, redactor| e.scrubbed(redactor))
+        }))
     }
 }
 

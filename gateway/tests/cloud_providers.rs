@@ -11,10 +11,15 @@
 //! signature its own verifier (checked against botocore's signer below) accepts, with one of
 //! its key pairs; anything else gets Bedrock's 403 exception. Streams come in AWS's binary
 //! event-stream framing, errors as Bedrock's exceptions, in-band ones as exception messages.
+//!
+//! Vertex AI: the mock's token endpoint grants access tokens only for a JWT assertion signed by
+//! the test service account's key with the right claims, and its model paths answer only a
+//! request carrying an unexpired token it granted (401 `UNAUTHENTICATED` otherwise).
 
 mod common;
 
 use common::*;
+use llmgw_mock_provider::vertex;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -493,4 +498,223 @@ async fn botocore_signatures_are_accepted_by_the_mock_and_tampered_ones_refused(
         2,
         "the two well-signed requests, and only they, were answered"
     );
+}
+
+/// A gateway whose model `m` is `upstream` on a Vertex AI provider of the mock, with the
+/// backup `alt`.
+struct OnVertex {
+    mock: llmgw_mock_provider::MockHandle,
+    gw: Gateway,
+    _policy: tempfile::TempDir,
+}
+
+async fn on_vertex(upstream: &str) -> OnVertex {
+    let mock = mock().await;
+    let (gw, policy) = gateway_for(|d| {
+        // The provider's own lines after `type`, `region` and `base_url`.
+        let settings: String = vertex_provider(d, &mock)
+            .lines()
+            .skip(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        cloud_policy(d, "vertex", "vertex", &root(&mock), upstream, &settings)
+    });
+    OnVertex {
+        mock,
+        gw,
+        _policy: policy,
+    }
+}
+
+/// Fails when `text` holds a token the mock granted or a piece of the service account's
+/// private key (any 8 characters of its base64).
+fn assert_no_vertex_secret(mock: &llmgw_mock_provider::MockHandle, what: &str, text: &str) {
+    let key: serde_json::Value =
+        serde_json::from_str(&vertex::service_account_key("")).expect("json");
+    let body: String = key["private_key"]
+        .as_str()
+        .expect("a private key")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let tokens = mock.stats.vertex.granted();
+    assert!(!tokens.is_empty(), "a token was granted");
+    for token in &tokens {
+        assert!(
+            !text.contains(token.as_str()),
+            "{what} holds a token:\n{text}"
+        );
+    }
+    for i in 0..=body.len() - 8 {
+        let fragment = &body[i..i + 8];
+        assert!(
+            !text.contains(fragment),
+            "{what} holds `{fragment}` of the private key:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_whole_and_streamed_with_usage_and_cost() {
+    let v = on_vertex("gemini-2.0-flash+ok").await;
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", false, 5)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-llmgw-provider"), "vertex");
+    let body = a.json();
+    assert_eq!(body["choices"][0]["message"]["content"], expected_text(5));
+    let input = body["usage"]["prompt_tokens"].as_u64().expect("input");
+    assert!(input > 0, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    let cost: f64 = a.header("x-llmgw-cost-usd").parse().expect("a cost");
+    let priced = (3.0 * input as f64 + 15.0 * 5.0) / 1e6;
+    assert!((cost - priced).abs() < 1e-12, "{cost} vs {priced}");
+    // Vertex got Gemini's body.
+    let sent = v.mock.stats.last_body("gemini-2.0-flash+ok").expect("sent");
+    assert_eq!(sent["contents"][0]["parts"][0]["text"], "Say something.");
+    assert_eq!(sent["generationConfig"]["maxOutputTokens"], 5);
+
+    let streamed = serde_json::json!({
+        "model": "m", "stream": true, "max_tokens": 6,
+        "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": "Say something." }],
+    });
+    let s = post(&v.gw.url("/v1/chat/completions"), &streamed.to_string()).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.streamed_text(), expected_text(6));
+    assert_eq!(s.streamed_models(), vec!["m"]);
+    assert!(s.done() && !s.stream_error(), "{}", s.body);
+    let usage = s
+        .events()
+        .into_iter()
+        .filter_map(|(_, d)| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .find(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .expect("a usage chunk");
+    assert_eq!(usage["completion_tokens"], 6);
+    let input = usage["prompt_tokens"].as_u64().expect("input");
+    let cost: f64 = s
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(": x-llmgw-cost-usd="))
+        .expect("a cost comment")
+        .parse()
+        .expect("a cost");
+    let priced = (3.0 * input as f64 + 15.0 * 6.0) / 1e6;
+    assert!((cost - priced).abs() < 1e-12, "{cost} vs {priced}");
+    assert_eq!(v.mock.stats.attempts("gemini-2.0-flash+ok"), 2);
+    assert_eq!(v.mock.stats.attempts("alt+ok"), 0, "no request was refused");
+    assert_eq!(v.mock.stats.vertex.grants(), 1, "both used one token");
+    let logs = v.gw.wait_request_logs(2);
+    assert_eq!(logs.len(), 2);
+    assert_no_vertex_secret(&v.mock, "the log", &v.gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_vertex_requests_share_one_token_grant() {
+    let v = on_vertex("gemini+ok").await;
+    let url = v.gw.url("/v1/chat/completions");
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let url = url.clone();
+        requests.spawn(async move { post(&url, &chat("m", false, 2)).await });
+    }
+    while let Some(a) = requests.join_next().await {
+        let a = a.expect("request task");
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-llmgw-provider"), "vertex");
+    }
+    assert_eq!(v.mock.stats.attempts("gemini+ok"), 12);
+    assert_eq!(v.mock.stats.vertex.grants(), 1, "one grant for all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vertex_token_shorter_than_the_refresh_margin_is_renewed_by_the_next_request() {
+    let v = on_vertex("gemini+ok").await;
+    // 60 s is within the 5-minute margin: the token serves the request that obtained it.
+    v.mock.stats.vertex.set_expires_in(60);
+    let url = v.gw.url("/v1/chat/completions");
+    for grants in 1..=3 {
+        let a = post(&url, &chat("m", false, 2)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(v.mock.stats.vertex.grants(), grants);
+    }
+    // An hour-long token is kept.
+    v.mock.stats.vertex.set_expires_in(3600);
+    for _ in 0..3 {
+        let a = post(&url, &chat("m", true, 2)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-llmgw-provider"), "vertex");
+    }
+    assert_eq!(v.mock.stats.vertex.grants(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vertex_token_endpoint_outage_is_an_auth_error_and_fails_over() {
+    let v = on_vertex("gemini+ok").await;
+    v.mock.stats.vertex.set_outage(Some(503));
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", false, 3)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-llmgw-provider"), "compat");
+    assert_eq!(
+        a.json()["choices"][0]["message"]["content"],
+        expected_text(3)
+    );
+    assert_eq!(v.mock.stats.attempts("gemini+ok"), 0, "never called");
+    let log = v.gw.wait_request_logs(1).pop().expect("request log");
+    assert_eq!(log["attempts"][0]["deployment"], "m@vertex", "{log}");
+    assert_eq!(log["attempts"][0]["outcome"], "auth", "{log}");
+    // Back up: the provider serves again.
+    v.mock.stats.vertex.set_outage(None);
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", false, 3)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-llmgw-provider"), "vertex");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_resource_exhausted_is_rate_limited_and_fails_over() {
+    let v = on_vertex("gemini+429").await;
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", true, 4)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_models(), vec!["alt"]);
+    assert_eq!(a.streamed_text(), expected_text(4));
+    assert_eq!(v.mock.stats.attempts("gemini+429"), 1);
+    let log = v.gw.wait_request_logs(1).pop().expect("request log");
+    assert!(log.to_string().contains("rate_limited"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_on_vertex_resumes_on_another_provider() {
+    let v = on_vertex("gemini+cut-3").await;
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", true, 8)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.streamed_text(), expected_text(8));
+    assert_eq!(a.streamed_models(), vec!["m", "alt"]);
+    assert!(a.done() && !a.stream_error());
+    assert_eq!(v.mock.stats.attempts("gemini+cut-3"), 1);
+    assert_eq!(v.mock.stats.attempts("alt+ok"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_access_tokens_and_the_private_key_never_reach_answers_or_logs() {
+    // The mock quotes the bearer token it received, whole and in part, in a JSON error and
+    // in an in-band stream error.
+    let v = on_vertex("gemini+echo-400").await;
+    let a = post(&v.gw.url("/v1/chat/completions"), &chat("m", false, 3)).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("[redacted]"), "{}", a.body);
+    assert_no_vertex_secret(&v.mock, "the answer", &a.body);
+
+    let v2 = on_vertex("gemini+echo-stream-500").await;
+    let s = post(&v2.gw.url("/v1/chat/completions"), &chat("m", true, 6)).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_no_vertex_secret(&v2.mock, "the stream", &s.body);
+    for (mock, gw) in [(&v.mock, &v.gw), (&v2.mock, &v2.gw)] {
+        gw.wait_request_logs(1);
+        let logs = gw.logs();
+        assert!(
+            logs.contains("[redacted]"),
+            "the quote was logged scrubbed: {logs}"
+        );
+        assert_no_vertex_secret(mock, "the log", &logs);
+    }
 }

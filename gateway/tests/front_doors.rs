@@ -1,5 +1,5 @@
 //! The front doors (OpenAI chat completions, Anthropic Messages, OpenAI Responses) over every
-//! upstream type (OpenAI-compatible, Anthropic, Gemini and Bedrock, all spoken by the mock
+//! upstream type (OpenAI-compatible, Anthropic, Gemini, Bedrock and Vertex AI, all spoken by the mock
 //! provider, and the simulated provider), JSON and streamed: the answer, the usage the client sees, the
 //! cost header or comment, and the request log agree. Then failover and budgets for requests
 //! that enter by `/v1/messages`, and stored responses.
@@ -15,7 +15,8 @@ use std::path::Path;
 const MAX_TOKENS: u64 = 4;
 
 /// One model per upstream type, each priced 1 and 2 USD per million input and output tokens.
-fn matrix_policy(dir: &Path, base_url: &str) {
+fn matrix_policy(dir: &Path, mock: &llmgw_mock_provider::MockHandle) {
+    let base_url = mock.base_url();
     let provider = |name: &str, kind: &str| {
         format!(
             "  - name: {name}\n    type: {kind}\n    region: local\n    base_url: {base_url}\n    api_key: env:LLMGW_TEST_UPSTREAM_KEY\n"
@@ -27,10 +28,11 @@ fn matrix_policy(dir: &Path, base_url: &str) {
         base_url.trim_end_matches("/v1")
     );
     let providers = format!(
-        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}{}{bedrock}  - name: up-simulated\n    type: simulated\n    region: local\n    simulated: {{ ttft_ms: 1, tokens_per_second: 5000, output_tokens: 16 }}\n",
+        "apiVersion: llmgw.dev/v1\nkind: Providers\nproviders:\n{}{}{}{bedrock}  - name: up-vertex\n{}  - name: up-simulated\n    type: simulated\n    region: local\n    simulated: {{ ttft_ms: 1, tokens_per_second: 5000, output_tokens: 16 }}\n",
         provider("up-openai", "openai_compatible"),
         provider("up-anthropic", "anthropic"),
         provider("up-gemini", "gemini"),
+        vertex_provider(dir, mock),
     );
     let mut models = String::from("apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n");
     for (name, provider, upstream) in UPSTREAMS {
@@ -43,7 +45,7 @@ fn matrix_policy(dir: &Path, base_url: &str) {
 }
 
 /// (model, provider, upstream model) of [`matrix_policy`].
-const UPSTREAMS: [(&str, &str, &str); 5] = [
+const UPSTREAMS: [(&str, &str, &str); 6] = [
     ("via-openai", "up-openai", "o+ok"),
     ("via-anthropic", "up-anthropic", "a+ok"),
     ("via-gemini", "up-gemini", "g+ok"),
@@ -52,6 +54,7 @@ const UPSTREAMS: [(&str, &str, &str); 5] = [
         "up-bedrock",
         "anthropic.claude-3-haiku-20240307-v1:0+ok",
     ),
+    ("via-vertex", "up-vertex", "v+ok"),
     ("via-simulated", "up-simulated", "sim"),
 ];
 
@@ -195,7 +198,7 @@ fn told_cost(a: &Answer, stream: bool) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_front_door_is_served_by_every_upstream_type_with_usage_and_cost() {
     let mock = mock().await;
-    let (gw, _dir) = gateway_for(|d| matrix_policy(d, &mock.base_url()));
+    let (gw, _dir) = gateway_for(|d| matrix_policy(d, &mock));
     let mut seen = Vec::new();
     for door in [Door::Chat, Door::Messages, Door::Responses] {
         for (model, provider, _) in UPSTREAMS {
@@ -435,7 +438,7 @@ async fn stored_responses_scenario(
 async fn stored_responses_continue_conversations_per_tenant_and_can_be_deleted() {
     let mock = mock().await;
     let policies = tempfile::tempdir().expect("tempdir");
-    matrix_policy(policies.path(), &mock.base_url());
+    matrix_policy(policies.path(), &mock);
     let state = tempfile::tempdir().expect("tempdir");
     let location = state.path().to_str().expect("utf-8");
     let s = ["--state", location];
@@ -457,7 +460,7 @@ async fn stored_responses_are_shared_by_replicas_on_redis() {
     let prefix = fresh_prefix();
     let mock = mock().await;
     let policies = tempfile::tempdir().expect("tempdir");
-    matrix_policy(policies.path(), &mock.base_url());
+    matrix_policy(policies.path(), &mock);
     let s = ["--state", url.as_str(), "--state-prefix", prefix.as_str()];
     let acme = create_key(&s, &["--tenant", "acme"]);
     let globex = create_key(&s, &["--tenant", "globex"]);
@@ -483,7 +486,7 @@ async fn stored_responses_are_shared_by_replicas_on_redis() {
 async fn cached_answers_are_replayed_in_the_shape_of_each_door() {
     let mock = mock().await;
     let (gw, _dir) = gateway_for(|d| {
-        matrix_policy(d, &mock.base_url());
+        matrix_policy(d, &mock);
         let cache = "apiVersion: llmgw.dev/v1\nkind: Cache\ndefault_ttl_secs: 0\nrules:\n  - model: via-openai\n    ttl_secs: 600\n";
         std::fs::write(d.join("cache.yaml"), cache).expect("write policy");
     });

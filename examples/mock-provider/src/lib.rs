@@ -46,7 +46,12 @@
 //! are checked and a malformed request gets Azure's error), and AWS Bedrock's
 //! `POST /model/{modelId}/converse` and `/converse-stream` (see [`bedrock`]: the SigV4
 //! signature is verified, errors are Bedrock's exceptions and streams use AWS's binary
-//! event-stream framing, in-band errors being exception messages), with the same faults.
+//! event-stream framing, in-band errors being exception messages), and Google Vertex AI's
+//! `POST /v1/projects/{project}/locations/{region}/publishers/google/models/{model}:generateContent`
+//! and `:streamGenerateContent?alt=sse` with its OAuth token endpoint `POST /token` (see
+//! [`vertex`]: Gemini's protocol, for a request with an access token the mock granted to a
+//! verified JWT assertion), with the same faults. Gemini and Vertex AI throttle with Google's
+//! 429 `RESOURCE_EXHAUSTED`.
 //!
 //! The rate and spread faults depend only on the attempt number, never on a clock or a random
 //! source: the same sequence of attempts always fails and waits the same way, and any 100
@@ -60,6 +65,7 @@
 
 pub mod azure;
 pub mod bedrock;
+pub mod vertex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -285,6 +291,8 @@ pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
     bodies: Mutex<BTreeMap<String, Value>>,
     traceparents: Mutex<BTreeMap<String, String>>,
+    /// Vertex AI's token endpoint: its grants, and how it answers.
+    pub vertex: vertex::Vertex,
 }
 
 impl Stats {
@@ -458,6 +466,13 @@ async fn handle(
         (_, _, Some(_)) => Dialect::Bedrock,
         _ => Dialect::OpenAi,
     };
+    let on_vertex = vertex::models_path(&path).is_some();
+    let vertex_authorized = on_vertex && stats.vertex.authorized(header("authorization"));
+    let token_audience = format!(
+        "http://{}{}",
+        header("host").unwrap_or(""),
+        vertex::TOKEN_PATH
+    );
     let azure_problem = azure_target.as_ref().and_then(|_| {
         azure::check(
             req.uri().query(),
@@ -489,6 +504,20 @@ async fn handle(
         }
         (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/embeddings") => {}
         (Method::POST, "/v1/messages") => {}
+        (Method::POST, vertex::TOKEN_PATH) => {
+            let Ok(body) = req.into_body().collect().await else {
+                return Err(DropConnection);
+            };
+            let (status, answer) = stats.vertex.grant(&body.to_bytes(), &token_audience);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok(json_response(status, answer));
+        }
+        (Method::POST, _) if on_vertex && !vertex_authorized => {
+            return Ok(json_response(
+                StatusCode::UNAUTHORIZED,
+                vertex::unauthenticated(),
+            ))
+        }
         (Method::POST, p) if gemini_target(p).is_some() => {}
         (Method::POST, _) if bedrock_target.is_some() => {}
         (Method::POST, _) if azure_target.is_some() => {
@@ -1066,11 +1095,13 @@ impl Dialect {
     }
 }
 
-/// `(model, stream)` of a Gemini `models/{model}:generateContent` path.
+/// `(model, stream)` of a Gemini `models/{model}:generateContent` path, on Google AI or on
+/// Vertex AI.
 fn gemini_target(path: &str) -> Option<(String, bool)> {
     let rest = path
         .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"))?;
+        .or_else(|| path.strip_prefix("/v1/models/"))
+        .or_else(|| vertex::models_path(path))?;
     let (model, action) = rest.split_once(':')?;
     match action {
         "generateContent" => Some((model.to_owned(), false)),
@@ -1491,14 +1522,21 @@ fn error_response(
 }
 
 fn rate_limited(dialect: Dialect, retry_after: Option<u64>) -> Response<MockBody> {
-    let mut resp = if dialect == Dialect::Bedrock {
-        bedrock_error(
+    let mut resp = match dialect {
+        Dialect::Bedrock => bedrock_error(
             StatusCode::TOO_MANY_REQUESTS,
             "ThrottlingException",
             "Too many requests, please wait before trying again.",
-        )
-    } else {
-        json_response(
+        ),
+        Dialect::Gemini => json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            vertex::error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource exhausted. Please try again later.",
+            ),
+        ),
+        _ => json_response(
             StatusCode::TOO_MANY_REQUESTS,
             json!({ "error": {
                 "message": "Rate limit reached",
@@ -1506,7 +1544,7 @@ fn rate_limited(dialect: Dialect, retry_after: Option<u64>) -> Response<MockBody
                 "code": "rate_limit_exceeded",
                 "param": null,
             }}),
-        )
+        ),
     };
     if let Some(secs) = retry_after {
         resp.headers_mut().insert("retry-after", secs.into());

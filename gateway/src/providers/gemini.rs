@@ -11,7 +11,7 @@ use crate::upstream::{
     UpstreamRequest, UpstreamResponse, Usage,
 };
 use crate::wire::content_text;
-use ::http::header::HeaderName;
+use ::http::header::{HeaderName, HeaderValue};
 use llmgw_engine::input::Endpoint;
 use llmgw_engine::model;
 use serde_json::{json, Map, Value};
@@ -33,6 +33,52 @@ impl Gemini {
             conn: Connection::new(provider, key, Some(GEMINI_BASE_URL)),
         }
     }
+
+    /// The connection (client, base URL, key, timeouts).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Sends `req`, translated, to the model `{models_url}/{model}` with `headers` (the
+    /// authentication) and translates the answer back: the one exchange of every API that
+    /// speaks Gemini's `generateContent` (Google AI and Vertex AI).
+    pub async fn exchange(
+        &self,
+        models_url: &str,
+        mut headers: Vec<(HeaderName, HeaderValue)>,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        http::traceparent(req, &mut headers);
+        let model = req.upstream_model.trim_start_matches("models/");
+        let (action, body) = match req.endpoint {
+            Endpoint::Embeddings => ("batchEmbedContents", to_embed(req.body, model)),
+            Endpoint::Chat if req.stream => (
+                "streamGenerateContent?alt=sse",
+                to_generate(req.body, req.prefill),
+            ),
+            Endpoint::Chat => ("generateContent", to_generate(req.body, req.prefill)),
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
+        let url = http::join(models_url, &format!("{model}:{action}"));
+        let resp = http::post(&self.conn.client, &url, headers, body, first).await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp).await);
+        }
+        if req.stream && req.endpoint == Endpoint::Chat {
+            return Ok(UpstreamResponse::Stream(http::spawn_sse(
+                resp,
+                GeminiStream::default(),
+            )));
+        }
+        let answer =
+            http::read_json(resp, Duration::from_millis(self.conn.timeouts.total_ms)).await?;
+        let (body, usage) = match req.endpoint {
+            Endpoint::Embeddings => from_embed(&answer, req.body, req.upstream_model),
+            Endpoint::Chat => from_generate(&answer, req.upstream_model)?,
+        };
+        Ok(UpstreamResponse::Full(FullResponse { body, usage }))
+    }
 }
 
 impl Provider for Gemini {
@@ -45,42 +91,8 @@ impl Provider for Gemini {
                     headers.push((HeaderName::from_static("x-goog-api-key"), v));
                 }
             }
-            http::traceparent(&req, &mut headers);
-            let model = req.upstream_model.trim_start_matches("models/");
-            let (path, body) = match req.endpoint {
-                Endpoint::Embeddings => (
-                    format!("models/{model}:batchEmbedContents"),
-                    to_embed(req.body, model),
-                ),
-                Endpoint::Chat if req.stream => (
-                    format!("models/{model}:streamGenerateContent?alt=sse"),
-                    to_generate(req.body, req.prefill),
-                ),
-                Endpoint::Chat => (
-                    format!("models/{model}:generateContent"),
-                    to_generate(req.body, req.prefill),
-                ),
-            };
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
-            let url = http::join(self.conn.base(), &path);
-            let resp = http::post(&self.conn.client, &url, headers, body, first).await?;
-            if !resp.status().is_success() {
-                return Err(http::error_from(resp).await);
-            }
-            if req.stream && req.endpoint == Endpoint::Chat {
-                return Ok(UpstreamResponse::Stream(http::spawn_sse(
-                    resp,
-                    GeminiStream::default(),
-                )));
-            }
-            let answer =
-                http::read_json(resp, Duration::from_millis(self.conn.timeouts.total_ms)).await?;
-            let (body, usage) = match req.endpoint {
-                Endpoint::Embeddings => from_embed(&answer, req.body, req.upstream_model),
-                Endpoint::Chat => from_generate(&answer, req.upstream_model)?,
-            };
-            Ok(UpstreamResponse::Full(FullResponse { body, usage }))
+            let models = http::join(self.conn.base(), "models");
+            self.exchange(&models, headers, &req).await
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod openai;
 pub mod redact;
 pub mod secret;
 pub mod simulated;
+pub mod vertex;
 
 use crate::upstream::{Provider, SendFuture, UpstreamRequest, UpstreamResponse};
 use llmgw_engine::model::{self, ProviderType};
@@ -56,6 +57,11 @@ pub fn build(provider: &model::Provider) -> Arc<dyn Provider> {
             let bedrock = bedrock::Bedrock::new(provider);
             let redactor = bedrock.redactor();
             Scrubbing::wrap(bedrock, redactor)
+        }
+        ProviderType::Vertex => {
+            let vertex = vertex::Vertex::new(provider);
+            let redactor = vertex.redactor();
+            Scrubbing::wrap(vertex, redactor)
         }
     }
 }

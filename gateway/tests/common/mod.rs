@@ -497,6 +497,24 @@ pub async fn mock() -> llmgw_mock_provider::MockHandle {
         .expect("mock listens")
 }
 
+/// The lines of a `vertex` provider of `mock` after its name (`type`, `region`, `base_url` and
+/// `vertex`), whose service account key (the mock's test account, with tokens from the mock)
+/// is written to `dir` (a policy directory: the key is not YAML, so not read as policy).
+pub fn vertex_provider(dir: &Path, mock: &llmgw_mock_provider::MockHandle) -> String {
+    let root = format!("http://{}", mock.addr);
+    let token_uri = format!("{root}{}", llmgw_mock_provider::vertex::TOKEN_PATH);
+    let key = dir.join("vertex-service-account.json");
+    std::fs::write(
+        &key,
+        llmgw_mock_provider::vertex::service_account_key(&token_uri),
+    )
+    .expect("write the service account key");
+    format!(
+        "    type: vertex\n    region: us-central1\n    base_url: {root}\n    vertex:\n      project: llmgw-test-project\n      region: us-central1\n      service_account: file:{}\n",
+        key.display()
+    )
+}
+
 /// Starts a gateway on a fresh policy directory written by `write`.
 pub fn gateway_for(write: impl FnOnce(&Path)) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
