@@ -392,3 +392,83 @@ impl Shared {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer() -> Answer {
+        Answer {
+            model: "m".into(),
+            provider: "p".into(),
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 5,
+            },
+            body: Body::Chat(Chat {
+                content: Some("hello".into()),
+                tool_calls: vec![serde_json::json!({ "id": "c1", "type": "function",
+                    "function": { "name": "f", "arguments": "{}" } })],
+                finish_reason: "tool_calls".into(),
+            }),
+        }
+    }
+
+    fn read_back(tenant: &str, a: &Answer) -> Stored {
+        let text = serde_json::to_string(&Stored::of(tenant, a)).expect("encodes");
+        serde_json::from_str(&text).expect("decodes")
+    }
+
+    #[test]
+    fn a_stored_answer_reads_back_whole_for_its_tenant_only() {
+        let a = answer();
+        let hit = read_back("acme", &a)
+            .hit("acme", None)
+            .expect("its tenant's");
+        assert_eq!((hit.model(), hit.provider()), ("m", "p"));
+        assert_eq!(hit.replay().1, a.usage);
+        assert_eq!(
+            hit.body("id", 1, false, false),
+            chat_of(&a).completion("id", 1, "m", a.usage)
+        );
+        assert!(hit.age() < Duration::from_secs(60));
+        assert!(read_back("acme", &a).hit("globex", None).is_none());
+        let emb = Answer {
+            body: Body::Embeddings(r#"{"data":[]}"#.into()),
+            ..answer()
+        };
+        let hit = read_back("acme", &emb)
+            .hit("acme", Some(0.95))
+            .expect("hit");
+        assert_eq!(hit.body("id", 1, false, false), r#"{"data":[]}"#);
+        assert_eq!(hit.outcome(), "near_hit");
+    }
+
+    fn chat_of(a: &Answer) -> &Chat {
+        match &a.body {
+            Body::Chat(c) => c,
+            Body::Embeddings(_) => panic!("a chat answer"),
+        }
+    }
+
+    #[test]
+    fn an_indexed_prompt_reads_back_with_the_same_similarity_and_facts() {
+        let p = Prompt::of("Translate this email into French: see you on Monday");
+        let q = Prompt::of("translate this email into French: see you on monday!");
+        let item = Indexed {
+            key: hex::encode([7u8; 32]),
+            prompt: p.clone(),
+        };
+        let text = serde_json::to_string(&item).expect("encodes");
+        let back: Indexed = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back.prompt, p);
+        let dense = q.vector.dense();
+        assert_eq!(back.prompt.vector.cosine(&dense), p.vector.cosine(&dense));
+        // A vector naming a dimension out of range (a corrupted value) scores, never panics.
+        let bad = text.replacen("\"dims\":[", "\"dims\":[65535,", 1);
+        let bad = bad.replacen("\"weights\":[", "\"weights\":[1.0,", 1);
+        assert!(bad.contains("[65535,") && bad.contains("[1.0,"), "{bad}");
+        let bad: Indexed = serde_json::from_str(&bad).expect("decodes");
+        assert!(bad.prompt.vector.cosine(&dense).is_finite());
+    }
+}
