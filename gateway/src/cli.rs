@@ -119,6 +119,11 @@ pub struct ServeArgs {
     /// off. Entries live for the TTL of the policy's `kind: Cache` rules.
     #[arg(long, value_name = "BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
     pub cache_max_bytes: u64,
+    /// With `--state redis://…`, where the response cache is shared by the replicas: the most
+    /// entries (answers and near-duplicate buckets) each tenant keeps in Redis; storing past
+    /// it drops those nearest their expiry.
+    #[arg(long, value_name = "N", default_value_t = crate::cache::shared::DEFAULT_TENANT_ENTRIES)]
+    pub cache_tenant_entries: u64,
     /// A key that opens tenant tokens: `KID=env:NAME` or `KID=file:PATH` (32 bytes, hex or
     /// base64), optionally `,until=<RFC 3339 time>` when it retires (repeatable).
     #[arg(long = "tenant-token-key", value_name = "KID=REF[,until=TIME]")]
@@ -294,7 +299,21 @@ pub async fn serve(args: ServeArgs) -> i32 {
     app.policy_status = policy_status;
     app.tenant_tokens = tenant_tokens;
     app.webhook_secret = webhook_secret;
-    app.cache = crate::cache::ResponseCache::new(args.cache_max_bytes, app.metrics.cache.clone());
+    let cache_metrics = app.metrics.cache.clone();
+    app.cache = match &app.state {
+        crate::store::Store::Redis(redis) => {
+            let shared = crate::cache::shared::Shared::new(
+                redis,
+                app.store_health.clone(),
+                args.cache_tenant_entries,
+                cache_metrics.clone(),
+            );
+            crate::cache::ResponseCache::shared(args.cache_max_bytes, cache_metrics, shared)
+        }
+        crate::store::Store::Sqlite(_) => {
+            crate::cache::ResponseCache::new(args.cache_max_bytes, cache_metrics)
+        }
+    };
     app.decision_log = match args.decision_log.open(&app.metrics) {
         Ok(log) => log,
         Err(e) => {

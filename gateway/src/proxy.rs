@@ -433,9 +433,12 @@ pub async fn handle(
     info.decision_input = captured.and_then(|c| c.input);
     info.phase("decide");
     // The response cache: after the decision (its TTL and revision), before any reservation
-    // or upstream call. A hit is answered from memory without reserving or spending.
+    // or upstream call. A hit is answered from the cache without reserving or spending.
     let terms = cache::Terms::of(&decision);
-    let cached = app.cache.lookup(&parts.headers, &request, &identity, terms);
+    let cached = app
+        .cache
+        .lookup(&parts.headers, &request, &identity, terms)
+        .await;
     info.cache = cached.header();
     info.phase("cache");
     let cache_store = match cached {
@@ -676,7 +679,10 @@ async fn cached_despite_budget(
         ttl_secs: rt.policy.cache_ttl_secs(model),
         semantic_threshold: rt.policy.cache_semantic_threshold(model),
     };
-    let hit = app.cache.hit_only(headers, request, identity, terms)?;
+    let hit = app
+        .cache
+        .hit_only(headers, request, identity, terms)
+        .await?;
     let blocked = match captured.take() {
         Some(Captured {
             input,

@@ -639,3 +639,329 @@ fn cache_eval_reports_precision_and_recall_and_names_a_bad_line() {
         out.stderr
     );
 }
+
+// --- The shared cache: replicas on one Redis --------------------------------------------------
+//
+// These need a Redis: set `LLMGW_TEST_REDIS_URL` and run with `--include-ignored`. Each writes
+// under a prefix of its own; the outage test starts a Redis of its own.
+
+/// Two replicas on the test Redis under a prefix of their own, serving the test policy.
+struct Fleet {
+    a: Gateway,
+    b: Gateway,
+    mock: llmgw_mock_provider::MockHandle,
+    url: String,
+    prefix: String,
+    _policies: tempfile::TempDir,
+}
+
+/// Starts a [`Fleet`]; `extra` are arguments of both replicas.
+async fn fleet(extra: &[&str]) -> Fleet {
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    policy(policies.path(), &mock.base_url(), "");
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let a = replica_with(policies.path(), &url, &prefix, extra);
+    let b = replica_with(policies.path(), &url, &prefix, extra);
+    Fleet {
+        a,
+        b,
+        mock,
+        url,
+        prefix,
+        _policies: policies,
+    }
+}
+
+impl Fleet {
+    fn upstream(&self, upstream: &str) -> u64 {
+        self.mock.stats.attempts(upstream)
+    }
+
+    /// The keys of the answers stored for `tenant`.
+    async fn answers(&self, tenant: &str) -> Vec<String> {
+        redis_keys(&self.url, &format!("{}cache:{{{tenant}}}:e:*", self.prefix)).await
+    }
+
+    /// Waits until `n` answers of `tenant` are stored (storing follows the answer).
+    async fn stored(&self, tenant: &str, n: usize) {
+        until(
+            Duration::from_secs(5),
+            &format!("{n} answers stored"),
+            || async { self.answers(tenant).await.len() == n },
+        )
+        .await;
+    }
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects")
+}
+
+async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut redis_conn(url).await)
+        .await
+        .expect("keys")
+}
+
+async fn chat_on(gw: &Gateway, body: &Value) -> Answer {
+    post(&gw.url("/v1/chat/completions"), &body.to_string()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn a_replica_serves_what_another_cached_as_json_and_as_sse() {
+    let f = fleet(&[]).await;
+    // Stored by A as JSON, served by B as JSON and as a stream.
+    let body = ask("chat-a", "Summarise the quarterly report.", 6);
+    let first = chat_on(&f.a, &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("x-llmgw-cache"), "miss");
+    f.stored("dev", 1).await;
+    let json = chat_on(&f.b, &body).await;
+    assert_hit(&json, "chat-a");
+    assert_eq!(text(&json), expected_text(6));
+    assert_eq!(
+        json.json()["usage"]["completion_tokens"],
+        first.json()["usage"]["completion_tokens"]
+    );
+    let sse = chat_on(&f.b, &streamed(body, true)).await;
+    assert_hit(&sse, "chat-a");
+    assert_eq!(sse.header("content-type"), "text/event-stream");
+    assert_eq!(sse.streamed_text(), expected_text(6));
+    assert!(sse.done() && !sse.stream_error());
+    assert_eq!(f.upstream("a+ok"), 1);
+
+    // Streamed through B, served by A as JSON.
+    let body = ask("chat-a", "Name two rivers.", 7);
+    let first = chat_on(&f.b, &streamed(body.clone(), false)).await;
+    assert_eq!(first.header("x-llmgw-cache"), "miss");
+    assert!(first.done());
+    f.stored("dev", 2).await;
+    let json = chat_on(&f.a, &body).await;
+    assert_hit(&json, "chat-a");
+    assert_eq!(text(&json), expected_text(7));
+    assert_eq!(json.json()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(f.upstream("a+ok"), 2);
+
+    // Embeddings too.
+    let emb = json!({ "model": "emb", "input": ["alpha", "beta"] }).to_string();
+    let first = post(&f.a.url("/v1/embeddings"), &emb).await;
+    assert_eq!(first.header("x-llmgw-cache"), "miss", "{}", first.body);
+    f.stored("dev", 3).await;
+    let second = post(&f.b.url("/v1/embeddings"), &emb).await;
+    assert_hit(&second, "emb");
+    assert_eq!(second.json()["data"], first.json()["data"]);
+
+    // A near duplicate stored by A is found by B through the index in Redis.
+    let ticket = "Summarise this support ticket in two sentences. The customer cannot log in \
+                  after resetting their password; the dashboard answers 403 since Monday.";
+    let first = chat_on(&f.a, &ask("near", ticket, 6)).await;
+    assert_eq!(first.header("x-llmgw-cache"), "miss");
+    f.stored("dev", 4).await;
+    let retyped = "summarise this support ticket in two sentences.  The customer cannot log in \
+                   after resetting their password; the dashboard answers 403 since Monday!";
+    let near = chat_on(&f.b, &ask("near", retyped, 6)).await;
+    assert_hit(&near, "near");
+    let similarity: f64 = near
+        .header("x-llmgw-cache-similarity")
+        .parse()
+        .expect("similarity header");
+    assert!((0.9..1.0).contains(&similarity), "{similarity}");
+    let other = chat_on(&f.b, &ask("near", "Write a short poem about the sea.", 6)).await;
+    assert_eq!(other.header("x-llmgw-cache"), "miss");
+    assert_eq!(f.upstream("n+ok"), 2);
+
+    // Counted on the replica that served the hits; nothing failed.
+    let metrics = f.b.metrics().await;
+    assert!(
+        metrics.contains("llmgw_cache_lookups_total{outcome=\"hit\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("llmgw_cache_lookups_total{outcome=\"near_hit\"} 1"));
+    assert!(metrics.contains("llmgw_cache_errors_total 0"), "{metrics}");
+    // Every key is the tenant's and under the prefix.
+    let all = redis_keys(&f.url, &format!("{}cache:*", f.prefix)).await;
+    assert!(
+        !all.is_empty() && all.iter().all(|k| k.contains("cache:{dev}:")),
+        "{all:?}"
+    );
+    cleanup_redis(&f.url, &f.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn replicas_never_serve_one_tenant_another_tenants_answer() {
+    let f = fleet(&[]).await;
+    let state = [
+        "--state",
+        f.url.as_str(),
+        "--state-prefix",
+        f.prefix.as_str(),
+    ];
+    let acme = create_key(&state, &["--tenant", "acme"]).bearer();
+    let globex = create_key(&state, &["--tenant", "globex"]).bearer();
+    let body = ask("chat-a", "What is our refund policy?", 4).to_string();
+    let a1 = chat_as(&f.a, &acme, &body).await;
+    assert_eq!(a1.header("x-llmgw-cache"), "miss", "{}", a1.body);
+    f.stored("acme", 1).await;
+    let g1 = chat_as(&f.b, &globex, &body).await;
+    assert_eq!(g1.status, 200, "{}", g1.body);
+    assert_eq!(g1.header("x-llmgw-cache"), "miss");
+    assert_eq!(f.upstream("a+ok"), 2);
+    f.stored("globex", 1).await;
+    assert_eq!(
+        chat_as(&f.b, &acme, &body).await.header("x-llmgw-cache"),
+        "hit"
+    );
+    assert_eq!(
+        chat_as(&f.a, &globex, &body).await.header("x-llmgw-cache"),
+        "hit"
+    );
+    assert_eq!(f.upstream("a+ok"), 2);
+    // An answer copied under another tenant's name is still never served to it: the tenant is
+    // checked again on every hit.
+    let mut c = redis_conn(&f.url).await;
+    let acme_keys = f.answers("acme").await;
+    let globex_keys = f.answers("globex").await;
+    let acme_value: String = redis::cmd("GET")
+        .arg(&acme_keys[0])
+        .query_async(&mut c)
+        .await
+        .expect("get");
+    let _: () = redis::cmd("SET")
+        .arg(&globex_keys[0])
+        .arg(&acme_value)
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let g2 = chat_as(&f.b, &globex, &body).await;
+    assert_eq!(g2.header("x-llmgw-cache"), "miss");
+    assert_eq!(f.upstream("a+ok"), 3);
+    cleanup_redis(&f.url, &f.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn a_shared_entry_expires_after_its_ttl() {
+    let f = fleet(&[]).await;
+    let body = ask("short", "What time is it?", 3);
+    assert_eq!(chat_on(&f.a, &body).await.header("x-llmgw-cache"), "miss");
+    f.stored("dev", 1).await;
+    let key = f.answers("dev").await.remove(0);
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis_conn(&f.url).await)
+        .await
+        .expect("pttl");
+    assert!((1..=1000).contains(&ttl_ms), "{ttl_ms}");
+    assert_eq!(chat_on(&f.b, &body).await.header("x-llmgw-cache"), "hit");
+    // Redis expires it; then neither replica has it.
+    until(Duration::from_secs(5), "the 1 s entry expires", || async {
+        f.answers("dev").await.is_empty()
+    })
+    .await;
+    assert_eq!(chat_on(&f.b, &body).await.header("x-llmgw-cache"), "miss");
+    assert_eq!(f.upstream("s+ok"), 2, "the miss after expiry went upstream");
+    cleanup_redis(&f.url, &f.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn a_tenant_keeps_at_most_its_entry_bound() {
+    let f = fleet(&["--cache-tenant-entries", "2"]).await;
+    for (i, prompt) in ["First question.", "Second question.", "Third question."]
+        .iter()
+        .enumerate()
+    {
+        let a = chat_on(&f.a, &ask("chat-a", prompt, 3)).await;
+        assert_eq!(a.header("x-llmgw-cache"), "miss", "{}", a.body);
+        let stores = format!("llmgw_cache_stores_total {}", i + 1);
+        until(Duration::from_secs(5), "the answer is stored", || async {
+            f.a.metrics().await.contains(&stores)
+        })
+        .await;
+    }
+    // The entry nearest its expiry (the first) made room for the third.
+    assert_eq!(f.answers("dev").await.len(), 2);
+    let members: u64 = redis::cmd("ZCARD")
+        .arg(format!("{}cache:{{dev}}:z", f.prefix))
+        .query_async(&mut redis_conn(&f.url).await)
+        .await
+        .expect("zcard");
+    assert_eq!(members, 2);
+    let metrics = f.a.metrics().await;
+    assert!(
+        metrics.contains("llmgw_cache_evictions_total{cause=\"size\"} 1"),
+        "{metrics}"
+    );
+    let third = chat_on(&f.b, &ask("chat-a", "Third question.", 3)).await;
+    assert_eq!(third.header("x-llmgw-cache"), "hit");
+    let first = chat_on(&f.b, &ask("chat-a", "First question.", 3)).await;
+    assert_eq!(first.header("x-llmgw-cache"), "miss");
+    assert_eq!(f.upstream("a+ok"), 4);
+    cleanup_redis(&f.url, &f.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts its own redis-server; run with --include-ignored"]
+async fn a_redis_outage_turns_the_shared_cache_into_misses() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut redis = OwnRedis::ready(data.path()).await;
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    // A budget that serves while the state store is down: the cache must not refuse either.
+    policy(
+        policies.path(),
+        &mock.base_url(),
+        "  - name: cap\n    scope: key\n    period: daily\n    limit_usd: 100\n    on_exceed: block\n    on_store_unavailable: allow\n",
+    );
+    let gw = redis.gateway(policies.path());
+    let body = ask("chat-a", "Summarise the quarterly report.", 6);
+    assert_eq!(chat_on(&gw, &body).await.header("x-llmgw-cache"), "miss");
+    until(Duration::from_secs(5), "the answer is stored", || async {
+        gw.metrics().await.contains("llmgw_cache_stores_total 1")
+    })
+    .await;
+    assert_eq!(chat_on(&gw, &body).await.header("x-llmgw-cache"), "hit");
+    assert_eq!(mock.stats.attempts("a+ok"), 1);
+
+    redis.kill();
+    // Straight after the outage (the lookup meets it) and once the probe has seen it (the
+    // cache is skipped): misses, answered from upstream.
+    let early = chat_on(&gw, &body).await;
+    assert_eq!(early.status, 200, "{}", early.body);
+    assert_eq!(early.header("x-llmgw-cache"), "miss");
+    until(Duration::from_secs(5), "/readyz fails", || async {
+        send("GET", &gw.url("/readyz"), None, &[]).await.status == 503
+    })
+    .await;
+    let late = chat_on(&gw, &streamed(body.clone(), false)).await;
+    assert_eq!(late.status, 200, "{}", late.body);
+    assert_eq!(late.header("x-llmgw-cache"), "miss");
+    assert_eq!(late.streamed_text(), expected_text(6));
+    assert_eq!(mock.stats.attempts("a+ok"), 3);
+    let metrics = gw.metrics().await;
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("llmgw_cache_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("llmgw_cache_errors_total");
+    assert!(errors >= 2, "{metrics}");
+
+    // Back up (with its data): the answer stored before the outage is served again.
+    let _redis = OwnRedis::start(data.path(), redis.port);
+    until(Duration::from_secs(10), "/readyz recovers", || async {
+        send("GET", &gw.url("/readyz"), None, &[]).await.status == 200
+    })
+    .await;
+    assert_eq!(chat_on(&gw, &body).await.header("x-llmgw-cache"), "hit");
+    assert_eq!(mock.stats.attempts("a+ok"), 3);
+}

@@ -10,7 +10,6 @@ mod state_support;
 use common::*;
 use state_support::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A client-side bound far above the gateway's own (about one second) and below the ~9.5 s a
@@ -38,90 +37,6 @@ async fn ready_status(gw: &Gateway) -> (u16, String) {
 /// A policy with one model `m` on the mock, and these budgets.
 fn policy(dir: &Path, base_url: &str, budgets: &str) {
     budget_policy(dir, base_url, &[("m", "chat", "m+ok")], budgets);
-}
-
-/// A Redis on a free port, persisting every write to `dir` so that a restart keeps its data
-/// (the gateway's key among them).
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    fn start(dir: &Path, port: u16) -> OwnRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--dir", dir.to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH starts");
-        OwnRedis { child, port }
-    }
-
-    /// Starts one on a free port and waits until it answers.
-    async fn ready(dir: &Path) -> OwnRedis {
-        let redis = OwnRedis::start(dir, free_port());
-        until(Duration::from_secs(10), "redis-server answers", || {
-            redis.answers()
-        })
-        .await;
-        redis
-    }
-
-    /// A gateway on this Redis serving the policies in `policies`.
-    fn gateway(&self, policies: &Path) -> Gateway {
-        Gateway::start_on(
-            &["--policies", policies.to_str().expect("utf-8")],
-            &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
-            true,
-            Some(&self.url()),
-        )
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn answers(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        match client.get_multiplexed_async_connection().await {
-            Ok(mut c) => redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .is_ok(),
-            Err(_) => false,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[tokio::test]

@@ -25,7 +25,8 @@
 use std::collections::BTreeSet;
 
 /// The facts of a prompt; two prompts may match only when theirs are equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Facts(BTreeSet<String>);
 
 /// Words that negate.

@@ -20,11 +20,15 @@
 //! - **Bounds**: entries are weighed in bytes (answer, vector, bookkeeping) against
 //!   `--cache-max-bytes` by [`moka`], which evicts by recency and frequency; expired entries
 //!   are never served.
+//! - **Shared**: with `--state redis://…` the entries live in that Redis instead
+//!   ([`shared`]), so every replica serves what any of them stored; each tenant keeps at most
+//!   `--cache-tenant-entries` there, and an unavailable Redis makes lookups misses.
 
 pub mod answer;
 pub mod eval;
 pub mod facts;
 pub mod key;
+pub mod shared;
 pub mod similar;
 
 use crate::upstream::{Delta, Usage};
@@ -82,6 +86,9 @@ pub struct CacheMetrics {
     pub bytes: Gauge,
     /// Entries held.
     pub entries: Gauge,
+    /// Shared cache operations that failed, timed out or were skipped while the state store
+    /// was unavailable (each lookup among them a miss).
+    pub errors: Counter,
 }
 
 impl CacheMetrics {
@@ -111,6 +118,11 @@ impl CacheMetrics {
             "cache_entries",
             "Entries held by the response cache",
             self.entries.clone(),
+        );
+        registry.register(
+            "cache_errors",
+            "Shared (Redis) response cache operations that failed, timed out or were skipped while the state store was unavailable; a lookup among them is a miss",
+            self.errors.clone(),
         );
     }
 
@@ -157,10 +169,33 @@ impl Expiry<Digest, Arc<Entry>> for PerEntryTtl {
     }
 }
 
+/// The largest entry a cache of `max_bytes` keeps: an eighth of it.
+fn entry_limit(max_bytes: u64) -> usize {
+    usize::try_from(max_bytes / 8)
+        .unwrap_or(usize::MAX)
+        .clamp(1, u32::MAX as usize)
+}
+
+/// The bytes an entry weighs: its answer, its prompt vector and bookkeeping.
+fn weight(store: &Store, answer: &Answer) -> usize {
+    let answer_bytes = match &answer.body {
+        Body::Chat(c) => c.bytes(),
+        Body::Embeddings(b) => b.len(),
+    };
+    OVERHEAD
+        + answer.model.len()
+        + answer.provider.len()
+        + store.tenant.len()
+        + answer_bytes
+        + store.near.as_ref().map_or(0, |(_, v)| v.bytes())
+}
+
 /// The response cache.
 pub struct ResponseCache {
     max_bytes: u64,
     inner: OnceLock<Inner>,
+    /// The Redis tier that replaces the in-memory one, with Redis state.
+    shared: Option<shared::Shared>,
     metrics: CacheMetrics,
 }
 
@@ -168,8 +203,6 @@ struct Inner {
     entries: Cache<Digest, Arc<Entry>>,
     index: Arc<Index>,
     next_id: AtomicU64,
-    /// Largest entry kept.
-    max_entry: usize,
 }
 
 impl Inner {
@@ -203,14 +236,10 @@ impl Inner {
             .expire_after(PerEntryTtl)
             .eviction_listener(on_removal)
             .build();
-        let max_entry = usize::try_from(max_bytes / 8)
-            .unwrap_or(usize::MAX)
-            .clamp(1, u32::MAX as usize);
         Inner {
             entries,
             index,
             next_id: AtomicU64::new(0),
-            max_entry,
         }
     }
 }
@@ -219,6 +248,7 @@ impl std::fmt::Debug for ResponseCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseCache")
             .field("enabled", &(self.max_bytes > 0))
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -230,7 +260,18 @@ impl ResponseCache {
         ResponseCache {
             max_bytes,
             inner: OnceLock::new(),
+            shared: None,
             metrics,
+        }
+    }
+
+    /// A cache keeping its entries in Redis ([`shared`]) rather than in memory, so that every
+    /// replica on that Redis shares them; `max_bytes` only bounds one entry (an eighth of it)
+    /// and 0 turns caching off.
+    pub fn shared(max_bytes: u64, metrics: CacheMetrics, shared: shared::Shared) -> Self {
+        ResponseCache {
+            shared: Some(shared),
+            ..ResponseCache::new(max_bytes, metrics)
         }
     }
 
@@ -241,14 +282,14 @@ impl ResponseCache {
 
     /// Looks a request up on the policy's `terms`. `headers` are the client's
     /// (`cache-control`).
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         headers: &HeaderMap,
         request: &ClientRequest,
         identity: &Identity,
         terms: Terms,
     ) -> Lookup {
-        let found = self.find(headers, request, identity, terms);
+        let found = self.find(headers, request, identity, terms).await;
         self.metrics.lookup(match &found {
             Lookup::Hit(hit) => hit.outcome(),
             Lookup::Miss(_) => "miss",
@@ -260,14 +301,14 @@ impl ResponseCache {
     /// The cached answer of a request refused before it could be served otherwise (a budget
     /// that blocks it): a hit costs nothing, so it is served all the same. Only a hit counts
     /// as a lookup.
-    pub fn hit_only(
+    pub async fn hit_only(
         &self,
         headers: &HeaderMap,
         request: &ClientRequest,
         identity: &Identity,
         terms: Terms,
     ) -> Option<Hit> {
-        match self.find(headers, request, identity, terms) {
+        match self.find(headers, request, identity, terms).await {
             Lookup::Hit(hit) => {
                 self.metrics.lookup(hit.outcome());
                 Some(hit)
@@ -276,7 +317,7 @@ impl ResponseCache {
         }
     }
 
-    fn find(
+    async fn find(
         &self,
         headers: &HeaderMap,
         request: &ClientRequest,
@@ -290,25 +331,21 @@ impl ResponseCache {
         if terms.ttl_secs == 0 || control.no_cache || !key::cacheable(request) {
             return Lookup::Bypass;
         }
-        let inner = self.inner();
         let tenant = identity.tenant.id.as_str();
         let digest = key::digest(tenant, request);
-        if let Some(entry) = inner.entries.get(&digest) {
-            if &*entry.tenant == tenant {
-                return Lookup::Hit(Hit {
-                    entry,
-                    similarity: None,
-                });
-            }
-        }
         let near = terms.semantic_threshold.and_then(|t| {
             let (bucket, text) = key::near(tenant, request)?;
             Some((bucket, Arc::new(Prompt::of(&text)), t))
         });
-        if let Some((bucket, prompt, threshold)) = &near {
-            if let Some(hit) = inner.nearest(bucket, prompt, *threshold, tenant) {
-                return Lookup::Hit(hit);
+        let found = match &self.shared {
+            Some(shared) => {
+                let near = near.as_ref().map(|(b, p, t)| (b, &**p, *t));
+                shared.lookup(tenant, &digest, near).await
             }
+            None => self.inner().find(&digest, tenant, near.as_ref()),
+        };
+        if let Some(hit) = found {
+            return Lookup::Hit(hit);
         }
         if control.no_store {
             return Lookup::Bypass;
@@ -317,7 +354,7 @@ impl ResponseCache {
             digest,
             tenant: tenant.into(),
             near: near.map(|(b, v, _)| (b, v)),
-            limit: inner.max_entry,
+            limit: entry_limit(self.max_bytes),
         })
     }
 
@@ -329,25 +366,22 @@ impl ResponseCache {
     }
 
     fn insert(&self, store: Store, decision: &Decision, answer: Answer) {
-        let Some(inner) = self.inner.get() else {
-            return;
-        };
         if decision.cache_ttl_secs == 0 || decision.downgrade.is_some() {
             return;
         }
-        let answer_bytes = match &answer.body {
-            Body::Chat(c) => c.bytes(),
-            Body::Embeddings(b) => b.len(),
-        };
-        let weight = OVERHEAD
-            + answer.model.len()
-            + answer.provider.len()
-            + store.tenant.len()
-            + answer_bytes
-            + store.near.as_ref().map_or(0, |(_, v)| v.bytes());
-        if weight > inner.max_entry {
+        let weight = weight(&store, &answer);
+        if weight > store.limit {
             return;
         }
+        if let Some(shared) = &self.shared {
+            let near = store.near.as_ref().map(|(b, p)| (b, &**p));
+            let ttl = Duration::from_secs(decision.cache_ttl_secs);
+            shared.insert(&store.tenant, &store.digest, near, ttl, &answer);
+            return;
+        }
+        let Some(inner) = self.inner.get() else {
+            return;
+        };
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some((bucket, prompt)) = &store.near {
@@ -375,6 +409,26 @@ impl ResponseCache {
 }
 
 impl Inner {
+    /// The answer cached for `digest` of `tenant`, else (with `near`) the most similar prompt's
+    /// of its bucket.
+    fn find(
+        &self,
+        digest: &Digest,
+        tenant: &str,
+        near: Option<&(Digest, Arc<Prompt>, f64)>,
+    ) -> Option<Hit> {
+        if let Some(entry) = self.entries.get(digest) {
+            if &*entry.tenant == tenant {
+                return Some(Hit {
+                    entry,
+                    similarity: None,
+                });
+            }
+        }
+        let (bucket, prompt, threshold) = near?;
+        self.nearest(bucket, prompt, *threshold, tenant)
+    }
+
     /// The most similar prompt of the bucket at or above `threshold`, with the same facts,
     /// whose answer is still cached.
     fn nearest(
@@ -623,6 +677,22 @@ mod tests {
     use llmgw_engine::input::Principal;
     use std::collections::BTreeMap;
 
+    impl ResponseCache {
+        /// [`ResponseCache::lookup`] of the in-memory cache, which never waits.
+        fn lookup_now(
+            &self,
+            headers: &HeaderMap,
+            request: &ClientRequest,
+            identity: &Identity,
+            terms: Terms,
+        ) -> Lookup {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(self.lookup(headers, request, identity, terms))
+        }
+    }
+
     fn request(body: &str) -> ClientRequest {
         crate::wire::parse(Endpoint::Chat, body.as_bytes(), BTreeMap::new()).expect("valid")
     }
@@ -669,7 +739,7 @@ mod tests {
         let req = request(body);
         let d = decision(60);
         let Lookup::Miss(s) =
-            cache.lookup(&HeaderMap::new(), &req, &identity(tenant), Terms::of(&d))
+            cache.lookup_now(&HeaderMap::new(), &req, &identity(tenant), Terms::of(&d))
         else {
             panic!("expected a miss");
         };
@@ -690,7 +760,8 @@ mod tests {
         store(&cache, "a", BODY, "hello");
         let d = decision(60);
         let req = request(BODY);
-        let Lookup::Hit(hit) = cache.lookup(&HeaderMap::new(), &req, &identity("a"), Terms::of(&d))
+        let Lookup::Hit(hit) =
+            cache.lookup_now(&HeaderMap::new(), &req, &identity("a"), Terms::of(&d))
         else {
             panic!("expected a hit");
         };
@@ -698,7 +769,7 @@ mod tests {
         assert_eq!(body["choices"][0]["message"]["content"], "hello");
         assert_eq!((hit.model(), hit.provider()), ("m", "p"));
         assert!(matches!(
-            cache.lookup(&HeaderMap::new(), &req, &identity("b"), Terms::of(&d)),
+            cache.lookup_now(&HeaderMap::new(), &req, &identity("b"), Terms::of(&d)),
             Lookup::Miss(_)
         ));
     }
@@ -715,27 +786,27 @@ mod tests {
             "max-age=0, No-Cache".parse().expect("v"),
         );
         assert!(matches!(
-            cache.lookup(&h, &req, &who, Terms::of(&decision(60))),
+            cache.lookup_now(&h, &req, &who, Terms::of(&decision(60))),
             Lookup::Bypass
         ));
         let mut h = HeaderMap::new();
         h.insert(http::header::CACHE_CONTROL, "no-store".parse().expect("v"));
         assert!(matches!(
-            cache.lookup(&h, &req, &who, Terms::of(&decision(60))),
+            cache.lookup_now(&h, &req, &who, Terms::of(&decision(60))),
             Lookup::Hit(_)
         ));
         let other = request(r#"{"model":"m","messages":[{"role":"user","content":"ho"}]}"#);
         assert!(matches!(
-            cache.lookup(&h, &other, &who, Terms::of(&decision(60))),
+            cache.lookup_now(&h, &other, &who, Terms::of(&decision(60))),
             Lookup::Bypass
         ));
         assert!(matches!(
-            cache.lookup(&HeaderMap::new(), &req, &who, Terms::of(&decision(0))),
+            cache.lookup_now(&HeaderMap::new(), &req, &who, Terms::of(&decision(0))),
             Lookup::Bypass
         ));
         let off = ResponseCache::new(0, CacheMetrics::default());
         assert!(matches!(
-            off.lookup(&HeaderMap::new(), &req, &who, Terms::of(&decision(60))),
+            off.lookup_now(&HeaderMap::new(), &req, &who, Terms::of(&decision(60))),
             Lookup::Bypass
         ));
     }
@@ -753,7 +824,7 @@ mod tests {
         let mut d = decision(60);
         d.cache_semantic_threshold = Some(threshold);
         let who = identity("a");
-        let Lookup::Miss(s) = cache.lookup(
+        let Lookup::Miss(s) = cache.lookup_now(
             &HeaderMap::new(),
             &request(&chat_body(first)),
             &who,
@@ -770,7 +841,7 @@ mod tests {
             Usage::default(),
             (&m, &p),
         );
-        let found = cache.lookup(
+        let found = cache.lookup_now(
             &HeaderMap::new(),
             &request(&chat_body(second)),
             &who,
@@ -812,7 +883,8 @@ mod tests {
             rule: "r".into(),
             budget: None,
         });
-        let Lookup::Miss(s) = cache.lookup(&HeaderMap::new(), &req, &identity("a"), Terms::of(&d))
+        let Lookup::Miss(s) =
+            cache.lookup_now(&HeaderMap::new(), &req, &identity("a"), Terms::of(&d))
         else {
             panic!("expected a miss");
         };

@@ -26,7 +26,7 @@ pub const BUCKET_CAP: usize = 32;
 const NGRAMS: std::ops::RangeInclusive<usize> = 3..=5;
 
 /// A unit-length sparse vector: sorted dimensions and their weights.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Vector {
     dims: Box<[u16]>,
     weights: Box<[f32]>,
@@ -75,12 +75,13 @@ impl Vector {
         out
     }
 
-    /// Cosine similarity with a vector given by [`Vector::dense`].
+    /// Cosine similarity with a vector given by [`Vector::dense`] (a dimension past its end,
+    /// of a vector read back from a shared cache, counts as 0).
     pub fn cosine(&self, dense: &[f32]) -> f32 {
         self.dims
             .iter()
             .zip(self.weights.iter())
-            .map(|(d, w)| w * dense[*d as usize])
+            .map(|(d, w)| w * dense.get(usize::from(*d)).copied().unwrap_or(0.0))
             .sum()
     }
 }
@@ -103,7 +104,7 @@ fn hash(gram: &[char]) -> u64 {
 }
 
 /// A final user turn as near-duplicate matching sees it: its vector and its facts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prompt {
     /// The lexical vector of the normalised text.
     pub vector: Vector,

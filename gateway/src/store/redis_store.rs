@@ -318,6 +318,17 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The connection, for a component that keeps data of its own in this Redis (the
+    /// response cache) under [`RedisStore::prefix`].
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The prefix of every key this store writes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn k(&self, parts: &[&str]) -> String {
         format!("{}{}", self.prefix, parts.join(":"))
     }

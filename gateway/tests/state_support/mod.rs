@@ -6,7 +6,7 @@ use crate::common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What a command printed.
@@ -199,13 +199,20 @@ pub fn sqlite_bytes(dir: &Path) -> String {
 /// A gateway on the Redis at `url`, its keys under `prefix`, serving the policies in
 /// `policies` with the test upstream key.
 pub fn replica(policies: &Path, url: &str, prefix: &str) -> Gateway {
+    replica_with(policies, url, prefix, &[])
+}
+
+/// [`replica`] with extra arguments.
+pub fn replica_with(policies: &Path, url: &str, prefix: &str, extra: &[&str]) -> Gateway {
+    let mut args = vec![
+        "--policies",
+        policies.to_str().expect("utf-8"),
+        "--state-prefix",
+        prefix,
+    ];
+    args.extend_from_slice(extra);
     Gateway::start_on(
-        &[
-            "--policies",
-            policies.to_str().expect("utf-8"),
-            "--state-prefix",
-            prefix,
-        ],
+        &args,
         &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
         true,
         Some(url),
@@ -336,4 +343,94 @@ pub fn trial_routing(policies: &Path) {
         ),
     )
     .expect("routing");
+}
+
+/// A Redis on a free port, persisting every write to `dir` so that a restart keeps its data
+/// (the gateway's key among them).
+pub struct OwnRedis {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl OwnRedis {
+    /// Starts one on `port`, its data in `dir` (it may not answer yet).
+    pub fn start(dir: &Path, port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--dir", dir.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH starts");
+        OwnRedis { child, port }
+    }
+
+    /// Starts one on a free port and waits until it answers.
+    pub async fn ready(dir: &Path) -> OwnRedis {
+        let redis = OwnRedis::start(dir, free_port());
+        until(Duration::from_secs(10), "redis-server answers", || {
+            redis.answers()
+        })
+        .await;
+        redis
+    }
+
+    /// A gateway on this Redis serving the policies in `policies`.
+    pub fn gateway(&self, policies: &Path) -> Gateway {
+        Gateway::start_on(
+            &["--policies", policies.to_str().expect("utf-8")],
+            &[("LLMGW_TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+            true,
+            Some(&self.url()),
+        )
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether it answers a ping.
+    pub async fn answers(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
