@@ -363,8 +363,9 @@ mod tests {
         assert_eq!(names, vec![Metric::ErrorRate, Metric::LatencyP95]);
         let errors = &report.metrics[0];
         assert_eq!(errors.decision, Decision::Rollback);
-        // Candidate errors at lines 1, 41, 81, 121: log E after four of them is 5.63 >= ln 200.
-        assert_eq!(errors.alarm_line, Some(121));
+        // Candidate errors at lines 1, 41, 81, 121, 161: log E after four of them is 4.67, after
+        // five 6.40 >= ln 200.
+        assert_eq!(errors.alarm_line, Some(161));
         assert_eq!(report.metrics[1].decision, Decision::Continue);
         assert!(report.metrics[1].baseline_threshold_ms.is_some());
 
@@ -379,7 +380,7 @@ mod tests {
 
         let human = report.render_human();
         assert!(human.starts_with("decision: ROLLBACK"), "{human}");
-        assert!(human.contains("rollback (line 121)"), "{human}");
+        assert!(human.contains("rollback (line 161)"), "{human}");
     }
 
     #[test]

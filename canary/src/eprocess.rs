@@ -8,6 +8,12 @@
 //! under the null and `P(sup log E ≥ ln(1/α)) ≤ α` (Ville), however often it is looked at and
 //! however `w` changes between events.
 //!
+//! The mixture weights favour relative risks between 1.5 and 3 (a doubling is the regression
+//! the checks are sized for) over the extremes: 1.1 and 10 take 1/34 each, 1.75 to 2.5 take
+//! 6/34 each. Any fixed weights summing to 1 keep the mixture a supermartingale; these cost
+//! less evidence than uniform ones where detection is slow, and a large regression, caught
+//! within a few hundred candidate requests anyway, is caught about as soon.
+//!
 //! Margin: with a tolerated relative risk `r0 > 1` the alternatives are the grid scaled by
 //! `r0` (`r0·r_j`), so every alternative stays strictly above the null and no grid point is
 //! wasted. The likelihood ratio against `θ(w, r0)` is then a supermartingale for every true
@@ -15,8 +21,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Relative risks of the alternatives (times the margin), mixed with uniform weights.
+/// Relative risks of the alternatives (times the margin), mixed with weights [`WEIGHTS`].
 pub const GRID: [f64; 11] = [1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0];
+
+/// Mixture weight of each grid point, in 34ths: most on 1.5–3, least on the extremes.
+pub const WEIGHTS: [f64; 11] = [1.0, 1.0, 2.0, 4.0, 6.0, 6.0, 6.0, 4.0, 2.0, 1.0, 1.0];
+
+/// The sum of [`WEIGHTS`], by which each is divided.
+const WEIGHT_TOTAL: f64 = 34.0;
 
 const GRID_LEN: usize = GRID.len();
 
@@ -110,15 +122,21 @@ impl EProcess {
         self.expected_candidate_events += w;
     }
 
-    /// `log E = logsumexp_j(ln π_j + L_j)` with `π_j = 1/11`, computed stably.
+    /// `log E = logsumexp_j(ln π_j + L_j)` with `π_j = WEIGHTS[j] / 34`, computed stably.
     pub fn log_e(&self) -> f64 {
         let max = self.max_log_lr();
-        let sum: f64 = self.log_lr.iter().map(|l| (l - max).exp()).sum();
-        max + (sum / GRID_LEN as f64).ln()
+        let sum: f64 = self
+            .log_lr
+            .iter()
+            .zip(WEIGHTS)
+            .map(|(l, weight)| weight * (l - max).exp())
+            .sum();
+        max + (sum / WEIGHT_TOTAL).ln()
     }
 
     /// Whether `log E >= log_threshold`. Cheap when far below: `log E` never exceeds the
-    /// largest grid term, so the sum is only computed when that term is over the threshold.
+    /// largest grid term (the weights are below 1), so the sum is only computed when that
+    /// term is over the threshold.
     pub fn crossed(&self, log_threshold: f64) -> bool {
         self.max_log_lr() >= log_threshold && self.log_e() >= log_threshold
     }
@@ -168,10 +186,10 @@ mod tests {
 
     #[test]
     fn single_candidate_event_at_five_percent() {
-        // L_j = ln(θ(0.05, r_j) / 0.05); log E = ln(mean_j exp(L_j)) = ln(mean_j θ_j / 0.05).
+        // L_j = ln(θ(0.05, r_j) / 0.05); log E = ln(Σ_j π_j exp(L_j)) = ln(Σ_j π_j θ_j / 0.05).
         let e = run(&[(0.05, true)], 1.0);
         assert!(
-            (e.log_e() - 0.965_670_081_574_984).abs() < 1e-12,
+            (e.log_e() - 0.802_457_475_549_798_5).abs() < 1e-12,
             "{}",
             e.log_e()
         );
@@ -184,7 +202,7 @@ mod tests {
         // Events at w = 0.05 (candidate), 0.05 (baseline), 0.25 (candidate).
         let e = run(&[(0.05, true), (0.05, false), (0.25, true)], 1.0);
         assert!(
-            (e.log_e() - 1.553_614_023_823_271).abs() < 1e-12,
+            (e.log_e() - 1.320_117_726_433_530_6).abs() < 1e-12,
             "{}",
             e.log_e()
         );
@@ -205,7 +223,7 @@ mod tests {
         events.extend([(0.25, true), (0.5, true), (0.5, false)]);
         let e = run(&events, 1.0);
         assert!(
-            (e.log_e() - 2.325_842_825_256_632_6).abs() < 1e-11,
+            (e.log_e() - 2.186_720_422_625_481_5).abs() < 1e-11,
             "{}",
             e.log_e()
         );
@@ -215,7 +233,7 @@ mod tests {
     fn baseline_events_only_lower_the_evidence() {
         let e = run(&[(0.05, false); 40], 1.0);
         assert!(
-            (e.log_e() - (-1.362_724_166_230_406_2)).abs() < 1e-12,
+            (e.log_e() - (-1.633_773_792_135_137_8)).abs() < 1e-12,
             "{}",
             e.log_e()
         );
@@ -226,7 +244,7 @@ mod tests {
         // r0 = 1.5: alternatives 1.5·r_j against θ(w, 1.5).
         let e = run(&[(0.05, true), (0.05, false), (0.25, true)], 1.5);
         assert!(
-            (e.log_e() - 1.286_348_315_785_685_6).abs() < 1e-12,
+            (e.log_e() - 1.131_470_902_023_954_6).abs() < 1e-12,
             "{}",
             e.log_e()
         );
@@ -245,8 +263,8 @@ mod tests {
     #[test]
     fn log_e_is_stable_far_from_zero() {
         let e = run(&vec![(0.05, true); 2000], 1.0);
-        // Dominated by r = 10: 2000 · ln(θ(0.05,10)/0.05) − ln 11.
-        let top = 2000.0 * (0.5f64 / (0.5 + 0.95) / 0.05).ln() - 11f64.ln();
+        // Dominated by r = 10: 2000 · ln(θ(0.05,10)/0.05) − ln 34 (its weight is 1/34).
+        let top = 2000.0 * (0.5f64 / (0.5 + 0.95) / 0.05).ln() - 34f64.ln();
         assert!(e.log_e().is_finite());
         assert!((e.log_e() - top).abs() < 1e-6);
         assert!(e.crossed(log_threshold(0.01, 1)));

@@ -12,7 +12,11 @@
 //! [`fleet`] runs the same rollouts through a simulated fleet: requests spread over several
 //! replicas, each queueing its outcomes and adding them to the one shared rollout in turn
 //! every `batch` of its requests (as the gateway's replicas do every tick), routing with the
-//! weight it last read there.
+//! weight it last read there. Detection counts the candidate requests the whole fleet served
+//! until the rollback, queued outcomes included. It also runs the cases a rollout meets in
+//! operation: a provider incident on both arms, and users that differ from one another
+//! (their own error rates and latencies) routed per request or, as a sticky split would,
+//! each user to one arm.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -37,6 +41,14 @@ const INCIDENT_START: u64 = 10_000;
 const INCIDENT_REQUESTS: u64 = 3_000;
 /// …both arms fail this often.
 const INCIDENT_ERROR_RATE: f64 = 0.3;
+/// Users of the heterogeneous-users case, each sending an equal share of the requests.
+const USERS: usize = 1_000;
+/// Spread of the users' error rates: each is the base rate times a lognormal factor of mean 1
+/// and this σ.
+const USER_ERROR_SIGMA: f64 = 1.0;
+/// Spread of the users' latencies (long prompts, large answers): a lognormal factor of mean
+/// 1 and this σ on every latency of the user.
+const USER_LATENCY_SIGMA: f64 = 0.5;
 
 /// The traffic a plan assumes and how much to simulate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -144,12 +156,24 @@ pub fn plan(spec: &CanarySpec, cfg: &PlanConfig) -> Result<Plan, InvalidSpec> {
 }
 
 /// How one simulated rollout ended: rolled back or promoted at some hour with some candidate
-/// requests served, or neither within the horizon.
+/// requests served over the fleet, or neither within the horizon.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct End {
     phase: Option<Phase>,
     hours: f64,
     candidate_requests: u64,
+}
+
+/// Who sends the simulated requests and how they are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Users {
+    /// Alike: every request has the same chances, routed per request.
+    Alike,
+    /// [`USERS`] users with their own error rates and latencies, routed per request.
+    Different,
+    /// The same users, each routed to one arm (a stable number per user against the weight),
+    /// as a sticky split does.
+    DifferentSticky,
 }
 
 /// How the simulated requests reach the shared rollout, and whether an incident hits both
@@ -162,6 +186,8 @@ struct Replicas {
     batch: usize,
     /// Requests [`INCIDENT_START`].. fail at [`INCIDENT_ERROR_RATE`] on both arms.
     incident: bool,
+    /// Who sends the requests.
+    users: Users,
 }
 
 /// One gateway adding each outcome at once.
@@ -169,7 +195,27 @@ const SINGLE: Replicas = Replicas {
     count: 1,
     batch: 1,
     incident: false,
+    users: Users::Alike,
 };
+
+/// Each user's error-rate factor, latency factor and stable routing number.
+fn draw_users(users: Users, rng: &mut StdRng) -> Vec<(f64, f64, f64)> {
+    if users == Users::Alike {
+        return Vec::new();
+    }
+    // exp(σZ − σ²/2) has mean 1.
+    let factor = |sigma: f64| LogNormal::new(-sigma * sigma / 2.0, sigma).expect("valid lognormal");
+    let (errors, latencies) = (factor(USER_ERROR_SIGMA), factor(USER_LATENCY_SIGMA));
+    (0..USERS)
+        .map(|_| {
+            (
+                errors.sample(rng),
+                latencies.sample(rng),
+                rng.random::<f64>(),
+            )
+        })
+        .collect()
+}
 
 fn rollout(
     spec: &CanarySpec,
@@ -184,6 +230,8 @@ fn rollout(
     let latencies = LogNormal::new(800f64.ln(), 0.5).expect("valid lognormal");
     let gap_hours = 1.0 / cfg.requests_per_hour;
     let round = (replicas.count * replicas.batch) as u64;
+    let users = draw_users(replicas.users, rng);
+    let mut candidate_requests = 0;
     // Each replica's queued outcomes, and the weight it routes with.
     let mut queued: Vec<Vec<Observation>> = vec![Vec::new(); replicas.count];
     let mut weights = vec![r.current_weight() / 100.0; replicas.count];
@@ -194,7 +242,15 @@ fn rollout(
         }
         let replica = (i as usize) % replicas.count;
         let w = weights[replica];
-        let candidate = rng.random::<f64>() < w;
+        let (error_factor_of_user, latency_factor_of_user, candidate) = if users.is_empty() {
+            (1.0, 1.0, rng.random::<f64>() < w)
+        } else {
+            let (errors, latencies, unit) = users[rng.random_range(0..users.len())];
+            let sticky = replicas.users == Users::DifferentSticky;
+            let u = if sticky { unit } else { rng.random::<f64>() };
+            (errors, latencies, u < w)
+        };
+        candidate_requests += u64::from(candidate);
         let (arm, error_rate, slowdown) = if candidate {
             (
                 Arm::Candidate,
@@ -211,8 +267,8 @@ fn rollout(
         } else {
             error_rate
         };
-        let error = rng.random::<f64>() < error_rate;
-        let latency = latencies.sample(rng) * slowdown;
+        let error = rng.random::<f64>() < error_rate * error_factor_of_user;
+        let latency = latencies.sample(rng) * slowdown * latency_factor_of_user;
         let obs = Observation {
             now_ms: (hours * 3_600_000.0) as u64,
             arm,
@@ -234,7 +290,7 @@ fn rollout(
                 return End {
                     phase: Some(r.phase()),
                     hours,
-                    candidate_requests: r.monitor().requests().candidate,
+                    candidate_requests,
                 };
             }
             *weight = r.current_weight() / 100.0;
@@ -250,6 +306,8 @@ pub struct FleetResult {
     pub replicas: usize,
     /// Healthy candidates rolled back before their promotion, over the whole fleet.
     pub false_rollbacks: f64,
+    /// Median hours to the promotion of a healthy candidate.
+    pub promoted_after_hours: Option<f64>,
     /// A candidate with twice the baseline's error rate.
     pub error_rate_x2: Detection,
     /// A candidate whose latencies are 1.3 times the baseline's.
@@ -261,73 +319,126 @@ pub struct FleetResult {
     pub error_rate_x2_with_incident: Detection,
 }
 
+/// Healthy candidates served to users that differ from one another.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsersResult {
+    /// Users sending the requests.
+    pub users: usize,
+    /// Rolled back before their promotion with every request routed on its own.
+    pub false_rollbacks_per_request: f64,
+    /// Rolled back before their promotion with each user's requests on one arm.
+    pub false_rollbacks_sticky: f64,
+}
+
+/// A spec's rollout run by fleets of several sizes, and by one replica for users that differ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetReport {
+    /// Requests an hour to the canary's model.
+    pub requests_per_hour: f64,
+    /// One entry per fleet size.
+    pub results: Vec<FleetResult>,
+    /// Healthy candidates with users that differ, per request and sticky.
+    pub different_users: UsersResult,
+}
+
 /// The rollout of a valid spec run by fleets of each size in `replicas`, each replica adding
-/// its outcomes every `batch` of its requests, at the traffic of `cfg` (spread over the fleet).
+/// its outcomes every `batch` of its requests, at the traffic of `cfg` (spread over the fleet);
+/// and by one such replica for users that differ.
 pub fn fleet(
     spec: &CanarySpec,
     cfg: &PlanConfig,
     replicas: &[usize],
     batch: usize,
-) -> Result<Vec<FleetResult>, InvalidSpec> {
+) -> Result<FleetReport, InvalidSpec> {
     let spec = spec.clone().validated()?;
-    Ok(replicas
+    let run = |stream, error_factor, latency_factor, replicas| {
+        run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
+            rollout(&spec, cfg, error_factor, latency_factor, replicas, rng)
+        })
+    };
+    let fleet_of = |count: usize| Replicas {
+        count: count.max(1),
+        batch: batch.max(1),
+        ..SINGLE
+    };
+    let results = replicas
         .iter()
         .map(|&count| {
-            let fleet = Replicas {
-                count: count.max(1),
-                batch: batch.max(1),
-                incident: false,
-            };
+            let fleet = fleet_of(count);
             let with_incident = Replicas {
                 incident: true,
                 ..fleet
             };
-            let run = |stream, error_factor, latency_factor, replicas| {
-                let ends = run_parallel(cfg.sims, cfg.seed, cfg.threads, stream, |rng| {
-                    rollout(&spec, cfg, error_factor, latency_factor, replicas, rng)
-                });
-                summarise(&ends)
-            };
+            let healthy = run(200, 1.0, 1.0, fleet);
             FleetResult {
                 replicas: fleet.count,
-                false_rollbacks: run(200, 1.0, 1.0, fleet).rolled_back,
-                error_rate_x2: run(201, 2.0, 1.0, fleet),
-                latency_x1_3: run(202, 1.0, 1.3, fleet),
-                false_rollbacks_with_incident: run(203, 1.0, 1.0, with_incident).rolled_back,
-                error_rate_x2_with_incident: run(204, 2.0, 1.0, with_incident),
+                false_rollbacks: summarise(&healthy).rolled_back,
+                promoted_after_hours: promotion_median_hours(&healthy),
+                error_rate_x2: summarise(&run(201, 2.0, 1.0, fleet)),
+                latency_x1_3: summarise(&run(202, 1.0, 1.3, fleet)),
+                false_rollbacks_with_incident: summarise(&run(203, 1.0, 1.0, with_incident))
+                    .rolled_back,
+                error_rate_x2_with_incident: summarise(&run(204, 2.0, 1.0, with_incident)),
             }
         })
-        .collect())
+        .collect();
+    // Both splits draw the same users (the same stream): only the routing differs.
+    let users = |users| {
+        let replicas = Replicas {
+            users,
+            ..fleet_of(1)
+        };
+        summarise(&run(205, 1.0, 1.0, replicas)).rolled_back
+    };
+    Ok(FleetReport {
+        requests_per_hour: cfg.requests_per_hour,
+        results,
+        different_users: UsersResult {
+            users: USERS,
+            false_rollbacks_per_request: users(Users::Different),
+            false_rollbacks_sticky: users(Users::DifferentSticky),
+        },
+    })
+}
+
+/// The nearest-rank `q`-quantile over `n` simulated rollouts of which only the sorted `ended`
+/// values are known (the other rollouts never ended that way).
+fn quantile<T: Copy>(ended: &[T], n: usize, q: f64) -> Option<T> {
+    let rank = ((q * n as f64).ceil() as usize).max(1);
+    ended.get(rank - 1).copied()
+}
+
+/// The median hours to the promotion of the simulated rollouts.
+fn promotion_median_hours(ends: &[End]) -> Option<f64> {
+    let mut hours: Vec<f64> = ends
+        .iter()
+        .filter(|e| e.phase == Some(Phase::Promoted))
+        .map(|e| e.hours)
+        .collect();
+    hours.sort_by(f64::total_cmp);
+    quantile(&hours, ends.len(), 0.5)
 }
 
 fn summarise(ends: &[End]) -> Detection {
     let n = ends.len().max(1) as f64;
-    let mut back: Vec<&End> = ends
+    let back: Vec<&End> = ends
         .iter()
         .filter(|e| e.phase == Some(Phase::RolledBack))
         .collect();
-    back.sort_by(|a, b| a.hours.total_cmp(&b.hours));
     let promoted = ends
         .iter()
         .filter(|e| e.phase == Some(Phase::Promoted))
         .count();
-    // Quantiles over every simulated rollout: one not rolled back counts as never.
-    let quantile = |q: f64| {
-        let rank = ((q * ends.len() as f64).ceil() as usize).max(1);
-        back.get(rank - 1).map(|e| e.hours)
-    };
+    let mut hours: Vec<f64> = back.iter().map(|e| e.hours).collect();
+    hours.sort_by(f64::total_cmp);
     let mut requests: Vec<u64> = back.iter().map(|e| e.candidate_requests).collect();
     requests.sort_unstable();
-    let request_quantile = |q: f64| {
-        let rank = ((q * ends.len() as f64).ceil() as usize).max(1);
-        requests.get(rank - 1).copied()
-    };
     Detection {
         rolled_back: back.len() as f64 / n,
-        median_hours: quantile(0.5),
-        p90_hours: quantile(0.9),
-        median_candidate_requests: request_quantile(0.5),
-        p90_candidate_requests: request_quantile(0.9),
+        median_hours: quantile(&hours, ends.len(), 0.5),
+        p90_hours: quantile(&hours, ends.len(), 0.9),
+        median_candidate_requests: quantile(&requests, ends.len(), 0.5),
+        p90_candidate_requests: quantile(&requests, ends.len(), 0.9),
         promoted: promoted as f64 / n,
     }
 }
@@ -356,7 +467,7 @@ mod tests {
                 },
                 MetricSpec {
                     metric: Metric::LatencyP95,
-                    margin: 1.1,
+                    margin: 1.0,
                 },
             ],
             alpha: 0.01,
@@ -407,9 +518,9 @@ mod tests {
             seed: 9,
             ..PlanConfig::default()
         };
-        let results = fleet(&bundled(), &cfg, &[1, 4], 10).unwrap();
-        assert_eq!(results.len(), 2);
-        for r in &results {
+        let report = fleet(&bundled(), &cfg, &[1, 4], 10).unwrap();
+        assert_eq!(report.results.len(), 2);
+        for r in &report.results {
             // Healthy candidates are promoted (16 rollouts: a false rollback is unlikely).
             assert_eq!(r.false_rollbacks, 0.0, "{r:?}");
             // Regressions are caught, with about as many candidate requests on any fleet.

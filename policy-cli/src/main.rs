@@ -583,11 +583,11 @@ fn canary_fleet(
     };
     let mut all = Vec::new();
     for c in policy.canaries() {
-        let results = llmgw_canary::fleet(&c.spec, cfg, &plan::FLEET_SIZES, plan::FLEET_BATCH)
+        let report = llmgw_canary::fleet(&c.spec, cfg, &plan::FLEET_SIZES, plan::FLEET_BATCH)
             .map_err(|e| UsageError(format!("canary `{}`: {e}", c.name)))?;
         all.push(plan::CanaryFleet {
             canary: c.name.to_string(),
-            results,
+            report,
         });
     }
     match format {

@@ -1,7 +1,7 @@
 //! `llmgw-policy canary plan`: how long each canary's rollout takes at a stated traffic rate;
 //! and `canary simulate --policy`: each canary's rollout run by fleets of replicas.
 
-use llmgw_canary::plan::{Detection, FleetResult, Plan, PlanConfig, MONTH_HOURS};
+use llmgw_canary::plan::{Detection, FleetReport, Plan, PlanConfig, MONTH_HOURS};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -74,8 +74,9 @@ pub const FLEET_TRAFFIC: PlanConfig = PlanConfig {
 pub struct CanaryFleet {
     /// The canary.
     pub canary: String,
-    /// One entry per fleet size.
-    pub results: Vec<FleetResult>,
+    /// Its rollouts on every fleet and in every case.
+    #[serde(flatten)]
+    pub report: FleetReport,
 }
 
 /// The fleet simulations, for people: one table per canary.
@@ -83,46 +84,100 @@ pub fn render_fleet(fleets: &[CanaryFleet], cfg: &PlanConfig) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} simulated rollouts per fleet and case (seed {}); each replica adds its outcomes to the shared rollout every {FLEET_BATCH} of its requests; baseline error rate {}%; detection in candidate requests over the fleet",
+        "{} simulated rollouts per row and column (seed {}) at {} requests an hour, baseline error rate {}%; each replica adds its outcomes to the shared rollout every {FLEET_BATCH} of its requests; regressions: candidate requests served by the whole fleet until the rollback, median (p90)",
         cfg.sims,
         cfg.seed,
+        cfg.requests_per_hour,
         cfg.base_error_rate * 100.0
     );
+    let row = |out: &mut String,
+               case: &str,
+               replicas: usize,
+               false_rollback: f64,
+               x2: &str,
+               latency: &str| {
+        let _ = writeln!(
+            out,
+            "  {case:<36}  {replicas:>8}  {:>13.2}%  {x2:>16}  {latency:>16}",
+            false_rollback * 100.0
+        );
+    };
     for f in fleets {
+        let _ = writeln!(out, "\ncanary `{}`", f.canary);
         let _ = writeln!(
             out,
-            "
-canary `{}`",
-            f.canary
+            "  {:<36}  {:>8}  {:>14}  {:>16}  {:>16}",
+            "case", "replicas", "false rollback", "error x2", "latency x1.3"
         );
-        let _ = writeln!(
-            out,
-            "  {:>8}  {:>15}  {:>22}  {:>26}  {:>24}  {:>28}",
-            "replicas",
-            "false rollback",
-            "error x2 median (p90)",
-            "latency x1.3 median (p90)",
-            "false rollback, incident",
-            "error x2, incident (p90)"
-        );
-        for r in &f.results {
-            let _ = writeln!(
-                out,
-                "  {:>8}  {:>14.2}%  {:>22}  {:>26}  {:>23.2}%  {:>28}",
+        let results = &f.report.results;
+        for r in results {
+            let (x2, latency) = (requests(&r.error_rate_x2), requests(&r.latency_x1_3));
+            row(
+                &mut out,
+                "healthy; regressions",
                 r.replicas,
-                r.false_rollbacks * 100.0,
-                requests(&r.error_rate_x2),
-                requests(&r.latency_x1_3),
-                r.false_rollbacks_with_incident * 100.0,
-                requests(&r.error_rate_x2_with_incident)
+                r.false_rollbacks,
+                &x2,
+                &latency,
             );
         }
+        for r in results {
+            let x2 = requests(&r.error_rate_x2_with_incident);
+            row(
+                &mut out,
+                "provider incident",
+                r.replicas,
+                r.false_rollbacks_with_incident,
+                &x2,
+                "",
+            );
+        }
+        let users = &f.report.different_users;
+        let case = |split| format!("{} different users, {split}", users.users);
+        row(
+            &mut out,
+            &case("per request"),
+            1,
+            users.false_rollbacks_per_request,
+            "",
+            "",
+        );
+        row(
+            &mut out,
+            &case("sticky"),
+            1,
+            users.false_rollbacks_sticky,
+            "",
+            "",
+        );
         let _ = writeln!(
             out,
-            "  incident: 30% errors on both arms for 3,000 requests from the 10,000th"
+            "  provider incident: 30% errors on both arms for 3,000 requests from the 10,000th"
         );
+        let _ = writeln!(
+            out,
+            "  different users: error rates and latencies of their own (lognormal factors, sigma 1 and 0.5)"
+        );
+        if let Some(one) = results.first() {
+            let promoted = one
+                .promoted_after_hours
+                .map_or("never".to_owned(), duration);
+            let _ = writeln!(
+                out,
+                "  low traffic, {} requests an hour (1 replica): healthy promoted after {promoted} (median); error x2 rolled back after {}; latency x1.3 after {}",
+                f.report.requests_per_hour,
+                hours(&one.error_rate_x2),
+                hours(&one.latency_x1_3)
+            );
+        }
     }
     out
+}
+
+/// A detection's median and p90 in hours.
+fn hours(d: &Detection) -> String {
+    let show = |h: Option<f64>| h.map_or("never".to_owned(), duration);
+    format!("{} ({})", show(d.median_hours), show(d.p90_hours))
 }
 
 fn requests(d: &Detection) -> String {
