@@ -18,6 +18,7 @@
 #![warn(unnameable_types)]
 
 mod celenv;
+pub mod changes;
 mod checks;
 pub mod decide;
 pub mod decision;

@@ -10,7 +10,7 @@
 //! | `/admin/keys…`, `/admin/spend`, `/admin/tenants/…` | the admin token; a tenant admin key for its own tenant — see [`crate::admin`] |
 //! | `/admin/canaries…` | the admin token |
 //! | `POST /hooks/git` | a git host's signed push notification (`--webhook-secret`) — see [`crate::webhook`] |
-//! | `GET /admin/decisions/{id}/trace`, `GET /admin/history` | the admin token — see [`crate::decision_trace`], [`crate::dashboard::history`] |
+//! | `GET /admin/decisions/{id}/trace`, `GET /admin/history`, `GET /admin/policy/diff` | the admin token — see [`crate::decision_trace`], [`crate::dashboard::history`], [`crate::dashboard::policy_diff`] |
 //! | `GET /ui` (and `/ui/app.js`, `/ui/app.css`) | anyone: the dashboard's static files, which hold no data ([`crate::dashboard`]) |
 //!
 //! Without a credential (or with an unknown one) the answer is 401; a gateway key that is
@@ -27,6 +27,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use llmgw_engine::input::{DeploymentStats, Identity, Principal};
+use llmgw_engine::CompiledPolicy;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -49,6 +50,9 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             return crate::webhook::handle(&app, parts, body).await
         }
         (&Method::GET, "/admin/history") => crate::dashboard::history::handle(&app, &parts).await,
+        (&Method::GET, crate::dashboard::policy_diff::PATH) => {
+            crate::dashboard::policy_diff::handle(&app, &parts).await
+        }
         (&Method::GET, p) if crate::decision_trace::trace_id(p).is_some() => {
             let id = crate::decision_trace::trace_id(p).unwrap_or_default();
             crate::decision_trace::handle(&app, &parts, id).await
@@ -65,6 +69,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<GatewayBod
             | "/admin/status"
             | "/admin/decisions"
             | "/admin/history"
+            | crate::dashboard::policy_diff::PATH
             | crate::webhook::PATH,
         ) => Err(method_not_allowed(&parts.method, path)),
         (_, p)
@@ -143,7 +148,8 @@ fn global_status(app: &App) -> Value {
                 "model": &*d.model_name,
                 "provider": &*d.provider_name,
                 "region": &*d.region,
-                "live": s.as_ref().map(live_json),
+                "quota": d.quota,
+                "live": s.as_ref().map(|s| live_json(policy, i, s)),
             })
         })
         .collect();
@@ -161,8 +167,12 @@ fn global_status(app: &App) -> Value {
     })
 }
 
-/// A deployment's live stats as `/admin/status` and `/admin/history` show them.
-pub fn live_json(s: &DeploymentStats) -> Value {
+/// The live stats of deployment `index` of `policy` as `/admin/status` and `/admin/history`
+/// show them. A deployment that declares a provider quota also has what is left of it this
+/// minute and its headroom: the share left of the tighter of its RPM and TPM, what a
+/// candidate filter reads as `m.quota_headroom`.
+pub fn live_json(policy: &CompiledPolicy, index: usize, s: &DeploymentStats) -> Value {
+    let quota = policy.deployments().get(index).and_then(|d| d.quota);
     json!({
         "p50_ms": s.p50_ms,
         "p95_ms": s.p95_ms,
@@ -171,6 +181,9 @@ pub fn live_json(s: &DeploymentStats) -> Value {
         "error_rate": s.error_rate,
         "in_flight": s.in_flight,
         "circuit": s.circuit.as_str(),
+        "quota_requests_left": s.quota_requests_left,
+        "quota_tokens_left": s.quota_tokens_left,
+        "quota_headroom": quota.map(|_| policy.quota_headroom(index, s)),
     })
 }
 

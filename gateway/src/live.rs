@@ -294,7 +294,11 @@ impl LiveStats {
     /// The stats of deployment `index` as of the last refresh, with live in-flight, circuit
     /// and provider quota.
     pub fn get(&self, index: usize) -> Option<DeploymentStats> {
-        let stats = self.get_without_quota(index);
+        self.with_quota(index, self.get_without_quota(index))
+    }
+
+    /// `stats` with what is left of deployment `index`'s provider quota, when it declares one.
+    fn with_quota(&self, index: usize, stats: Option<DeploymentStats>) -> Option<DeploymentStats> {
         let Some(quota) = self.quota(index) else {
             return stats;
         };
@@ -327,19 +331,21 @@ impl LiveStats {
 }
 
 impl LiveStats {
-    /// The stats of deployment `index` computed now (for status pages, not the hot path).
+    /// The stats of deployment `index` computed now, with its provider quota left (for status
+    /// pages, not the hot path).
     pub fn current(&self, index: usize) -> Option<DeploymentStats> {
         let circuit = self.breakers.state(index);
         let d = self.deployments.get(index)?;
         let in_flight = d.in_flight();
-        match d.compute() {
-            Some(s) => Some(DeploymentStats { circuit, ..s }),
-            None => Some(DeploymentStats {
+        let stats = match d.compute() {
+            Some(s) => DeploymentStats { circuit, ..s },
+            None => DeploymentStats {
                 circuit,
                 in_flight,
                 ..DeploymentStats::default()
-            }),
-        }
+            },
+        };
+        self.with_quota(index, Some(stats))
     }
 }
 

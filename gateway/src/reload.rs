@@ -69,9 +69,12 @@ pub struct Attempt {
     pub diagnostics: Vec<Diagnostic>,
     /// When it was tried.
     pub at: chrono::DateTime<chrono::Utc>,
+    /// Its compiled policy, when it was applied: what `/admin/policy/diff` compares.
+    pub policy: Option<Arc<CompiledPolicy>>,
 }
 
-/// Revisions tried that `/admin/status` lists (`policy.history`), newest first.
+/// Revisions tried that `/admin/status` lists (`policy.history`), newest first. The applied
+/// ones keep their compiled policy, so at most this many revisions stay in memory.
 pub const HISTORY: usize = 20;
 
 #[derive(Debug, Clone, Default)]
@@ -117,6 +120,11 @@ impl PolicyStatus {
     /// The last revision tried.
     pub fn attempted(&self) -> Option<Attempt> {
         self.lock().attempted.clone()
+    }
+
+    /// The last [`HISTORY`] revisions tried, newest first.
+    pub fn history(&self) -> Vec<Attempt> {
+        self.lock().history.iter().rev().cloned().collect()
     }
 
     /// Whether the head of the source is broken and an earlier good revision serves.
@@ -177,7 +185,8 @@ fn attempt_json(a: &Attempt) -> Value {
     v
 }
 
-fn revision_json(r: &RevisionInfo) -> Value {
+/// A revision as `/admin/status` names it: id, time, author, summary, source.
+pub(crate) fn revision_json(r: &RevisionInfo) -> Value {
     json!({
         "id": r.id,
         "time": r.time,
@@ -425,6 +434,7 @@ pub fn start(
                             tracing::warn!(target: "llmgw::policy", error = %e, "cannot record the last known good revision");
                         }
                     }
+                    let runtime = Runtime::new(policy, location);
                     let mut s = status.lock();
                     s.applied = Some(head.clone());
                     s.applied_at = Some(now);
@@ -433,6 +443,7 @@ pub fn start(
                         result: ReloadResult::Applied,
                         diagnostics: warnings,
                         at: now,
+                        policy: Some(runtime.policy.clone()),
                     });
                     *s.counts.entry(ReloadResult::Applied.as_str()).or_default() += 1;
                     drop(s);
@@ -446,7 +457,7 @@ pub fn start(
                         "policy loaded"
                     );
                     return Ok(Started {
-                        runtime: Runtime::new(policy, location),
+                        runtime,
                         status,
                         reloader: Reloader {
                             reader,
@@ -485,6 +496,7 @@ pub fn start(
                 result: ReloadResult::Failed,
                 diagnostics,
                 at: now,
+                policy: None,
             });
             *s.counts.entry(ReloadResult::Failed.as_str()).or_default() += 1;
             drop(s);
@@ -695,6 +707,7 @@ impl Reloader {
                 region: p.region.clone(),
             })
             .collect();
+        let compiled = runtime.policy.clone();
         let runtime_deployments: Vec<DeploymentLabels> = runtime
             .policy
             .deployments()
@@ -734,6 +747,7 @@ impl Reloader {
                 result: ReloadResult::Applied,
                 diagnostics: warnings.clone(),
                 at: now,
+                policy: Some(compiled),
             });
         }
         tracing::info!(
@@ -789,6 +803,7 @@ impl Reloader {
             result: ReloadResult::Failed,
             diagnostics,
             at: chrono::Utc::now(),
+            policy: None,
         });
     }
 }

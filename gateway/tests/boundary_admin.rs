@@ -128,6 +128,7 @@ async fn the_api_listener_serves_no_operator_route() {
         "/admin/decisions",
         "/admin/tenants/acme",
         "/admin/canaries",
+        "/admin/policy/diff",
     ] {
         for auth in [
             "",

@@ -1,7 +1,9 @@
 //! The web dashboard (`/ui` on the admin listener) driven in headless Chromium through
 //! WebDriver, against the real `llmgw` binary serving the mock provider: every page renders
-//! what the gateway knows, a decision shows within a second of being made, a canary rolled
-//! back from its page shows as rolled back, and a tenant admin sees its own tenant only.
+//! what the gateway knows (a deployment's provider quota headroom among it), a decision shows
+//! within a second of being made, a canary rolled back from its page shows as rolled back, a
+//! reload shows what it changed in the decision table, and a tenant admin sees its own tenant
+//! only.
 //! Screenshots of each page go to `$CARGO_TARGET_TMPDIR/dashboard/`; with
 //! `LLMGW_UPDATE_SCREENSHOTS=1` they are also copied to `docs/screenshots/` for the README.
 
@@ -35,13 +37,19 @@ fn providers(base_url: &str) -> String {
     )
 }
 
-const MODELS: &str = "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: chat\n    class: chat\n    quality: 0.9\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 3, output_per_mtok: 15 }\n    deployments:\n      - provider: mock-a\n        upstream_model: \"chat+ok\"\n      - name: chat-v2@mock-b\n        provider: mock-b\n        upstream_model: \"chat2+ok\"\n        canary_only: true\n  - name: fast\n    class: chat\n    quality: 0.6\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 0.5, output_per_mtok: 1.5 }\n    deployments:\n      - provider: mock-b\n        upstream_model: \"fast+ok\"\n";
+const MODELS: &str = "apiVersion: llmgw.dev/v1\nkind: Models\nmodels:\n  - name: chat\n    class: chat\n    quality: 0.9\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 3, output_per_mtok: 15 }\n    deployments:\n      - provider: mock-a\n        upstream_model: \"chat+ok\"\n        quota: { requests_per_minute: 600 }\n      - name: chat-v2@mock-b\n        provider: mock-b\n        upstream_model: \"chat2+ok\"\n        canary_only: true\n  - name: fast\n    class: chat\n    quality: 0.6\n    context_window: 32000\n    capabilities: [chat]\n    price: { input_per_mtok: 0.5, output_per_mtok: 1.5 }\n    deployments:\n      - provider: mock-b\n        upstream_model: \"fast+ok\"\n        quota: { requests_per_minute: 2, tokens_per_minute: 100000 }\n";
 
-const ROUTING: &str = "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: globex-on-fast\n    description: Tenant globex is served by the fast model.\n    when: 'tenant.id == \"globex\"'\n    candidates: [fast]\n  - name: requested-model\n    strategy: priority\n";
+const ROUTING: &str = "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: globex-on-fast\n    description: Tenant globex is served by the fast model.\n    when: 'tenant.id == \"globex\"'\n    candidates: [fast]\n    failover: none\n  - name: requested-model\n    strategy: priority\n";
 
 const BUDGETS: &str = "apiVersion: llmgw.dev/v1\nkind: Budgets\nbudgets:\n  - name: tenant-monthly\n    scope: tenant\n    period: monthly\n    limit_usd: 0.01\n    alert_at: [0.5, 0.8]\n    on_exceed: block\n";
 
 const CANARIES: &str = "apiVersion: llmgw.dev/v1\nkind: Canaries\ncanaries:\n  - name: chat-v2\n    model: chat\n    baseline: chat@mock-a\n    candidate: chat-v2@mock-b\n    rollout:\n      steps:\n        - weight_percent: 25\n          min_requests: 1000000\n          min_duration_secs: 3600\n      metrics:\n        - metric: error_rate\n          margin: 1.0\n      alpha: 0.01\n";
+
+/// The next revision: the globex rule takes a second tenant, the budget's second alert moves
+/// and a rate limit is added.
+const ROUTING_V2: &str = "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: globex-on-fast\n    description: Tenants globex and initech are served by the fast model.\n    when: 'tenant.id in [\"globex\", \"initech\"]'\n    candidates: [fast]\n    failover: none\n  - name: requested-model\n    strategy: priority\n";
+
+const RATE_LIMITS: &str = "apiVersion: llmgw.dev/v1\nkind: RateLimits\nlimits:\n  - name: per-tenant\n    scope: tenant\n    requests: { limit: 1000, per: minute }\n";
 
 /// A rule whose condition does not compile: the revision is rejected with a diagnostic.
 const BROKEN_ROUTING: &str = "apiVersion: llmgw.dev/v1\nkind: Routing\nrules:\n  - name: globex-on-fast\n    when: 'tenant.id == '\n    candidates: [fast]\n";
@@ -238,6 +246,63 @@ async fn every_page_renders_live_data_for_the_admin_and_one_tenant_for_its_admin
         .text("#deployments tr[data-deployment=\"chat@mock-a\"]")
         .await;
     assert!(chat.contains("ms") && chat.contains("$3 / $15"), "{chat}");
+    // Provider quota headroom: fast@mock-b's 2 requests a minute were spent by globex (each
+    // request takes 30 s of it), chat@mock-a declares 600, the canary's candidate none.
+    let headroom = |row: &str| {
+        row.split(" %")
+            .filter_map(|part| part.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect::<Vec<_>>()
+    };
+    let quota = browser
+        .text("#deployments tr[data-deployment=\"fast@mock-b\"] td.quota")
+        .await;
+    assert!(
+        quota.contains("of 2 req/min") && quota.contains("of 100,000 tok/min left"),
+        "{quota}"
+    );
+    assert!(
+        headroom(&quota).first().is_some_and(|&h| h < 50.0),
+        "{quota}"
+    );
+    assert!(browser
+        .text("#deployments tr[data-deployment=\"chat@mock-a\"] td.quota")
+        .await
+        .contains("of 600 req/min left"));
+    assert_eq!(
+        browser
+            .text("#deployments tr[data-deployment=\"chat-v2@mock-b\"] td.quota")
+            .await,
+        "–"
+    );
+    let status = gw.admin_get("/admin/status").await.json();
+    let live = |name: &str| {
+        status["deployments"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["deployment"] == name))
+            .map(|d| d["live"].clone())
+            .unwrap_or_else(|| panic!("{name} in {status:#}"))
+    };
+    let fast_live = live("fast@mock-b");
+    assert!(
+        fast_live["quota_headroom"]
+            .as_f64()
+            .is_some_and(|h| h < 0.5),
+        "{fast_live:#}"
+    );
+    assert!(
+        fast_live["quota_requests_left"].as_f64().is_some(),
+        "{fast_live:#}"
+    );
+    assert!(
+        live("chat-v2@mock-b")["quota_headroom"].is_null(),
+        "{status:#}"
+    );
+    browser
+        .wait_for(
+            "#model-charts svg.chart[aria-label=\"Provider quota headroom\"] path.series",
+            LOAD,
+        )
+        .await;
     browser
         .wait_for("#model-charts svg.chart path.series", LOAD)
         .await;
@@ -320,6 +385,75 @@ async fn every_page_renders_live_data_for_the_admin_and_one_tenant_for_its_admin
         .contains("routing.yaml"));
     shots.take(&browser, "policy").await;
 
+    // The next good revision: the page compares it with the one before, entry by entry.
+    let second = commit(
+        &repo,
+        &[
+            ("routing.yaml", ROUTING_V2),
+            ("budgets.yaml", &BUDGETS.replace("[0.5, 0.8]", "[0.5, 0.9]")),
+            ("ratelimits.yaml", RATE_LIMITS),
+        ],
+        "Initech on the fast model too; alert at 90 %; a request limit per tenant",
+    );
+    let rule = "[data-change=\"rule/globex-on-fast\"]";
+    browser.wait_for(rule, LOAD).await;
+    assert_eq!(browser.text("#policy-revision").await, second);
+    let changed = browser.text(rule).await;
+    assert!(
+        changed.contains("changed")
+            && changed.contains("when")
+            && changed.contains("tenant.id == \"globex\"")
+            && changed.contains("tenant.id in [\"globex\", \"initech\"]")
+            && changed.contains("routing.yaml:4"),
+        "{changed}"
+    );
+    let summary = browser.text("#diff-summary").await;
+    assert!(
+        summary.contains(&first[..12])
+            && summary.contains(&second[..12])
+            && summary.contains("3 entries differ (1 added, 0 removed, 2 changed)"),
+        "{summary}"
+    );
+    assert!(browser
+        .text("[data-change=\"rate_limit/per-tenant\"]")
+        .await
+        .contains("added"));
+    assert!(browser
+        .text("[data-change=\"budget/tenant-monthly\"]")
+        .await
+        .contains("alert_at"));
+    browser
+        .run(
+            "document.querySelector('#policy-diff').scrollIntoView();",
+            json!([]),
+        )
+        .await;
+    shots.take(&browser, "policy-diff").await;
+    // The route behind it: revisions by id or prefix; one that did not compile has no table.
+    let diff = gw
+        .admin_get(&format!(
+            "/admin/policy/diff?from={}&to={second}",
+            &first[..7]
+        ))
+        .await;
+    assert_eq!(diff.status, 200, "{}", diff.body);
+    let diff = diff.json();
+    assert_eq!(diff["from"]["id"], first.as_str(), "{diff:#}");
+    assert_eq!(diff["changes"][0]["kind"], "rule", "{diff:#}");
+    assert_eq!(diff["changes"][0]["fields"][0]["field"], "when", "{diff:#}");
+    assert_eq!(
+        gw.admin_get("/admin/policy/diff").await.json()["from"]["id"],
+        first.as_str(),
+        "by default, the serving revision against the one applied before"
+    );
+    let failed = gw
+        .admin_get(&format!("/admin/policy/diff?from={broken}"))
+        .await;
+    assert_eq!(failed.status, 409, "{}", failed.body);
+    assert_eq!(failed.json()["error"]["code"], "revision_not_compiled");
+    let unknown = gw.admin_get("/admin/policy/diff?from=0000000").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
     // --- a tenant admin key: acme only --------------------------------------------------
     browser.click("#logout").await;
     browser.wait_for("#login:not([hidden])", LOAD).await;
@@ -370,6 +504,24 @@ async fn every_page_renders_live_data_for_the_admin_and_one_tenant_for_its_admin
     )
     .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
+    // The Policy page shows it the serving revision only, and the diff route refuses the key.
+    open_page(&browser, "policy").await;
+    browser.wait_for("#policy-revision", LOAD).await;
+    assert_eq!(browser.text("#policy-revision").await, second);
+    assert!(browser
+        .text("#page-policy")
+        .await
+        .contains("admin token only"));
+    assert_eq!(browser.text("#policy-diff").await, "");
+    let refused = send(
+        "GET",
+        &gw.admin_url("/admin/policy/diff"),
+        None,
+        &[("authorization", &format!("Bearer {acme_admin}"))],
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(!refused.body.contains("globex"), "{}", refused.body);
 
     browser.quit().await;
     shots.publish();

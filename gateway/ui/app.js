@@ -421,10 +421,11 @@ function modelsPage(root) {
         el("td", { class: "num", text: fmt.ms(l.p50_ms) }), el("td", { class: "num", text: fmt.ms(l.p95_ms) }), el("td", { class: "num", text: fmt.ms(l.p99_ms) }),
         el("td", { class: "num", text: fmt.ms(l.ttft_ms) }), el("td", { class: "num", text: fmt.pct(l.error_rate) }),
         el("td", { class: "num", text: l.in_flight !== undefined ? l.in_flight : "–" }),
+        quotaCell(d.quota, l),
         el("td", { class: "num", text: p.input_per_mtok !== undefined ? `$${p.input_per_mtok} / $${p.output_per_mtok}` : "–" }));
     });
     tableBox.replaceChildren(el("table", { id: "deployments" },
-      el("thead", {}, el("tr", {}, ["deployment", "model", "provider / region", "circuit", "p50", "p95", "p99", "TTFT", "errors", "in flight", "price in / out per Mtok"]
+      el("thead", {}, el("tr", {}, ["deployment", "model", "provider / region", "circuit", "p50", "p95", "p99", "TTFT", "errors", "in flight", "quota headroom", "price in / out per Mtok"]
         .map((h, i) => el("th", { class: i >= 4 ? "num" : null, text: h })))),
       el("tbody", {}, rows)));
     const names = status.deployments.map((d) => d.deployment);
@@ -439,8 +440,25 @@ function modelsPage(root) {
       el("div", { class: "panel" }, lineChart({ title: "Time to first token", unit: "ms", series: series("ttft_ms") })),
       el("div", { class: "panel" }, lineChart({ title: "Error rate", unit: "%", series: series("error_rate", 100), yFloor: 1 })),
     );
+    const quoted = status.deployments.filter((d) => d.quota).map((d) => d.deployment);
+    if (quoted.length) {
+      charts.append(el("div", { class: "panel" }, lineChart({ title: "Provider quota headroom", unit: "%", yMin: 0, yFloor: 100,
+        series: series("quota_headroom", 100).filter((s) => quoted.includes(s.name)) })));
+    }
   }
   poll(refresh, 2000);
+}
+
+/* The share of a deployment's provider quota left this minute (the tighter of RPM and TPM,
+   what filters read as m.quota_headroom), with what is left of each; "–" without a quota. */
+function quotaCell(quota, live) {
+  if (!quota) return el("td", { class: "num quota", text: "–" });
+  const h = live.quota_headroom;
+  const level = h === null || h === undefined ? "" : h < 0.1 ? "open" : h < 0.5 ? "half_open" : "closed";
+  const left = (v, of, unit) => (of ? `${v === null || v === undefined ? "?" : Math.floor(v).toLocaleString("en")} of ${of.toLocaleString("en")} ${unit}` : null);
+  const detail = [left(live.quota_requests_left, quota.requests_per_minute, "req/min"), left(live.quota_tokens_left, quota.tokens_per_minute, "tok/min")]
+    .filter(Boolean).join(", ") + " left";
+  return el("td", { class: "num quota", title: detail }, el("span", { class: "badge " + level, text: fmt.pct(h) }), el("div", { class: "muted small", text: detail }));
 }
 
 /* ---------- Spend ---------- */
@@ -597,39 +615,131 @@ function canariesPage(root) {
 
 /* ---------- Policy ---------- */
 
+/* A value of a policy field as text: strings as written, lists and objects as in YAML's flow
+   style without their absent members, absent as a dash. */
+function fieldText(v) {
+  if (v === null || v === undefined) return "—";
+  if (Array.isArray(v)) return "[" + v.map(fieldText).join(", ") + "]";
+  if (typeof v === "object") {
+    return "{ " + Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => `${k}: ${fieldText(x)}`).join(", ") + " }";
+  }
+  return String(v);
+}
+
 function policyPage(root) {
   root.append(el("h1", { text: "Policy" }));
-  const box = el("div", { id: "policy" });
-  root.append(box);
+  const servingBox = el("div");
+  const diffBox = el("div", { class: "panel", id: "policy-diff" });
+  const historyBox = el("div");
+  root.append(el("div", { id: "policy" }, servingBox, isAdmin() ? diffBox : null, historyBox));
   const revisionRow = (r, when) => el("tr", { "data-revision": r.id },
     el("td", {}, badge(r.result || "applied")), el("td", { class: "loc", text: (r.id || "").slice(0, 12) }),
     el("td", { text: r.summary || "—" }), el("td", { text: r.author || "—" }), el("td", { text: r[when] || r.time || "—" }));
   const rank = (d) => (d.severity === "error" ? 0 : 1);
   const diagnostics = (r) => (Array.isArray(r.diagnostics) ? r.diagnostics : []).slice().sort((a, b) => rank(a) - rank(b));
+
+  /* The comparison: two applied revisions, by default the serving one and the one before it. */
+  const diff = { from: "", to: "", chosen: false, shown: "", options: "" };
+  const fromSelect = el("select", { id: "diff-from", onchange: (e) => { diff.from = e.target.value; diff.chosen = true; compare(); } });
+  const toSelect = el("select", { id: "diff-to", onchange: (e) => { diff.to = e.target.value; diff.chosen = true; compare(); } });
+  const diffResult = el("div", { id: "policy-changes" });
+  const pickers = el("div", { class: "filters" }, el("label", { for: "diff-from", text: "from" }), fromSelect, el("label", { for: "diff-to", text: "to" }), toSelect);
+  diffBox.append(el("h2", { text: "Changes between revisions" }),
+    el("p", { class: "muted", text: "What differs in the decision table: rules, models, deployments, providers, budgets, rate limits, downgrades, canaries and cache settings, compared by name and field by field. A rule's `after` is its place in the order (the rule before it)." }),
+    pickers, diffResult);
+
+  /* The applied revisions, newest first (as the gateway keeps them), then the serving one
+     when the history does not hold it (a last good revision served since start-up). */
+  function choices(p) {
+    const list = [];
+    for (const r of p.history || []) if (r.result === "applied" && !list.some((x) => x.id === r.id)) list.push(r);
+    if (!list.some((x) => x.id === p.applied_revision.id)) list.push(p.applied_revision);
+    return list;
+  }
+
+  function offer(p) {
+    const list = choices(p);
+    const key = list.map((r) => r.id).join(" ");
+    if (key !== diff.options) {
+      diff.options = key;
+      const option = (r) => el("option", { value: r.id, text: `${r.id.slice(0, 12)}  ${(r.summary || "").slice(0, 60)}` });
+      fromSelect.replaceChildren(...list.map(option));
+      toSelect.replaceChildren(...list.map(option));
+    }
+    if (!diff.chosen || !list.some((r) => r.id === diff.to) || !list.some((r) => r.id === diff.from)) {
+      diff.chosen = false;
+      const serving = list.findIndex((r) => r.id === p.applied_revision.id);
+      diff.to = serving >= 0 ? list[serving].id : "";
+      diff.from = serving >= 0 && list[serving + 1] ? list[serving + 1].id : "";
+    }
+    fromSelect.value = diff.from;
+    toSelect.value = diff.to;
+    pickers.style.display = list.length < 2 ? "none" : "";
+    if (list.length < 2) {
+      diff.shown = "";
+      diffResult.replaceChildren(el("p", { class: "muted", text: "One revision applied since the gateway started: nothing to compare yet." }));
+      return;
+    }
+    compare();
+  }
+
+  async function compare() {
+    const pair = diff.from + ".." + diff.to;
+    if (pair === diff.shown) return;
+    diff.shown = pair;
+    try {
+      const d = await api("/admin/policy/diff?" + new URLSearchParams({ from: diff.from, to: diff.to }).toString());
+      if (diff.shown !== pair) return;
+      renderChanges(d);
+    } catch (e) {
+      diff.shown = "";
+      diffResult.replaceChildren(el("p", { class: "error", text: e.message }));
+    }
+  }
+
+  function renderChanges(d) {
+    const s = d.summary;
+    const head = el("p", { id: "diff-summary" }, el("span", { class: "loc", text: d.from.id.slice(0, 12) }), " → ", el("span", { class: "loc", text: d.to.id.slice(0, 12) }),
+      `: ${d.changes.length} ${d.changes.length === 1 ? "entry" : "entries"} differ (${s.added} added, ${s.removed} removed, ${s.changed} changed)`);
+    if (!d.changes.length) { diffResult.replaceChildren(head, el("p", { class: "muted", text: "The decision tables are the same." })); return; }
+    const groups = d.changes.map((c) => {
+      const fields = c.fields.length ? c.fields : [{ field: "", from: null, to: null }];
+      const where = c.location ? `${c.location.file}:${c.location.line}` : "";
+      return el("tbody", { "data-change": `${c.kind}/${c.name}` }, fields.map((f, i) => el("tr", {},
+        i ? null : [el("td", { rowspan: fields.length, text: c.kind.replace(/_/g, " ") }), el("td", { rowspan: fields.length }, el("b", { text: c.name })),
+          el("td", { rowspan: fields.length }, badge(c.change))],
+        el("td", { class: "loc", text: f.field }),
+        el("td", { class: "value removed", text: c.change === "added" ? "" : fieldText(f.from) }),
+        el("td", { class: "value added", text: c.change === "removed" ? "" : fieldText(f.to) }),
+        i ? null : el("td", { rowspan: fields.length, class: "loc muted", text: where }))));
+    });
+    diffResult.replaceChildren(head, el("table", { class: "changes" },
+      el("thead", {}, el("tr", {}, ["kind", "name", "change", "field", "from", "to", "where"].map((h) => el("th", { text: h })))), groups));
+  }
+
   async function refresh() {
     const status = await api("/admin/status");
     if (!isAdmin()) {
-      box.replaceChildren(el("div", { class: "panel" }, el("p", {}, "Serving revision ", el("span", { class: "loc", id: "policy-revision", text: status.policy.revision })),
-        el("p", { class: "muted", text: "Commit messages, authors and diagnostics are shown to the admin token only." })));
+      servingBox.replaceChildren(el("div", { class: "panel" }, el("p", {}, "Serving revision ", el("span", { class: "loc", id: "policy-revision", text: status.policy.revision })),
+        el("p", { class: "muted", text: "Commit messages, authors, diagnostics and the changes between revisions are shown to the admin token only." })));
       return;
     }
     const p = status.policy;
     const a = p.applied_revision;
-    const parts = [
-      el("div", { class: "panel" }, el("h2", { text: "Serving" }), el("dl", { class: "kv" },
-        el("dt", { text: "revision" }), el("dd", { class: "loc", id: "policy-revision", text: a.id }),
-        el("dt", { text: "summary" }), el("dd", { text: a.summary || "—" }),
-        el("dt", { text: "author" }), el("dd", { text: a.author || "—" }),
-        el("dt", { text: "applied at" }), el("dd", { text: a.applied_at || "—" }),
-        el("dt", { text: "source" }), el("dd", { class: "loc", text: p.source }),
-        el("dt", { text: "reloads" }), el("dd", { text: `${p.reloads.applied} applied, ${p.reloads.failed} failed, ${p.reloads.unchanged} unchanged` }),
-        p.serving_last_known_good ? [el("dt", { text: "note" }), el("dd", { class: "error", text: "the newest revision does not load: the last good one serves" })] : null,
-        p.source_error ? [el("dt", { text: "source error" }), el("dd", { class: "error", text: p.source_error })] : null)),
-    ];
+    servingBox.replaceChildren(el("div", { class: "panel" }, el("h2", { text: "Serving" }), el("dl", { class: "kv" },
+      el("dt", { text: "revision" }), el("dd", { class: "loc", id: "policy-revision", text: a.id }),
+      el("dt", { text: "summary" }), el("dd", { text: a.summary || "—" }),
+      el("dt", { text: "author" }), el("dd", { text: a.author || "—" }),
+      el("dt", { text: "applied at" }), el("dd", { text: a.applied_at || "—" }),
+      el("dt", { text: "source" }), el("dd", { class: "loc", text: p.source }),
+      el("dt", { text: "reloads" }), el("dd", { text: `${p.reloads.applied} applied, ${p.reloads.failed} failed, ${p.reloads.unchanged} unchanged` }),
+      p.serving_last_known_good ? [el("dt", { text: "note" }), el("dd", { class: "error", text: "the newest revision does not load: the last good one serves" })] : null,
+      p.source_error ? [el("dt", { text: "source error" }), el("dd", { class: "error", text: p.source_error })] : null)));
+    offer(p);
     const history = p.history || [];
-    parts.push(el("h2", { text: "Revisions tried, newest first" }),
+    const parts = [el("h2", { text: "Revisions tried, newest first" }),
       el("table", { id: "policy-history" }, el("thead", {}, el("tr", {}, ["result", "revision", "summary", "author", "tried at"].map((h) => el("th", { text: h })))),
-        el("tbody", {}, history.map((r) => revisionRow(r, "attempted_at")))));
+        el("tbody", {}, history.map((r) => revisionRow(r, "attempted_at"))))];
     for (const r of history) {
       const d = diagnostics(r);
       if (r.result === "failed" && d.length) {
@@ -637,7 +747,7 @@ function policyPage(root) {
           d.map((x) => el("pre", { class: "diag " + (x.severity || ""), text: `${x.severity || ""} ${x.code || ""} ${x.file || ""}${x.line ? ":" + x.line : ""}\n${x.message || JSON.stringify(x)}` }))));
       }
     }
-    box.replaceChildren(...parts);
+    historyBox.replaceChildren(...parts);
   }
   poll(refresh, 3000);
 }

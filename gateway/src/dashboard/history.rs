@@ -66,7 +66,10 @@ fn snapshot(app: &App, now_ms: u64) -> Value {
         .deployments()
         .iter()
         .enumerate()
-        .filter_map(|(i, d)| Some((d.name.to_string(), live_json(&rt.live.current(i)?))))
+        .filter_map(|(i, d)| {
+            let stats = rt.live.current(i)?;
+            Some((d.name.to_string(), live_json(&rt.policy, i, &stats)))
+        })
         .collect();
     let canaries: Map<String, Value> = app
         .canaries

@@ -1,6 +1,6 @@
 //! The web dashboard on the admin listener: `GET /ui` and its script and style sheet, built
 //! into the binary (`gateway/ui/`), and the JSON the dashboard reads that no other admin
-//! route has ([`history`]).
+//! route has ([`history`], [`policy_diff`]).
 //!
 //! The page holds no data: it asks for a token (the admin token, or a tenant admin key),
 //! keeps it in the tab's `sessionStorage` and sends it as a bearer token to the admin JSON
@@ -8,6 +8,7 @@
 //! content security policy that allows this origin only: no inline script, no other host.
 
 pub mod history;
+pub mod policy_diff;
 
 use crate::body::GatewayBody;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
