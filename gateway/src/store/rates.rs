@@ -8,6 +8,7 @@
 //! The TAT is a time in microseconds: of the Redis clock for the shared store (a Lua script,
 //! [`super::RedisStore`]), of this process's monotonic clock for the in-process cells here.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -71,9 +72,9 @@ pub struct LocalRates {
 
 #[derive(Debug, Default)]
 struct Cells {
-    /// TATs by cell name. A fast hasher, randomly seeded per process: a lookup is on every
-    /// request's path.
-    tats: foldhash::HashMap<String, i64>,
+    /// TATs by cell name, under a fast hasher (seeded per process from address-space
+    /// randomization): a lookup is on every limited request's path.
+    tats: HashMap<String, i64, foldhash::fast::RandomState>,
     /// Size at which cells whose TAT has passed (full again, nothing to remember) are dropped.
     sweep_at: usize,
 }
@@ -86,7 +87,7 @@ impl Default for LocalRates {
         LocalRates {
             epoch: Instant::now(),
             cells: Mutex::new(Cells {
-                tats: foldhash::HashMap::default(),
+                tats: HashMap::default(),
                 sweep_at: SWEEP_MIN,
             }),
         }
