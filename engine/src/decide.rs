@@ -494,7 +494,7 @@ impl CompiledPolicy {
                 }
             })
             .collect();
-        let rate_charges = self.rate_charges(ctx, &limited, &attempts);
+        let rate_charges = self.rate_charges(ctx, limited, &attempts);
         let budget = downgrade.as_ref().and_then(|d| d.budget.clone());
         Ok(Decision {
             revision: self.revision.clone(),
@@ -584,29 +584,29 @@ impl CompiledPolicy {
                 }
             }
             let spec = &limit.spec;
-            let value = match (spec.scope.principal(), &limit.bucket) {
-                (Some(scope), _) => {
-                    let id = &ctx.identity.of(scope).id;
+            let scope = spec.scope.as_str();
+            let bucket = match (spec.scope.principal(), &limit.bucket) {
+                (Some(principal), _) => {
+                    let id = &ctx.identity.of(principal).id;
                     if id.is_empty() {
                         continue;
                     }
-                    match scope {
+                    match principal {
                         // Users and projects are named within their tenant.
                         Scope::User | Scope::Project => {
-                            format!("{}/{id}", ctx.identity.tenant.id)
+                            bucket_name(scope, &[&ctx.identity.tenant.id, "/", id])
                         }
-                        Scope::Key | Scope::Tenant => id.clone(),
+                        Scope::Key | Scope::Tenant => bucket_name(scope, &[id]),
                     }
                 }
-                (None, _) if spec.scope == LimitScope::Model => model.to_owned(),
+                (None, _) if spec.scope == LimitScope::Model => bucket_name(scope, &[model]),
                 (None, Some(bucket)) => match trace.value(bucket, &facts) {
                     Some(v) if v.is_empty() => continue,
-                    Some(v) => v,
-                    None => "(error)".to_owned(),
+                    Some(v) => bucket_name(scope, &[&v]),
+                    None => bucket_name(scope, &["(error)"]),
                 },
                 (None, None) => continue,
             };
-            let bucket = format!("{}:{value}", spec.scope.as_str());
             let left = state
                 .ratelimit_remaining(&limit.name, &bucket)
                 .clamp(0.0, 1.0);
@@ -631,37 +631,42 @@ impl CompiledPolicy {
     fn rate_charges(
         &self,
         ctx: &RequestContext,
-        applying: &[(usize, String)],
+        applying: Vec<(usize, String)>,
         attempts: &[Attempt],
     ) -> Vec<RateCharge> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(2 * applying.len());
         for (i, bucket) in applying {
-            let limit = &self.rate_limits[*i];
+            let limit = &self.rate_limits[i];
             let spec = &limit.spec;
-            let charge = |rate: &Rate, measure: Measure, amount: u64| RateCharge {
+            let charge = |rate: &Rate, measure: Measure, bucket: String, amount: u64| RateCharge {
                 rule: limit.name.clone(),
                 measure,
-                bucket: bucket.clone(),
+                bucket,
                 amount,
                 limit: rate.limit,
                 period_ms: rate.per.millis(),
                 burst: rate.burst(),
                 on_store_unavailable: spec.on_store_unavailable,
             };
-            if let Some(rate) = &spec.requests {
-                out.push(charge(rate, Measure::Requests, 1));
+            let Some(rate) = &spec.tokens else {
+                if let Some(rate) = &spec.requests {
+                    out.push(charge(rate, Measure::Requests, bucket, 1));
+                }
+                continue;
+            };
+            if let Some(requests) = &spec.requests {
+                out.push(charge(requests, Measure::Requests, bucket.clone(), 1));
             }
-            if let Some(rate) = &spec.tokens {
-                let tokens = attempts
-                    .iter()
-                    .map(|a| {
-                        let model = &self.models[self.deployments[a.index].model];
-                        self.estimated_tokens(model, &ctx.request, rate.count)
-                    })
-                    .max()
-                    .unwrap_or(0);
-                out.push(charge(rate, Measure::Tokens(rate.count), tokens));
-            }
+            let tokens = attempts
+                .iter()
+                .map(|a| {
+                    let model = &self.models[self.deployments[a.index].model];
+                    self.estimated_tokens(model, &ctx.request, rate.count)
+                })
+                .max()
+                .unwrap_or(0);
+            // The bucket's name moves into the last charge.
+            out.push(charge(rate, Measure::Tokens(rate.count), bucket, tokens));
         }
         out
     }
@@ -867,6 +872,19 @@ struct Ranked {
     latency: Option<f64>,
     cost: f64,
     context: u64,
+}
+
+/// A rate limit bucket's name, `<scope>:<parts…>`, built in one allocation (it is made per
+/// request and limit).
+fn bucket_name(scope: &str, parts: &[&str]) -> String {
+    let len = scope.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut name = String::with_capacity(len);
+    name.push_str(scope);
+    name.push(':');
+    for p in parts {
+        name.push_str(p);
+    }
+    name
 }
 
 /// Whether a deployment's provider quota, as far as it is known, can take one more request of

@@ -157,7 +157,7 @@ impl Runtime {
                             .position(|q| q.name == d.name)?;
                         (old.quota == Some(quota)).then(|| prev.live.quota(i).cloned())?
                     })
-                    .or_else(|| Some(Arc::new(crate::quota::QuotaCell::new(quota))))
+                    .or_else(|| Some(Arc::new(crate::quota::QuotaCell::new(&d.name, quota))))
             })
             .collect();
         Runtime {

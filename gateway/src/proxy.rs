@@ -448,8 +448,36 @@ pub async fn handle(
         cache::Lookup::Miss(store) => Some(store),
         cache::Lookup::Bypass => None,
     };
-    // Phase 4: reserve, the rate limits first (a hit of the cache above sent nothing
-    // upstream and counts against none), then the budgets.
+    // Phase 4: reserve the budgets, then the rate limits of the decision that holds: a
+    // downgrade found at the reservation moves the request to another model, and the limits
+    // scoped to `model` count the model that serves. A hit of the cache above sent nothing
+    // upstream and counts against neither.
+    let redecide = |s: &budgets::Spend| {
+        decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
+    };
+    let reserved = reserve::reserve(
+        &app.state,
+        &rt.policy,
+        &spend,
+        decision,
+        fault.clone(),
+        redecide,
+    )
+    .await;
+    let (decision, held) = match reserved {
+        Ok(v) => v,
+        Err(e) => {
+            let model = request.facts.model.clone();
+            return reject(
+                &app,
+                &info,
+                e,
+                &model,
+                request.facts.stream,
+                Some(&identity),
+            );
+        }
+    };
     let caller = ratelimit::Caller {
         request_id: &info.request_id,
         tenant: &identity.tenant.id,
@@ -460,33 +488,12 @@ pub async fn handle(
     let (charged, rate_headers) = match limited {
         Ok(v) => v,
         Err(refusal) => {
+            // Nothing goes upstream: the budget holds are released.
+            drop(held);
             let model = request.facts.model.clone();
             let stream = request.facts.stream;
             let mut resp = reject(&app, &info, refusal.error, &model, stream, Some(&identity));
             refusal.headers.apply(resp.headers_mut());
-            return resp;
-        }
-    };
-    let redecide = |s: &budgets::Spend| {
-        decide::decide(&rt, &request, identity.clone(), s, &app.canaries, None)
-    };
-    let reserved =
-        reserve::reserve(&app.state, &rt.policy, &spend, decision, fault, redecide).await;
-    let (decision, held) = match reserved {
-        Ok(v) => v,
-        Err(e) => {
-            // Refused by a budget: nothing goes upstream, so no tokens are used.
-            charged.settle(Usage::default());
-            let model = request.facts.model.clone();
-            let mut resp = reject(
-                &app,
-                &info,
-                e,
-                &model,
-                request.facts.stream,
-                Some(&identity),
-            );
-            rate_headers.apply(resp.headers_mut());
             return resp;
         }
     };

@@ -32,7 +32,8 @@ fn interval_us(c: &RateCharge) -> f64 {
     c.period_ms as f64 * 1000.0 / c.limit
 }
 
-/// The name of a charge's cell.
+/// The name of a charge's cell, `<limit>:<measure>:<bucket>`, built in one allocation (it is
+/// made per request and rate).
 fn cell_key(c: &RateCharge) -> String {
     let measure = match c.measure {
         Measure::Requests => "requests",
@@ -40,7 +41,13 @@ fn cell_key(c: &RateCharge) -> String {
         Measure::Tokens(TokenCount::Output) => "tokens-output",
         Measure::Tokens(TokenCount::Total) => "tokens",
     };
-    format!("{}:{measure}:{}", c.rule, c.bucket)
+    let mut key = String::with_capacity(c.rule.len() + measure.len() + c.bucket.len() + 2);
+    key.push_str(&c.rule);
+    key.push(':');
+    key.push_str(measure);
+    key.push(':');
+    key.push_str(&c.bucket);
+    key
 }
 
 /// The GCRA cell of a charge.
@@ -73,10 +80,12 @@ impl RateHeaders {
     /// Counts a limit's standing; the one with the least remaining is kept per measure.
     fn note(&mut self, c: &RateCharge, cell: &Cell, ahead_us: i64, refused: bool) {
         let t = interval_us(c);
+        // Whole units left; the tolerance absorbs the rounding of the cell to microseconds
+        // (7 a minute: 6 left after one, not 5.99999995).
         let remaining = if refused {
             0
         } else {
-            ((cell.capacity_us - ahead_us).max(0) as f64 / t).floor() as u64
+            ((cell.capacity_us - ahead_us).max(0) as f64 / t + 1e-6).floor() as u64
         };
         let s = Standing {
             limit: c.limit.round() as u64,
@@ -116,21 +125,35 @@ impl RateHeaders {
     }
 }
 
-/// A reset time as OpenAI writes it: `250ms`, `1.5s`, `6m0s`.
+/// A reset time as OpenAI writes it: `250ms`, `1.5s`, `6m0s`. Written digit by digit: it is
+/// on every limited answer, and float formatting costs more than the rest of the check.
 fn reset_text(d: Duration) -> String {
-    let ms = d.as_millis();
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut digits = itoa::Buffer::new();
+    let mut text = String::with_capacity(24);
     if ms < 1000 {
-        return format!("{ms}ms");
+        text.push_str(digits.format(ms));
+        text.push_str("ms");
+        return text;
     }
-    let minutes = ms / 60_000;
-    let seconds = (ms % 60_000) as f64 / 1000.0;
-    let seconds = format!("{seconds:.3}");
-    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
-    if minutes == 0 {
-        format!("{seconds}s")
-    } else {
-        format!("{minutes}m{seconds}s")
+    let (minutes, rest) = (ms / 60_000, ms % 60_000);
+    if minutes > 0 {
+        text.push_str(digits.format(minutes));
+        text.push('m');
     }
+    text.push_str(digits.format(rest / 1000));
+    let mut fraction = rest % 1000;
+    if fraction > 0 {
+        text.push('.');
+        let mut place = 100;
+        while fraction > 0 {
+            text.push(char::from(b'0' + (fraction / place) as u8));
+            fraction %= place;
+            place /= 10;
+        }
+    }
+    text.push('s');
+    text
 }
 
 /// The token cells a request holds, to correct from `usage` after the call.
@@ -403,12 +426,16 @@ mod tests {
         // a: 4 s ahead of 10 s capacity: 6 left; b: 0.1 s of 60 s: 599 left.
         h.note(&a, &cell(&a), 4_000_000, false);
         h.note(&b, &cell(&b), 100_000, false);
+        // 7 a minute: a cell of 60 s whose one request moved it 8,571,429 µs.
+        let c = charge(Measure::Tokens(TokenCount::Total), 1, 7.0, 7.0);
+        h.note(&c, &cell(&c), cell(&c).increment_us, false);
         let mut map = HeaderMap::new();
         h.apply(&mut map);
         assert_eq!(map["x-ratelimit-limit-requests"], "60");
         assert_eq!(map["x-ratelimit-remaining-requests"], "6");
         assert_eq!(map["x-ratelimit-reset-requests"], "4s");
-        assert!(map.get("x-ratelimit-limit-tokens").is_none());
+        assert_eq!(map["x-ratelimit-limit-tokens"], "7");
+        assert_eq!(map["x-ratelimit-remaining-tokens"], "6");
     }
 
     #[test]
@@ -416,5 +443,9 @@ mod tests {
         assert_eq!(reset_text(Duration::from_millis(250)), "250ms");
         assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
         assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
+        assert_eq!(reset_text(Duration::from_millis(0)), "0ms");
+        assert_eq!(reset_text(Duration::from_millis(1_005)), "1.005s");
+        assert_eq!(reset_text(Duration::from_millis(61_050)), "1m1.05s");
+        assert_eq!(reset_text(Duration::from_micros(2_999_999)), "2.999s");
     }
 }

@@ -351,7 +351,7 @@ pub struct UpstreamRequest<'a> {
     /// The W3C `traceparent` to send, when traces are exported.
     pub traceparent: Option<&'a str>,
     /// The deployment's provider quota, which reads the provider's rate limit headers.
-    pub quota: Option<&'a crate::quota::QuotaCell>,
+    pub quota: Option<crate::quota::Quota<'a>>,
 }
 
 /// The future an adapter returns.

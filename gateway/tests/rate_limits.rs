@@ -283,24 +283,31 @@ async fn a_request_larger_than_a_token_burst_is_refused_without_retry_after() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deployment_nearing_its_provider_tpm_sheds_to_its_equivalent_before_a_429() {
-    let mock = mock().await;
-    // The mock's `primary` takes 1,000 tokens and then answers 429; each request below takes
-    // 44 of them (4 prompt tokens, 40 answer tokens), so the 23rd would be refused.
-    let primary = "p+tpm-1000";
-    let (gw, _dir) = gateway_for(|d| {
-        primary_and_backup(d, &mock.base_url(), "tpm-1000");
-        let models = std::fs::read_to_string(d.join("models.yaml")).expect("models");
-        let declared = models.replace(
-            &format!("upstream_model: \"{primary}\"\n"),
-            &format!("upstream_model: \"{primary}\"\n        quota: {{tokens_per_minute: 1000}}\n"),
-        );
-        assert_ne!(models, declared);
-        std::fs::write(d.join("models.yaml"), declared).expect("write models");
-    });
+/// The mock's `primary` model, which takes 1,000 tokens and then answers 429.
+const QUOTA_PRIMARY: &str = "p+tpm-1000";
+
+/// `primary` on [`QUOTA_PRIMARY`], declaring its 1,000 tokens a minute, and its equivalent
+/// `backup`.
+fn quota_policy(dir: &Path, base_url: &str) {
+    primary_and_backup(dir, base_url, "tpm-1000");
+    let models = std::fs::read_to_string(dir.join("models.yaml")).expect("models");
+    let declared = models.replace(
+        &format!("upstream_model: \"{QUOTA_PRIMARY}\"\n"),
+        &format!(
+            "upstream_model: \"{QUOTA_PRIMARY}\"\n        quota: {{tokens_per_minute: 1000}}\n"
+        ),
+    );
+    assert_ne!(models, declared);
+    std::fs::write(dir.join("models.yaml"), declared).expect("write models");
+}
+
+/// Sends 30 requests for `primary`, in turn through each gateway, each taking 44 tokens of the
+/// quota (4 prompt tokens, 40 answer tokens: the 23rd would be refused): the primary serves
+/// until its quota is nearly used, and the backup after, before the provider answers 429.
+async fn quota_sheds(gateways: &[&Gateway], mock: &llmgw_mock_provider::MockHandle) {
     let mut served_by = Vec::new();
     for i in 0..30 {
+        let gw = gateways[i % gateways.len()];
         let a = post(&gw.url("/v1/chat/completions"), &chat("primary", false, 40)).await;
         assert_eq!(a.status, 200, "request {i}: {}", a.body);
         served_by.push(a.header("x-llmgw-model").to_owned());
@@ -315,15 +322,40 @@ async fn a_deployment_nearing_its_provider_tpm_sheds_to_its_equivalent_before_a_
         "once near the quota, the backup serves: {served_by:?}"
     );
     assert_eq!(
-        mock.stats.attempts(primary),
+        mock.stats.attempts(QUOTA_PRIMARY),
         on_primary as u64,
         "every call to the primary was answered: none got the provider's 429"
     );
-    let metrics = gw.metrics().await;
-    assert!(
-        !metrics.contains(r#"llmgw_upstream_errors_total{provider="mock-a""#),
-        "{metrics}"
-    );
+    for gw in gateways {
+        let metrics = gw.metrics().await;
+        assert!(
+            !metrics.contains(r#"llmgw_upstream_errors_total{provider="mock-a""#),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_nearing_its_provider_tpm_sheds_to_its_equivalent_before_a_429() {
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| quota_policy(d, &mock.base_url()));
+    quota_sheds(&[&gw], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set LLMGW_TEST_REDIS_URL and run with --include-ignored"]
+async fn two_replicas_on_one_redis_share_a_provider_tpm_and_shed_before_a_429() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let mock = mock().await;
+    let policies = tempfile::tempdir().expect("tempdir");
+    quota_policy(policies.path(), &mock.base_url());
+    let one = replica(policies.path(), &url, &prefix);
+    let two = replica(policies.path(), &url, &prefix);
+    // Each replica alone would count half the calls and send the 23rd to the primary.
+    quota_sheds(&[&one, &two], &mock).await;
+    drop((one, two));
+    cleanup_redis(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,4 +389,62 @@ async fn routing_moves_traffic_off_a_model_before_its_rate_limit_bites() {
     }
     // Shares left before each request: 1, 0.75, 0.5, 0.25, 0.
     assert_eq!(seen, ["lead", "lead", "lead", "spare", "429 lead-rate"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_downgraded_at_its_reservation_counts_against_the_served_models_limit() {
+    // `big` hangs upstream, so its first request holds the budget until it times out; a second
+    // request for `big` is then refused its hold and decided again, downgraded to `small`.
+    const HANGING: &str = "s+hang";
+    let mock = mock().await;
+    let (gw, _dir) = gateway_for(|d| {
+        budget_policy(
+            d,
+            &mock.base_url(),
+            &[("big", "big", HANGING), ("small", "small", "b+ok")],
+            // One request of 2,000 output tokens holds 0.004 USD: a second does not fit.
+            "  - name: key-cap\n    scope: key\n    period: daily\n    limit_usd: 0.006\n    on_exceed: downgrade\n",
+        );
+        std::fs::write(
+            d.join("downgrades.yaml"),
+            "apiVersion: llmgw.dev/v1\nkind: Downgrades\nrules:\n  - name: big-to-small\n    from: [big]\n    to: small\n",
+        )
+        .expect("write downgrades");
+        std::fs::write(
+            d.join("ratelimits.yaml"),
+            concat!(
+                "apiVersion: llmgw.dev/v1\nkind: RateLimits\nlimits:\n",
+                "  - name: big-rate\n    scope: model\n    when: 'request.model == \"big\"'\n",
+                "    requests: {limit: 100, per: minute}\n",
+                "  - name: small-rate\n    scope: model\n    when: 'request.model == \"small\"'\n",
+                "    requests: {limit: 7, per: minute}\n",
+            ),
+        )
+        .expect("write rate limits");
+    });
+    let url = gw.url("/v1/chat/completions");
+    let body = chat_for("big", Some(2000), None);
+    let first = {
+        let (url, body) = (url.clone(), body.clone());
+        tokio::spawn(async move { post(&url, &body).await })
+    };
+    until(
+        Duration::from_secs(10),
+        "the first request upstream",
+        || async { mock.stats.attempts(HANGING) >= 1 },
+    )
+    .await;
+    let moved = post(&url, &body).await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.header("x-llmgw-downgraded-from"), "big");
+    assert_eq!(moved.header("x-llmgw-model"), "small");
+    assert_eq!(
+        (
+            moved.header("x-ratelimit-limit-requests"),
+            moved.header("x-ratelimit-remaining-requests")
+        ),
+        ("7", "6"),
+        "counted against the served model's limit, not the requested one's"
+    );
+    first.abort();
 }

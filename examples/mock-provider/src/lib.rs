@@ -28,7 +28,7 @@
 //! | `content-filter` | 400 `content_filter` (Azure's shape, with `innererror`, on Azure paths) |
 //! | `filtered-answer` | 200 whose only choice the content filter withheld (`finish_reason: content_filter`, no content, `content_filter_results`), as Azure OpenAI answers |
 //! | `flap-MS` | 503 for MS milliseconds after the model's first attempt, then normal |
-//! | `tpm-N` | a provider token quota of N: every answer carries `x-ratelimit-limit-tokens: N` and `x-ratelimit-remaining-tokens`; a request whose prompt and answer would take the model's tokens past N answers 429 `rate_limit_exceeded` (the quota is counted from the model's first attempt and never replenished: a test lasts less than the provider's minute) |
+//! | `tpm-N` | a provider token quota of N: every answer carries `x-ratelimit-limit-tokens: N` and `x-ratelimit-remaining-tokens` (Anthropic's `anthropic-ratelimit-tokens-limit` and `-remaining` on `/v1/messages`); a request whose prompt and answer would take the model's tokens past N answers 429 `rate_limit_exceeded` (the quota is counted from the model's first attempt and never replenished: a test lasts less than the provider's minute) |
 //! | `echo-STATUS` | STATUS with a JSON error, in the request's protocol, whose message, code and param quote the credentials the request carried (see [`Credentials`]) |
 //! | `echo-text-STATUS` | STATUS with a `text/plain` body quoting the credentials |
 //! | `tool` | when the request declares tools and its last message is not a tool result: a call of the first tool with the arguments `{"q":"t0"}` (5 output tokens), JSON or streamed, in the request's protocol; otherwise a normal answer |
@@ -698,8 +698,15 @@ async fn handle(
     .await;
     if let (Ok(resp), Some((quota, left))) = (&mut resp, quota) {
         let h = resp.headers_mut();
-        h.insert("x-ratelimit-limit-tokens", quota.into());
-        h.insert("x-ratelimit-remaining-tokens", left.into());
+        let [limit, remaining] = match dialect {
+            Dialect::Anthropic => [
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-tokens-remaining",
+            ],
+            _ => ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"],
+        };
+        h.insert(limit, quota.into());
+        h.insert(remaining, left.into());
     }
     resp
 }

@@ -1,17 +1,17 @@
 //! Phase 5: execute the decision's attempt list with failover.
 //!
 //! Attempts are tried in order. A deployment whose breaker (or whose region's) is open is
-//! skipped. Every attempt
-//! after the first (a retry or a move to the next deployment) is paid from the retry budget.
-//! The same provider is tried again only for a single 429 with a short `Retry-After` (after
-//! waiting it) or a single 500; any other failure moves on. A content filter or another 4xx
-//! about the request is returned as is. After `context_length_exceeded` the next candidate is
-//! tried unless its declared window is smaller than that of a model that refused the input
-//! (then it is known too small), and never the model that refused: an equal window may fit, as
-//! providers count tokens differently. For streams, an attempt succeeds when its first visible
-//! event arrives within the first-token timeout, so failures before the first byte stay
-//! invisible. An event the provider sent that cannot be parsed is skipped and counted
-//! ([`note_malformed`]); it does not fail the attempt.
+//! skipped, and so is one whose declared provider quota cannot take the call while another
+//! attempt is left ([`crate::quota`]). Every attempt after the first (a retry or a move to the
+//! next deployment) is paid from the retry budget. The same provider is tried again only for a
+//! single 429 with a short `Retry-After` (after waiting it) or a single 500; any other failure
+//! moves on. A content filter or another 4xx about the request is returned as is. After
+//! `context_length_exceeded` the next candidate is tried unless its declared window is smaller
+//! than that of a model that refused the input (then it is known too small), and never the
+//! model that refused: an equal window may fit, as providers count tokens differently. For
+//! streams, an attempt succeeds when its first visible event arrives within the first-token
+//! timeout, so failures before the first byte stay invisible. An event the provider sent that
+//! cannot be parsed is skipped and counted ([`note_malformed`]); it does not fail the attempt.
 //!
 //! A stream that broke after output went out is continued by [`run`] with the partial answer:
 //! a model with the `prefill` capability gets it as assistant prefill, any other is re-asked
@@ -24,6 +24,7 @@ use crate::continuation;
 use crate::error::ApiError;
 use crate::live::InFlight;
 use crate::metrics::{ErrorLabels, ModelLabels, UpstreamLabels};
+use crate::quota::Quota;
 use crate::upstream::{
     ChunkStream, ErrorClass, FullResponse, StreamEvent, UpstreamError, UpstreamRequest,
     UpstreamResponse, Usage,
@@ -82,7 +83,9 @@ pub struct CallLog {
     pub deployment: Arc<str>,
     /// `ok`, an error class (a stream that broke after its first token names the class of the
     /// break), or, when no call was made: `skipped_open_circuit`, `skipped_context_window` (a
-    /// model that refused the input, or a window known too small for it) or `no_retry_budget`.
+    /// model that refused the input, or a window known too small for it),
+    /// `skipped_provider_quota` (its deployment's quota cannot take the call and another
+    /// attempt is left) or `no_retry_budget`.
     pub outcome: &'static str,
     /// Milliseconds spent (a stream: until it ended or broke).
     pub ms: u64,
@@ -269,9 +272,33 @@ pub async fn run(
             idx += 1;
             continue;
         }
+        // The deployment's provider quota takes the call first: one it cannot take is skipped
+        // while another attempt is left.
+        let quota = plan.rt.live.quota(attempt.index);
+        let estimated = quota.map_or(0, |_| quota_estimate(plan, idx));
+        if let Some(q) = quota {
+            let last = idx + 1 == plan.decision.attempts.len();
+            if !q.take(&app.state, estimated, last).await {
+                trace.calls.push(CallLog {
+                    deployment: attempt.deployment.clone(),
+                    outcome: "skipped_provider_quota",
+                    ms: 0,
+                    broke: false,
+                    resume: None,
+                });
+                idx += 1;
+                continue;
+            }
+        }
+        let give_back = || {
+            if let Some(q) = quota {
+                q.give_back(&app.state, estimated);
+            }
+        };
         let breakers = &plan.rt.breakers;
         let ticket = breakers.admit(attempt.index);
         if ticket.rejected() {
+            give_back();
             trace.calls.push(CallLog {
                 deployment: attempt.deployment.clone(),
                 outcome: "skipped_open_circuit",
@@ -283,6 +310,7 @@ pub async fn run(
             continue;
         }
         if !first_call && !app.retry_budget.withdraw() {
+            give_back();
             app.metrics.retry_budget_exhausted.inc();
             trace.calls.push(CallLog {
                 deployment: attempt.deployment.clone(),
@@ -295,6 +323,7 @@ pub async fn run(
         }
         first_call = false;
         let Some(recorder) = plan.rt.live.deployment(attempt.index) else {
+            give_back();
             break;
         };
         if let Some(from) = failed.take() {
@@ -489,6 +518,7 @@ async fn call(
             (&reasked, None)
         }
     };
+    let store = &plan.app.state;
     let quota = plan.rt.live.quota(attempt.index).map(|q| &**q);
     let request = UpstreamRequest {
         endpoint: plan.request.facts.endpoint,
@@ -498,20 +528,18 @@ async fn call(
         stream,
         max_output_tokens: plan.rt.policy.models()[deployment.model].max_output_tokens,
         traceparent: traceparent.as_deref(),
-        quota,
+        quota: quota.map(|cell| Quota { cell, store }),
     };
-    let estimated = quota_estimate(plan, idx);
-    if let Some(q) = quota {
-        q.take(estimated);
-    }
     let called = send(plan, idx, provider, request, stream, timeouts, trace).await;
     if let Some(q) = quota {
+        // Taken before the call ([`run`]).
+        let estimated = quota_estimate(plan, idx);
         match &called {
             // Nothing was produced: the provider counts no tokens.
-            Err(_) => q.correct(-(estimated as i64)),
+            Err(_) => q.correct(store, -(estimated as i64)),
             Ok(Called::Full(full)) => {
                 let used = full.usage.input_tokens + full.usage.output_tokens;
-                q.correct(used as i64 - estimated as i64);
+                q.correct(store, used as i64 - estimated as i64);
             }
             // Corrected when the stream ends ([`quota_settle`]).
             Ok(Called::Stream(..)) => {}
@@ -532,7 +560,10 @@ fn quota_estimate(plan: &Plan, idx: usize) -> u64 {
 pub fn quota_settle(plan: &Plan, idx: usize, used: Usage) {
     if let Some(q) = plan.rt.live.quota(plan.attempt(idx).index) {
         let used = used.input_tokens + used.output_tokens;
-        q.correct(used as i64 - quota_estimate(plan, idx) as i64);
+        q.correct(
+            &plan.app.state,
+            used as i64 - quota_estimate(plan, idx) as i64,
+        );
     }
 }
 

@@ -63,6 +63,9 @@ impl Provider for Anthropic {
             let first = Duration::from_millis(self.conn.timeouts.first_token_ms);
             let url = http::join(self.conn.base(), "messages");
             let resp = http::post(&self.conn.client, &url, headers, body, first).await?;
+            if let Some(q) = req.quota {
+                q.observe(resp.headers());
+            }
             if !resp.status().is_success() {
                 return Err(http::error_from(resp).await);
             }

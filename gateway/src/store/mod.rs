@@ -336,6 +336,15 @@ impl Store {
         }
     }
 
+    /// [`Store::rate_correct`], sent at once on Redis (in the background) instead of riding on
+    /// the next check: for what other replicas should see before this one checks again.
+    pub fn rate_correct_now(&self, deltas: &[(String, i64)]) {
+        match self {
+            Store::Sqlite(s) => s.rate_correct(deltas),
+            Store::Redis(s) => s.rate_correct_now(deltas),
+        }
+    }
+
     /// Whether rate limit cells live in this process (SQLite state), where they need no store
     /// round trip and never fail.
     pub fn rates_in_process(&self) -> bool {

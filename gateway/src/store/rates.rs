@@ -34,9 +34,10 @@ pub struct Checked {
     pub ahead_us: Vec<i64>,
 }
 
-/// The GCRA check over the TATs of `cells` read at `now`: updates `tats` when every cell
-/// admits the request. The Lua script of the Redis store does the same.
-pub fn admit(tats: &mut [i64], cells: &[Cell], now: i64) -> Checked {
+/// The GCRA check over the TATs of `cells` read at `now`: moves `tats` on when every cell
+/// admits the request and returns the first that refuses it (then `tats` are only brought up
+/// to `now`). The Lua script of the Redis store does the same.
+pub fn admit(tats: &mut [i64], cells: &[Cell], now: i64) -> Option<usize> {
     for t in tats.iter_mut() {
         *t = (*t).max(now);
     }
@@ -49,10 +50,7 @@ pub fn admit(tats: &mut [i64], cells: &[Cell], now: i64) -> Checked {
             *t += c.increment_us;
         }
     }
-    Checked {
-        refused,
-        ahead_us: tats.iter().map(|&t| t - now).collect(),
-    }
+    refused
 }
 
 /// Moves a TAT by `delta_us` after the fact: forward for units used beyond the reservation
@@ -74,7 +72,9 @@ pub struct LocalRates {
 
 #[derive(Debug, Default)]
 struct Cells {
-    tats: HashMap<String, i64>,
+    /// TATs by cell name, under a fast hasher (seeded per process from address-space
+    /// randomization): a lookup is on every limited request's path.
+    tats: HashMap<String, i64, foldhash::fast::RandomState>,
     /// Size at which cells whose TAT has passed (full again, nothing to remember) are dropped.
     sweep_at: usize,
 }
@@ -87,7 +87,7 @@ impl Default for LocalRates {
         LocalRates {
             epoch: Instant::now(),
             cells: Mutex::new(Cells {
-                tats: HashMap::new(),
+                tats: HashMap::default(),
                 sweep_at: SWEEP_MIN,
             }),
         }
@@ -112,9 +112,9 @@ impl LocalRates {
             .iter()
             .map(|c| state.tats.get(&c.key).copied().unwrap_or(0))
             .collect();
-        let checked = admit(&mut tats, cells, now);
-        if checked.refused.is_none() {
-            for (c, tat) in cells.iter().zip(tats) {
+        let refused = admit(&mut tats, cells, now);
+        if refused.is_none() {
+            for (c, &tat) in cells.iter().zip(&tats) {
                 match state.tats.get_mut(&c.key) {
                     Some(t) => *t = tat,
                     None => {
@@ -123,7 +123,14 @@ impl LocalRates {
                 }
             }
         }
-        checked
+        drop(guard);
+        for t in &mut tats {
+            *t -= now;
+        }
+        Checked {
+            refused,
+            ahead_us: tats,
+        }
     }
 
     /// How far each cell's TAT is ahead of now, in microseconds (0 for a full cell).
@@ -140,8 +147,12 @@ impl LocalRates {
         let now = self.now_us();
         let mut state = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         for (key, delta) in deltas {
-            let tat = state.tats.get(key).copied().unwrap_or(0);
-            state.tats.insert(key.clone(), adjust(tat, *delta, now));
+            match state.tats.get_mut(key) {
+                Some(tat) => *tat = adjust(*tat, *delta, now),
+                None => {
+                    state.tats.insert(key.clone(), adjust(0, *delta, now));
+                }
+            }
         }
     }
 }
@@ -164,25 +175,23 @@ mod tests {
         let c = [cell(100_000, 300_000)];
         let mut tat = [0];
         for _ in 0..3 {
-            assert_eq!(admit(&mut tat, &c, 1_000_000).refused, None);
+            assert_eq!(admit(&mut tat, &c, 1_000_000), None);
         }
-        let refused = admit(&mut tat, &c, 1_000_000);
-        assert_eq!(refused.refused, Some(0));
-        assert_eq!(refused.ahead_us, [300_000], "refused: unchanged");
+        assert_eq!(admit(&mut tat, &c, 1_000_000), Some(0));
+        assert_eq!(tat, [1_300_000], "refused: unchanged");
         // One emission interval later exactly one more fits.
-        assert_eq!(admit(&mut tat, &c, 1_100_000).refused, None);
-        assert_eq!(admit(&mut tat, &c, 1_100_000).refused, Some(0));
+        assert_eq!(admit(&mut tat, &c, 1_100_000), None);
+        assert_eq!(admit(&mut tat, &c, 1_100_000), Some(0));
     }
 
     #[test]
     fn every_cell_must_admit_and_a_refusal_takes_nothing() {
         let cells = [cell(10, 100), cell(50, 100)];
         let mut tats = [0, 0];
-        assert_eq!(admit(&mut tats, &cells, 0).refused, None);
-        assert_eq!(admit(&mut tats, &cells, 0).refused, None);
+        assert_eq!(admit(&mut tats, &cells, 0), None);
+        assert_eq!(admit(&mut tats, &cells, 0), None);
         assert_eq!(tats, [20, 100]);
-        let third = admit(&mut tats, &cells, 0);
-        assert_eq!(third.refused, Some(1));
+        assert_eq!(admit(&mut tats, &cells, 0), Some(1));
         assert_eq!(tats, [20, 100], "the first cell gave nothing either");
     }
 

@@ -281,7 +281,7 @@ impl RedisStore {
             inv.key(key).arg(*delta);
         }
         for c in cells {
-            inv.key(self.k(&["rate", &c.key]))
+            inv.key(self.rate_key(&c.key))
                 .arg(c.increment_us)
                 .arg(c.capacity_us);
         }
@@ -479,7 +479,7 @@ impl RedisStore {
     pub(super) async fn rate_peek(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
         let mut inv = RATE_PEEK.prepare_invoke();
         for key in keys {
-            inv.key(self.k(&["rate", key]));
+            inv.key(self.rate_key(key));
         }
         let mut conn = self.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
@@ -487,7 +487,26 @@ impl RedisStore {
 
     pub(super) fn rate_correct(&self, deltas: &[(String, i64)]) {
         let mut waiting = self.corrections.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.extend(deltas.iter().map(|(k, d)| (self.k(&["rate", k]), *d)));
+        waiting.extend(deltas.iter().map(|(k, d)| (self.rate_key(k), *d)));
+    }
+
+    pub(super) fn rate_correct_now(&self, deltas: &[(String, i64)]) {
+        self.rate_correct(deltas);
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.rate_flush().await {
+                tracing::warn!(target: "llmgw::ratelimit", error = %e, "cannot send rate limit corrections; they go with the next check");
+            }
+        });
+    }
+
+    /// The Redis key of a rate limit cell.
+    fn rate_key(&self, cell: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 5 + cell.len());
+        key.push_str(&self.prefix);
+        key.push_str("rate:");
+        key.push_str(cell);
+        key
     }
 
     pub(super) async fn spent(&self, counters: &[String]) -> Result<Vec<i64>, StoreError> {
