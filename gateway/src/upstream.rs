@@ -27,6 +27,41 @@ impl Usage {
     }
 }
 
+/// An OpenAI chat completion with one choice: what every adapter of another protocol answers.
+pub fn chat_completion(
+    id: &str,
+    model: &str,
+    message: Value,
+    finish_reason: &str,
+    usage: Usage,
+) -> Value {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        },
+    })
+}
+
+/// The end of an upstream stream: done when the answer was complete (only a final marker may
+/// be missing), else a protocol error.
+pub fn stream_end(complete: bool) -> Result<Vec<StreamEvent>, UpstreamError> {
+    if complete {
+        Ok(vec![StreamEvent::Done])
+    } else {
+        Err(UpstreamError::new(
+            ErrorClass::Protocol,
+            "the stream ended before the answer was complete",
+        ))
+    }
+}
+
 /// What went wrong upstream, in classes that decide what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {

@@ -5,8 +5,8 @@ use crate::providers::http::{self, Connection, StreamTranslator};
 use crate::providers::secret::{Secret, SecretError};
 use crate::sse::SseEvent;
 use crate::upstream::{
-    Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
-    UpstreamRequest, UpstreamResponse, Usage,
+    chat_completion, Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent,
+    UpstreamError, UpstreamRequest, UpstreamResponse, Usage,
 };
 use crate::wire::content_text;
 use ::http::header::{HeaderName, HeaderValue};
@@ -360,22 +360,12 @@ pub fn from_message(msg: &Value, model: &str) -> (Value, Usage) {
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    let body = json!({
-        "id": msg["id"].as_str().map_or_else(|| "chatcmpl-anthropic".to_owned(), |id| format!("chatcmpl-{id}")),
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(msg["stop_reason"].as_str().unwrap_or("end_turn")),
-        }],
-        "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-        },
-    });
+    let id = msg["id"].as_str().map_or_else(
+        || "chatcmpl-anthropic".to_owned(),
+        |id| format!("chatcmpl-{id}"),
+    );
+    let finish = finish_reason(msg["stop_reason"].as_str().unwrap_or("end_turn"));
+    let body = chat_completion(&id, model, message, finish, usage);
     (body, usage)
 }
 

@@ -9,8 +9,8 @@ use crate::providers::http::{self, Connection, Framing, StreamTranslator};
 use crate::providers::redact::Redactor;
 use crate::providers::secret::{self, Secret, SecretError};
 use crate::upstream::{
-    Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
-    UpstreamRequest, UpstreamResponse, Usage,
+    chat_completion, Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent,
+    UpstreamError, UpstreamRequest, UpstreamResponse, Usage,
 };
 use crate::wire::content_text;
 use ::http::header::{HeaderName, HeaderValue};
@@ -453,22 +453,8 @@ pub fn from_converse(answer: &Value, model: &str) -> (Value, Usage) {
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    let body = json!({
-        "id": "chatcmpl-bedrock",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(answer["stopReason"].as_str().unwrap_or("end_turn")),
-        }],
-        "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-        },
-    });
+    let finish = finish_reason(answer["stopReason"].as_str().unwrap_or("end_turn"));
+    let body = chat_completion("chatcmpl-bedrock", model, message, finish, usage);
     (body, usage)
 }
 
@@ -599,14 +585,7 @@ impl StreamTranslator<Message> for BedrockStream {
     }
 
     fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError> {
-        if self.stopped {
-            Ok(vec![StreamEvent::Done])
-        } else {
-            Err(UpstreamError::new(
-                ErrorClass::Protocol,
-                "the stream ended before the answer was complete",
-            ))
-        }
+        crate::upstream::stream_end(self.stopped)
     }
 }
 

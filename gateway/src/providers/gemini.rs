@@ -7,8 +7,8 @@ use crate::providers::http::{self, Connection, StreamTranslator};
 use crate::providers::secret::{Secret, SecretError};
 use crate::sse::SseEvent;
 use crate::upstream::{
-    Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent, UpstreamError,
-    UpstreamRequest, UpstreamResponse, Usage,
+    chat_completion, Delta, ErrorClass, FullResponse, Provider, SendFuture, StreamEvent,
+    UpstreamError, UpstreamRequest, UpstreamResponse, Usage,
 };
 use crate::wire::content_text;
 use ::http::header::{HeaderName, HeaderValue};
@@ -331,18 +331,11 @@ pub fn from_generate(answer: &Value, model: &str) -> Result<(Value, Usage), Upst
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    let body = json!({
-        "id": answer["responseId"].as_str().map_or_else(|| "chatcmpl-gemini".to_owned(), |id| format!("chatcmpl-{id}")),
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
-        "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-        },
-    });
+    let id = answer["responseId"].as_str().map_or_else(
+        || "chatcmpl-gemini".to_owned(),
+        |id| format!("chatcmpl-{id}"),
+    );
+    let body = chat_completion(&id, model, message, finish, usage);
     Ok((body, usage))
 }
 
@@ -461,14 +454,7 @@ impl StreamTranslator for GeminiStream {
     }
 
     fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError> {
-        if self.finished {
-            Ok(vec![StreamEvent::Done])
-        } else {
-            Err(UpstreamError::new(
-                ErrorClass::Protocol,
-                "the stream ended before the answer was complete",
-            ))
-        }
+        crate::upstream::stream_end(self.finished)
     }
 }
 

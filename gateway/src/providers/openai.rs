@@ -321,15 +321,7 @@ impl StreamTranslator for OpenAiStream {
     }
 
     fn end(&mut self) -> Result<Vec<StreamEvent>, UpstreamError> {
-        if self.finished {
-            // The answer was complete; only the `[DONE]` marker was missing.
-            Ok(vec![StreamEvent::Done])
-        } else {
-            Err(UpstreamError::new(
-                ErrorClass::Protocol,
-                "the stream ended before the answer was complete",
-            ))
-        }
+        crate::upstream::stream_end(self.finished)
     }
 }
 
