@@ -670,3 +670,12 @@ pub fn fails_with(failed: &Failed, needles: &[&str]) {
         );
     }
 }
+
+/// A port free now on 127.0.0.1 (another process may take it before it is used).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

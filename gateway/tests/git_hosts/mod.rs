@@ -3,6 +3,7 @@
 //! OpenSSH `sshd` with a deploy key.
 #![allow(dead_code)]
 
+use crate::common::free_port;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -42,15 +43,6 @@ pub fn push(work: &Path) {
     run(Command::new("git")
         .current_dir(work)
         .args(["push", "-q", "-f", "origin", "main"]));
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 // --- HTTPS -----------------------------------------------------------------------------------

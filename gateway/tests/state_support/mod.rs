@@ -425,12 +425,3 @@ impl Drop for OwnRedis {
         self.kill();
     }
 }
-
-/// A port free now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
