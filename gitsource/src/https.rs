@@ -8,11 +8,11 @@
 //! Pushing is not supported: the gateway only reads.
 
 use crate::remote::{scrub, RemoteOptions};
+use crate::transport_registry::Registry;
 use base64::Engine as _;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long connecting may take.
@@ -27,12 +27,8 @@ pub(crate) struct Settings {
     secrets: Vec<String>,
 }
 
-/// Settings by remote URL: libgit2 creates transports from a global registry, so the
-/// repository registers what its URL needs here before fetching.
-fn registry() -> &'static Mutex<HashMap<String, Arc<Settings>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<Settings>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
-}
+/// Settings by remote URL, registered before fetching.
+static REGISTRY: Registry<Settings> = Registry::new("HTTPS");
 
 /// Why HTTPS cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +83,7 @@ pub(crate) fn register(url: &str, options: &RemoteOptions) -> Result<(), HttpsEr
         authorization,
         secrets,
     });
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(url.to_owned(), settings);
+    REGISTRY.insert(url, settings);
     Ok(())
 }
 
@@ -124,13 +117,7 @@ fn tls_config(options: &RemoteOptions) -> Result<Arc<rustls::ClientConfig>, Http
 }
 
 fn factory(remote: &git2::Remote<'_>) -> Result<Transport, git2::Error> {
-    let url = remote.url().unwrap_or_default();
-    let settings = registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(url)
-        .cloned()
-        .ok_or_else(|| git2::Error::from_str("no HTTPS settings registered for this remote"))?;
+    let settings = REGISTRY.for_remote(remote)?;
     Transport::smart(remote, true, Https { settings })
 }
 

@@ -18,6 +18,7 @@ mod known_hosts;
 mod remote;
 mod signature;
 mod ssh;
+mod transport_registry;
 
 pub use dir::{files_in_dir, DirError};
 pub use https::HttpsError;

@@ -16,14 +16,14 @@
 
 use crate::known_hosts::{check_host_key, default_known_hosts, known_hosts_name};
 use crate::remote::{Credential, RemoteOptions};
+use crate::transport_registry::Registry;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use russh::client::{self, AuthResult, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long connecting, the SSH handshake and authentication may take together.
@@ -48,12 +48,8 @@ pub(crate) struct Settings {
     known_hosts_name: String,
 }
 
-/// Settings by remote URL: libgit2 creates transports from a global registry, so the
-/// repository registers what its URL needs here before fetching.
-fn registry() -> &'static Mutex<HashMap<String, Arc<Settings>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<Settings>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
-}
+/// Settings by remote URL, registered before fetching.
+static REGISTRY: Registry<Settings> = Registry::new("SSH");
 
 /// Where an SSH remote is: from [`crate::Transport::Ssh`].
 pub(crate) struct Target<'a> {
@@ -109,21 +105,12 @@ pub(crate) fn register(
             .unwrap_or_else(default_known_hosts),
         known_hosts_name: known_hosts_name(target.host, target.port),
     });
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(url.to_owned(), settings);
+    REGISTRY.insert(url, settings);
     Ok(())
 }
 
 fn factory(remote: &git2::Remote<'_>) -> Result<Transport, git2::Error> {
-    let url = remote.url().unwrap_or_default();
-    let settings = registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(url)
-        .cloned()
-        .ok_or_else(|| git2::Error::from_str("no SSH settings registered for this remote"))?;
+    let settings = REGISTRY.for_remote(remote)?;
     // Not RPC: libgit2 asks for one stream (`UploadPackLs`) and keeps using it.
     Transport::smart(remote, false, Ssh { settings })
 }
