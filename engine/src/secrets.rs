@@ -81,7 +81,9 @@ pub fn scan(text: &str) -> Vec<Finding> {
 }
 
 /// The words of a line with their byte offsets; a reference (`env:NAME`, `file:PATH`) is
-/// reduced to what it refers to, and an environment variable's name is no secret.
+/// reduced to what it refers to, and an environment variable's name is no secret. A path is
+/// read segment by segment: a secret pasted into a path is one segment, while a long path of
+/// ordinary names (a temporary directory, a dated file) is not a token.
 fn tokens(line: &str) -> impl Iterator<Item = (usize, &str)> {
     let separator =
         |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '[' | ']' | '{' | '}');
@@ -91,17 +93,29 @@ fn tokens(line: &str) -> impl Iterator<Item = (usize, &str)> {
             *offset = start + word.len();
             Some((start, word))
         })
-        .filter_map(|(start, word)| {
-            for prefix in ["env:", "file:"] {
-                if let Some(rest) = word.strip_prefix(prefix) {
-                    let env_name = prefix == "env:"
-                        && rest
-                            .bytes()
-                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-                    return (!env_name).then_some((start + prefix.len(), rest));
-                }
+        .flat_map(|(start, word)| {
+            if let Some(rest) = word.strip_prefix("env:") {
+                let env_name = rest
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                return if env_name {
+                    vec![]
+                } else {
+                    vec![(start + "env:".len(), rest)]
+                };
             }
-            Some((start, word))
+            if let Some(path) = word.strip_prefix("file:") {
+                let base = start + "file:".len();
+                return path
+                    .split('/')
+                    .scan(0usize, |offset, segment| {
+                        let at = *offset;
+                        *offset += segment.len() + 1;
+                        Some((base + at, segment))
+                    })
+                    .collect();
+            }
+            vec![(start, word)]
         })
 }
 
@@ -169,6 +183,8 @@ base_url: https://svc:Zq8Xw7Vu6T9f8e7d6c5b4a39281706f5e4@llm.internal/v1
 # old key: 9f8e7d6c5b4a39281706f5e4d3c2b1a0Zq8Xw7Vu6T
 id: 9f8e7d6c5b4a39281706f5e4d3c2b1a0Zq8Xw7Vu6T # llmgw-lint: allow secret/literal
 url: https://generativelanguage.googleapis.com/v1beta
+key: file:/tmp/.tmp9a35d4/vertex-service-account.json
+pasted: file:/run/secrets/9f8e7d6c5b4a39281706f5e4d3c2b1a0Zq8Xw7Vu6T
 ";
         let found: Vec<(usize, usize, &str)> = scan(text)
             .iter()
@@ -180,6 +196,7 @@ url: https://generativelanguage.googleapis.com/v1beta
                 (1, 14, "an API key"),
                 (3, 23, "a password in a URL"),
                 (4, 12, "a long high-entropy token"),
+                (8, 27, "a long high-entropy token"),
             ]
         );
     }
